@@ -1,0 +1,1 @@
+//! The bsce-pipe engine.
