@@ -1,1 +1,1214 @@
-//! (being written)
+//! ImageNet-style class-folder trees, decoded and resized once into the
+//! canonical artefact so that training never touches a JPEG.
+//!
+//! Layout read:
+//!
+//! ```text
+//! <root>/<train_dir>/<wnid>/**/*.{jpg,jpeg,png}      one folder per class
+//! <root>/<val dir>/<wnid>/**/*.{jpg,jpeg,png}        ValSource::Folders
+//! <root>/<val dir>/**/*.{jpg,jpeg,png} + label file  ValSource::LabelList
+//! ```
+//!
+//! Classes are the train folder names in byte order, which for ImageNet wnids
+//! is the usual 0..999 class numbering; a subset file (the ImageNet-Subset
+//! protocol) keeps only the listed wnids, still in sorted order. Names that
+//! start with `.` are skipped (`.ipynb_checkpoints`, macOS `._x.JPEG`
+//! resource forks carry image extensions but are not images). Images are
+//! ordered by class, then by path, so the artefact does not depend on the
+//! order a file system lists a directory in.
+//!
+//! Size policy: the short side is resized to `size` with a triangle
+//! (bilinear, widened to the scale factor when shrinking so it antialiases)
+//! filter, the long side to `round(long * size / short)`, then the centre
+//! `size x size` window is kept. Only the taps that the kept window needs are
+//! computed. The filter runs in 14-bit fixed point with weights that sum to
+//! exactly 1, so a flat colour stays exact and the bytes do not depend on
+//! floating-point contraction or thread scheduling. EXIF orientation is
+//! ignored, as in the PIL pipelines the paper's numbers come from. Grey,
+//! grey+alpha, CMYK and 16-bit inputs become 8-bit RGB (alpha dropped).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::dataset::artefact::{Dataset, Split};
+use crate::error::{Result, StageError};
+
+pub const SOURCE_FORMAT: &str = "image-folder";
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+const CHANNELS: usize = 3;
+/// Keeps one image of the artefact under 48 MiB; anything larger is a typo.
+const MAX_SIZE: u32 = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageFolderSpec {
+    pub root: PathBuf,
+    /// Folder under `root` holding one folder per class.
+    pub train_dir: String,
+    pub val: ValSource,
+    /// A file listing the wnids to keep, one per line; `#` starts a comment.
+    /// Used as given: the caller resolves it against the config's folder.
+    pub subset: Option<PathBuf>,
+    /// Side of the square images written, in pixels.
+    pub size: u32,
+}
+
+impl ImageFolderSpec {
+    /// `train/` and `val/<wnid>/` under `root`, all classes, 256 x 256.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ImageFolderSpec {
+            root: root.into(),
+            train_dir: "train".to_string(),
+            val: ValSource::Folders {
+                dir: "val".to_string(),
+            },
+            subset: None,
+            size: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValSource {
+    /// `<root>/<dir>/<wnid>/*.JPEG`, as the train folder.
+    Folders { dir: String },
+    /// A flat `<root>/<dir>` plus a text file of `<file> <class>` lines, where
+    /// `<file>` is the path under `dir` and `<class>` a wnid or an index into
+    /// the sorted list of all train folders (not the subset). Used as given,
+    /// like [`ImageFolderSpec::subset`].
+    LabelList { dir: String, labels: PathBuf },
+}
+
+/// What a tree holds, found without decoding anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScanReport {
+    pub classes: Vec<String>,
+    /// Images per class, indexed like `classes`.
+    pub train_counts: Vec<u64>,
+    pub val_counts: Vec<u64>,
+    /// Validation images of classes a subset leaves out.
+    pub val_skipped: u64,
+}
+
+/// True if `path` has a `train/` folder with at least one class folder.
+pub fn detect(path: &Path) -> bool {
+    fs::read_dir(path.join("train")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !is_hidden(&e.file_name()) && e.path().is_dir())
+    })
+}
+
+pub fn scan(spec: &ImageFolderSpec) -> Result<ScanReport> {
+    let plan = Plan::build(spec)?;
+    let counts = |entries: &[Entry]| {
+        let mut counts = vec![0u64; plan.classes.len()];
+        for e in entries {
+            counts[e.label as usize] += 1;
+        }
+        counts
+    };
+    Ok(ScanReport {
+        train_counts: counts(&plan.train),
+        val_counts: counts(&plan.val),
+        classes: plan.classes,
+        val_skipped: plan.val_skipped,
+    })
+}
+
+/// Decodes every image once, in parallel. `progress(done, total)` is called
+/// from worker threads after each image; calls may arrive slightly out of
+/// order. On failure the error names the first bad file in artefact order,
+/// whichever thread saw it first.
+pub fn load_image_folder(
+    spec: &ImageFolderSpec,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Dataset> {
+    let plan = Plan::build(spec)?;
+    let total = (plan.train.len() + plan.val.len()) as u64;
+    let done = AtomicU64::new(0);
+    let on_image = || progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+    let train = decode_split(&plan.train, spec.size, &on_image)?;
+    let test = decode_split(&plan.val, spec.size, &on_image)?;
+    Ok(Dataset {
+        source_format: SOURCE_FORMAT.to_string(),
+        height: spec.size,
+        width: spec.size,
+        channels: CHANNELS as u32,
+        classes: plan.classes,
+        train,
+        test,
+    })
+}
+
+struct Entry {
+    path: PathBuf,
+    label: u16,
+}
+
+/// Every image to decode, in artefact order, with its label.
+struct Plan {
+    classes: Vec<String>,
+    train: Vec<Entry>,
+    val: Vec<Entry>,
+    val_skipped: u64,
+}
+
+impl Plan {
+    fn build(spec: &ImageFolderSpec) -> Result<Plan> {
+        if spec.size == 0 || spec.size > MAX_SIZE {
+            return Err(StageError::param(
+                "image_folder.size",
+                format!("is {}; expected 1..={MAX_SIZE} pixels", spec.size),
+            ));
+        }
+        let train_root = spec.root.join(&spec.train_dir);
+        if !train_root.is_dir() {
+            return Err(StageError::invalid(
+                &train_root,
+                "training folder not found; expected <root>/<train_dir>/<class>/<images>",
+            ));
+        }
+        let all_classes = class_folders(&train_root)?;
+        if all_classes.is_empty() {
+            return Err(StageError::invalid(
+                &train_root,
+                "has no class folders; expected one folder of images per class",
+            ));
+        }
+        let classes = match &spec.subset {
+            None => all_classes.clone(),
+            Some(file) => read_subset(file, &all_classes, &train_root)?,
+        };
+        if classes.len() > u16::MAX as usize {
+            return Err(StageError::invalid(
+                &train_root,
+                format!(
+                    "has {} classes; labels are u16, so at most {} fit",
+                    classes.len(),
+                    u16::MAX
+                ),
+            ));
+        }
+        let index: HashMap<&str, u16> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as u16))
+            .collect();
+
+        let mut train = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let folder = train_root.join(class);
+            let images = images_in(&folder)?;
+            if images.is_empty() {
+                return Err(no_images(&folder));
+            }
+            train.extend(images.into_iter().map(|path| Entry {
+                path,
+                label: label as u16,
+            }));
+        }
+
+        let subset_used = spec.subset.is_some();
+        let (val, val_skipped, val_root) = match &spec.val {
+            ValSource::Folders { dir } => {
+                let root = spec.root.join(dir);
+                let (val, skipped) = val_from_folders(&root, &index, subset_used, &train_root)?;
+                (val, skipped, root)
+            }
+            ValSource::LabelList { dir, labels } => {
+                let root = spec.root.join(dir);
+                let (val, skipped) = val_from_label_list(&root, labels, &all_classes, &index)?;
+                (val, skipped, root)
+            }
+        };
+        // A class without validation images would make its accuracy 0/0 in
+        // every incremental step; better to stop before hours of training.
+        let mut seen = vec![false; classes.len()];
+        for e in &val {
+            seen[e.label as usize] = true;
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            return Err(StageError::invalid(
+                &val_root,
+                format!("has no validation images for class {:?}", classes[missing]),
+            ));
+        }
+        Ok(Plan {
+            classes,
+            train,
+            val,
+            val_skipped,
+        })
+    }
+}
+
+fn val_from_folders(
+    root: &Path,
+    index: &HashMap<&str, u16>,
+    subset_used: bool,
+    train_root: &Path,
+) -> Result<(Vec<Entry>, u64)> {
+    if !root.is_dir() {
+        return Err(StageError::invalid(
+            root,
+            "validation folder not found; expected <root>/<val dir>/<class>/<images>",
+        ));
+    }
+    let folders = class_folders(root)?;
+    if folders.is_empty() {
+        return Err(StageError::invalid(
+            root,
+            "has no class folders; for a flat folder of images give a label list",
+        ));
+    }
+    let mut val = Vec::new();
+    let mut skipped = 0;
+    for name in folders {
+        let folder = root.join(&name);
+        let images = images_in(&folder)?;
+        if images.is_empty() {
+            return Err(no_images(&folder));
+        }
+        match index.get(name.as_str()) {
+            Some(&label) => val.extend(images.into_iter().map(|path| Entry { path, label })),
+            None if subset_used => skipped += images.len() as u64,
+            None => {
+                return Err(StageError::invalid(
+                    &folder,
+                    format!(
+                        "class {name:?} has no training folder in {}; expected the same classes as training",
+                        train_root.display()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok((val, skipped))
+}
+
+fn val_from_label_list(
+    root: &Path,
+    labels_file: &Path,
+    all_classes: &[String],
+    index: &HashMap<&str, u16>,
+) -> Result<(Vec<Entry>, u64)> {
+    if !root.is_dir() {
+        return Err(StageError::invalid(
+            root,
+            "validation folder not found; expected a folder of images named in the label list",
+        ));
+    }
+    let text = fs::read_to_string(labels_file).map_err(|e| StageError::io(labels_file, e))?;
+    // file name under `root` -> (label, or None for a class the subset drops; line)
+    let mut listed: HashMap<&str, (Option<u16>, usize)> = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let at = || PathBuf::from(format!("{}:{line}", labels_file.display()));
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = content.split_whitespace().collect();
+        let [file, class] = fields[..] else {
+            return Err(StageError::invalid(
+                at(),
+                format!("{content:?} is not \"<file> <wnid or class index>\""),
+            ));
+        };
+        // A folder name wins over an index, so classes named "3" still work.
+        let wnid = match all_classes.binary_search_by(|c| c.as_str().cmp(class)) {
+            Ok(i) => &all_classes[i],
+            Err(_) => match class.parse::<usize>() {
+                Ok(i) if i < all_classes.len() => &all_classes[i],
+                Ok(i) => {
+                    return Err(StageError::invalid(
+                        at(),
+                        format!(
+                            "class index {i} is out of range; training has {} classes (0..={})",
+                            all_classes.len(),
+                            all_classes.len() - 1
+                        ),
+                    ))
+                }
+                Err(_) => {
+                    return Err(StageError::invalid(
+                        at(),
+                        format!("unknown class {class:?}: no training folder has that name"),
+                    ))
+                }
+            },
+        };
+        let label = index.get(wnid.as_str()).copied();
+        if let Some((_, first)) = listed.insert(file, (label, line)) {
+            return Err(StageError::invalid(
+                at(),
+                format!("{file:?} is already labelled on line {first}"),
+            ));
+        }
+    }
+
+    let mut val = Vec::new();
+    let mut skipped = 0;
+    for path in images_in(root)? {
+        let name = relative_name(root, &path)?;
+        match listed.remove(name.as_str()) {
+            Some((Some(label), _)) => val.push(Entry { path, label }),
+            Some((None, _)) => skipped += 1,
+            None => {
+                return Err(StageError::invalid(
+                    &path,
+                    format!("has no line in label list {}", labels_file.display()),
+                ))
+            }
+        }
+    }
+    if let Some((file, (_, line))) = listed.into_iter().min_by_key(|(_, (_, line))| *line) {
+        return Err(StageError::invalid(
+            PathBuf::from(format!("{}:{line}", labels_file.display())),
+            format!("{file:?} is not an image in {}", root.display()),
+        ));
+    }
+    if val.is_empty() && skipped == 0 {
+        return Err(no_images(root));
+    }
+    Ok((val, skipped))
+}
+
+fn read_subset(file: &Path, all_classes: &[String], train_root: &Path) -> Result<Vec<String>> {
+    let text = fs::read_to_string(file).map_err(|e| StageError::io(file, e))?;
+    let mut chosen: Vec<(String, usize)> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let at = || PathBuf::from(format!("{}:{line}", file.display()));
+        let wnid = raw.split('#').next().unwrap_or("").trim();
+        if wnid.is_empty() {
+            continue;
+        }
+        if wnid.contains(char::is_whitespace) {
+            return Err(StageError::invalid(
+                at(),
+                format!("{wnid:?} is not one class name; expected one wnid per line"),
+            ));
+        }
+        if all_classes
+            .binary_search_by(|c| c.as_str().cmp(wnid))
+            .is_err()
+        {
+            return Err(StageError::invalid(
+                at(),
+                format!("class {wnid:?} has no folder in {}", train_root.display()),
+            ));
+        }
+        if let Some((_, first)) = chosen.iter().find(|(c, _)| c == wnid) {
+            return Err(StageError::invalid(
+                at(),
+                format!("class {wnid:?} is already listed on line {first}"),
+            ));
+        }
+        chosen.push((wnid.to_string(), line));
+    }
+    if chosen.is_empty() {
+        return Err(StageError::invalid(
+            file,
+            "lists no classes; expected one wnid per line",
+        ));
+    }
+    let mut classes: Vec<String> = chosen.into_iter().map(|(c, _)| c).collect();
+    classes.sort();
+    Ok(classes)
+}
+
+/// Visible subfolders of `dir`, sorted by name.
+fn class_folders(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StageError::io(dir, e))? {
+        let entry = entry.map_err(|e| StageError::io(dir, e))?;
+        let name = entry.file_name();
+        // `is_dir` on the path follows symlinks, which ImageNet mirrors use.
+        if is_hidden(&name) || !entry.path().is_dir() {
+            continue;
+        }
+        let name = name.into_string().map_err(|name| {
+            StageError::invalid(
+                dir.join(&name),
+                "folder name is not UTF-8; class names must be text",
+            )
+        })?;
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Image files anywhere under `dir`, sorted by path.
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let walk = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
+    for entry in walk {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            StageError::io(path, e.into())
+        })?;
+        if entry.file_type().is_file() && has_image_extension(entry.path()) {
+            files.push(entry.into_path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn relative_name(root: &Path, path: &Path) -> Result<String> {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    parts.map(|p| p.join("/")).ok_or_else(|| {
+        StageError::invalid(
+            path,
+            "file name is not UTF-8; the label list cannot name it",
+        )
+    })
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().first() == Some(&b'.')
+}
+
+fn no_images(folder: &Path) -> StageError {
+    StageError::invalid(folder, "holds no images (.jpg, .jpeg or .png files)")
+}
+
+fn decode_split(entries: &[Entry], size: u32, on_image: &(dyn Fn() + Sync)) -> Result<Split> {
+    let image_bytes = size as usize * size as usize * CHANNELS;
+    let mut images = vec![0u8; entries.len() * image_bytes];
+    // Images after a known failure are skipped, those before it still run,
+    // so the error reported is always the first bad file in artefact order.
+    let first_bad = AtomicUsize::new(usize::MAX);
+    let failure: Mutex<Option<(usize, StageError)>> = Mutex::new(None);
+    images
+        .par_chunks_mut(image_bytes)
+        .zip(entries.par_iter())
+        .enumerate()
+        .for_each_init(Scratch::default, |scratch, (i, (out, entry))| {
+            if i > first_bad.load(Ordering::Relaxed) {
+                return;
+            }
+            match decode_into(&entry.path, size as usize, scratch, out) {
+                Ok(()) => on_image(),
+                Err(e) => {
+                    let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    if failure.as_ref().is_none_or(|(j, _)| i < *j) {
+                        *failure = Some((i, e));
+                        first_bad.fetch_min(i, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    if let Some((_, e)) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(Split {
+        images,
+        labels: entries.iter().map(|e| e.label).collect(),
+    })
+}
+
+/// Buffers one worker thread reuses from image to image.
+#[derive(Default)]
+struct Scratch {
+    file: Vec<u8>,
+    columns: AxisFilter,
+    rows: AxisFilter,
+    /// Horizontally filtered source rows: 8 fractional bits, `size * 3` wide.
+    filtered: Vec<u16>,
+    accumulator: Vec<i32>,
+}
+
+fn decode_into(path: &Path, size: usize, scratch: &mut Scratch, out: &mut [u8]) -> Result<()> {
+    scratch.file.clear();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut scratch.file))
+        .map_err(|e| StageError::io(path, e))?;
+    // The content decides the format: ImageNet has PNGs and CMYK JPEGs
+    // behind `.JPEG` names.
+    let decoded = image::ImageReader::new(Cursor::new(&scratch.file[..]))
+        .with_guessed_format()
+        .map_err(|e| StageError::io(path, e))?
+        .decode()
+        .map_err(|e| StageError::invalid(path, format!("cannot decode image: {e}")))?;
+    let rgb = decoded.into_rgb8();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    if width == 0 || height == 0 {
+        return Err(StageError::invalid(path, "image has no pixels"));
+    }
+    resize_centre_crop(rgb.as_raw(), width, height, size, scratch, out);
+    Ok(())
+}
+
+const WEIGHT_BITS: u32 = 14;
+const WEIGHT_ONE: i32 = 1 << WEIGHT_BITS;
+/// Fractional bits kept between the two passes; with 14-bit weights the
+/// vertical sums stay below 2^31.
+const INTERMEDIATE_BITS: u32 = 8;
+
+/// Triangle-filter taps of one axis for the kept output window.
+#[derive(Default)]
+struct AxisFilter {
+    /// First source index of each output pixel's window.
+    first: Vec<usize>,
+    /// Window length; shorter windows are padded with zero weights.
+    taps: usize,
+    /// `taps` weights per output pixel, each row summing to `WEIGHT_ONE`.
+    weights: Vec<i32>,
+}
+
+impl AxisFilter {
+    /// Output pixel `o` of `0..out_len` is pixel `offset + o` of the source
+    /// axis `src_len` scaled to `scaled_len`.
+    fn plan(&mut self, src_len: usize, scaled_len: usize, offset: usize, out_len: usize) {
+        let ratio = src_len as f64 / scaled_len as f64;
+        let support = ratio.max(1.0);
+        self.taps = ((2.0 * support).ceil() as usize + 1).min(src_len);
+        self.first.clear();
+        self.weights.clear();
+        let mut real = Vec::with_capacity(self.taps);
+        for o in 0..out_len {
+            let centre = ((offset + o) as f64 + 0.5) * ratio - 0.5;
+            let lo = ((centre - support).ceil().max(0.0)) as usize;
+            let hi = ((centre + support).floor() as usize).min(src_len - 1);
+            real.clear();
+            real.extend((lo..=hi).map(|i| (1.0 - (i as f64 - centre).abs() / support).max(0.0)));
+            let sum: f64 = real.iter().sum();
+            let first = lo.min(src_len - self.taps);
+            self.first.push(first);
+            let row = self.weights.len();
+            self.weights.resize(row + self.taps, 0);
+            let mut total = 0;
+            let mut largest = lo - first;
+            for (k, w) in real.iter().enumerate() {
+                let q = (w / sum * WEIGHT_ONE as f64).round() as i32;
+                let slot = row + lo - first + k;
+                self.weights[slot] = q;
+                total += q;
+                if q > self.weights[row + largest] {
+                    largest = lo - first + k;
+                }
+            }
+            // Rounding may miss 1.0 by a few units; the largest tap absorbs
+            // it, so a flat colour maps to itself exactly.
+            self.weights[row + largest] += WEIGHT_ONE - total;
+        }
+    }
+}
+
+/// Resizes the short side to `size`, keeps the centre `size x size`
+/// window and writes it into `out` as RGB.
+fn resize_centre_crop(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    size: usize,
+    scratch: &mut Scratch,
+    out: &mut [u8],
+) {
+    let short = width.min(height);
+    let scaled = |long: usize| ((long * size * 2 + short) / (2 * short)).max(size);
+    let (scaled_w, scaled_h) = (scaled(width), scaled(height));
+    scratch
+        .columns
+        .plan(width, scaled_w, (scaled_w - size) / 2, size);
+    scratch
+        .rows
+        .plan(height, scaled_h, (scaled_h - size) / 2, size);
+
+    let row_lo = scratch.rows.first[0];
+    let row_hi = scratch.rows.first[size - 1] + scratch.rows.taps;
+    let line = size * CHANNELS;
+    scratch.filtered.clear();
+    scratch.filtered.resize((row_hi - row_lo) * line, 0);
+    let columns = &scratch.columns;
+    let round = 1 << (WEIGHT_BITS - INTERMEDIATE_BITS - 1);
+    for (y, dst) in (row_lo..row_hi).zip(scratch.filtered.chunks_exact_mut(line)) {
+        let src_row = &src[y * width * CHANNELS..(y + 1) * width * CHANNELS];
+        for (x, px) in dst.chunks_exact_mut(CHANNELS).enumerate() {
+            let window = &src_row[columns.first[x] * CHANNELS..];
+            let weights = &columns.weights[x * columns.taps..(x + 1) * columns.taps];
+            let mut acc = [0i32; CHANNELS];
+            for (w, s) in weights.iter().zip(window.chunks_exact(CHANNELS)) {
+                for c in 0..CHANNELS {
+                    acc[c] += w * s[c] as i32;
+                }
+            }
+            for c in 0..CHANNELS {
+                px[c] = ((acc[c] + round) >> (WEIGHT_BITS - INTERMEDIATE_BITS)) as u16;
+            }
+        }
+    }
+
+    let rows = &scratch.rows;
+    let acc = &mut scratch.accumulator;
+    let shift = WEIGHT_BITS + INTERMEDIATE_BITS;
+    for (y, dst) in out.chunks_exact_mut(line).enumerate() {
+        acc.clear();
+        acc.resize(line, 1 << (shift - 1));
+        let weights = &rows.weights[y * rows.taps..(y + 1) * rows.taps];
+        for (k, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let start = (rows.first[y] + k - row_lo) * line;
+            for (a, &v) in acc.iter_mut().zip(&scratch.filtered[start..start + line]) {
+                *a += w * v as i32;
+            }
+        }
+        for (d, &a) in dst.iter_mut().zip(acc.iter()) {
+            *d = (a >> shift) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+
+    const SIZE: u32 = 8;
+
+    fn save(path: &Path, img: DynamicImage) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let format = if has_extension(path, "png") {
+            ImageFormat::Png
+        } else {
+            ImageFormat::Jpeg
+        };
+        let mut bytes = Vec::new();
+        if format == ImageFormat::Jpeg {
+            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 100);
+            img.write_with_encoder(encoder).unwrap();
+        } else {
+            img.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+        }
+        fs::write(path, bytes).unwrap();
+    }
+
+    fn has_extension(path: &Path, ext: &str) -> bool {
+        path.extension().unwrap().eq_ignore_ascii_case(ext)
+    }
+
+    fn solid(w: u32, h: u32, rgb: [u8; 3]) -> DynamicImage {
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(w, h, Rgb(rgb)))
+    }
+
+    /// Train images in artefact order with the colour each must come out as.
+    fn train_tree(root: &Path) -> Vec<(&'static str, [u8; 3])> {
+        let files: Vec<(&str, DynamicImage, [u8; 3])> = vec![
+            ("n01/a.JPEG", solid(32, 32, [200, 30, 40]), [200, 30, 40]),
+            (
+                "n01/b.jpg",
+                DynamicImage::ImageLuma8(GrayImage::from_pixel(20, 30, image::Luma([77]))),
+                [77, 77, 77],
+            ),
+            (
+                "n01/deep/c.png",
+                DynamicImage::ImageRgba8(RgbaImage::from_pixel(5, 9, Rgba([10, 20, 250, 9]))),
+                [10, 20, 250],
+            ),
+            ("n02/wide.jpeg", solid(40, 24, [30, 160, 90]), [30, 160, 90]),
+            ("n03/tall.PNG", solid(7, 50, [255, 255, 0]), [255, 255, 0]),
+            ("n03/z.jpg", solid(64, 48, [0, 0, 0]), [0, 0, 0]),
+        ];
+        for (name, img, _) in &files {
+            save(&root.join("train").join(name), img.clone());
+        }
+        // Neither a class nor an image: both must be ignored.
+        fs::write(root.join("train/README.txt"), "not a class").unwrap();
+        fs::write(root.join("train/n01/notes.txt"), "not an image").unwrap();
+        fs::write(root.join("train/n01/._a.JPEG"), "resource fork").unwrap();
+        fs::create_dir_all(root.join("train/.ipynb_checkpoints")).unwrap();
+        files.into_iter().map(|(n, _, c)| (n, c)).collect()
+    }
+
+    fn val_folders(root: &Path) {
+        save(&root.join("val/n01/v1.JPEG"), solid(12, 12, [1, 2, 3]));
+        save(
+            &root.join("val/n02/v2.JPEG"),
+            solid(12, 30, [100, 100, 100]),
+        );
+        save(&root.join("val/n02/v3.JPEG"), solid(30, 12, [250, 5, 5]));
+        save(&root.join("val/n03/v4.png"), solid(9, 9, [9, 99, 199]));
+    }
+
+    fn spec(root: &Path) -> ImageFolderSpec {
+        ImageFolderSpec {
+            size: SIZE,
+            ..ImageFolderSpec::new(root)
+        }
+    }
+
+    fn load(spec: &ImageFolderSpec) -> Result<Dataset> {
+        load_image_folder(spec, &|_, _| {})
+    }
+
+    fn err(spec: &ImageFolderSpec) -> String {
+        let scanned = scan(spec).map(|_| ());
+        let loaded = load(spec).map(|_| ());
+        match (scanned, loaded) {
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => e.to_string(),
+            (Err(e), Ok(())) => panic!("scan failed but load succeeded: {e}"),
+            (Ok(()), Ok(())) => panic!("expected an error"),
+        }
+    }
+
+    fn assert_flat(images: &[u8], index: usize, expected: [u8; 3], tolerance: u8, what: &str) {
+        let bytes = (SIZE * SIZE * 3) as usize;
+        let image = &images[index * bytes..(index + 1) * bytes];
+        for (p, px) in image.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                assert!(
+                    px[c].abs_diff(expected[c]) <= tolerance,
+                    "{what}: pixel {p} channel {c} is {}, expected {} +-{tolerance}",
+                    px[c],
+                    expected[c]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn class_folders_load_with_labels_shape_and_colours() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = train_tree(dir.path());
+        val_folders(dir.path());
+        let ds = load(&spec(dir.path())).unwrap();
+
+        assert_eq!(ds.source_format, "image-folder");
+        assert_eq!(ds.classes, ["n01", "n02", "n03"]);
+        assert_eq!((ds.height, ds.width, ds.channels), (SIZE, SIZE, 3));
+        assert_eq!(ds.train.labels, [0, 0, 0, 1, 2, 2]);
+        assert_eq!(ds.test.labels, [0, 1, 1, 2]);
+        let meta = ds.meta().unwrap();
+        assert_eq!(meta.train_class_counts, [3, 1, 2]);
+        assert_eq!(meta.test_class_counts, [1, 2, 1]);
+        for (i, (name, colour)) in expected.iter().enumerate() {
+            // PNG is lossless, so the resize must hit it exactly.
+            let tolerance = if name.to_lowercase().ends_with("png") {
+                0
+            } else {
+                2
+            };
+            assert_flat(&ds.train.images, i, *colour, tolerance, name);
+        }
+        let val = [[1, 2, 3], [100, 100, 100], [250, 5, 5], [9, 99, 199]];
+        for (i, colour) in val.into_iter().enumerate() {
+            assert_flat(&ds.test.images, i, colour, 2, &format!("val image {i}"));
+        }
+    }
+
+    #[test]
+    fn scan_counts_without_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        train_tree(dir.path());
+        val_folders(dir.path());
+        // A corrupt image is found by decoding, which scan must not do.
+        fs::write(dir.path().join("train/n02/broken.jpg"), b"not a jpeg").unwrap();
+        let report = scan(&spec(dir.path())).unwrap();
+        assert_eq!(
+            report,
+            ScanReport {
+                classes: vec!["n01".into(), "n02".into(), "n03".into()],
+                train_counts: vec![3, 2, 2],
+                val_counts: vec![1, 2, 1],
+                val_skipped: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn detect_needs_a_train_folder_with_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!detect(dir.path()));
+        fs::create_dir_all(dir.path().join("train")).unwrap();
+        assert!(!detect(dir.path()));
+        fs::create_dir_all(dir.path().join("train/n01")).unwrap();
+        assert!(detect(dir.path()));
+    }
+
+    #[test]
+    fn progress_counts_every_image_once() {
+        let dir = tempfile::tempdir().unwrap();
+        train_tree(dir.path());
+        val_folders(dir.path());
+        let calls = Mutex::new(Vec::new());
+        load_image_folder(&spec(dir.path()), &|done, total| {
+            calls.lock().unwrap().push((done, total))
+        })
+        .unwrap();
+        let mut calls = calls.into_inner().unwrap();
+        calls.sort();
+        assert_eq!(calls, (1..=10).map(|d| (d, 10)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn output_is_identical_across_runs_and_thread_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        train_tree(dir.path());
+        val_folders(dir.path());
+        // Textured images, so that rounding differences would show.
+        for i in 0..12u32 {
+            let img = RgbImage::from_fn(37 + i * 5, 29 + i * 3, |x, y| {
+                Rgb([(x * 7 + y) as u8, (x * y + i) as u8, (y * 13 ^ x) as u8])
+            });
+            save(
+                &dir.path().join(format!("train/n02/t{i:02}.jpg")),
+                DynamicImage::ImageRgb8(img),
+            );
+        }
+        let s = ImageFolderSpec {
+            size: 24,
+            ..spec(dir.path())
+        };
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| load(&s).unwrap())
+        };
+        let first = on(1);
+        assert_eq!(first, on(4));
+        assert_eq!(first, on(4));
+    }
+
+    #[test]
+    fn label_list_val_accepts_wnids_and_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        train_tree(dir.path());
+        save(&dir.path().join("flat/b.JPEG"), solid(10, 10, [50, 60, 70]));
+        save(
+            &dir.path().join("flat/a.JPEG"),
+            solid(10, 10, [80, 90, 100]),
+        );
+        save(
+            &dir.path().join("flat/more/c.png"),
+            solid(10, 10, [1, 1, 1]),
+        );
+        let labels = dir.path().join("val_labels.txt");
+        fs::write(
+            &labels,
+            "# file class\nb.JPEG n03\n\na.JPEG 0   # index into the train classes\nmore/c.png n02\n",
+        )
+        .unwrap();
+        let s = ImageFolderSpec {
+            val: ValSource::LabelList {
+                dir: "flat".into(),
+                labels: labels.clone(),
+            },
+            ..spec(dir.path())
+        };
+        let ds = load(&s).unwrap();
+        // Sorted by path: a.JPEG, b.JPEG, more/c.png.
+        assert_eq!(ds.test.labels, [0, 2, 1]);
+        assert_flat(&ds.test.images, 0, [80, 90, 100], 2, "a.JPEG");
+        assert_flat(&ds.test.images, 1, [50, 60, 70], 2, "b.JPEG");
+        assert_flat(&ds.test.images, 2, [1, 1, 1], 0, "more/c.png");
+    }
+
+    #[test]
+    fn subset_keeps_listed_classes_in_sorted_order_and_skips_other_val_images() {
+        let dir = tempfile::tempdir().unwrap();
+        train_tree(dir.path());
+        val_folders(dir.path());
+        let subset = dir.path().join("subset.txt");
+        fs::write(&subset, "# ImageNet-Subset\nn03\n\n  n01  # first class\n").unwrap();
+        let s = ImageFolderSpec {
+            subset: Some(subset.clone()),
+            ..spec(dir.path())
+        };
+        let ds = load(&s).unwrap();
+        assert_eq!(ds.classes, ["n01", "n03"]);
+        assert_eq!(ds.train.labels, [0, 0, 0, 1, 1]);
+        assert_eq!(ds.test.labels, [0, 1]);
+        assert_flat(&ds.test.images, 1, [9, 99, 199], 0, "val n03");
+        assert_eq!(scan(&s).unwrap().val_skipped, 2);
+
+        // The same protocol with a label list: n02's line is skipped.
+        let labels = dir.path().join("labels.txt");
+        fs::write(
+            &labels,
+            "n01/v1.JPEG n01\nn02/v2.JPEG 1\nn02/v3.JPEG n02\nn03/v4.png n03\n",
+        )
+        .unwrap();
+        let listed = ImageFolderSpec {
+            val: ValSource::LabelList {
+                dir: "val".into(),
+                labels,
+            },
+            ..s
+        };
+        assert_eq!(load(&listed).unwrap(), ds);
+        assert_eq!(scan(&listed).unwrap().val_skipped, 2);
+    }
+
+    #[test]
+    fn bad_trees_are_rejected_with_the_file_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let s = spec(root);
+        let train = root.join("train");
+
+        let e = err(&s);
+        assert!(
+            e.contains(&format!("{}: training folder not found", train.display())),
+            "{e}"
+        );
+
+        fs::create_dir_all(&train).unwrap();
+        let e = err(&s);
+        assert!(e.contains("has no class folders"), "{e}");
+
+        train_tree(root);
+        fs::create_dir_all(train.join("n04/empty")).unwrap();
+        fs::write(train.join("n04/empty/x.txt"), "").unwrap();
+        let e = err(&s);
+        assert!(
+            e.contains(&format!("{}: holds no images", train.join("n04").display())),
+            "{e}"
+        );
+        fs::remove_dir_all(train.join("n04")).unwrap();
+
+        let e = err(&s);
+        assert!(
+            e.contains(&format!(
+                "{}: validation folder not found",
+                root.join("val").display()
+            )),
+            "{e}"
+        );
+
+        val_folders(root);
+        save(&root.join("val/n09/x.jpg"), solid(4, 4, [0, 0, 0]));
+        let e = err(&s);
+        assert!(
+            e.contains("val/n09: class \"n09\" has no training folder"),
+            "{e}"
+        );
+        fs::remove_dir_all(root.join("val/n09")).unwrap();
+
+        fs::remove_dir_all(root.join("val/n03")).unwrap();
+        let e = err(&s);
+        assert!(
+            e.contains("has no validation images for class \"n03\""),
+            "{e}"
+        );
+        val_folders(root);
+
+        let subset = root.join("subset.txt");
+        fs::write(&subset, "n01\n# n02\nn07\n").unwrap();
+        let with_subset = ImageFolderSpec {
+            subset: Some(subset.clone()),
+            ..s.clone()
+        };
+        let e = err(&with_subset);
+        assert!(
+            e.contains(&format!(
+                "{}:3: class \"n07\" has no folder in {}",
+                subset.display(),
+                train.display()
+            )),
+            "{e}"
+        );
+
+        // Two bad files: the first in artefact order is named, always.
+        fs::write(train.join("n03/zz.jpg"), b"\xff\xd8 truncated").unwrap();
+        fs::write(train.join("n02/corrupt.JPEG"), b"not a jpeg at all").unwrap();
+        let e = load(&s).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "{}: cannot decode image",
+                train.join("n02/corrupt.JPEG").display()
+            )),
+            "{e}"
+        );
+        fs::remove_file(train.join("n02/corrupt.JPEG")).unwrap();
+        let e = load(&s).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "{}: cannot decode image",
+                train.join("n03/zz.jpg").display()
+            )),
+            "{e}"
+        );
+        fs::remove_file(train.join("n03/zz.jpg")).unwrap();
+
+        let e = err(&ImageFolderSpec {
+            size: 0,
+            ..s.clone()
+        });
+        assert!(e.contains("image_folder.size: is 0"), "{e}");
+    }
+
+    #[test]
+    fn bad_label_lists_are_rejected_at_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        train_tree(root);
+        save(&root.join("flat/a.jpg"), solid(4, 4, [0, 0, 0]));
+        save(&root.join("flat/b.jpg"), solid(4, 4, [0, 0, 0]));
+        save(&root.join("flat/c.jpg"), solid(4, 4, [0, 0, 0]));
+        let labels = root.join("labels.txt");
+        let s = ImageFolderSpec {
+            val: ValSource::LabelList {
+                dir: "flat".into(),
+                labels: labels.clone(),
+            },
+            ..spec(root)
+        };
+        let at = |line: usize| format!("{}:{line}: ", labels.display());
+        let cases = [
+            (
+                "a.jpg n01\nb.jpg n05\n",
+                format!("{}unknown class \"n05\"", at(2)),
+            ),
+            (
+                "a.jpg 3\n",
+                format!(
+                    "{}class index 3 is out of range; training has 3 classes",
+                    at(1)
+                ),
+            ),
+            (
+                "# x\na.jpg\n",
+                format!("{}\"a.jpg\" is not \"<file> <wnid or class index>\"", at(2)),
+            ),
+            (
+                "a.jpg n01\na.jpg n02\n",
+                format!("{}\"a.jpg\" is already labelled on line 1", at(2)),
+            ),
+            (
+                "a.jpg n01\nb.jpg n02\nc.jpg n03\nd.jpg n03\n",
+                format!(
+                    "{}\"d.jpg\" is not an image in {}",
+                    at(4),
+                    root.join("flat").display()
+                ),
+            ),
+            (
+                "a.jpg n01\nc.jpg n03\n",
+                format!(
+                    "{}: has no line in label list",
+                    root.join("flat/b.jpg").display()
+                ),
+            ),
+        ];
+        for (text, expected) in cases {
+            fs::write(&labels, text).unwrap();
+            let e = err(&s);
+            assert!(
+                e.contains(&expected),
+                "for {text:?}:\n  got      {e}\n  expected {expected}"
+            );
+        }
+        fs::write(&labels, "a.jpg n01\nb.jpg n02\nc.jpg n03\n").unwrap();
+        assert_eq!(load(&s).unwrap().test.labels, [0, 1, 2]);
+    }
+
+    fn resize(src: &[u8], width: usize, height: usize, size: usize) -> Vec<u8> {
+        let mut out = vec![0; size * size * 3];
+        resize_centre_crop(src, width, height, size, &mut Scratch::default(), &mut out);
+        out
+    }
+
+    fn halves(width: usize, height: usize, split_at: impl Fn(usize, usize) -> bool) -> Vec<u8> {
+        let mut src = Vec::new();
+        for y in 0..height {
+            for x in 0..width {
+                src.extend(if split_at(x, y) {
+                    [0, 0, 255]
+                } else {
+                    [255, 0, 0]
+                });
+            }
+        }
+        src
+    }
+
+    #[test]
+    fn resize_keeps_the_centre_of_the_long_side() {
+        // 60x20 -> 30x10, window x 10..20 = source columns 20..40, whose
+        // halves are red (20..30) and blue (30..40). The triangle filter is
+        // 2 source pixels wide each side, so output columns 4 and 5 blend.
+        let out = resize(&halves(60, 20, |x, _| x >= 30), 60, 20, 10);
+        for y in 0..10 {
+            let row: Vec<[u8; 3]> = (0..10)
+                .map(|x| out[(y * 10 + x) * 3..][..3].try_into().unwrap())
+                .collect();
+            assert!(
+                row[..4].iter().all(|p| *p == [255, 0, 0]),
+                "row {y}: {row:?}"
+            );
+            assert!(
+                row[6..].iter().all(|p| *p == [0, 0, 255]),
+                "row {y}: {row:?}"
+            );
+            assert!(row[4][0] > row[4][2] && row[4][0] < 255, "row {y}: {row:?}");
+            assert_eq!(
+                (row[4][0] as u16 + row[4][2] as u16, row[5][0], row[5][2]),
+                (255, row[4][2], row[4][0])
+            );
+        }
+        // The same along the other axis.
+        let tall = resize(&halves(20, 60, |_, y| y >= 30), 20, 60, 10);
+        for x in 0..10 {
+            assert_eq!(&tall[x * 3..][..3], [255, 0, 0]);
+            assert_eq!(&tall[(3 * 10 + x) * 3..][..3], [255, 0, 0]);
+            assert_eq!(&tall[(6 * 10 + x) * 3..][..3], [0, 0, 255]);
+        }
+    }
+
+    #[test]
+    fn resize_of_a_flat_colour_is_exact_up_and_down() {
+        for (w, h, size) in [
+            (3, 2, 8),
+            (1, 1, 5),
+            (1000, 7, 6),
+            (33, 33, 32),
+            (17, 400, 256),
+        ] {
+            let src: Vec<u8> = [13u8, 128, 254].repeat(w * h);
+            let out = resize(&src, w, h, size);
+            assert!(
+                out.chunks_exact(3).all(|p| p == [13, 128, 254]),
+                "{w}x{h} -> {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn resize_of_a_ramp_stays_monotone_and_in_range() {
+        let (w, h) = (97, 61);
+        let src: Vec<u8> = (0..h)
+            .flat_map(|_| (0..w).flat_map(|x| [(x * 255 / (w - 1)) as u8; 3]))
+            .collect();
+        for size in [7, 61, 128] {
+            let out = resize(&src, w, h, size);
+            let row: Vec<u8> = out[..size * 3].iter().step_by(3).copied().collect();
+            assert!(row.windows(2).all(|p| p[0] <= p[1]), "size {size}: {row:?}");
+            // The crop drops (97/61*size - size)/2 scaled columns per side.
+            assert!(row[0] > 20 && row[size - 1] < 235, "size {size}: {row:?}");
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The YAML as written: plain serde types, unknown keys denied, no
+//! `untagged`/`flatten` (they ruin error messages). Resolution into a
+//! validated plan happens in `resolve`. Defaults live here, in the
+//! `default_*` functions and `Default` impls, and nowhere else; README's
+//! config reference lists them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub datasets: BTreeMap<String, RawDataset>,
+    #[serde(default)]
+    pub orders: BTreeMap<String, RawOrder>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, RawSetting>,
+    #[serde(default)]
+    pub methods: BTreeMap<String, RawMethod>,
+    #[serde(default)]
+    pub recipes: BTreeMap<String, RawRecipe>,
+    pub experiments: BTreeMap<String, RawExperiment>,
+    #[serde(default)]
+    pub evaluation: RawEvaluation,
+    #[serde(default)]
+    pub tables: BTreeMap<String, RawTable>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub remote: Option<RawRemote>,
+}
+
+/// A dataset source; exactly one of the variants, written as a one-key map
+/// (`synthetic: {...}`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawDataset {
+    Synthetic(RawSynthetic),
+    Cifar100(RawCifar100),
+    ImageFolder(RawImageFolder),
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSynthetic {
+    pub classes: u32,
+    pub train_per_class: u32,
+    pub test_per_class: u32,
+    #[serde(default = "default_synthetic_size")]
+    pub image_size: u32,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_synthetic_size() -> u32 {
+    32
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCifar100 {
+    /// Archive file (either official format) or extracted directory,
+    /// relative to the config file.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Official URL; the archive is downloaded into the store's downloads
+    /// when `path` is absent or missing. Requires `sha256`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImageFolder {
+    pub root: String,
+    #[serde(default = "default_train_dir")]
+    pub train_dir: String,
+    #[serde(default)]
+    pub val: RawVal,
+    /// Class-subset list file (one wnid per line): the ImageNet-Subset protocol.
+    #[serde(default)]
+    pub subset: Option<String>,
+    /// Images are resized so the short side is `size`, then centre-cropped
+    /// to `size x size`.
+    #[serde(default = "default_image_size")]
+    pub size: u32,
+}
+
+fn default_train_dir() -> String {
+    "train".into()
+}
+fn default_image_size() -> u32 {
+    256
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawVal {
+    /// `val/<wnid>/*.JPEG`
+    Folders(String),
+    /// A flat folder plus a label list file (`filename wnid` per line).
+    LabelList(RawLabelList),
+}
+
+impl Default for RawVal {
+    fn default() -> Self {
+        RawVal::Folders("val".into())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLabelList {
+    pub dir: String,
+    pub labels: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOrder {
+    /// An explicit list of class ids.
+    Explicit(Vec<u32>),
+    /// numpy's legacy `RandomState(seed).shuffle(arange(classes))`.
+    NumpySeed(u32),
+    /// A built-in order (`bsce-pipe order show --list`).
+    Named(String),
+    /// The original iCaRL code's order for a seed.
+    Icarl(u32),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSetting {
+    /// Classes learnt in the first task.
+    pub base: u32,
+    /// Classes added by each later task.
+    pub increment: u32,
+    /// Number of incremental steps after the base task; default: as many as
+    /// the dataset's classes allow.
+    #[serde(default)]
+    pub steps: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMethod {
+    /// Another method this one starts from; its fields override.
+    #[serde(default)]
+    pub extends: Option<String>,
+    #[serde(default)]
+    pub preset: Option<MethodPreset>,
+    /// Replace the classification loss by Balanced Softmax Cross-Entropy.
+    #[serde(default)]
+    pub bsce: Option<bool>,
+    /// Class-balanced fine-tuning after each task; default: the preset's
+    /// choice, off for BSCE variants.
+    #[serde(default)]
+    pub balanced_finetune: Option<bool>,
+    #[serde(default)]
+    pub memory: Option<RawMemory>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodPreset {
+    Finetune,
+    Icarl,
+    Lucir,
+    Podnet,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    #[serde(default)]
+    pub per_class: Option<u32>,
+    #[serde(default)]
+    pub total: Option<u32>,
+    #[serde(default)]
+    pub selection: Option<MemorySelection>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySelection {
+    Herding,
+    Random,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecipe {
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub lr: f64,
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub schedule: RawSchedule,
+}
+
+fn default_momentum() -> f64 {
+    0.9
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSchedule {
+    #[default]
+    Constant,
+    Cosine,
+    Multistep(RawMultistep),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMultistep {
+    pub milestones: Vec<u32>,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+}
+
+fn default_gamma() -> f64 {
+    0.1
+}
+
+/// One sweep: every combination of its lists is a run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExperiment {
+    pub dataset: String,
+    pub orders: Vec<String>,
+    pub settings: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub recipe: Option<String>,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvaluation {
+    #[serde(default = "default_classifiers")]
+    pub classifiers: Vec<Classifier>,
+    #[serde(default = "default_top_k")]
+    pub top_k: Vec<u32>,
+}
+
+impl Default for RawEvaluation {
+    fn default() -> Self {
+        RawEvaluation {
+            classifiers: default_classifiers(),
+            top_k: default_top_k(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Classifier {
+    Cnn,
+    Nme,
+}
+
+fn default_classifiers() -> Vec<Classifier> {
+    vec![Classifier::Cnn, Classifier::Nme]
+}
+fn default_top_k() -> Vec<u32> {
+    vec![1, 5]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    pub caption: String,
+    pub experiments: Vec<String>,
+    #[serde(default)]
+    pub classifier: Option<Classifier>,
+    /// Published numbers to print beside ours: method name -> setting name
+    /// -> "mean +- std" text.
+    #[serde(default)]
+    pub reference: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Store directory, relative to the config file; default `.bsce`.
+    /// `--store` and `BSCE_STORE` override it.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRemote {
+    /// A directory shared between machines (NFS, a cluster's scratch).
+    Dir(String),
+}

@@ -1,0 +1,524 @@
+//! Raw config -> validated [`Config`]. All cross-references and value checks
+//! happen here, once, with the key path and file position of the culprit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::locate::Locator;
+use super::raw::*;
+use super::{did_you_mean, ConfigError};
+use crate::catalog::StageCatalog;
+use crate::digest::Digest;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub datasets: BTreeMap<String, DatasetDef>,
+    pub orders: BTreeMap<String, OrderDef>,
+    pub settings: BTreeMap<String, SettingDef>,
+    pub methods: BTreeMap<String, MethodDef>,
+    pub recipes: BTreeMap<String, Value>,
+    pub experiments: Vec<Experiment>,
+    pub evaluation: Value,
+    pub tables: BTreeMap<String, Value>,
+    /// From the config's `store.path`, relative to the config; None = default.
+    pub store_path: Option<PathBuf>,
+    pub remote: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatasetDef {
+    pub name: String,
+    pub source: DatasetSource,
+    /// Known before preparation for synthetic sets and CIFAR-100.
+    pub classes: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DatasetSource {
+    /// The generator's spec, as the stage reads it.
+    Synthetic(Value),
+    Cifar100 {
+        path: Option<PathBuf>,
+        url: Option<String>,
+        sha256: Option<Digest>,
+    },
+    ImageFolder {
+        root: PathBuf,
+        train_dir: String,
+        val: ValDef,
+        subset: Option<PathBuf>,
+        size: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum ValDef {
+    Folders(String),
+    LabelList { dir: String, labels: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderDef {
+    pub name: String,
+    /// The order spec as the order stage reads it.
+    pub spec: Value,
+    /// Class count the order implies, when it implies one.
+    pub classes: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettingDef {
+    pub name: String,
+    pub base: u32,
+    pub increment: u32,
+    pub steps: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MethodDef {
+    pub name: String,
+    pub preset: MethodPreset,
+    pub bsce: bool,
+    pub balanced_finetune: bool,
+    pub memory_per_class: Option<u32>,
+    pub memory_total: Option<u32>,
+    pub selection: MemorySelection,
+}
+
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub name: String,
+    pub dataset: String,
+    pub orders: Vec<String>,
+    pub settings: Vec<String>,
+    pub methods: Vec<String>,
+    pub recipe: Option<String>,
+    pub seeds: Vec<u64>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    dir: PathBuf,
+    locator: &'a Locator,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let path = path.into();
+        ConfigError {
+            file: self.file.to_path_buf(),
+            position: self.locator.find(&path),
+            path,
+            message: message.into(),
+        }
+    }
+
+    fn relative(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn reference<'n, T>(
+        &self,
+        path: String,
+        what: &str,
+        name: &str,
+        table: &'n BTreeMap<String, T>,
+    ) -> Result<&'n T, ConfigError> {
+        table.get(name).ok_or_else(|| {
+            let hint = match did_you_mean(name, table.keys().map(String::as_str)) {
+                Some(s) => format!("; did you mean `{s}`?"),
+                None if table.is_empty() => format!("; the config defines no {what}s"),
+                None => format!(
+                    "; defined {what}s: {}",
+                    table.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            self.err(path, format!("unknown {what} `{name}`{hint}"))
+        })
+    }
+}
+
+pub fn resolve(
+    raw: RawConfig,
+    file: &Path,
+    locator: &Locator,
+    catalog: &dyn StageCatalog,
+) -> Result<Config, ConfigError> {
+    let cx = Ctx {
+        file,
+        dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        locator,
+    };
+    let mut datasets = BTreeMap::new();
+    for (name, d) in raw.datasets {
+        let def = resolve_dataset(&cx, &name, d)?;
+        datasets.insert(name, def);
+    }
+    let mut orders = BTreeMap::new();
+    for (name, o) in raw.orders {
+        let def = resolve_order(&cx, &name, o, catalog)?;
+        orders.insert(name, def);
+    }
+    let mut settings = BTreeMap::new();
+    for (name, s) in raw.settings {
+        let at = format!("settings.{name}");
+        if s.base == 0 {
+            return Err(cx.err(format!("{at}.base"), "must be at least 1"));
+        }
+        if s.increment == 0 {
+            return Err(cx.err(format!("{at}.increment"), "must be at least 1"));
+        }
+        if s.steps == Some(0) {
+            return Err(cx.err(format!("{at}.steps"), "must be at least 1"));
+        }
+        settings.insert(
+            name.clone(),
+            SettingDef {
+                name,
+                base: s.base,
+                increment: s.increment,
+                steps: s.steps,
+            },
+        );
+    }
+    let methods = resolve_methods(&cx, &raw.methods)?;
+    let mut recipes = BTreeMap::new();
+    for (name, r) in raw.recipes {
+        recipes.insert(name.clone(), resolve_recipe(&cx, &name, r)?);
+    }
+    let mut experiments = Vec::new();
+    if raw.experiments.is_empty() {
+        return Err(cx.err("experiments", "no experiment defined; nothing to run"));
+    }
+    for (name, e) in raw.experiments {
+        let at = format!("experiments.{name}");
+        let dataset = cx.reference(format!("{at}.dataset"), "dataset", &e.dataset, &datasets)?;
+        if e.orders.is_empty() {
+            return Err(cx.err(format!("{at}.orders"), "must list at least one order"));
+        }
+        if e.settings.is_empty() {
+            return Err(cx.err(format!("{at}.settings"), "must list at least one setting"));
+        }
+        if e.seeds.is_empty() {
+            return Err(cx.err(format!("{at}.seeds"), "must list at least one seed"));
+        }
+        for (i, o) in e.orders.iter().enumerate() {
+            let order = cx.reference(format!("{at}.orders[{i}]"), "order", o, &orders)?;
+            if let (Some(n), Some(c)) = (order.classes, dataset.classes) {
+                if n != c as usize {
+                    return Err(cx.err(
+                        format!("{at}.orders[{i}]"),
+                        format!(
+                            "order `{o}` has {n} classes but dataset `{}` has {c}",
+                            e.dataset
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, s) in e.settings.iter().enumerate() {
+            let setting = cx.reference(format!("{at}.settings[{i}]"), "setting", s, &settings)?;
+            if let Some(c) = dataset.classes {
+                let needed = setting.base + setting.increment * setting.steps.unwrap_or(1);
+                if needed > c {
+                    return Err(cx.err(
+                        format!("{at}.settings[{i}]"),
+                        format!(
+                            "setting `{s}` needs {needed} classes (base {} + increment {} x {} steps) but dataset `{}` has {c}",
+                            setting.base,
+                            setting.increment,
+                            setting.steps.unwrap_or(1),
+                            e.dataset
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, m) in e.methods.iter().enumerate() {
+            cx.reference(format!("{at}.methods[{i}]"), "method", m, &methods)?;
+        }
+        if let Some(r) = &e.recipe {
+            cx.reference(format!("{at}.recipe"), "recipe", r, &recipes)?;
+        } else if !e.methods.is_empty() {
+            return Err(cx.err(format!("{at}.recipe"), "an experiment with methods needs a recipe"));
+        }
+        experiments.push(Experiment {
+            name,
+            dataset: e.dataset,
+            orders: e.orders,
+            settings: e.settings,
+            methods: e.methods,
+            recipe: e.recipe,
+            seeds: e.seeds,
+        });
+    }
+    let exp_names: BTreeMap<String, ()> =
+        experiments.iter().map(|e| (e.name.clone(), ())).collect();
+    let mut tables = BTreeMap::new();
+    for (name, t) in raw.tables {
+        for (i, e) in t.experiments.iter().enumerate() {
+            cx.reference(format!("tables.{name}.experiments[{i}]"), "experiment", e, &exp_names)?;
+        }
+        tables.insert(
+            name,
+            json!({"caption": t.caption, "experiments": t.experiments,
+                   "classifier": t.classifier, "reference": t.reference}),
+        );
+    }
+    if raw.evaluation.classifiers.is_empty() {
+        return Err(cx.err("evaluation.classifiers", "must list cnn, nme or both"));
+    }
+    if let Some(i) = raw.evaluation.top_k.iter().position(|&k| k == 0) {
+        return Err(cx.err(format!("evaluation.top_k[{i}]"), "must be at least 1"));
+    }
+    let evaluation = json!({"classifiers": raw.evaluation.classifiers, "top_k": raw.evaluation.top_k});
+    Ok(Config {
+        file: file.to_path_buf(),
+        datasets,
+        orders,
+        settings,
+        methods,
+        recipes,
+        experiments,
+        evaluation,
+        tables,
+        store_path: raw.store.path.map(|p| cx.relative(&p)),
+        remote: raw.remote.map(|RawRemote::Dir(p)| cx.relative(&p)),
+    })
+}
+
+fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, ConfigError> {
+    let at = format!("datasets.{name}");
+    Ok(match d {
+        RawDataset::Synthetic(s) => {
+            let at = format!("{at}.synthetic");
+            if !(2..=u16::MAX as u32).contains(&s.classes) {
+                return Err(cx.err(format!("{at}.classes"), "must be between 2 and 65535"));
+            }
+            if s.train_per_class == 0 {
+                return Err(cx.err(format!("{at}.train_per_class"), "must be at least 1"));
+            }
+            if s.test_per_class == 0 {
+                return Err(cx.err(format!("{at}.test_per_class"), "must be at least 1"));
+            }
+            if !(4..=512).contains(&s.image_size) {
+                return Err(cx.err(format!("{at}.image_size"), "must be between 4 and 512"));
+            }
+            DatasetDef {
+                name: name.into(),
+                classes: Some(s.classes),
+                source: DatasetSource::Synthetic(serde_json::to_value(&s).expect("serialises")),
+            }
+        }
+        RawDataset::Cifar100(c) => {
+            let at = format!("{at}.cifar100");
+            if c.path.is_none() && c.url.is_none() {
+                return Err(cx.err(at, "needs `path` (archive or extracted folder) or `url`"));
+            }
+            let sha256 = match &c.sha256 {
+                Some(s) => Some(Digest::parse(s).ok_or_else(|| {
+                    cx.err(format!("{at}.sha256"), format!("{s:?} is not a sha256 digest (64 hex digits)"))
+                })?),
+                None => None,
+            };
+            if c.url.is_some() && sha256.is_none() {
+                return Err(cx.err(format!("{at}.sha256"), "a `url` needs the archive's sha256"));
+            }
+            DatasetDef {
+                name: name.into(),
+                classes: Some(100),
+                source: DatasetSource::Cifar100 {
+                    path: c.path.as_deref().map(|p| cx.relative(p)),
+                    url: c.url,
+                    sha256,
+                },
+            }
+        }
+        RawDataset::ImageFolder(f) => {
+            let at = format!("{at}.image_folder");
+            if !(8..=1024).contains(&f.size) {
+                return Err(cx.err(format!("{at}.size"), "must be between 8 and 1024"));
+            }
+            DatasetDef {
+                name: name.into(),
+                classes: None,
+                source: DatasetSource::ImageFolder {
+                    root: cx.relative(&f.root),
+                    train_dir: f.train_dir,
+                    val: match f.val {
+                        RawVal::Folders(dir) => ValDef::Folders(dir),
+                        RawVal::LabelList(l) => ValDef::LabelList {
+                            dir: l.dir,
+                            labels: cx.relative(&l.labels),
+                        },
+                    },
+                    subset: f.subset.as_deref().map(|p| cx.relative(p)),
+                    size: f.size,
+                },
+            }
+        }
+    })
+}
+
+fn resolve_order(
+    cx: &Ctx,
+    name: &str,
+    o: RawOrder,
+    catalog: &dyn StageCatalog,
+) -> Result<OrderDef, ConfigError> {
+    let at = format!("orders.{name}");
+    let (spec, classes) = match o {
+        RawOrder::Explicit(list) => {
+            let n = list.len();
+            if n == 0 {
+                return Err(cx.err(format!("{at}.explicit"), "lists no class"));
+            }
+            let mut seen = vec![false; n];
+            for (i, &c) in list.iter().enumerate() {
+                let p = format!("{at}.explicit[{i}]");
+                let slot = seen.get_mut(c as usize).ok_or_else(|| {
+                    cx.err(&p, format!("class {c} is out of range 0..{n} for a list of {n} classes"))
+                })?;
+                if *slot {
+                    return Err(cx.err(&p, format!("class {c} appears twice")));
+                }
+                *slot = true;
+            }
+            (json!({"explicit": {"classes": list}}), Some(n))
+        }
+        RawOrder::NumpySeed(seed) => (json!({"numpy_seed": {"seed": seed}}), None),
+        RawOrder::Icarl(seed) => (json!({"icarl": {"seed": seed}}), None),
+        RawOrder::Named(n) => {
+            let Some(classes) = catalog.named_order(&n) else {
+                let names = catalog.named_order_names();
+                let hint = match did_you_mean(&n, names.iter().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("known: {}", names.join(", ")),
+                };
+                return Err(cx.err(format!("{at}.named"), format!("unknown order `{n}`; {hint}")));
+            };
+            (json!({"named": {"name": n}}), Some(classes))
+        }
+    };
+    Ok(OrderDef {
+        name: name.into(),
+        spec,
+        classes,
+    })
+}
+
+fn resolve_methods(
+    cx: &Ctx,
+    raw: &BTreeMap<String, RawMethod>,
+) -> Result<BTreeMap<String, MethodDef>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for name in raw.keys() {
+        // Walk the `extends` chain, most derived first.
+        let mut chain: Vec<&str> = vec![name];
+        let mut cur = &raw[name];
+        while let Some(parent) = &cur.extends {
+            let at = format!("methods.{}.extends", chain.last().expect("non-empty"));
+            cur = cx.reference(at.clone(), "method", parent, raw)?;
+            if chain.contains(&parent.as_str()) {
+                chain.push(parent);
+                return Err(cx.err(at, format!("cycle: {}", chain.join(" -> "))));
+            }
+            chain.push(parent);
+        }
+        let pick = |f: &dyn Fn(&RawMethod) -> Option<Value>| {
+            chain.iter().find_map(|n| f(&raw[*n]))
+        };
+        let preset: MethodPreset = pick(&|m| m.preset.map(|p| json!(p)))
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| cx.err(format!("methods.{name}"), "needs a `preset` (finetune, icarl, lucir or podnet), here or in what it extends"))?;
+        let bsce = pick(&|m| m.bsce.map(Value::Bool)).and_then(|v| v.as_bool()).unwrap_or(false);
+        // Class-balanced fine-tuning defaults on for the presets that have
+        // it (LUCIR, PODNet) and off for BSCE variants, whose point is to
+        // make it unnecessary.
+        let balanced_finetune = pick(&|m| m.balanced_finetune.map(Value::Bool))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(!bsce && matches!(preset, MethodPreset::Lucir | MethodPreset::Podnet));
+        let mem = |f: &dyn Fn(&RawMemory) -> Option<u32>| {
+            chain.iter().find_map(|n| raw[*n].memory.as_ref().and_then(f))
+        };
+        let (per_class, total) = (mem(&|m| m.per_class), mem(&|m| m.total));
+        if per_class.is_some() && total.is_some() {
+            return Err(cx.err(
+                format!("methods.{name}.memory"),
+                "give `per_class` or `total`, not both",
+            ));
+        }
+        let selection = chain
+            .iter()
+            .find_map(|n| raw[*n].memory.as_ref().and_then(|m| m.selection))
+            .unwrap_or(MemorySelection::Herding);
+        let per_class = if per_class.is_none() && total.is_none() && preset != MethodPreset::Finetune {
+            Some(20)
+        } else {
+            per_class
+        };
+        out.insert(
+            name.clone(),
+            MethodDef {
+                name: name.clone(),
+                preset,
+                bsce,
+                balanced_finetune,
+                memory_per_class: per_class,
+                memory_total: total,
+                selection,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn resolve_recipe(cx: &Ctx, name: &str, r: RawRecipe) -> Result<Value, ConfigError> {
+    let at = format!("recipes.{name}");
+    if r.epochs == 0 {
+        return Err(cx.err(format!("{at}.epochs"), "must be at least 1"));
+    }
+    if r.batch_size == 0 {
+        return Err(cx.err(format!("{at}.batch_size"), "must be at least 1"));
+    }
+    if !(r.lr > 0.0 && r.lr.is_finite()) {
+        return Err(cx.err(format!("{at}.lr"), format!("must be a positive number, got {}", r.lr)));
+    }
+    if !(0.0..1.0).contains(&r.momentum) {
+        return Err(cx.err(format!("{at}.momentum"), "must be in [0, 1)"));
+    }
+    if !(r.weight_decay >= 0.0 && r.weight_decay.is_finite()) {
+        return Err(cx.err(format!("{at}.weight_decay"), "must be >= 0"));
+    }
+    let schedule = match r.schedule {
+        RawSchedule::Constant => json!("constant"),
+        RawSchedule::Cosine => json!("cosine"),
+        RawSchedule::Multistep(m) => {
+            for (i, w) in m.milestones.windows(2).enumerate() {
+                if w[1] <= w[0] {
+                    return Err(cx.err(
+                        format!("{at}.schedule.multistep.milestones[{}]", i + 1),
+                        "milestones must increase",
+                    ));
+                }
+            }
+            if let Some(i) = m.milestones.iter().position(|&x| x == 0 || x >= r.epochs) {
+                return Err(cx.err(
+                    format!("{at}.schedule.multistep.milestones[{i}]"),
+                    format!("must be between 1 and epochs - 1 ({})", r.epochs - 1),
+                ));
+            }
+            json!({"multistep": {"milestones": m.milestones, "gamma": m.gamma}})
+        }
+    };
+    Ok(json!({"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr,
+              "momentum": r.momentum, "weight_decay": r.weight_decay, "schedule": schedule}))
+}

@@ -1,0 +1,130 @@
+//! Content digests: sha256, spelled as 64 lowercase hex digits everywhere
+//! (file names in the store, records, keys).
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// A sha256 digest of some bytes: an artefact's content, a key record, a
+/// source archive.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    pub fn of_bytes(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// Streams a file through sha256. The buffer is large because the cost
+    /// per call of the SHA-NI compression is tiny and syscalls dominate
+    /// otherwise (see bench/hash_throughput).
+    pub fn of_file(path: &Path) -> io::Result<(Digest, u64)> {
+        let mut f = File::open(path)?;
+        Self::of_reader(&mut f)
+    }
+
+    pub fn of_reader(r: &mut dyn Read) -> io::Result<(Digest, u64)> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        Ok((Digest(hasher.finalize().into()), total))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn parse(s: &str) -> Option<Digest> {
+        let s = s.strip_prefix("sha256:").unwrap_or(s);
+        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Digest(out))
+    }
+
+    /// The first 12 hex digits: enough to tell keys apart in a terminal.
+    pub fn short(&self) -> String {
+        self.to_hex()[..12].to_string()
+    }
+
+    /// 64 bits taken from the digest, for seeding stage RNGs from the key.
+    pub fn seed64(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes"))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not a sha256 digest (64 hex digits)"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vector() {
+        assert_eq!(
+            Digest::of_bytes(b"abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_non_digests() {
+        assert!(Digest::parse("abc").is_none());
+        assert!(Digest::parse(&"G".repeat(64)).is_none());
+        let d = Digest::of_bytes(b"x");
+        assert_eq!(Digest::parse(&d.to_hex()), Some(d));
+        assert_eq!(Digest::parse(&format!("sha256:{d}")), Some(d));
+    }
+
+    #[test]
+    fn file_and_bytes_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let (d, n) = Digest::of_file(&p).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(d, Digest::of_bytes(&data));
+    }
+}

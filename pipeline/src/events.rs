@@ -1,0 +1,69 @@
+//! Run events. The scheduler emits them; the terminal display, the JSON
+//! summary and the run record are consumers (nextest's reporter split).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::key::DirtyReason;
+
+#[derive(Clone, Debug)]
+pub enum RunEvent {
+    Planned { total: usize },
+    /// Found in the store; `saved_seconds` is what computing it took.
+    Cached { label: String, key: Digest, saved_seconds: f64 },
+    /// Another process holds this key; waiting for it.
+    Waiting { label: String },
+    Started { label: String, key: Digest, reasons: Vec<DirtyReason>, device: String },
+    Progress { label: String, done: u64, total: Option<u64>, unit: String },
+    Finished { label: String, key: Digest, wall_seconds: f64 },
+    Failed { label: String, error: String, log_tail: String },
+    /// Not run because an input failed.
+    Skipped { label: String, because: String },
+    Interrupted,
+}
+
+pub trait Reporter {
+    fn on_event(&mut self, event: &RunEvent);
+}
+
+/// Counts for `--json` and the final line.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RunSummary {
+    pub stages: usize,
+    pub executed: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub interrupted: bool,
+    pub wall_seconds: f64,
+    /// Compute time the cache saved: the recorded wall time of every stage
+    /// served from the store.
+    pub saved_seconds: f64,
+    pub executed_labels: Vec<String>,
+    pub failed_labels: BTreeMap<String, String>,
+}
+
+impl RunSummary {
+    pub fn record(&mut self, event: &RunEvent) {
+        match event {
+            RunEvent::Planned { total } => self.stages = *total,
+            RunEvent::Cached { saved_seconds, .. } => {
+                self.cached += 1;
+                self.saved_seconds += saved_seconds;
+            }
+            RunEvent::Finished { label, .. } => {
+                self.executed += 1;
+                self.executed_labels.push(label.clone());
+            }
+            RunEvent::Failed { label, error, .. } => {
+                self.failed += 1;
+                self.failed_labels.insert(label.clone(), error.clone());
+            }
+            RunEvent::Skipped { .. } => self.skipped += 1,
+            RunEvent::Interrupted => self.interrupted = true,
+            RunEvent::Waiting { .. } | RunEvent::Started { .. } | RunEvent::Progress { .. } => {}
+        }
+    }
+}

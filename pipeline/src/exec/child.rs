@@ -1,0 +1,333 @@
+//! One stage run: lock its key, run `bsce-pipe exec-stage` as a child
+//! process in a private work folder, ingest its outputs into the store,
+//! record the action. A crash or OOM kills the child, not the run; nothing
+//! reaches the store until every output is hashed and synced.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::context::unix_ms;
+use super::job::{ChildMessage, SourceLocation, StageJob};
+use super::{Engine, INTERRUPTED};
+use crate::digest::Digest;
+use crate::events::RunEvent;
+use crate::key::{DirtyReason, KeyRecord};
+use crate::plan::{NodeId, PlanNode};
+use crate::store::atomic::temp_name;
+use crate::store::local::make_writable;
+use crate::store::lock::FileLock;
+use crate::store::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance};
+
+pub(crate) struct StageRun<'a> {
+    pub id: NodeId,
+    pub node: &'a PlanNode,
+    pub record: KeyRecord,
+    pub key: Digest,
+    pub reasons: Vec<DirtyReason>,
+    pub forced: bool,
+    pub device: String,
+    pub threads: usize,
+    pub sources: BTreeMap<String, SourceLocation>,
+    /// Input name -> (file, digest of the upstream output).
+    pub inputs: Vec<(String, Vec<(String, Option<Digest>)>)>,
+}
+
+pub(crate) enum WorkerMessage {
+    Event(RunEvent),
+    Done {
+        id: NodeId,
+        device: String,
+        result: Outcome,
+    },
+}
+
+pub(crate) enum Outcome {
+    Executed {
+        key: Digest,
+        outputs: BTreeMap<String, OutputEntry>,
+        wall_seconds: f64,
+    },
+    /// Another process computed it while we waited for the key's lock.
+    CachedByOther {
+        key: Digest,
+        outputs: BTreeMap<String, OutputEntry>,
+        saved_seconds: f64,
+    },
+    Failed {
+        error: String,
+        log_tail: String,
+    },
+    Interrupted,
+}
+
+pub(crate) fn run_stage(engine: &Engine, run: StageRun, tx: Sender<WorkerMessage>) {
+    let id = run.id;
+    let device = run.device.clone();
+    let result = execute(engine, run, &tx).unwrap_or_else(|error| Outcome::Failed {
+        error,
+        log_tail: String::new(),
+    });
+    let _ = tx.send(WorkerMessage::Done { id, device, result });
+}
+
+fn execute(engine: &Engine, run: StageRun, tx: &Sender<WorkerMessage>) -> Result<Outcome, String> {
+    let store = engine.store;
+    let label = run.node.label.clone();
+    let lock_path = store.lock_path(&run.key);
+    let lock = match FileLock::try_acquire(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))? {
+        Some(l) => l,
+        None => {
+            let _ = tx.send(WorkerMessage::Event(RunEvent::Waiting { label: label.clone() }));
+            loop {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    return Ok(Outcome::Interrupted);
+                }
+                if let Some(l) = FileLock::try_acquire(&lock_path).map_err(|e| e.to_string())? {
+                    break l;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    if !run.forced {
+        if let Some(rec) = store.get_usable_action(&run.key).map_err(|e| e.to_string())? {
+            return Ok(Outcome::CachedByOther {
+                key: run.key,
+                outputs: rec.outputs,
+                saved_seconds: rec.provenance.wall_seconds,
+            });
+        }
+    }
+    let _ = tx.send(WorkerMessage::Event(RunEvent::Started {
+        label: label.clone(),
+        key: run.key,
+        reasons: run.reasons.clone(),
+        device: run.device.clone(),
+    }));
+    let work = temp_name(&store.tmp_dir(), "work");
+    let result = run_child(engine, &run, &work, tx);
+    make_writable(&work);
+    let _ = fs::remove_dir_all(&work);
+    drop(lock);
+    result
+}
+
+fn run_child(
+    engine: &Engine,
+    run: &StageRun,
+    work: &Path,
+    tx: &Sender<WorkerMessage>,
+) -> Result<Outcome, String> {
+    let store = engine.store;
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let out_dir = work.join("out");
+    fs::create_dir_all(&out_dir).map_err(|e| io(&out_dir, e))?;
+    let mut inputs = BTreeMap::new();
+    for (name, files) in &run.inputs {
+        let dir = work.join("in").join(name);
+        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        for (file, digest) in files {
+            let digest = digest.ok_or_else(|| format!("input {name}/{file} has no digest"))?;
+            let link = dir.join(file);
+            std::os::unix::fs::symlink(store.blob_path(&digest), &link).map_err(|e| io(&link, e))?;
+        }
+        inputs.insert(name.clone(), dir);
+    }
+    let job = StageJob {
+        kind: run.node.kind,
+        label: run.node.label.clone(),
+        params: run.node.params.clone(),
+        inputs,
+        sources: run.sources.clone(),
+        out_dir: out_dir.clone(),
+        seed: run.key.seed64(),
+        device: run.device.clone(),
+    };
+    let job_path = work.join("job.json");
+    fs::write(&job_path, serde_json::to_vec_pretty(&job).expect("serialises")).map_err(|e| io(&job_path, e))?;
+    let log_path = work.join("log.txt");
+    let log = fs::File::create(&log_path).map_err(|e| io(&log_path, e))?;
+    let log_for_stdout = log.try_clone().map_err(|e| io(&log_path, e))?;
+
+    let started_ms = unix_ms();
+    let start = Instant::now();
+    let mut cmd = Command::new(&engine.ctx.exe);
+    cmd.arg("exec-stage")
+        .arg(&job_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .env("RAYON_NUM_THREADS", run.threads.to_string())
+        .env("OMP_NUM_THREADS", run.threads.to_string())
+        // The child gets its own process group so a terminal Ctrl-C reaches
+        // the scheduler only; the scheduler then stops the children itself.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it makes the kernel kill the child
+    // if the scheduler dies, so no orphan keeps computing.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| io(&engine.ctx.exe, e))?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().expect("piped");
+    let stage_prov: Arc<Mutex<BTreeMap<String, serde_json::Value>>> = Arc::default();
+    let reader = {
+        let tx = tx.clone();
+        let label = run.node.label.clone();
+        let prov = Arc::clone(&stage_prov);
+        std::thread::spawn(move || {
+            let mut log = log_for_stdout;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<ChildMessage>(&line) {
+                    Ok(ChildMessage::Progress { done, total, unit }) => {
+                        let _ = tx.send(WorkerMessage::Event(RunEvent::Progress {
+                            label: label.clone(),
+                            done,
+                            total,
+                            unit,
+                        }));
+                    }
+                    Ok(ChildMessage::Provenance { key, value }) => {
+                        prov.lock().expect("not poisoned").insert(key, value);
+                    }
+                    Err(_) => {
+                        let _ = writeln!(log, "{line}");
+                    }
+                }
+            }
+        })
+    };
+
+    // wait4 instead of Child::wait: it also returns the child's peak RSS.
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut interrupted = false;
+    let mut nap = Duration::from_millis(1);
+    loop {
+        // SAFETY: pid is our un-reaped child; the pointers are valid.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("waiting for stage process {pid}: {e}"));
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) && !interrupted {
+            interrupted = true;
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(50));
+    }
+    let _ = reader.join();
+    let wall_seconds = start.elapsed().as_secs_f64();
+    let log_bytes = fs::read(&log_path).unwrap_or_default();
+    let log_tail = tail(&log_bytes, 20);
+    if interrupted {
+        return Ok(Outcome::Interrupted);
+    }
+    let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let log_entry = store.insert_bytes(&log_bytes).map_err(|e| e.to_string())?;
+    let provenance = Provenance {
+        tool_version: engine.ctx.tool_version.clone(),
+        git_commit: engine.ctx.git_commit.clone(),
+        host: engine.ctx.host.clone(),
+        device: run.device.clone(),
+        run_id: engine.ctx.run_id.clone(),
+        started_unix_ms: started_ms,
+        wall_seconds,
+        peak_rss_kib: usage.ru_maxrss.max(0) as u64,
+        log: Some(log_entry.digest),
+        stage: std::mem::take(&mut *stage_prov.lock().expect("not poisoned")),
+    };
+    if !exited_ok {
+        let how = if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exited with status {}", libc::WEXITSTATUS(status))
+        };
+        let last = log_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let error = if last.is_empty() { how } else { format!("{how}: {last}") };
+        return Ok(fail(engine, run, error, log_tail, provenance));
+    }
+    let outputs = match ingest(engine, &out_dir) {
+        Ok(o) => o,
+        Err(error) => return Ok(fail(engine, run, error, log_tail, provenance)),
+    };
+    let record = ActionRecord {
+        key: run.key,
+        label: run.node.label.clone(),
+        key_record: run.record.clone(),
+        outputs: outputs.clone(),
+        provenance,
+    };
+    store.put_action(&record).map_err(|e| e.to_string())?;
+    store
+        .put_label(&LabelRecord {
+            label: run.node.label.clone(),
+            key: run.key,
+            key_record: run.record.clone(),
+        })
+        .map_err(|e| e.to_string())?;
+    store.clear_failure(&run.key);
+    Ok(Outcome::Executed {
+        key: run.key,
+        outputs,
+        wall_seconds,
+    })
+}
+
+/// Moves every file of `out/` into the CAS. Outputs are flat files: a
+/// folder or a link is a stage bug, reported as a failure.
+fn ingest(engine: &Engine, out_dir: &Path) -> Result<BTreeMap<String, OutputEntry>, String> {
+    let mut outputs = BTreeMap::new();
+    let entries = fs::read_dir(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", out_dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ft = entry.file_type().map_err(|e| e.to_string())?;
+        if !ft.is_file() {
+            return Err(format!("stage output {name} is not a plain file"));
+        }
+        let e = engine.store.insert_file(&entry.path()).map_err(|e| e.to_string())?;
+        outputs.insert(name, e);
+    }
+    if outputs.is_empty() {
+        return Err("stage wrote no output".into());
+    }
+    Ok(outputs)
+}
+
+fn fail(engine: &Engine, run: &StageRun, error: String, log_tail: String, provenance: Provenance) -> Outcome {
+    let _ = engine.store.put_failure(&FailureRecord {
+        key: run.key,
+        label: run.node.label.clone(),
+        error: error.clone(),
+        log_tail: log_tail.clone(),
+        provenance,
+    });
+    Outcome::Failed { error, log_tail }
+}
+
+fn tail(bytes: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,51 @@
+//! Ambient state, read once at the edge of a run: never seen by stages,
+//! never part of a key, recorded in provenance.
+
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    pub tool_version: String,
+    pub git_commit: Option<String>,
+    pub host: String,
+    pub run_id: String,
+    /// The binary that runs `exec-stage`.
+    pub exe: PathBuf,
+    pub cpus: usize,
+}
+
+impl RunContext {
+    pub fn detect(tool_version: &str, git_commit: Option<&str>) -> std::io::Result<RunContext> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        Ok(RunContext {
+            tool_version: tool_version.into(),
+            git_commit: git_commit.map(String::from),
+            host: hostname(),
+            run_id: format!("{now}-{}", std::process::id()),
+            exe: std::env::current_exe()?,
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        })
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // when it fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,89 @@
+//! The contract between the scheduler and a stage's child process
+//! (`bsce-pipe exec-stage <work>/job.json`). The child sees only this: its
+//! params, its input folders, its sources, a seed, a device and an output
+//! folder. It reports progress and provenance as JSON lines on stdout.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::catalog::StageKind;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageJob {
+    pub kind: StageKind,
+    pub label: String,
+    pub params: Value,
+    /// Input name -> folder holding the upstream files this stage reads.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Source name -> path outside the store (already verified by digest),
+    /// or where a download must land.
+    pub sources: BTreeMap<String, SourceLocation>,
+    pub out_dir: PathBuf,
+    /// Derived from the stage key: same key, same randomness.
+    pub seed: u64,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLocation {
+    pub path: PathBuf,
+    /// Set when the file must first be downloaded to `path`.
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+}
+
+impl StageJob {
+    pub fn read(path: &Path) -> std::io::Result<StageJob> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    pub fn input(&self, name: &str) -> Option<&Path> {
+        self.inputs.get(name).map(PathBuf::as_path)
+    }
+}
+
+/// A line the child writes on stdout; anything else on stdout goes to the log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "bsce", rename_all = "snake_case")]
+pub enum ChildMessage {
+    Progress { done: u64, total: Option<u64>, unit: String },
+    Provenance { key: String, value: Value },
+}
+
+/// What a stage uses to talk to the scheduler.
+pub struct ChildReporter {
+    out: std::io::Stdout,
+}
+
+impl Default for ChildReporter {
+    fn default() -> Self {
+        ChildReporter { out: std::io::stdout() }
+    }
+}
+
+impl ChildReporter {
+    pub fn send(&self, msg: &ChildMessage) {
+        let mut line = serde_json::to_string(msg).expect("serialises");
+        line.push('\n');
+        let mut out = self.out.lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+
+    pub fn progress(&self, done: u64, total: Option<u64>, unit: &str) {
+        self.send(&ChildMessage::Progress { done, total, unit: unit.into() });
+    }
+
+    pub fn provenance(&self, key: &str, value: Value) {
+        self.send(&ChildMessage::Provenance { key: key.into(), value });
+    }
+}

@@ -1,0 +1,350 @@
+//! The plan: a config turned into a DAG of stage instances. Pure: reads no
+//! file but the config, so `dag` and `status` cost nothing. Identical
+//! instances (same kind, params, inputs and sources) merge into one node, so
+//! a task split shared by several experiments is computed once.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::catalog::StageKind;
+use crate::config::{Config, DatasetSource, ValDef};
+use crate::digest::Digest;
+use crate::key::canonical_json;
+
+pub type NodeId = usize;
+
+#[derive(Clone, Debug)]
+pub struct PlanNode {
+    pub kind: StageKind,
+    /// Logical name (`order/synth/numpy1993`): how reruns are explained.
+    /// Not in the key.
+    pub label: String,
+    /// Exactly the parameters the stage reads.
+    pub params: Value,
+    pub inputs: Vec<NodeInput>,
+    pub sources: Vec<SourceInput>,
+}
+
+/// Files of an upstream node's output that this node reads. They appear to
+/// the stage as `in/<name>/<file>` and in the key as `<name>/<file>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeInput {
+    pub name: String,
+    pub node: NodeId,
+    pub files: Vec<String>,
+}
+
+/// A file or tree outside the store that a stage reads. The key holds its
+/// content digest, never its path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceInput {
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub is_tree: bool,
+    /// For downloads: where to fetch it if `path` is absent.
+    pub url: Option<String>,
+    /// The digest the config promises, if any.
+    pub expected: Option<Digest>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub nodes: Vec<PlanNode>,
+}
+
+const DATASET_FILES: [&str; 5] = [
+    "meta.json",
+    "train.images",
+    "train.labels",
+    "test.images",
+    "test.labels",
+];
+
+impl Plan {
+    pub fn from_config(config: &Config) -> Plan {
+        let mut b = Builder::default();
+        for exp in &config.experiments {
+            let ds = &config.datasets[&exp.dataset];
+            let prepare = b.add(prepare_node(&exp.dataset, &ds.source));
+            for order_name in &exp.orders {
+                let order = &config.orders[order_name];
+                let order_node = b.add(PlanNode {
+                    kind: StageKind::Order,
+                    label: format!("order/{}/{}", exp.dataset, order_name),
+                    params: json!({"spec": order.spec}),
+                    inputs: vec![NodeInput {
+                        name: "dataset".into(),
+                        node: prepare,
+                        files: vec!["meta.json".into()],
+                    }],
+                    sources: vec![],
+                });
+                for setting_name in &exp.settings {
+                    let s = &config.settings[setting_name];
+                    b.add(PlanNode {
+                        kind: StageKind::Tasks,
+                        label: format!("tasks/{}/{}/{}", exp.dataset, order_name, setting_name),
+                        params: json!({"base": s.base, "increment": s.increment, "steps": s.steps}),
+                        inputs: vec![
+                            NodeInput {
+                                name: "dataset".into(),
+                                node: prepare,
+                                files: vec!["meta.json".into()],
+                            },
+                            NodeInput {
+                                name: "order".into(),
+                                node: order_node,
+                                files: vec!["order.json".into()],
+                            },
+                        ],
+                        sources: vec![],
+                    });
+                }
+            }
+        }
+        b.plan
+    }
+
+    /// Nodes that read `id`'s outputs.
+    pub fn dependants(&self, id: NodeId) -> Vec<NodeId> {
+        (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].inputs.iter().any(|i| i.node == id))
+            .collect()
+    }
+
+    /// A topological order, or the labels on a cycle.
+    pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<String>> {
+        let n = self.nodes.len();
+        let mut indeg: Vec<usize> = self.nodes.iter().map(|x| x.inputs.len()).collect();
+        let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); n];
+        for (id, node) in self.nodes.iter().enumerate() {
+            for i in &node.inputs {
+                users[i.node].push(id);
+            }
+        }
+        let mut ready: Vec<NodeId> = (0..n).filter(|&i| indeg[i] == 0).rev().collect();
+        let mut out = Vec::with_capacity(n);
+        while let Some(id) = ready.pop() {
+            out.push(id);
+            for &u in users[id].iter().rev() {
+                indeg[u] -= 1;
+                if indeg[u] == 0 {
+                    ready.push(u);
+                }
+            }
+        }
+        if out.len() == n {
+            Ok(out)
+        } else {
+            Err((0..n)
+                .filter(|&i| indeg[i] > 0)
+                .map(|i| self.nodes[i].label.clone())
+                .collect())
+        }
+    }
+
+    /// An indented text tree: each node under the first node it reads from;
+    /// a node met again is printed once more with "(see above)".
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let mut shown = vec![false; self.nodes.len()];
+        let children: Vec<Vec<NodeId>> = (0..self.nodes.len()).map(|i| self.dependants(i)).collect();
+        for root in (0..self.nodes.len()).filter(|&i| self.nodes[i].inputs.is_empty()) {
+            self.text_node(root, "", true, true, &children, &mut shown, &mut out);
+        }
+        let _ = writeln!(out, "{} stages", self.nodes.len());
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn text_node(
+        &self,
+        id: NodeId,
+        prefix: &str,
+        last: bool,
+        root: bool,
+        children: &[Vec<NodeId>],
+        shown: &mut [bool],
+        out: &mut String,
+    ) {
+        let node = &self.nodes[id];
+        let branch = if root { "" } else if last { "└── " } else { "├── " };
+        let again = if shown[id] { "  (see above)" } else { "" };
+        let _ = writeln!(out, "{prefix}{branch}{} [{}]{again}", node.label, node.kind);
+        if shown[id] {
+            return;
+        }
+        shown[id] = true;
+        let child_prefix = if root {
+            String::new()
+        } else {
+            format!("{prefix}{}", if last { "    " } else { "│   " })
+        };
+        let kids = &children[id];
+        for (i, &c) in kids.iter().enumerate() {
+            self.text_node(c, &child_prefix, i + 1 == kids.len(), false, children, shown, out);
+        }
+    }
+
+    pub fn render_dot(&self) -> String {
+        let mut out = String::from("digraph bsce {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+        for (id, n) in self.nodes.iter().enumerate() {
+            let _ = writeln!(out, "  n{id} [label=\"{}\\n[{}]\"];", n.label, n.kind);
+        }
+        for (id, n) in self.nodes.iter().enumerate() {
+            for i in &n.inputs {
+                let _ = writeln!(out, "  n{} -> n{id} [label=\"{}\"];", i.node, i.name);
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    pub fn render_mermaid(&self) -> String {
+        let mut out = String::from("flowchart LR\n");
+        for (id, n) in self.nodes.iter().enumerate() {
+            let _ = writeln!(out, "  n{id}[\"{}<br/>[{}]\"]", n.label, n.kind);
+        }
+        for (id, n) in self.nodes.iter().enumerate() {
+            for i in &n.inputs {
+                let _ = writeln!(out, "  n{} -->|{}| n{id}", i.node, i.name);
+            }
+        }
+        out
+    }
+}
+
+fn prepare_node(name: &str, source: &DatasetSource) -> PlanNode {
+    let (params, sources) = match source {
+        DatasetSource::Synthetic(spec) => (json!({"synthetic": spec}), vec![]),
+        DatasetSource::Cifar100 { path, url, sha256 } => (
+            json!({"cifar100": {}}),
+            vec![SourceInput {
+                name: "archive".into(),
+                path: path.clone(),
+                is_tree: path.as_ref().is_some_and(|p| p.is_dir()),
+                url: url.clone(),
+                expected: *sha256,
+            }],
+        ),
+        DatasetSource::ImageFolder {
+            root,
+            train_dir,
+            val,
+            subset,
+            size,
+        } => {
+            let mut sources = vec![SourceInput {
+                name: "root".into(),
+                path: Some(root.clone()),
+                is_tree: true,
+                url: None,
+                expected: None,
+            }];
+            let val_param = match val {
+                ValDef::Folders(dir) => json!({"folders": dir}),
+                ValDef::LabelList { dir, labels } => {
+                    sources.push(file_source("val_labels", labels));
+                    json!({"label_list": {"dir": dir}})
+                }
+            };
+            if let Some(s) = subset {
+                sources.push(file_source("subset", s));
+            }
+            (
+                json!({"image_folder": {"train_dir": train_dir, "val": val_param, "size": size}}),
+                sources,
+            )
+        }
+    };
+    PlanNode {
+        kind: StageKind::Prepare,
+        label: format!("prepare/{name}"),
+        params,
+        inputs: vec![],
+        sources,
+    }
+}
+
+fn file_source(name: &str, path: &std::path::Path) -> SourceInput {
+    SourceInput {
+        name: name.into(),
+        path: Some(path.to_path_buf()),
+        is_tree: false,
+        url: None,
+        expected: None,
+    }
+}
+
+/// Files of a prepared dataset, for stages that read all of it.
+pub fn dataset_files() -> Vec<String> {
+    DATASET_FILES.iter().map(|s| s.to_string()).collect()
+}
+
+#[derive(Default)]
+struct Builder {
+    plan: Plan,
+    index: HashMap<String, NodeId>,
+}
+
+impl Builder {
+    fn add(&mut self, node: PlanNode) -> NodeId {
+        let identity = format!(
+            "{}|{}|{:?}|{:?}",
+            node.kind,
+            canonical_json(&node.params),
+            node.inputs,
+            node.sources
+        );
+        if let Some(&id) = self.index.get(&identity) {
+            return id;
+        }
+        let id = self.plan.nodes.len();
+        self.plan.nodes.push(node);
+        self.index.insert(identity, id);
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(label: &str, inputs: &[NodeId]) -> PlanNode {
+        PlanNode {
+            kind: StageKind::Order,
+            label: label.into(),
+            params: json!({}),
+            inputs: inputs
+                .iter()
+                .map(|&n| NodeInput {
+                    name: format!("in{n}"),
+                    node: n,
+                    files: vec![],
+                })
+                .collect(),
+            sources: vec![],
+        }
+    }
+
+    #[test]
+    fn topo_order_respects_edges() {
+        let plan = Plan {
+            nodes: vec![node("c", &[1, 2]), node("a", &[]), node("b", &[1])],
+        };
+        let order = plan.topo_order().unwrap();
+        let pos = |x| order.iter().position(|&i| i == x).unwrap();
+        assert!(pos(1) < pos(2) && pos(2) < pos(0));
+    }
+
+    #[test]
+    fn cycles_are_reported_with_their_labels() {
+        let plan = Plan {
+            nodes: vec![node("a", &[1]), node("b", &[0]), node("root", &[])],
+        };
+        assert_eq!(plan.topo_order().unwrap_err(), vec!["a", "b"]);
+    }
+}

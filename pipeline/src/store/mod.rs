@@ -1,0 +1,58 @@
+//! The content-addressed store.
+//!
+//! Layout under the store root (default `.bsce/` beside the config):
+//!
+//! | path                 | content                                                       |
+//! |----------------------|---------------------------------------------------------------|
+//! | `cas/ab/cdef...`     | blobs, named by the sha256 of their content, read-only         |
+//! | `ac/ab/cdef....json` | action records: stage key -> output manifest + provenance      |
+//! | `labels/<sha>.json`  | the last key record of each logical stage (for explanations)  |
+//! | `failed/<key>.json`  | the last failure of a key: error and log; never used as a hit  |
+//! | `locks/<key>.lock`   | flock files: one process runs a given key at a time            |
+//! | `state/`             | source-file digest cache (path, size, mtime, inode -> digest)  |
+//! | `tmp/`               | work and temp files of running processes, named by pid         |
+//! | `quarantine/`        | blobs that failed `cache verify`                               |
+//!
+//! `cas` + `ac` mirror Bazel's remote cache split, so a remote backend (a
+//! shared directory, an HTTP cache, S3) is the same two maps behind
+//! [`remote::RemoteCache`], layered under the local store by the executor.
+
+pub mod atomic;
+pub mod local;
+pub mod lock;
+pub mod records;
+pub mod remote;
+
+pub use local::LocalStore;
+pub use records::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store record {path} is unreadable: {message}")]
+    BadRecord { path: PathBuf, message: String },
+    #[error("blob {digest} read from {from} has digest {actual}; refused")]
+    DigestMismatch {
+        digest: String,
+        actual: String,
+        from: String,
+    },
+    #[error("remote cache {url}: {message}")]
+    Remote { url: String, message: String },
+}
+
+impl StoreError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
