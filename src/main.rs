@@ -1,1 +1,496 @@
-fn main() {}
+//! `bsce-pipe`: the only place that knows every crate. It reads ambient
+//! state once (env, binary path, host), parses the command line, and hands
+//! plain values to the engine and the stages.
+//!
+//! Exit codes: 0 success; 1 a stage failed; 2 bad input (config, flags,
+//! sources); 3 store problem (corrupt blobs found, unreadable records);
+//! 130 interrupted.
+
+mod inspect;
+mod reporter;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bsce_pipeline::config::{self, Config};
+use bsce_pipeline::exec::job::{ChildReporter, StageJob};
+use bsce_pipeline::exec::{Engine, EngineError, NodeStatus, RunContext, RunOptions, INTERRUPTED};
+use bsce_pipeline::maintenance;
+use bsce_pipeline::plan::Plan;
+use bsce_pipeline::store::LocalStore;
+use bsce_stages::stage::Catalog;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "bsce-pipe", version, about = "Reproduce Balanced Softmax Cross-Entropy for Incremental Learning, every result computed once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Store directory [default: the config's store.path, else .bsce beside the config; env BSCE_STORE]
+    #[arg(long, env = "BSCE_STORE")]
+    store: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every stage of CONFIG that is not in the store.
+    Run {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Stages run in parallel [default: number of CPUs]
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// GPUs to use, one per training stage (e.g. 0,1)
+        #[arg(long, value_delimiter = ',')]
+        gpus: Vec<u32>,
+        /// Go on with independent stages after a failure
+        #[arg(long)]
+        keep_going: bool,
+        /// Print what would run, and why; run nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Rerun these stages even if cached: a label, a prefix ending in '/', or 'all'
+        #[arg(long)]
+        force: Vec<String>,
+        /// Print a machine-readable summary on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every stage as cached or to-run, with the reason.
+    Status {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage DAG of CONFIG.
+    Dag {
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DagFormat,
+    },
+    /// Store maintenance.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Class orders.
+    Order {
+        #[command(subcommand)]
+        command: OrderCommand,
+    },
+    /// Dataset sources and prepared datasets.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// Internal: run one stage (the scheduler starts this as a child).
+    #[command(hide = true)]
+    ExecStage { job: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Re-hash every blob; move corrupt ones to quarantine/.
+    Verify {
+        #[arg(long, env = "BSCE_STORE", default_value = ".bsce")]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every result that none of the given configs reaches.
+    Gc {
+        #[arg(long, required = true, num_args = 1..)]
+        keep: Vec<PathBuf>,
+        #[arg(long, env = "BSCE_STORE")]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sizes per stage kind.
+    Du {
+        #[arg(long, env = "BSCE_STORE", default_value = ".bsce")]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrderCommand {
+    /// Print an order as a JSON list.
+    Show {
+        /// A built-in order name (see --list)
+        name: Option<String>,
+        #[arg(long, requires = "classes")]
+        numpy_seed: Option<u32>,
+        /// The original iCaRL script's order for this seed
+        #[arg(long, requires = "classes", conflicts_with = "numpy_seed")]
+        icarl_seed: Option<u32>,
+        #[arg(long)]
+        classes: Option<usize>,
+        /// Take the order from a config's `orders` entry
+        #[arg(long, requires = "entry")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        entry: Option<String>,
+        /// List the built-in orders
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Detected format, images per split, classes, image size and content digest.
+    Inspect {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error that is the user's input, not ours: exit code 2.
+#[derive(Debug)]
+struct BadInput(String);
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for BadInput {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<BadInput>().is_some()
+                || e.downcast_ref::<config::ConfigError>().is_some()
+            {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            if let Some(EngineError::Source(_)) = e.downcast_ref::<EngineError>() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn catalog() -> Catalog {
+    // Test hook, read once here: BSCE_PIPE_CODE_SALT=order:x,prepare:y
+    let salts = std::env::var("BSCE_PIPE_CODE_SALT")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Catalog { salts }
+}
+
+fn load_config(path: &Path, catalog: &Catalog) -> Result<Config> {
+    Ok(config::load(path, catalog)?)
+}
+
+fn store_root(args: &StoreArgs, cfg: &Config) -> PathBuf {
+    args.store
+        .clone()
+        .or_else(|| cfg.store_path.clone())
+        .unwrap_or_else(|| cfg.file.parent().unwrap_or(Path::new(".")).join(".bsce"))
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            config,
+            store,
+            jobs,
+            gpus,
+            keep_going,
+            dry_run,
+            force,
+            json,
+        } => {
+            let catalog = catalog();
+            let cfg = load_config(&config, &catalog)?;
+            let plan = Plan::from_config(&cfg);
+            let root = store_root(&store, &cfg);
+            let opts = RunOptions {
+                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+                gpus,
+                keep_going,
+                force,
+            };
+            if dry_run {
+                return print_status(&plan, &root, &catalog, &opts, json, true);
+            }
+            if jobs == Some(0) {
+                return Err(BadInput("--jobs must be at least 1".into()).into());
+            }
+            let store = LocalStore::open(&root)?;
+            let ctx = run_context()?;
+            install_signal_handlers();
+            let engine = Engine {
+                plan: &plan,
+                store: &store,
+                catalog: &catalog,
+                ctx: &ctx,
+                downloads: root.join("downloads"),
+            };
+            let mut reporter = reporter::TerminalReporter::new(false);
+            let summary = engine.run(&opts, &mut reporter)?;
+            drop(reporter);
+            let nothing = if summary.executed == 0 && summary.failed == 0 { " (nothing to do)" } else { "" };
+            eprintln!(
+                "{} executed, {} from cache, {} failed, {} skipped in {:.2}s; the cache saved {:.1}s of compute{nothing}",
+                summary.executed, summary.cached, summary.failed, summary.skipped, summary.wall_seconds, summary.saved_seconds
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
+            Ok(if summary.interrupted {
+                ExitCode::from(130)
+            } else if summary.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Status { config, store, json } => {
+            let catalog = catalog();
+            let cfg = load_config(&config, &catalog)?;
+            let plan = Plan::from_config(&cfg);
+            let root = store_root(&store, &cfg);
+            print_status(&plan, &root, &catalog, &RunOptions::default(), json, false)
+        }
+        Command::Dag { config, format } => {
+            let cfg = load_config(&config, &catalog())?;
+            let plan = Plan::from_config(&cfg);
+            print!(
+                "{}",
+                match format {
+                    DagFormat::Text => plan.render_text(),
+                    DagFormat::Dot => plan.render_dot(),
+                    DagFormat::Mermaid => plan.render_mermaid(),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { command } => cache(command),
+        Command::Order { command } => inspect::order(command),
+        Command::Dataset { command: DatasetCommand::Inspect { path, json } } => inspect::dataset(&path, json),
+        Command::ExecStage { job } => exec_stage(&job),
+    }
+}
+
+fn run_context() -> Result<RunContext> {
+    let commit = option_env!("BSCE_GIT_COMMIT").filter(|c| !c.is_empty());
+    Ok(RunContext::detect(env!("CARGO_PKG_VERSION"), commit)?)
+}
+
+/// `status` and `run --dry-run`: reads the store, writes nothing.
+fn print_status(
+    plan: &Plan,
+    root: &Path,
+    catalog: &Catalog,
+    opts: &RunOptions,
+    json: bool,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    // A store that does not exist yet is read as an empty one, in a temp
+    // folder, so status never creates anything.
+    let scratch;
+    let store = match LocalStore::open_existing(root) {
+        Some(s) => s,
+        None => {
+            scratch = tempdir()?;
+            LocalStore::open(&scratch.0)?
+        }
+    };
+    let ctx = run_context()?;
+    let engine = Engine {
+        plan,
+        store: &store,
+        catalog,
+        ctx: &ctx,
+        downloads: root.join("downloads"),
+    };
+    let status = engine.status(opts)?;
+    let mut rows = Vec::new();
+    let (mut cached, mut to_run) = (0, 0);
+    for (node, st) in plan.nodes.iter().zip(&status) {
+        match st {
+            NodeStatus::Cached { key, .. } => {
+                cached += 1;
+                rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": "cached", "key": key.to_hex()}));
+                if !json {
+                    println!("cached   {}", node.label);
+                }
+            }
+            NodeStatus::ToRun { key, reasons } => {
+                to_run += 1;
+                let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+                rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": "to-run",
+                    "key": key.map(|k| k.to_hex()), "reasons": why}));
+                if !json {
+                    println!("to-run   {}: {}", node.label, why.join("; "));
+                }
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "stages": plan.nodes.len(), "cached": cached, "to_run": to_run,
+                "executed": 0, "failed": 0, "dry_run": dry_run, "nodes": rows}))?
+        );
+    } else {
+        println!("{} stages: {cached} cached, {to_run} to run", plan.nodes.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn tempdir() -> Result<TempDir> {
+    let p = std::env::temp_dir().join(format!("bsce-status-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}
+
+fn cache(command: CacheCommand) -> Result<ExitCode> {
+    match command {
+        CacheCommand::Verify { store, json } => {
+            let store = existing_store(&store)?;
+            let r = maintenance::verify(&store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{} blobs, {} bytes verified", r.blobs, r.bytes);
+                for (d, to) in &r.quarantined {
+                    println!("corrupt  {d} -> {to}");
+                }
+                if !r.quarantined.is_empty() {
+                    println!("{} corrupt blobs quarantined; the stages that made them will rerun", r.quarantined.len());
+                }
+            }
+            Ok(if r.quarantined.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        }
+        CacheCommand::Gc { keep, store, json } => {
+            let catalog = catalog();
+            let ctx = run_context()?;
+            let mut keys = BTreeSet::new();
+            let mut root: Option<PathBuf> = store.clone();
+            for cfg_path in &keep {
+                let cfg = load_config(cfg_path, &catalog)?;
+                let r = store_root(&StoreArgs { store: store.clone() }, &cfg);
+                if root.is_none() {
+                    root = Some(r.clone());
+                }
+                if Some(&r) != root.as_ref() {
+                    return Err(BadInput(format!(
+                        "{} uses store {}, not {}; pass --store to choose one",
+                        cfg_path.display(),
+                        r.display(),
+                        root.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                    ))
+                    .into());
+                }
+                let s = existing_store(&r)?;
+                let plan = Plan::from_config(&cfg);
+                let engine = Engine { plan: &plan, store: &s, catalog: &catalog, ctx: &ctx, downloads: r.join("downloads") };
+                for st in engine.status(&RunOptions::default())? {
+                    if let NodeStatus::Cached { key, .. } = st {
+                        keys.insert(key);
+                    }
+                }
+            }
+            let store = existing_store(root.as_ref().expect("at least one config"))?;
+            let r = maintenance::gc(&store, &keys)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "kept {} results; removed {} results and {} blobs ({} bytes)",
+                    r.kept_actions, r.removed_actions, r.removed_blobs, r.freed_bytes
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Du { store, json } => {
+            let store = existing_store(&store)?;
+            let r = maintenance::du(&store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{:<10} {:>8} {:>14}", "kind", "results", "bytes");
+                for (kind, u) in &r.kinds {
+                    println!("{kind:<10} {:>8} {:>14}", u.actions, u.bytes);
+                }
+                println!("{:<10} {:>8} {:>14}", "logs", "", r.logs_bytes);
+                println!("{:<10} {:>8} {:>14}", "unused", "", r.unreferenced_bytes);
+                println!("{:<10} {:>8} {:>14}", "total", "", r.total_bytes);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn existing_store(root: &Path) -> Result<LocalStore> {
+    LocalStore::open_existing(root)
+        .ok_or_else(|| BadInput(format!("{}: no bsce-pipe store here", root.display())).into())
+}
+
+/// The child side of a stage: run it, report errors on stderr (the log),
+/// exit non-zero on failure.
+fn exec_stage(job_path: &Path) -> Result<ExitCode> {
+    let job = StageJob::read(job_path).with_context(|| format!("reading job {}", job_path.display()))?;
+    let reporter = ChildReporter::default();
+    match bsce_stages::stage::run_job(&job, &reporter) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // Second Ctrl-C: leave now; children die with us (PDEATHSIG) and
+        // the store holds only complete records.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only touches an atomic and calls _exit.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}

@@ -146,46 +146,40 @@ impl Plan {
         }
     }
 
-    /// An indented text tree: each node under the first node it reads from;
-    /// a node met again is printed once more with "(see above)".
+    /// An indented text tree. Each node appears once, under the input it
+    /// lists last (for a task split: its order, under its dataset).
     pub fn render_text(&self) -> String {
+        let mut children: Vec<Vec<NodeId>> = vec![Vec::new(); self.nodes.len()];
+        for (id, node) in self.nodes.iter().enumerate() {
+            if let Some(parent) = node.inputs.last() {
+                children[parent.node].push(id);
+            }
+        }
         let mut out = String::new();
-        let mut shown = vec![false; self.nodes.len()];
-        let children: Vec<Vec<NodeId>> = (0..self.nodes.len()).map(|i| self.dependants(i)).collect();
         for root in (0..self.nodes.len()).filter(|&i| self.nodes[i].inputs.is_empty()) {
-            self.text_node(root, "", true, true, &children, &mut shown, &mut out);
+            self.text_node(root, "", None, &children, &mut out);
         }
         let _ = writeln!(out, "{} stages", self.nodes.len());
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn text_node(
-        &self,
-        id: NodeId,
-        prefix: &str,
-        last: bool,
-        root: bool,
-        children: &[Vec<NodeId>],
-        shown: &mut [bool],
-        out: &mut String,
-    ) {
+    /// `last`: None for a root, else whether this is its parent's last child.
+    fn text_node(&self, id: NodeId, prefix: &str, last: Option<bool>, children: &[Vec<NodeId>], out: &mut String) {
         let node = &self.nodes[id];
-        let branch = if root { "" } else if last { "└── " } else { "├── " };
-        let again = if shown[id] { "  (see above)" } else { "" };
-        let _ = writeln!(out, "{prefix}{branch}{} [{}]{again}", node.label, node.kind);
-        if shown[id] {
-            return;
-        }
-        shown[id] = true;
-        let child_prefix = if root {
-            String::new()
-        } else {
-            format!("{prefix}{}", if last { "    " } else { "│   " })
+        let branch = match last {
+            None => "",
+            Some(true) => "└── ",
+            Some(false) => "├── ",
+        };
+        let _ = writeln!(out, "{prefix}{branch}{} [{}]", node.label, node.kind);
+        let child_prefix = match last {
+            None => String::new(),
+            Some(true) => format!("{prefix}    "),
+            Some(false) => format!("{prefix}│   "),
         };
         let kids = &children[id];
         for (i, &c) in kids.iter().enumerate() {
-            self.text_node(c, &child_prefix, i + 1 == kids.len(), false, children, shown, out);
+            self.text_node(c, &child_prefix, Some(i + 1 == kids.len()), children, out);
         }
     }
 

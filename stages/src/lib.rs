@@ -4,13 +4,17 @@
 //! |-------------|------------|-------------------------------------------------------|
 //! | [`dataset`] | `prepare`  | a source (CIFAR-100, image folders, synthetic) into the canonical dataset artefact |
 //! | [`order`]   | `order`    | a class order (explicit, numpy-seeded, named)          |
+//! | [`stage`]   | all        | the child-process entry: a job routed to its kind; `tasks` |
 //!
 //! Each stage kind's code digest is computed at build time from its own
-//! source folder (see `build.rs`), so editing one stage reruns that stage and
+//! source folder (see `code_digest.rs`, run by `build.rs`), so editing one stage reruns that stage and
 //! its dependants only.
 
+#[cfg(test)]
+mod code_digest;
 pub mod dataset;
 pub mod error;
 pub mod order;
+pub mod stage;
 
 pub use error::{Result, StageError};

@@ -68,11 +68,12 @@ pub fn parse(text: &str, file: &Path, catalog: &dyn StageCatalog) -> Result<Conf
                 column: l.column(),
             })
             .or_else(|| locator.find(&path));
+        let message = with_suggestion(&strip_location(&strip_path(&inner.to_string(), &path)));
         ConfigError {
             file: file.to_path_buf(),
             position,
             path,
-            message: with_suggestion(&strip_location(&inner.to_string())),
+            message,
         }
     })?;
     resolve::resolve(raw, file, &locator, catalog)
@@ -84,6 +85,11 @@ fn strip_location(msg: &str) -> String {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
     }
+}
+
+/// serde_yaml prefixes some messages with the key path; we print it once.
+fn strip_path(msg: &str, path: &str) -> String {
+    msg.strip_prefix(&format!("{path}: ")).unwrap_or(msg).to_string()
 }
 
 /// Adds "did you mean" to serde's unknown field / variant messages.

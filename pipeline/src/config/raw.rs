@@ -32,14 +32,18 @@ pub struct RawConfig {
     pub remote: Option<RawRemote>,
 }
 
-/// A dataset source; exactly one of the variants, written as a one-key map
-/// (`synthetic: {...}`).
+/// A dataset source: exactly one of the fields (`synthetic: {...}`).
+/// One-of choices are structs of options rather than enums: serde_yaml
+/// wants `!tags` for enums, and an unknown key then gets "did you mean".
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawDataset {
-    Synthetic(RawSynthetic),
-    Cifar100(RawCifar100),
-    ImageFolder(RawImageFolder),
+#[serde(deny_unknown_fields)]
+pub struct RawDataset {
+    #[serde(default)]
+    pub synthetic: Option<RawSynthetic>,
+    #[serde(default)]
+    pub cifar100: Option<RawCifar100>,
+    #[serde(default)]
+    pub image_folder: Option<RawImageFolder>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -79,8 +83,9 @@ pub struct RawImageFolder {
     pub root: String,
     #[serde(default = "default_train_dir")]
     pub train_dir: String,
+    /// Default `{folders: val}`.
     #[serde(default)]
-    pub val: RawVal,
+    pub val: Option<RawVal>,
     /// Class-subset list file (one wnid per line): the ImageNet-Subset protocol.
     #[serde(default)]
     pub subset: Option<String>,
@@ -97,19 +102,16 @@ fn default_image_size() -> u32 {
     256
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawVal {
+/// Exactly one of the fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVal {
     /// `val/<wnid>/*.JPEG`
-    Folders(String),
+    #[serde(default)]
+    pub folders: Option<String>,
     /// A flat folder plus a label list file (`filename wnid` per line).
-    LabelList(RawLabelList),
-}
-
-impl Default for RawVal {
-    fn default() -> Self {
-        RawVal::Folders("val".into())
-    }
+    #[serde(default)]
+    pub label_list: Option<RawLabelList>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,17 +121,22 @@ pub struct RawLabelList {
     pub labels: String,
 }
 
+/// Exactly one of the fields.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawOrder {
+#[serde(deny_unknown_fields)]
+pub struct RawOrder {
     /// An explicit list of class ids.
-    Explicit(Vec<u32>),
+    #[serde(default)]
+    pub explicit: Option<Vec<u32>>,
     /// numpy's legacy `RandomState(seed).shuffle(arange(classes))`.
-    NumpySeed(u32),
+    #[serde(default)]
+    pub numpy_seed: Option<u32>,
     /// A built-in order (`bsce-pipe order show --list`).
-    Named(String),
+    #[serde(default)]
+    pub named: Option<String>,
     /// The original iCaRL code's order for a seed.
-    Icarl(u32),
+    #[serde(default)]
+    pub icarl: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,28 +209,25 @@ pub struct RawRecipe {
     #[serde(default)]
     pub weight_decay: f64,
     #[serde(default)]
-    pub schedule: RawSchedule,
+    pub schedule: Schedule,
+    /// Epochs at which a multistep schedule multiplies the lr by `gamma`.
+    #[serde(default)]
+    pub milestones: Vec<u32>,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
 }
 
 fn default_momentum() -> f64 {
     0.9
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawSchedule {
+pub enum Schedule {
     #[default]
     Constant,
     Cosine,
-    Multistep(RawMultistep),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMultistep {
-    pub milestones: Vec<u32>,
-    #[serde(default = "default_gamma")]
-    pub gamma: f64,
+    Multistep,
 }
 
 fn default_gamma() -> f64 {
@@ -304,8 +308,8 @@ pub struct RawStore {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawRemote {
+#[serde(deny_unknown_fields)]
+pub struct RawRemote {
     /// A directory shared between machines (NFS, a cluster's scratch).
-    Dir(String),
+    pub dir: String,
 }

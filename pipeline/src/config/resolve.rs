@@ -291,14 +291,20 @@ pub fn resolve(
         evaluation,
         tables,
         store_path: raw.store.path.map(|p| cx.relative(&p)),
-        remote: raw.remote.map(|RawRemote::Dir(p)| cx.relative(&p)),
+        remote: raw.remote.map(|r| cx.relative(&r.dir)),
     })
 }
 
 fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, ConfigError> {
     let at = format!("datasets.{name}");
-    Ok(match d {
-        RawDataset::Synthetic(s) => {
+    let one = match (d.synthetic, d.cifar100, d.image_folder) {
+        (Some(s), None, None) => Source::Synthetic(s),
+        (None, Some(c), None) => Source::Cifar100(c),
+        (None, None, Some(f)) => Source::ImageFolder(f),
+        _ => return Err(cx.err(at, "needs exactly one of `synthetic`, `cifar100`, `image_folder`")),
+    };
+    Ok(match one {
+        Source::Synthetic(s) => {
             let at = format!("{at}.synthetic");
             if !(2..=u16::MAX as u32).contains(&s.classes) {
                 return Err(cx.err(format!("{at}.classes"), "must be between 2 and 65535"));
@@ -318,7 +324,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                 source: DatasetSource::Synthetic(serde_json::to_value(&s).expect("serialises")),
             }
         }
-        RawDataset::Cifar100(c) => {
+        Source::Cifar100(c) => {
             let at = format!("{at}.cifar100");
             if c.path.is_none() && c.url.is_none() {
                 return Err(cx.err(at, "needs `path` (archive or extracted folder) or `url`"));
@@ -342,7 +348,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                 },
             }
         }
-        RawDataset::ImageFolder(f) => {
+        Source::ImageFolder(f) => {
             let at = format!("{at}.image_folder");
             if !(8..=1024).contains(&f.size) {
                 return Err(cx.err(format!("{at}.size"), "must be between 8 and 1024"));
@@ -354,11 +360,15 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                     root: cx.relative(&f.root),
                     train_dir: f.train_dir,
                     val: match f.val {
-                        RawVal::Folders(dir) => ValDef::Folders(dir),
-                        RawVal::LabelList(l) => ValDef::LabelList {
+                        None => ValDef::Folders("val".into()),
+                        Some(RawVal { folders: Some(dir), label_list: None }) => ValDef::Folders(dir),
+                        Some(RawVal { folders: None, label_list: Some(l) }) => ValDef::LabelList {
                             dir: l.dir,
                             labels: cx.relative(&l.labels),
                         },
+                        Some(_) => {
+                            return Err(cx.err(format!("{at}.val"), "needs exactly one of `folders`, `label_list`"))
+                        }
                     },
                     subset: f.subset.as_deref().map(|p| cx.relative(p)),
                     size: f.size,
@@ -368,6 +378,12 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
     })
 }
 
+enum Source {
+    Synthetic(RawSynthetic),
+    Cifar100(RawCifar100),
+    ImageFolder(RawImageFolder),
+}
+
 fn resolve_order(
     cx: &Ctx,
     name: &str,
@@ -375,8 +391,8 @@ fn resolve_order(
     catalog: &dyn StageCatalog,
 ) -> Result<OrderDef, ConfigError> {
     let at = format!("orders.{name}");
-    let (spec, classes) = match o {
-        RawOrder::Explicit(list) => {
+    let (spec, classes) = match (o.explicit, o.numpy_seed, o.named, o.icarl) {
+        (Some(list), None, None, None) => {
             let n = list.len();
             if n == 0 {
                 return Err(cx.err(format!("{at}.explicit"), "lists no class"));
@@ -394,9 +410,9 @@ fn resolve_order(
             }
             (json!({"explicit": {"classes": list}}), Some(n))
         }
-        RawOrder::NumpySeed(seed) => (json!({"numpy_seed": {"seed": seed}}), None),
-        RawOrder::Icarl(seed) => (json!({"icarl": {"seed": seed}}), None),
-        RawOrder::Named(n) => {
+        (None, Some(seed), None, None) => (json!({"numpy_seed": {"seed": seed}}), None),
+        (None, None, None, Some(seed)) => (json!({"icarl": {"seed": seed}}), None),
+        (None, None, Some(n), None) => {
             let Some(classes) = catalog.named_order(&n) else {
                 let names = catalog.named_order_names();
                 let hint = match did_you_mean(&n, names.iter().map(String::as_str)) {
@@ -406,6 +422,9 @@ fn resolve_order(
                 return Err(cx.err(format!("{at}.named"), format!("unknown order `{n}`; {hint}")));
             };
             (json!({"named": {"name": n}}), Some(classes))
+        }
+        _ => {
+            return Err(cx.err(at, "needs exactly one of `explicit`, `numpy_seed`, `named`, `icarl`"))
         }
     };
     Ok(OrderDef {
@@ -498,27 +517,32 @@ fn resolve_recipe(cx: &Ctx, name: &str, r: RawRecipe) -> Result<Value, ConfigErr
     if !(r.weight_decay >= 0.0 && r.weight_decay.is_finite()) {
         return Err(cx.err(format!("{at}.weight_decay"), "must be >= 0"));
     }
-    let schedule = match r.schedule {
-        RawSchedule::Constant => json!("constant"),
-        RawSchedule::Cosine => json!("cosine"),
-        RawSchedule::Multistep(m) => {
-            for (i, w) in m.milestones.windows(2).enumerate() {
+    match r.schedule {
+        Schedule::Multistep => {
+            if r.milestones.is_empty() {
+                return Err(cx.err(format!("{at}.milestones"), "a multistep schedule needs milestones"));
+            }
+            for (i, w) in r.milestones.windows(2).enumerate() {
                 if w[1] <= w[0] {
-                    return Err(cx.err(
-                        format!("{at}.schedule.multistep.milestones[{}]", i + 1),
-                        "milestones must increase",
-                    ));
+                    return Err(cx.err(format!("{at}.milestones[{}]", i + 1), "milestones must increase"));
                 }
             }
-            if let Some(i) = m.milestones.iter().position(|&x| x == 0 || x >= r.epochs) {
+            if let Some(i) = r.milestones.iter().position(|&x| x == 0 || x >= r.epochs) {
                 return Err(cx.err(
-                    format!("{at}.schedule.multistep.milestones[{i}]"),
+                    format!("{at}.milestones[{i}]"),
                     format!("must be between 1 and epochs - 1 ({})", r.epochs - 1),
                 ));
             }
-            json!({"multistep": {"milestones": m.milestones, "gamma": m.gamma}})
         }
-    };
+        _ if !r.milestones.is_empty() => {
+            return Err(cx.err(format!("{at}.milestones"), "only a multistep schedule has milestones"));
+        }
+        _ => {}
+    }
+    if !(r.gamma > 0.0 && r.gamma.is_finite()) {
+        return Err(cx.err(format!("{at}.gamma"), "must be a positive number"));
+    }
     Ok(json!({"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr,
-              "momentum": r.momentum, "weight_decay": r.weight_decay, "schedule": schedule}))
+              "momentum": r.momentum, "weight_decay": r.weight_decay, "schedule": r.schedule,
+              "milestones": r.milestones, "gamma": r.gamma}))
 }

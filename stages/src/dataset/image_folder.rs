@@ -89,6 +89,8 @@ pub enum ValSource {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ScanReport {
     pub classes: Vec<String>,
+    pub train_count: u64,
+    pub val_count: u64,
     /// Images per class, indexed like `classes`.
     pub train_counts: Vec<u64>,
     pub val_counts: Vec<u64>,
@@ -115,6 +117,8 @@ pub fn scan(spec: &ImageFolderSpec) -> Result<ScanReport> {
         counts
     };
     Ok(ScanReport {
+        train_count: plan.train.len() as u64,
+        val_count: plan.val.len() as u64,
         train_counts: counts(&plan.train),
         val_counts: counts(&plan.val),
         classes: plan.classes,
@@ -545,6 +549,12 @@ fn decode_into(path: &Path, size: usize, scratch: &mut Scratch, out: &mut [u8]) 
         .map_err(|e| StageError::io(path, e))?;
     // The content decides the format: ImageNet has PNGs and CMYK JPEGs
     // behind `.JPEG` names.
+    if is_truncated_jpeg(&scratch.file) {
+        return Err(StageError::invalid(
+            path,
+            "JPEG ends before its end-of-image marker; the file is truncated",
+        ));
+    }
     let decoded = image::ImageReader::new(Cursor::new(&scratch.file[..]))
         .with_guessed_format()
         .map_err(|e| StageError::io(path, e))?
@@ -557,6 +567,16 @@ fn decode_into(path: &Path, size: usize, scratch: &mut Scratch, out: &mut [u8]) 
     }
     resize_centre_crop(rgb.as_raw(), width, height, size, scratch, out);
     Ok(())
+}
+
+/// The JPEG decoder is lenient and fills a cut-off file with grey, which
+/// would put half-blank images into training unnoticed. Entropy-coded data
+/// never contains a marker (0xFF is stuffed), so a whole file has an EOI
+/// (FFD9) after its last start-of-scan (FFDA); an EXIF thumbnail's EOI comes
+/// before the main scans and cannot hide a cut.
+fn is_truncated_jpeg(bytes: &[u8]) -> bool {
+    let marker = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    bytes.starts_with(&[0xFF, 0xD8]) && marker(0xD9) < marker(0xDA)
 }
 
 const WEIGHT_BITS: u32 = 14;
@@ -830,6 +850,8 @@ mod tests {
             report,
             ScanReport {
                 classes: vec!["n01".into(), "n02".into(), "n03".into()],
+                train_count: 7,
+                val_count: 4,
                 train_counts: vec![3, 2, 2],
                 val_counts: vec![1, 2, 1],
                 val_skipped: 0,
@@ -1033,7 +1055,17 @@ mod tests {
         );
 
         // Two bad files: the first in artefact order is named, always.
-        fs::write(train.join("n03/zz.jpg"), b"\xff\xd8 truncated").unwrap();
+        let mut cut = Vec::new();
+        let texture = RgbImage::from_fn(64, 48, |x, y| {
+            Rgb([(x * 4) as u8, (y * 5) as u8, (x ^ y) as u8])
+        });
+        DynamicImage::ImageRgb8(texture)
+            .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+                &mut cut, 90,
+            ))
+            .unwrap();
+        cut.truncate(cut.len() * 2 / 3);
+        fs::write(train.join("n03/zz.jpg"), cut).unwrap();
         fs::write(train.join("n02/corrupt.JPEG"), b"not a jpeg at all").unwrap();
         let e = load(&s).unwrap_err().to_string();
         assert!(
@@ -1047,7 +1079,7 @@ mod tests {
         let e = load(&s).unwrap_err().to_string();
         assert!(
             e.contains(&format!(
-                "{}: cannot decode image",
+                "{}: JPEG ends before its end-of-image marker",
                 train.join("n03/zz.jpg").display()
             )),
             "{e}"
@@ -1187,6 +1219,7 @@ mod tests {
             (1000, 7, 6),
             (33, 33, 32),
             (17, 400, 256),
+            (2999, 1999, 3),
         ] {
             let src: Vec<u8> = [13u8, 128, 254].repeat(w * h);
             let out = resize(&src, w, h, size);
@@ -1194,6 +1227,30 @@ mod tests {
                 out.chunks_exact(3).all(|p| p == [13, 128, 254]),
                 "{w}x{h} -> {size}"
             );
+        }
+    }
+
+    #[test]
+    fn filter_weights_are_non_negative_and_sum_to_exactly_one() {
+        let mut f = AxisFilter::default();
+        for (src, scaled, out) in [
+            (375, 256, 256),
+            (500, 341, 256),
+            (2999, 3, 3),
+            (7, 300, 256),
+        ] {
+            f.plan(src, scaled, (scaled - out) / 2, out);
+            for (o, row) in f.weights.chunks_exact(f.taps).enumerate() {
+                assert!(
+                    row.iter().all(|&w| w >= 0),
+                    "{src}->{scaled} pixel {o}: {row:?}"
+                );
+                assert_eq!(
+                    row.iter().sum::<i32>(),
+                    WEIGHT_ONE,
+                    "{src}->{scaled} pixel {o}"
+                );
+            }
         }
     }
 

@@ -7,14 +7,11 @@
 
 use super::mt19937::Mt19937;
 
-/// numpy's `random_interval`: a uniform integer in `0..=max` by masked
-/// rejection. The bound picks the draw width, and with it how much of the
-/// stream each index consumes: 32-bit words up to `u32::MAX`, 64-bit above.
+/// numpy's `random_interval` for `max >= 1` (a shuffle never asks for 0): a
+/// uniform integer in `0..=max` by masked rejection. The bound picks the
+/// draw width, and with it how much of the stream each index consumes:
+/// 32-bit words up to `u32::MAX`, 64-bit words above.
 fn random_interval(rng: &mut Mt19937, max: u64) -> u64 {
-    if max == 0 {
-        // numpy returns without drawing, so a 1-element tail costs nothing.
-        return 0;
-    }
     let mask = u64::MAX >> max.leading_zeros();
     loop {
         let value = if max <= u64::from(u32::MAX) {
@@ -28,7 +25,7 @@ fn random_interval(rng: &mut Mt19937, max: u64) -> u64 {
     }
 }
 
-/// `RandomState.shuffle` of a non-empty 1-d array: Fisher-Yates from the
+/// `RandomState.shuffle` of a 1-d array: Fisher-Yates from the
 /// last element down, swapping element `i` with one drawn from `0..=i`.
 /// numpy takes the same draws for every dtype, so `T` does not matter.
 pub(crate) fn legacy_shuffle<T>(rng: &mut Mt19937, items: &mut [T]) {
@@ -70,142 +67,38 @@ mod tests {
 
     /// Generated once with numpy 2.4.6 from
     /// `np.random.seed(seed); a = np.arange(n); np.random.shuffle(a)`.
+    #[rustfmt::skip]
     const NUMPY_SHUFFLES: &[(u32, usize, Expected)] = &[
         (0, 1, Full(&[0])),
         (0, 2, Full(&[1, 0])),
         (0, 10, Full(&[2, 8, 4, 9, 1, 6, 7, 3, 0, 5])),
-        (
-            0,
-            100,
-            Hashed(
-                "28ead403682915604eb5b0c08cfbc9fb190a644362029beea4e082dad80e31b2",
-                [26, 86, 2, 55, 75, 93, 16, 73, 54, 95],
-            ),
-        ),
-        (
-            0,
-            1000,
-            Hashed(
-                "9c83f922597e04af5befd2d78980e642866f0f4f98fe9aa64e0bd33fe2d89409",
-                [993, 859, 298, 553, 672, 971, 27, 231, 306, 706],
-            ),
-        ),
-        (
-            0,
-            5000,
-            Hashed(
-                "b080bce4cea3dc18d0cd9c2b0af3d2155b376a26ec10d2b9569a940a8b6f4646",
-                [398, 3833, 4836, 4572, 636, 2545, 1161, 2230, 148, 2530],
-            ),
-        ),
+        (0, 100, Hashed("28ead403682915604eb5b0c08cfbc9fb190a644362029beea4e082dad80e31b2", [26, 86, 2, 55, 75, 93, 16, 73, 54, 95])),
+        (0, 1000, Hashed("9c83f922597e04af5befd2d78980e642866f0f4f98fe9aa64e0bd33fe2d89409", [993, 859, 298, 553, 672, 971, 27, 231, 306, 706])),
+        (0, 5000, Hashed("b080bce4cea3dc18d0cd9c2b0af3d2155b376a26ec10d2b9569a940a8b6f4646", [398, 3833, 4836, 4572, 636, 2545, 1161, 2230, 148, 2530])),
         (1, 1, Full(&[0])),
         (1, 2, Full(&[0, 1])),
         (1, 10, Full(&[2, 9, 6, 4, 0, 3, 1, 7, 8, 5])),
-        (
-            1,
-            100,
-            Hashed(
-                "1bd30342660a71506f862bcc2c3adc42f0c16a505778c56f556238a1e2873a65",
-                [80, 84, 33, 81, 93, 17, 36, 82, 69, 65],
-            ),
-        ),
-        (
-            1,
-            1000,
-            Hashed(
-                "731c2b14a1a8435afb0257e9a630fc27c98f03f009d922efae2b3c4efdbbb288",
-                [507, 818, 452, 368, 242, 929, 262, 810, 318, 49],
-            ),
-        ),
-        (
-            1,
-            5000,
-            Hashed(
-                "723b496c21f673f82472c4f2b8d9c89091e3cc82a0c37c6fb8f6d288f042448b",
-                [2764, 4767, 3814, 3499, 2735, 3922, 2701, 1179, 932, 792],
-            ),
-        ),
+        (1, 100, Hashed("1bd30342660a71506f862bcc2c3adc42f0c16a505778c56f556238a1e2873a65", [80, 84, 33, 81, 93, 17, 36, 82, 69, 65])),
+        (1, 1000, Hashed("731c2b14a1a8435afb0257e9a630fc27c98f03f009d922efae2b3c4efdbbb288", [507, 818, 452, 368, 242, 929, 262, 810, 318, 49])),
+        (1, 5000, Hashed("723b496c21f673f82472c4f2b8d9c89091e3cc82a0c37c6fb8f6d288f042448b", [2764, 4767, 3814, 3499, 2735, 3922, 2701, 1179, 932, 792])),
         (42, 1, Full(&[0])),
         (42, 2, Full(&[1, 0])),
         (42, 10, Full(&[8, 1, 5, 0, 7, 2, 9, 4, 3, 6])),
-        (
-            42,
-            100,
-            Hashed(
-                "04b000b56a91f35b971f5297eaab4279245789dfee40b74a026b0381d5f11fe7",
-                [83, 53, 70, 45, 44, 39, 22, 80, 10, 0],
-            ),
-        ),
-        (
-            42,
-            1000,
-            Hashed(
-                "9b80ae9f7ebe58d6591a8058bf21e9c129a5ddaa75646ce2097be0704da94187",
-                [521, 737, 740, 660, 411, 678, 626, 513, 859, 136],
-            ),
-        ),
-        (
-            42,
-            5000,
-            Hashed(
-                "63406957ffc760a36c42a43fe311d0f3b97cb4092fdafd42cfa9875d195ad68b",
-                [1501, 2586, 2653, 1055, 705, 106, 589, 2468, 2413, 1600],
-            ),
-        ),
+        (42, 100, Hashed("04b000b56a91f35b971f5297eaab4279245789dfee40b74a026b0381d5f11fe7", [83, 53, 70, 45, 44, 39, 22, 80, 10, 0])),
+        (42, 1000, Hashed("9b80ae9f7ebe58d6591a8058bf21e9c129a5ddaa75646ce2097be0704da94187", [521, 737, 740, 660, 411, 678, 626, 513, 859, 136])),
+        (42, 5000, Hashed("63406957ffc760a36c42a43fe311d0f3b97cb4092fdafd42cfa9875d195ad68b", [1501, 2586, 2653, 1055, 705, 106, 589, 2468, 2413, 1600])),
         (1993, 1, Full(&[0])),
         (1993, 2, Full(&[0, 1])),
         (1993, 10, Full(&[4, 2, 7, 6, 0, 3, 5, 8, 9, 1])),
-        (
-            1993,
-            100,
-            Hashed(
-                "88fdb256f51cc112808cfccd27366a30619edd365cab0a582a93801dcddbd6e4",
-                [68, 56, 78, 8, 23, 84, 90, 65, 74, 76],
-            ),
-        ),
-        (
-            1993,
-            1000,
-            Hashed(
-                "bae3be47b917b042c8908063d955792ab008966b7c2a5d33fe15b13b2685271c",
-                [54, 7, 894, 512, 126, 337, 988, 11, 284, 493],
-            ),
-        ),
-        (
-            1993,
-            5000,
-            Hashed(
-                "56c81c7026d1f759ac0b08fe00bf62d0b4765dd45a97ee3c300fc3363c481be8",
-                [3223, 1725, 1804, 4289, 3642, 2581, 388, 4534, 4961, 284],
-            ),
-        ),
+        (1993, 100, Hashed("88fdb256f51cc112808cfccd27366a30619edd365cab0a582a93801dcddbd6e4", [68, 56, 78, 8, 23, 84, 90, 65, 74, 76])),
+        (1993, 1000, Hashed("bae3be47b917b042c8908063d955792ab008966b7c2a5d33fe15b13b2685271c", [54, 7, 894, 512, 126, 337, 988, 11, 284, 493])),
+        (1993, 5000, Hashed("56c81c7026d1f759ac0b08fe00bf62d0b4765dd45a97ee3c300fc3363c481be8", [3223, 1725, 1804, 4289, 3642, 2581, 388, 4534, 4961, 284])),
         (u32::MAX, 1, Full(&[0])),
         (u32::MAX, 2, Full(&[0, 1])),
         (u32::MAX, 10, Full(&[6, 9, 5, 1, 8, 0, 7, 4, 2, 3])),
-        (
-            u32::MAX,
-            100,
-            Hashed(
-                "3781d7b41d551e216874a0717be1545ab2dc0a49ad6be1a09bc17ea1cc5748a5",
-                [92, 36, 80, 77, 31, 6, 69, 20, 21, 81],
-            ),
-        ),
-        (
-            u32::MAX,
-            1000,
-            Hashed(
-                "550afeebaf303f0c88d1b5922dd9d180592998b5924e0cbdd734189804f84af3",
-                [94, 405, 819, 632, 217, 169, 449, 275, 165, 828],
-            ),
-        ),
-        (
-            u32::MAX,
-            5000,
-            Hashed(
-                "abe914a5f354e98ec6b2fa023bfc0474fb150bc21f99824b220818945839337e",
-                [330, 4899, 4415, 3208, 3186, 2841, 2419, 2840, 288, 4171],
-            ),
-        ),
+        (u32::MAX, 100, Hashed("3781d7b41d551e216874a0717be1545ab2dc0a49ad6be1a09bc17ea1cc5748a5", [92, 36, 80, 77, 31, 6, 69, 20, 21, 81])),
+        (u32::MAX, 1000, Hashed("550afeebaf303f0c88d1b5922dd9d180592998b5924e0cbdd734189804f84af3", [94, 405, 819, 632, 217, 169, 449, 275, 165, 828])),
+        (u32::MAX, 5000, Hashed("abe914a5f354e98ec6b2fa023bfc0474fb150bc21f99824b220818945839337e", [330, 4899, 4415, 3208, 3186, 2841, 2419, 2840, 288, 4171])),
     ];
 
     #[test]
@@ -271,12 +164,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn zero_bound_consumes_nothing() {
-        let mut rng = Mt19937::new(3);
-        assert_eq!(random_interval(&mut rng, 0), 0);
-        assert_eq!(rng.next_u32(), Mt19937::new(3).next_u32());
-    }
+    /// Prints, for each `[seed, n]` in the JSON of argv[1], numpy's shuffle.
+    const LIVE_SCRIPT: &str = r#"
+import json, sys
+import numpy as np
+out = []
+for seed, n in json.loads(sys.argv[1]):
+    np.random.seed(seed)
+    a = np.arange(n)
+    np.random.shuffle(a)
+    out.append([int(x) for x in a])
+print(json.dumps(out))
+"#;
 
     fn venv_python() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
@@ -306,16 +205,9 @@ mod tests {
         cases.push((picker.next_u32(), 20_000));
         eprintln!("numpy_matches_live cases (seed, n): {cases:?}");
 
-        let script = "import json, sys\n\
-                      import numpy as np\n\
-                      out = []\n\
-                      for seed, n in json.loads(sys.argv[1]):\n\
-                      \x20   np.random.seed(seed); a = np.arange(n); np.random.shuffle(a)\n\
-                      \x20   out.append([int(x) for x in a])\n\
-                      print(json.dumps(out))\n";
         let output = Command::new(&python)
             .arg("-c")
-            .arg(script)
+            .arg(LIVE_SCRIPT)
             .arg(serde_json::to_string(&cases).unwrap())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));

@@ -334,12 +334,11 @@ fn fine_label(label: i64) -> Result<u16, String> {
     }
 }
 
-fn check_fine_names(origin: &Origin, what: &str, names: &[String]) -> Result<()> {
+/// Checks there is one name per fine class; the error completes a
+/// sentence naming the list.
+fn fine_names_count(names: &[String]) -> Result<(), String> {
     if names.len() != FINE_CLASSES {
-        return Err(origin.invalid(format!(
-            "{what} holds {} names; expected {FINE_CLASSES}",
-            names.len()
-        )));
+        return Err(format!("holds {} names; expected {FINE_CLASSES}", names.len()));
     }
     Ok(())
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Sets up bsce-pipe on a Debian machine: the project-local Python venv with
+# PyPI torch==2.13.0 (libtorch for tch, numpy for the order tests) and the
+# release build. Reuses caches kept outside the clone when they exist:
+#   $BSCE_CACHE (default ~/.cache/bsce-pipe)/torch-2.13.0   the venv
+#   $BSCE_CACHE/target                                      cargo's target dir
+# Usage: scripts/setup.sh [--run CONFIG]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.13.0
+CACHE="${BSCE_CACHE:-$HOME/.cache/bsce-pipe}"
+VENV_CACHE="$CACHE/torch-$TORCH_VERSION"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+mkdir -p "$CACHE"
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "setup: python3 not found; apt-get install python3 python3-venv" >&2; exit 1; }
+
+# The venv: a symlink .venv -> the shared cache, so every clone reuses one
+# 4.7 GB install. A half-finished install is never taken as done: the marker
+# file is written last.
+if [ ! -f "$VENV_CACHE/.bsce-ready" ]; then
+  say "creating the torch==$TORCH_VERSION venv in $VENV_CACHE (about 4.7 GB, once)"
+  rm -rf "$VENV_CACHE"
+  python3 -m venv "$VENV_CACHE"
+  "$VENV_CACHE/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy
+  touch "$VENV_CACHE/.bsce-ready"
+else
+  say "reusing the venv in $VENV_CACHE"
+fi
+if [ ! -e .venv ] || [ -L .venv ]; then
+  ln -sfn "$VENV_CACHE" .venv
+fi
+
+say "building (cargo build --release, target dir $CARGO_TARGET_DIR)"
+export PATH="$PWD/.venv/bin:$PATH"
+cargo build --release --locked
+test -x "$CARGO_TARGET_DIR/release/bsce-pipe" || { echo "setup: build failed" >&2; exit 1; }
+mkdir -p target
+ln -sfn "$CARGO_TARGET_DIR/release/bsce-pipe" target/bsce-pipe
+say "built target/bsce-pipe"
+
+if [ "${1:-}" = "--run" ]; then
+  shift
+  say "bsce-pipe run $*"
+  exec target/bsce-pipe run "$@"
+fi

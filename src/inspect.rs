@@ -1,0 +1,156 @@
+//! `order show` and `dataset inspect`: look before spending GPU hours.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use bsce_pipeline::config;
+use bsce_pipeline::digest::Digest;
+use bsce_pipeline::sources::SourceDigester;
+use bsce_stages::dataset::{artefact, cifar, image_folder};
+use bsce_stages::order::{icarl_order, named_order, named_order_names, numpy_shuffled_range, resolve_order, OrderSpec};
+
+use crate::{BadInput, OrderCommand};
+
+pub fn order(command: OrderCommand) -> Result<ExitCode> {
+    let OrderCommand::Show {
+        name,
+        numpy_seed,
+        icarl_seed,
+        classes,
+        config: cfg,
+        entry,
+        list,
+    } = command;
+    if list {
+        for n in named_order_names() {
+            let o = named_order(n).expect("listed");
+            println!("{n:<22} {} classes  {}", o.classes.len(), o.description);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let order: Vec<u32> = match (name, numpy_seed, icarl_seed, cfg) {
+        (Some(n), None, None, None) => match named_order(&n) {
+            Some(o) => o.classes.to_vec(),
+            None => {
+                let hint = config::did_you_mean(&n, named_order_names().iter().copied())
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| "; `order show --list` lists them".into());
+                return Err(BadInput(format!("unknown order `{n}`{hint}")).into());
+            }
+        },
+        (None, Some(seed), None, None) => numpy_shuffled_range(seed, classes.expect("clap requires it")),
+        (None, None, Some(seed), None) => icarl_order(seed, classes.expect("clap requires it")),
+        (None, None, None, Some(cfg_path)) => {
+            let catalog = crate::catalog();
+            let cfg = config::load(&cfg_path, &catalog)?;
+            let entry = entry.expect("clap requires it");
+            let def = cfg.orders.get(&entry).ok_or_else(|| {
+                BadInput(format!(
+                    "{}: no order `{entry}`; defined: {}",
+                    cfg_path.display(),
+                    cfg.orders.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let spec: OrderSpec = serde_json::from_value(def.spec["spec"].clone())
+                .or_else(|_| serde_json::from_value(def.spec.clone()))?;
+            let n = match (def.classes, classes) {
+                (_, Some(c)) => c,
+                (Some(c), None) => c,
+                (None, None) => {
+                    return Err(BadInput(format!(
+                        "order `{entry}` takes its class count from the dataset; pass --classes"
+                    ))
+                    .into())
+                }
+            };
+            resolve_order(&spec, n).map_err(|e| BadInput(e.to_string()))?.classes
+        }
+        _ => {
+            return Err(BadInput(
+                "give one of: NAME, --numpy-seed S --classes C, --icarl-seed S --classes C, --config FILE --entry NAME, --list"
+                    .into(),
+            )
+            .into())
+        }
+    };
+    println!("{}", serde_json::to_string(&order)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
+    if !path.exists() {
+        return Err(BadInput(format!("{}: no such file or directory", path.display())).into());
+    }
+    let scratch = std::env::temp_dir().join(format!("bsce-inspect-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let digester = SourceDigester::new(scratch.clone(), scratch.clone());
+    let report = inspect_path(path, &digester);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("path:     {}", path.display());
+        println!("format:   {}", report["format"].as_str().unwrap_or("?"));
+        println!("digest:   sha256:{}", report["digest"].as_str().unwrap_or("?"));
+        println!("classes:  {}", report["classes"]);
+        if let Some(shape) = report.get("image_size") {
+            println!("images:   {shape}");
+        }
+        println!("train:    {} images", report["train"]);
+        println!("test:     {} images", report["test"]);
+        if let Some(names) = report["class_names"].as_array() {
+            let shown: Vec<&str> = names.iter().take(8).filter_map(|v| v.as_str()).collect();
+            let more = if names.len() > 8 { format!(", ... ({} more)", names.len() - 8) } else { String::new() };
+            println!("names:    {}{more}", shown.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect_path(path: &Path, digester: &SourceDigester) -> Result<serde_json::Value> {
+    let bad = |e: bsce_stages::StageError| BadInput(e.to_string());
+    let digest = |tree: bool| -> Result<Digest> { Ok(digester.digest(path, tree)?) };
+    if path.is_dir() && path.join(artefact::META_FILE).is_file() {
+        let meta = artefact::read_meta(path).map_err(bad)?;
+        let d = digest(true)?;
+        return Ok(serde_json::json!({
+            "format": format!("prepared dataset ({})", meta.source_format),
+            "digest": d.to_hex(), "classes": meta.classes.len(), "class_names": meta.classes,
+            "image_size": format!("{}x{}x{}", meta.height, meta.width, meta.channels),
+            "train": meta.train_count, "test": meta.test_count,
+        }));
+    }
+    if let Some(format) = cifar::detect(path).map_err(bad)? {
+        let ds = cifar::load_cifar100(path).map_err(bad)?;
+        let d = digest(path.is_dir())?;
+        return Ok(serde_json::json!({
+            "format": match format { cifar::CifarFormat::Python => "cifar100-python", cifar::CifarFormat::Binary => "cifar100-binary" },
+            "digest": d.to_hex(), "classes": ds.classes.len(), "class_names": ds.classes,
+            "image_size": format!("{}x{}x{}", ds.height, ds.width, ds.channels),
+            "train": ds.train.labels.len(), "test": ds.test.labels.len(),
+        }));
+    }
+    if path.is_dir() && image_folder::detect(path) {
+        let spec = image_folder::ImageFolderSpec {
+            root: path.to_path_buf(),
+            train_dir: "train".into(),
+            val: image_folder::ValSource::Folders { dir: "val".into() },
+            subset: None,
+            size: 256,
+        };
+        let scan = image_folder::scan(&spec).map_err(bad)?;
+        let d = digest(true)?;
+        return Ok(serde_json::json!({
+            "format": "image-folder", "digest": d.to_hex(),
+            "classes": scan.classes.len(), "class_names": scan.classes,
+            "train": scan.train_count, "test": scan.val_count,
+        }));
+    }
+    Err(BadInput(format!(
+        "{}: not a CIFAR-100 archive or folder (python or binary), an image-folder tree (train/<class>/...), or a prepared dataset",
+        path.display()
+    ))
+    .into())
+}

@@ -1,0 +1,83 @@
+//! The `prepare` stage: a dataset source -> the canonical dataset artefact
+//! (see `dataset::artefact`).
+
+use std::path::PathBuf;
+
+use bsce_pipeline::exec::job::{ChildReporter, SourceLocation, StageJob};
+use serde_json::Value;
+
+use crate::dataset::image_folder::{load_image_folder, ImageFolderSpec, ValSource};
+use crate::dataset::synthetic::{generate, SyntheticSpec};
+use crate::dataset::{cifar, download};
+use crate::error::{Result, StageError};
+
+pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
+    let (variant, params) = job
+        .params
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .ok_or_else(|| StageError::param("source", "expected one of synthetic, cifar100, image_folder"))?;
+    let dataset = match variant.as_str() {
+        "synthetic" => {
+            let spec: SyntheticSpec = serde_json::from_value(params.clone())
+                .map_err(|e| StageError::param("synthetic", e.to_string()))?;
+            generate(&spec)?
+        }
+        "cifar100" => {
+            let archive = fetch_source(job, "archive", reporter)?;
+            cifar::load_cifar100(&archive)?
+        }
+        "image_folder" => {
+            let spec = image_folder_spec(job, params)?;
+            load_image_folder(&spec, &|done, total| reporter.progress(done, Some(total), "images"))?
+        }
+        other => return Err(StageError::param("source", format!("unknown source kind {other:?}"))),
+    };
+    let meta = dataset.write(&job.out_dir)?;
+    reporter.provenance("source_format", Value::String(meta.source_format.clone()));
+    reporter.provenance(
+        "images",
+        serde_json::json!({"train": meta.train_count, "test": meta.test_count, "classes": meta.classes.len()}),
+    );
+    Ok(())
+}
+
+/// The path of a source, downloading it first when the config gave a URL
+/// and the file is not there yet.
+fn fetch_source(job: &StageJob, name: &str, reporter: &ChildReporter) -> Result<PathBuf> {
+    let SourceLocation { path, url, sha256 } = job
+        .sources
+        .get(name)
+        .ok_or_else(|| StageError::Other(format!("stage has no source {name:?}")))?;
+    if let (Some(url), Some(sha)) = (url, sha256) {
+        if !path.exists() {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
+            }
+            download::download(url, sha, path, &mut |done, total| reporter.progress(done, total, "bytes"))?;
+        }
+    }
+    Ok(path.clone())
+}
+
+fn image_folder_spec(job: &StageJob, params: &Value) -> Result<ImageFolderSpec> {
+    let bad = |k: &str| StageError::param(format!("image_folder.{k}"), "missing or of the wrong type");
+    let root = job.sources.get("root").ok_or_else(|| bad("root"))?.path.clone();
+    let val = match &params["val"] {
+        Value::Object(m) if m.contains_key("folders") => ValSource::Folders {
+            dir: m["folders"].as_str().ok_or_else(|| bad("val.folders"))?.to_string(),
+        },
+        Value::Object(m) if m.contains_key("label_list") => ValSource::LabelList {
+            dir: m["label_list"]["dir"].as_str().ok_or_else(|| bad("val.label_list.dir"))?.to_string(),
+            labels: job.sources.get("val_labels").ok_or_else(|| bad("val.label_list.labels"))?.path.clone(),
+        },
+        _ => return Err(bad("val")),
+    };
+    Ok(ImageFolderSpec {
+        root,
+        train_dir: params["train_dir"].as_str().ok_or_else(|| bad("train_dir"))?.to_string(),
+        val,
+        subset: job.sources.get("subset").map(|s| s.path.clone()),
+        size: params["size"].as_u64().ok_or_else(|| bad("size"))? as u32,
+    })
+}
