@@ -230,7 +230,7 @@ datasets:
   small:
     synthetic: {classes: 4, train_per_class: 10, test_per_class: 2, image_size: 8}
   big:
-    synthetic: {classes: 100, train_per_class: 400, test_per_class: 100, image_size: 64}
+    synthetic: {classes: 100, train_per_class: 200, test_per_class: 20, image_size: 32}
 orders:
   a: {numpy_seed: 1}
 settings:
@@ -361,7 +361,7 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
     // Unknown key, with its position and a suggestion.
     assert_bad_input(
         &SMALL.replace("train_per_class", "train_per_clas"),
-        &["c.yaml:3:", "datasets.synth.synthetic", "unknown field `train_per_clas`", "did you mean `train_per_class`?"],
+        &["c.yaml:4:29: datasets.synth.synthetic.train_per_clas: unknown field `train_per_clas`", "did you mean `train_per_class`?"],
     );
     // Reference to an unknown dataset.
     assert_bad_input(
@@ -382,7 +382,7 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
     assert_bad_input(&SMALL.replace("classes: 6", "classes: 1"), &["datasets.synth.synthetic.classes", "must be between 2 and 65535"]);
     assert_bad_input(&SMALL.replace("[5, 4, 3, 2, 1, 0]", "[5, 4, 3, 2, 1, 1]"), &["c.yaml:7:", "orders.b.explicit[5]", "class 1 appears twice"]);
     assert_bad_input(&SMALL.replace("{base: 4, increment: 1}", "{base: 9, increment: 1}"), &["experiments.e.settings[1]", "setting `s1` needs 10 classes", "dataset `synth` has 6"]);
-    assert_bad_input(&SMALL.replace("seed: 1}", "seed: -3}"), &["datasets.synth.synthetic.seed", "invalid value"]);
+    assert_bad_input(&SMALL.replace("seed: 1}", "seed: -3}"), &["c.yaml:4:90: datasets.synth.synthetic.seed: invalid type: integer `-3`, expected u64"]);
     // A YAML syntax error.
     assert_bad_input("datasets: [\n", &["c.yaml:"]);
     // A missing source archive.

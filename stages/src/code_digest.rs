@@ -1,5 +1,6 @@
 // Shared by build.rs (which computes every stage kind's code digest) and the
 // crate's tests. Kept free of crate imports for that reason.
+#![allow(dead_code)] // the crate's tests use only the functions
 
 use sha2::{Digest, Sha256};
 use std::path::Path;

@@ -87,9 +87,13 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// serde_yaml prefixes some messages with the key path; we print it once.
+/// serde_yaml prefixes some messages with (part of) the key path; we print
+/// the path once, in front.
 fn strip_path(msg: &str, path: &str) -> String {
-    msg.strip_prefix(&format!("{path}: ")).unwrap_or(msg).to_string()
+    match msg.split_once(": ") {
+        Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest.to_string(),
+        _ => msg.to_string(),
+    }
 }
 
 /// Adds "did you mean" to serde's unknown field / variant messages.

@@ -30,21 +30,21 @@ pub struct LocalStore {
 impl LocalStore {
     /// Opens the store at `root`, creating its folders on first use.
     pub fn open(root: &Path) -> Result<LocalStore> {
+        // Absolute, because stages read blobs through links from their own
+        // work folders.
+        let root = std::path::absolute(root).map_err(|e| StoreError::io(root, e))?;
         for d in DIRS {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, e))?;
         }
-        Ok(LocalStore {
-            root: root.to_path_buf(),
-        })
+        Ok(LocalStore { root })
     }
 
     /// Opens an existing store without creating anything (for read-only
     /// commands such as `status`).
     pub fn open_existing(root: &Path) -> Option<LocalStore> {
-        root.join("cas").is_dir().then(|| LocalStore {
-            root: root.to_path_buf(),
-        })
+        let root = std::path::absolute(root).ok()?;
+        root.join("cas").is_dir().then_some(LocalStore { root })
     }
 
     pub fn root(&self) -> &Path {

@@ -66,7 +66,10 @@ pub fn download(
     }
     fs::rename(&part, dest).map_err(|e| StageError::io(dest, e))?;
     // The rename is only durable once the directory entry is.
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StageError::io(dir, e))
@@ -81,7 +84,10 @@ fn part_path(dest: &Path) -> PathBuf {
 enum Transfer {
     Complete,
     /// The body broke off; `progressed` if bytes were saved first.
-    Interrupted { error: String, progressed: bool },
+    Interrupted {
+        error: String,
+        progressed: bool,
+    },
 }
 
 /// One request: brings `part` to the whole file, or as far as the
@@ -115,12 +121,15 @@ fn transfer(
     let length = response.body().content_length();
     let (mut done, total, file) = match status {
         206 => {
-            let (start, total) = content_range.as_deref().and_then(parse_content_range).ok_or_else(|| {
-                StageError::Other(format!(
-                    "{url}: partial response with Content-Range {content_range:?}; expected \
+            let (start, total) = content_range
+                .as_deref()
+                .and_then(parse_content_range)
+                .ok_or_else(|| {
+                    StageError::Other(format!(
+                        "{url}: partial response with Content-Range {content_range:?}; expected \
                      bytes {have}-<end>/<total>"
-                ))
-            })?;
+                    ))
+                })?;
             if start != Some(have) {
                 return Err(StageError::Other(format!(
                     "{url}: asked for bytes from {have} but the server sent {content_range:?}"
@@ -131,9 +140,17 @@ fn transfer(
         }
         // No Range, or a server that ignores it: the body is the whole file.
         200 => (0, length, File::create(part)),
-        // The part already reaches the end; the digest decides if it is right.
-        416 if content_range.as_deref().and_then(parse_content_range) == Some((None, Some(have))) => {
-            return Ok(Transfer::Complete)
+        416 => {
+            let total = content_range.as_deref().and_then(parse_content_range);
+            if total == Some((None, Some(have))) {
+                // The part already reaches the end; the digest decides if
+                // it is right.
+                return Ok(Transfer::Complete);
+            }
+            // Longer than the file: it cannot be a prefix of it. Without a
+            // part the next request has no Range, so this recurses once.
+            fs::remove_file(part).map_err(|e| StageError::io(part, e))?;
+            return transfer(agent, url, part, progress);
         }
         _ => {
             return Err(StageError::Other(format!(
@@ -151,7 +168,8 @@ fn transfer(
         match body.read(&mut buf) {
             Ok(0) => break Transfer::Complete,
             Ok(n) => {
-                out.write_all(&buf[..n]).map_err(|e| StageError::io(part, e))?;
+                out.write_all(&buf[..n])
+                    .map_err(|e| StageError::io(part, e))?;
                 done += n as u64;
                 progress(done, total);
             }
@@ -165,7 +183,9 @@ fn transfer(
         }
     };
     // Saved even when interrupted, so the next attempt resumes after it.
-    let file = out.into_inner().map_err(|e| StageError::io(part, e.into_error()))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| StageError::io(part, e.into_error()))?;
     file.sync_all().map_err(|e| StageError::io(part, e))?;
     Ok(outcome)
 }
@@ -220,7 +240,10 @@ mod tests {
     impl Server {
         fn start(body: Vec<u8>, behaviour: Behaviour) -> Server {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}/cifar-100-python.tar.gz", listener.local_addr().unwrap());
+            let url = format!(
+                "http://{}/cifar-100-python.tar.gz",
+                listener.local_addr().unwrap()
+            );
             let ranges = Arc::new(Mutex::new(Vec::new()));
             let seen = ranges.clone();
             std::thread::spawn(move || {
@@ -255,13 +278,21 @@ mod tests {
             }
             let (name, value) = line.split_once(':').unwrap();
             if name.eq_ignore_ascii_case("range") {
-                let start = value.trim().strip_prefix("bytes=").unwrap().trim_end_matches('-');
+                let start = value
+                    .trim()
+                    .strip_prefix("bytes=")
+                    .unwrap()
+                    .trim_end_matches('-');
                 range = Some(start.parse::<u64>().unwrap());
             }
         }
         seen.lock().unwrap().push(range);
         if request_line.contains("/missing") {
-            write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+            write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
             return;
         }
         let len = body.len() as u64;
@@ -289,7 +320,9 @@ mod tests {
     }
 
     fn body() -> Vec<u8> {
-        (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+        (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
     }
 
     fn digest(bytes: &[u8]) -> String {
@@ -298,7 +331,9 @@ mod tests {
 
     fn get(server: &Server, dest: &Path, sha: &str) -> (Result<()>, Vec<(u64, Option<u64>)>) {
         let mut calls = Vec::new();
-        let result = download(&server.url, sha, dest, &mut |done, total| calls.push((done, total)));
+        let result = download(&server.url, sha, dest, &mut |done, total| {
+            calls.push((done, total))
+        });
         (result, calls)
     }
 
@@ -362,6 +397,17 @@ mod tests {
     }
 
     #[test]
+    fn a_part_longer_than_the_file_is_discarded() {
+        let server = Server::start(body(), Behaviour::Normal);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("cifar.tar.gz");
+        fs::write(part_path(&dest), [body(), b"extra".to_vec()].concat()).unwrap();
+        get(&server, &dest, &digest(&body())).0.unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), body());
+        assert_eq!(server.ranges(), vec![Some(100_005), None]);
+    }
+
+    #[test]
     fn checksum_mismatch_leaves_no_file() {
         let server = Server::start(body(), Behaviour::Normal);
         let dir = tempfile::tempdir().unwrap();
@@ -369,7 +415,9 @@ mod tests {
         let wrong = digest(b"another file");
         let err = get(&server, &dest, &wrong).0.unwrap_err();
         match &err {
-            StageError::ChecksumMismatch { expected, actual, .. } => {
+            StageError::ChecksumMismatch {
+                expected, actual, ..
+            } => {
                 assert_eq!(expected, &wrong);
                 assert_eq!(actual, &digest(&body()));
             }
@@ -385,8 +433,14 @@ mod tests {
         let server = Server::start(body(), Behaviour::CutAlways(10_000));
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("cifar.tar.gz");
-        let err = get(&server, &dest, &digest(&body())).0.unwrap_err().to_string();
-        assert!(err.contains("the transfer broke off") && err.contains("run again to resume"), "{err}");
+        let err = get(&server, &dest, &digest(&body()))
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the transfer broke off") && err.contains("run again to resume"),
+            "{err}"
+        );
         assert_eq!(server.ranges(), vec![None, Some(10_000), Some(20_000)]);
         assert!(!dest.exists());
         assert_eq!(fs::read(part_path(&dest)).unwrap(), &body()[..30_000]);
@@ -401,7 +455,10 @@ mod tests {
         let err = download(&missing, &digest(&body()), &dest, &mut |_, _| {}).unwrap_err();
         assert!(err.to_string().contains("answered HTTP 404"), "{err}");
         let err = download(&server.url, "abc", &dest, &mut |_, _| {}).unwrap_err();
-        assert!(matches!(err, StageError::InvalidParam { ref key, .. } if key == "sha256"), "{err}");
+        assert!(
+            matches!(err, StageError::InvalidParam { ref key, .. } if key == "sha256"),
+            "{err}"
+        );
         assert!(!dest.exists());
     }
 }

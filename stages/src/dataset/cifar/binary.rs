@@ -4,7 +4,9 @@
 
 use std::io::Read;
 
-use super::{fine_label, fine_names_count, read_member, records_to_hwc, Origin, Source, IMAGE_BYTES};
+use super::{
+    fine_label, fine_names_count, read_member, records_to_hwc, Origin, Source, IMAGE_BYTES,
+};
 use crate::dataset::artefact::Split;
 use crate::error::Result;
 
@@ -26,7 +28,11 @@ pub(super) fn read(source: &Source) -> Result<(Vec<String>, Split, Split)> {
         Ok(())
     })?;
     let visited = "for_each_member visits every member or fails";
-    Ok((classes.expect(visited), train.expect(visited), test.expect(visited)))
+    Ok((
+        classes.expect(visited),
+        train.expect(visited),
+        test.expect(visited),
+    ))
 }
 
 fn records(origin: &Origin, reader: &mut dyn Read, size: u64) -> Result<Split> {
@@ -42,11 +48,10 @@ fn records(origin: &Origin, reader: &mut dyn Read, size: u64) -> Result<Split> {
     let mut buf = vec![0u8; count.min(CHUNK_RECORDS) * RECORD_BYTES];
     for out in images.chunks_mut(CHUNK_RECORDS * IMAGE_BYTES) {
         let buf = &mut buf[..out.len() / IMAGE_BYTES * RECORD_BYTES];
-        reader.read_exact(buf).map_err(|e| origin.truncated(size, e))?;
+        reader.read_exact(buf).map_err(|e| origin.truncated(e))?;
         for record in buf.chunks_exact(RECORD_BYTES) {
-            let label = fine_label(record[1].into()).map_err(|m| {
-                origin.invalid(format!("record {}: fine label {m}", labels.len()))
-            })?;
+            let label = fine_label(record[1].into())
+                .map_err(|m| origin.invalid(format!("record {}: fine label {m}", labels.len())))?;
             labels.push(label);
         }
         records_to_hwc(buf, RECORD_BYTES, 2, out);

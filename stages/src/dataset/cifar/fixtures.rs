@@ -13,6 +13,7 @@ use super::{CifarFormat, IMAGE_BYTES};
 
 /// The fine class names in label order, as in `meta` and
 /// `fine_label_names.txt`.
+#[rustfmt::skip]
 pub const FINE_LABEL_NAMES: [&str; 100] = [
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
     "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
@@ -29,6 +30,7 @@ pub const FINE_LABEL_NAMES: [&str; 100] = [
 ];
 
 /// The coarse (superclass) names in label order.
+#[rustfmt::skip]
 pub const COARSE_LABEL_NAMES: [&str; 20] = [
     "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
     "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
@@ -93,8 +95,14 @@ pub(super) fn binary_members(train: &[CifarImage], test: &[CifarImage]) -> Membe
 
 pub(super) fn python_members(train: &[CifarImage], test: &[CifarImage]) -> Members {
     let meta = pickle_dict(&[
-        ("fine_label_names", Field::Strings(names_bytes(&FINE_LABEL_NAMES))),
-        ("coarse_label_names", Field::Strings(names_bytes(&COARSE_LABEL_NAMES))),
+        (
+            "fine_label_names",
+            Field::Strings(names_bytes(&FINE_LABEL_NAMES)),
+        ),
+        (
+            "coarse_label_names",
+            Field::Strings(names_bytes(&COARSE_LABEL_NAMES)),
+        ),
     ]);
     vec![
         ("train", split_pickle(b"training batch 1 of 1", train)),
@@ -105,7 +113,9 @@ pub(super) fn python_members(train: &[CifarImage], test: &[CifarImage]) -> Membe
 
 /// The file name a split pickle lists for its `index`th image.
 pub(super) fn image_file_name(image: &CifarImage, index: usize) -> String {
-    let class = FINE_LABEL_NAMES.get(usize::from(image.fine_label)).unwrap_or(&"image");
+    let class = FINE_LABEL_NAMES
+        .get(usize::from(image.fine_label))
+        .unwrap_or(&"image");
     format!("{class}_s_{index:06}.png")
 }
 
@@ -127,7 +137,12 @@ pub(super) fn write_archive(path: &Path, format: CifarFormat, members: &Members)
 }
 
 fn name_lines(names: &[&str]) -> Vec<u8> {
-    names.iter().flat_map(|n| [n.as_bytes(), b"\n"]).flatten().copied().collect()
+    names
+        .iter()
+        .flat_map(|n| [n.as_bytes(), b"\n"])
+        .flatten()
+        .copied()
+        .collect()
 }
 
 fn names_bytes(names: &[&str]) -> Vec<Vec<u8>> {
@@ -149,9 +164,21 @@ fn split_pickle(batch_label: &[u8], images: &[CifarImage]) -> Vec<u8> {
             ),
         ),
         ("batch_label", Field::String(batch_label.to_vec())),
-        ("fine_labels", Field::Ints(images.iter().map(|i| i.fine_label.into()).collect())),
-        ("coarse_labels", Field::Ints(images.iter().map(|i| i.coarse_label.into()).collect())),
-        ("data", Field::Uint8Rows { rows: images.len(), data }),
+        (
+            "fine_labels",
+            Field::Ints(images.iter().map(|i| i.fine_label.into()).collect()),
+        ),
+        (
+            "coarse_labels",
+            Field::Ints(images.iter().map(|i| i.coarse_label.into()).collect()),
+        ),
+        (
+            "data",
+            Field::Uint8Rows {
+                rows: images.len(),
+                data,
+            },
+        ),
     ])
 }
 

@@ -131,7 +131,12 @@ fn locate_folder(dir: &Path) -> Result<Option<(CifarFormat, Source)>> {
         .filter(|f| dir.join(f.root_folder()).is_dir())
         .collect();
     match nested[..] {
-        [format] => return Ok(Some((format, Source::Folder(dir.join(format.root_folder()))))),
+        [format] => {
+            return Ok(Some((
+                format,
+                Source::Folder(dir.join(format.root_folder())),
+            )))
+        }
         [_, _] => {
             return Err(StageError::invalid(
                 dir,
@@ -164,8 +169,8 @@ fn archive_format(path: &Path) -> Result<Option<CifarFormat>> {
     for entry in entries {
         let entry = entry.map_err(|e| corrupt_archive(path, e))?;
         let path_in_tar = entry.path().map_err(|e| corrupt_archive(path, e))?;
-        // Skip only a leading `./` entry; deciding from the first real
-        // member keeps detection to one header.
+        // The first real member decides, so detection reads one header (two
+        // when the archive starts with a `./` entry).
         if let Some(first) = normal_components(&path_in_tar).first() {
             return Ok(CifarFormat::ALL
                 .into_iter()
@@ -185,10 +190,19 @@ fn normal_components(path: &Path) -> Vec<String> {
 }
 
 fn corrupt_archive(path: &Path, e: io::Error) -> StageError {
-    StageError::invalid(
-        path,
-        format!("is not a readable .tar.gz ({e}); the download is truncated or corrupted"),
-    )
+    damaged_archive(path, None, e)
+}
+
+/// The error for an archive that does not decode, naming the member in
+/// which that showed, if any.
+fn damaged_archive(path: &Path, member: Option<&str>, e: io::Error) -> StageError {
+    let message = match member {
+        Some(member) => format!(
+            "member {member}: the archive is truncated or corrupted ({e}); download it again"
+        ),
+        None => format!("is not a readable .tar.gz ({e}); the download is truncated or corrupted"),
+    };
+    StageError::invalid(path, message)
 }
 
 /// Names one member of a source in error messages: the file itself for a
@@ -206,86 +220,111 @@ impl Origin {
         }
     }
 
-    /// A read that failed or ended early inside a member of `size` bytes.
-    fn truncated(&self, size: u64, e: io::Error) -> StageError {
+    /// A read that failed or ended early.
+    fn truncated(&self, e: io::Error) -> StageError {
         match &self.member {
-            Some(_) => self.invalid(format!(
-                "could not be read to its {size} bytes ({e}); the archive is truncated or \
-                 corrupted, download it again"
-            )),
+            Some(member) => damaged_archive(&self.path, Some(member), e),
             None => StageError::io(&self.path, e),
         }
     }
 }
 
+/// What [`Source::for_each_member`] calls: origin, name, reader, size. The
+/// reader yields exactly `size` bytes unless the input is cut short.
+type Visit<'v> = dyn FnMut(&Origin, &str, &mut dyn Read, u64) -> Result<()> + 'v;
+
 impl Source {
-    /// Calls `visit(origin, name, reader, size)` for each of `names`, in
-    /// archive order for an archive; every name must be present. The
-    /// reader yields exactly `size` bytes unless the input is cut short.
+    /// Visits each of `names` (in archive order for an archive); every name
+    /// must be present.
     fn for_each_member(
         &self,
         names: &[&str],
         mut visit: impl FnMut(&Origin, &str, &mut dyn Read, u64) -> Result<()>,
     ) -> Result<()> {
         match self {
-            Source::Folder(dir) => {
-                for &name in names {
-                    let path = dir.join(name);
-                    let file = File::open(&path).map_err(|e| match e.kind() {
-                        io::ErrorKind::NotFound => StageError::invalid(
-                            dir,
-                            format!(
-                                "has no file {name}; expected the extracted official layout \
-                                 ({})",
-                                names.join(", ")
-                            ),
-                        ),
-                        _ => StageError::io(&path, e),
-                    })?;
-                    let size = file.metadata().map_err(|e| StageError::io(&path, e))?.len();
-                    let origin = Origin { path, member: None };
-                    visit(&origin, name, &mut BufReader::new(file), size)?;
-                }
-                Ok(())
-            }
+            Source::Folder(dir) => visit_folder(dir, names, &mut visit),
             Source::Archive { path, root } => {
                 let file = File::open(path).map_err(|e| StageError::io(path, e))?;
                 let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
-                let mut seen = vec![false; names.len()];
-                for entry in archive.entries().map_err(|e| corrupt_archive(path, e))? {
-                    let mut entry = entry.map_err(|e| corrupt_archive(path, e))?;
-                    let member = normal_components(&entry.path().map_err(|e| corrupt_archive(path, e))?);
-                    let [top, name] = &member[..] else { continue };
-                    let Some(i) = names.iter().position(|n| n == name) else { continue };
-                    if top != root || seen[i] {
-                        continue;
-                    }
-                    seen[i] = true;
-                    let origin = Origin {
-                        path: path.clone(),
-                        member: Some(format!("{root}/{name}")),
-                    };
-                    let size = entry.size();
-                    visit(&origin, name, &mut entry, size)?;
+                let mut current = None;
+                let visited =
+                    visit_archive(&mut archive, path, root, names, &mut current, &mut visit);
+                // The tar reader stops at the end-of-archive block, or earlier
+                // on an error: decoding the rest checks the gzip CRC, so a
+                // damaged download is reported as such, not as whatever
+                // garbage it decoded to.
+                let drained = io::copy(&mut archive.into_inner(), &mut io::sink());
+                match (visited, drained) {
+                    (Ok(()), Ok(_)) => Ok(()),
+                    (Err(e), Ok(_)) => Err(e),
+                    (_, Err(e)) => Err(damaged_archive(path, current.as_deref(), e)),
                 }
-                if let Some(i) = seen.iter().position(|s| !s) {
-                    return Err(StageError::invalid(
-                        path,
-                        format!(
-                            "has no member {root}/{}; expected the official layout ({})",
-                            names[i],
-                            names.join(", ")
-                        ),
-                    ));
-                }
-                // The tar reader stops at the end-of-archive block; the rest
-                // of the stream must still decode so that the gzip CRC and
-                // length trailer are checked.
-                io::copy(&mut archive.into_inner(), &mut io::sink())
-                    .map_err(|e| corrupt_archive(path, e))?;
-                Ok(())
             }
         }
+    }
+}
+
+fn visit_folder(dir: &Path, names: &[&str], visit: &mut Visit<'_>) -> Result<()> {
+    for &name in names {
+        let path = dir.join(name);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StageError::invalid(
+                dir,
+                format!(
+                    "has no file {name}; expected the extracted official layout ({})",
+                    names.join(", ")
+                ),
+            ),
+            _ => StageError::io(&path, e),
+        })?;
+        let size = file.metadata().map_err(|e| StageError::io(&path, e))?.len();
+        let origin = Origin { path, member: None };
+        visit(&origin, name, &mut BufReader::new(file), size)?;
+    }
+    Ok(())
+}
+
+/// Visits the members in one pass; `current` names the member being
+/// visited while a visit is under way.
+fn visit_archive<R: Read>(
+    archive: &mut tar::Archive<R>,
+    path: &Path,
+    root: &str,
+    names: &[&str],
+    current: &mut Option<String>,
+    visit: &mut Visit<'_>,
+) -> Result<()> {
+    let mut seen = vec![false; names.len()];
+    for entry in archive.entries().map_err(|e| corrupt_archive(path, e))? {
+        let mut entry = entry.map_err(|e| corrupt_archive(path, e))?;
+        let member = normal_components(&entry.path().map_err(|e| corrupt_archive(path, e))?);
+        let [top, name] = &member[..] else { continue };
+        let Some(i) = names.iter().position(|n| n == name) else {
+            continue;
+        };
+        if top != root || seen[i] {
+            continue;
+        }
+        seen[i] = true;
+        let origin = Origin {
+            path: path.to_path_buf(),
+            member: Some(format!("{root}/{name}")),
+        };
+        *current = origin.member.clone();
+        let size = entry.size();
+        visit(&origin, name, &mut entry, size)?;
+        *current = None;
+    }
+    match seen.iter().position(|s| !s) {
+        Some(i) => Err(StageError::invalid(
+            path,
+            format!(
+                "has no member {root}/{}; expected the official layout ({})",
+                names[i],
+                names.join(", ")
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -295,12 +334,12 @@ fn read_member(origin: &Origin, reader: &mut dyn Read, size: u64) -> Result<Vec<
     reader
         .take(size)
         .read_to_end(&mut bytes)
-        .map_err(|e| origin.truncated(size, e))?;
+        .map_err(|e| origin.truncated(e))?;
     if bytes.len() as u64 != size {
-        return Err(origin.truncated(
-            size,
-            io::Error::new(io::ErrorKind::UnexpectedEof, format!("only {} bytes", bytes.len())),
-        ));
+        return Err(origin.truncated(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} of {size} bytes", bytes.len()),
+        )));
     }
     Ok(bytes)
 }
@@ -338,7 +377,10 @@ fn fine_label(label: i64) -> Result<u16, String> {
 /// sentence naming the list.
 fn fine_names_count(names: &[String]) -> Result<(), String> {
     if names.len() != FINE_CLASSES {
-        return Err(format!("holds {} names; expected {FINE_CLASSES}", names.len()));
+        return Err(format!(
+            "holds {} names; expected {FINE_CLASSES}",
+            names.len()
+        ));
     }
     Ok(())
 }

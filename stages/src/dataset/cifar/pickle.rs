@@ -268,7 +268,10 @@ impl<'a> Machine<'a> {
             b'\x85' | b'\x86' | b'\x87' => {
                 let n = usize::from(op - b'\x84');
                 if self.above_mark() < n {
-                    return fault(format!("TUPLE{n} with {} items on the stack", self.above_mark()));
+                    return fault(format!(
+                        "TUPLE{n} with {} items on the stack",
+                        self.above_mark()
+                    ));
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
                 self.push(Value::Tuple(items));
@@ -447,10 +450,11 @@ impl<'a> Machine<'a> {
     }
 
     fn get(&mut self, index: u64) -> Result<(), Fault> {
-        let id = *self
-            .memo
-            .get(&index)
-            .ok_or_else(|| Fault(format!("fetches memo entry {index}, which was never stored")))?;
+        let id = *self.memo.get(&index).ok_or_else(|| {
+            Fault(format!(
+                "fetches memo entry {index}, which was never stored"
+            ))
+        })?;
         self.stack.push(id);
         Ok(())
     }
@@ -473,7 +477,12 @@ impl<'a> Machine<'a> {
     fn reduce(&self, callable: Id, args: Id) -> Result<Value<'a>, Fault> {
         let global = match &self.values[callable] {
             Value::Global(g) => *g,
-            other => return fault(format!("REDUCE calls a {}; expected an allowed global", other.kind())),
+            other => {
+                return fault(format!(
+                    "REDUCE calls a {}; expected an allowed global",
+                    other.kind()
+                ))
+            }
         };
         let args = self.tuple(args, "REDUCE's arguments")?;
         match (global, args) {
@@ -494,20 +503,18 @@ impl<'a> Machine<'a> {
                 };
                 let bytes = text
                     .chars()
-                    .map(|c| u8::try_from(c))
+                    .map(u8::try_from)
                     .collect::<Result<Vec<u8>, _>>()
                     .or_else(|_| fault("_codecs.encode of a str with characters above U+00FF"))?;
                 Ok(Value::Bytes(Cow::Owned(bytes)))
             }
-            (Global::Reconstruct, &[class, _shape, _typecode]) => {
-                match &self.values[class] {
-                    Value::Global(Global::Ndarray) => Ok(Value::Array(None)),
-                    other => fault(format!(
-                        "_reconstruct of a {}; expected numpy.ndarray",
-                        other.kind()
-                    )),
-                }
-            }
+            (Global::Reconstruct, &[class, _shape, _typecode]) => match &self.values[class] {
+                Value::Global(Global::Ndarray) => Ok(Value::Array(None)),
+                other => fault(format!(
+                    "_reconstruct of a {}; expected numpy.ndarray",
+                    other.kind()
+                )),
+            },
             (Global::Dtype, &[code, ..]) => {
                 let code = self.text_or_bytes(code, "numpy.dtype's type string")?;
                 Ok(Value::Dtype(String::from_utf8_lossy(code).into_owned()))
@@ -540,10 +547,9 @@ impl<'a> Machine<'a> {
 
     /// numpy's `ndarray.__setstate__((version, shape, dtype, is_fortran, data))`.
     fn array_state(&self, state: Id) -> Result<Array, Fault> {
-        let &[version, shape, dtype, fortran, data] = self.tuple(state, "the ndarray state")? else {
-            return fault(
-                "the ndarray state is not (version, shape, dtype, is_fortran, data)",
-            );
+        let &[version, shape, dtype, fortran, data] = self.tuple(state, "the ndarray state")?
+        else {
+            return fault("the ndarray state is not (version, shape, dtype, is_fortran, data)");
         };
         if !matches!(self.values[version], Value::Int(1)) {
             return fault("the ndarray state has a version other than 1");
@@ -589,7 +595,10 @@ impl<'a> Machine<'a> {
 
 fn pairs(items: Vec<Id>) -> Result<Vec<(Id, Id)>, Fault> {
     if items.len() % 2 != 0 {
-        return fault(format!("{} items for a dict; expected key, value pairs", items.len()));
+        return fault(format!(
+            "{} items for a dict; expected key, value pairs",
+            items.len()
+        ));
     }
     Ok(items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect())
 }
@@ -602,7 +611,12 @@ fn parse_decimal(text: &[u8]) -> Result<i64, Fault> {
     std::str::from_utf8(text)
         .ok()
         .and_then(|t| t.parse().ok())
-        .ok_or_else(|| Fault(format!("{:?} is not a decimal int", String::from_utf8_lossy(text))))
+        .ok_or_else(|| {
+            Fault(format!(
+                "{:?} is not a decimal int",
+                String::from_utf8_lossy(text)
+            ))
+        })
 }
 
 /// Decodes a protocol 0 STRING argument: the `repr` of a byte string.
@@ -629,7 +643,9 @@ fn unquote_repr(line: &[u8]) -> Result<Vec<u8>, Fault> {
             b'r' => b'\r',
             b't' => b'\t',
             b'x' => {
-                let hex = rest.get(..2).ok_or_else(|| Fault("STRING argument ends inside \\x".into()))?;
+                let hex = rest
+                    .get(..2)
+                    .ok_or_else(|| Fault("STRING argument ends inside \\x".into()))?;
                 rest = &rest[2..];
                 u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("?"), 16)
                     .or_else(|_| fault("STRING argument has a bad \\x escape"))?
@@ -687,16 +703,33 @@ mod tests {
     fn memoised_list_is_shared_after_appends() {
         // [x, x] where x = [1] was memoised empty and appended to afterwards.
         let p = parse(b"\x80\x02](]q\x00K\x01ah\x00e.").unwrap();
-        let Value::List(outer) = p.get(p.root()) else { panic!() };
+        let Value::List(outer) = p.get(p.root()) else {
+            panic!()
+        };
         assert_eq!(outer[0], outer[1]);
-        let Value::List(inner) = p.get(outer[0]) else { panic!() };
+        let Value::List(inner) = p.get(outer[0]) else {
+            panic!()
+        };
         assert!(matches!(p.get(inner[0]), Value::Int(1)));
+    }
+
+    #[test]
+    fn long_memo_indices_and_empty_tuples_parse() {
+        // (7, (), 7) with 7 memoised at index 256, as past 256 memo entries.
+        let p = parse(b"\x80\x02K\x07r\x00\x01\x00\x00)j\x00\x01\x00\x00\x87.").unwrap();
+        let Value::Tuple(items) = p.get(p.root()) else {
+            panic!()
+        };
+        assert_eq!(items[0], items[2]);
+        assert!(matches!(p.get(items[1]), Value::Tuple(t) if t.is_empty()));
     }
 
     #[test]
     fn protocol_zero_strings_are_unescaped() {
         let p = parse(b"(S'a\\'\\\\\\x00\\xff\\n'\nV\\u00e9\\U0001F600\\x\nt.").unwrap();
-        let Value::Tuple(items) = p.get(p.root()) else { panic!() };
+        let Value::Tuple(items) = p.get(p.root()) else {
+            panic!()
+        };
         assert_eq!(p.bytes(items[0]), Some(&b"a'\\\x00\xff\n"[..]));
         assert_eq!(p.bytes(items[1]), Some("é😀\\x".as_bytes()));
     }
@@ -704,13 +737,19 @@ mod tests {
     #[test]
     fn disallowed_global_is_rejected_by_name() {
         let err = parse_err(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.");
-        assert!(err.starts_with("byte 2: global os.system is not allowed"), "{err}");
+        assert!(
+            err.starts_with("byte 2: global os.system is not allowed"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unsupported_opcode_and_protocol_are_rejected() {
         let err = parse_err(b"\x80\x02G?\xf0\x00\x00\x00\x00\x00\x00.");
-        assert!(err.contains("byte 2: opcode 0x47 ('G') is not supported"), "{err}");
+        assert!(
+            err.contains("byte 2: opcode 0x47 ('G') is not supported"),
+            "{err}"
+        );
         let err = parse_err(b"\x80\x04\x95\x00.");
         assert!(err.contains("pickle protocol 4"), "{err}");
     }
@@ -718,8 +757,14 @@ mod tests {
     #[test]
     fn malformed_streams_are_errors_not_panics() {
         for (input, expected) in [
-            (&b"\x80\x02T\x05\x00\x00\x00ab"[..], "byte 2: the pickle ends 9 bytes in, 3 bytes short"),
-            (b"\x80\x02h\x07.", "fetches memo entry 7, which was never stored"),
+            (
+                &b"\x80\x02T\x05\x00\x00\x00ab"[..],
+                "byte 2: the pickle ends 9 bytes in, 3 bytes short",
+            ),
+            (
+                b"\x80\x02h\x07.",
+                "fetches memo entry 7, which was never stored",
+            ),
             (b"\x80\x02(.", "stack is empty above the last MARK"),
             (b"\x80\x02K\x01K\x02e.", "needs a MARK"),
             (b"\x80\x02K\x01(K\x02e.", "appends to a int"),

@@ -4,7 +4,9 @@
 //! `b'fine_label_names'`. Python 2 wrote them, so their strings are bytes.
 
 use super::pickle::{self, Pickle, Value};
-use super::{fine_label, fine_names_count, read_member, records_to_hwc, Origin, Source, IMAGE_BYTES};
+use super::{
+    fine_label, fine_names_count, read_member, records_to_hwc, Origin, Source, IMAGE_BYTES,
+};
 use crate::dataset::artefact::Split;
 use crate::error::Result;
 
@@ -25,7 +27,11 @@ pub(super) fn read(source: &Source) -> Result<(Vec<String>, Split, Split)> {
         Ok(())
     })?;
     let visited = "for_each_member visits every member or fails";
-    Ok((classes.expect(visited), train.expect(visited), test.expect(visited)))
+    Ok((
+        classes.expect(visited),
+        train.expect(visited),
+        test.expect(visited),
+    ))
 }
 
 fn field(origin: &Origin, p: &Pickle<'_>, key: &str) -> Result<pickle::Id> {
@@ -37,7 +43,9 @@ fn field(origin: &Origin, p: &Pickle<'_>, key: &str) -> Result<pickle::Id> {
         )));
     }
     p.dict_get(root, key.as_bytes()).ok_or_else(|| {
-        origin.invalid(format!("has no key b'{key}'; expected the dict of the official archive"))
+        origin.invalid(format!(
+            "has no key b'{key}'; expected the dict of the official archive"
+        ))
     })
 }
 
@@ -58,7 +66,7 @@ fn split(origin: &Origin, p: &Pickle<'_>) -> Result<Split> {
             )))
         }
     };
-    if array.dtype.trim_start_matches('|') != "u1" {
+    if array.dtype != "u1" {
         return Err(origin.invalid(format!(
             "b'data' has dtype {:?}; expected uint8 ('u1')",
             array.dtype
@@ -73,7 +81,9 @@ fn split(origin: &Origin, p: &Pickle<'_>) -> Result<Split> {
     if array.fortran_order {
         return Err(origin.invalid("b'data' is in Fortran order; expected C order"));
     }
-    let data = p.bytes(array.data).expect("the pickle reader checks array data is bytes");
+    let data = p
+        .bytes(array.data)
+        .expect("the pickle reader checks array data is bytes");
     if data.len() != count * IMAGE_BYTES {
         return Err(origin.invalid(format!(
             "b'data' holds {} bytes; its shape ({count}, {IMAGE_BYTES}) needs {}",
@@ -93,8 +103,9 @@ fn split(origin: &Origin, p: &Pickle<'_>) -> Result<Split> {
         .iter()
         .enumerate()
         .map(|(i, &id)| match p.get(id) {
-            Value::Int(l) => fine_label(*l)
-                .map_err(|m| origin.invalid(format!("b'fine_labels'[{i}] {m}"))),
+            Value::Int(l) => {
+                fine_label(*l).map_err(|m| origin.invalid(format!("b'fine_labels'[{i}] {m}")))
+            }
             other => Err(origin.invalid(format!(
                 "b'fine_labels'[{i}] is a {}; expected an int",
                 other.kind()
@@ -112,9 +123,9 @@ fn class_names(origin: &Origin, p: &Pickle<'_>) -> Result<Vec<String>> {
         .enumerate()
         .map(|(i, &id)| match p.bytes(id).map(std::str::from_utf8) {
             Some(Ok(name)) => Ok(name.to_string()),
-            Some(Err(e)) => Err(origin.invalid(format!(
-                "b'fine_label_names'[{i}] is not UTF-8: {e}"
-            ))),
+            Some(Err(e)) => {
+                Err(origin.invalid(format!("b'fine_label_names'[{i}] is not UTF-8: {e}")))
+            }
             None => Err(origin.invalid(format!(
                 "b'fine_label_names'[{i}] is a {}; expected a string",
                 p.get(id).kind()

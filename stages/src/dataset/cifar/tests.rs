@@ -166,7 +166,10 @@ fn numpy_written_python_archive_round_trips() {
     let pickles = numpy_pickles(dir.path(), "py2", 2, "none");
     let archive = python_archive(dir.path(), &read_folder(&pickles));
     assert_eq!(detect(&archive).unwrap(), Some(CifarFormat::Python));
-    assert_eq!(load_cifar100(&archive).unwrap(), expected(CifarFormat::Python));
+    assert_eq!(
+        load_cifar100(&archive).unwrap(),
+        expected(CifarFormat::Python)
+    );
 }
 
 #[test]
@@ -187,7 +190,11 @@ fn every_protocol_of_python_2_and_3_reads_the_same() {
             let pickles = numpy_pickles(dir.path(), style, protocol, "none");
             let got = load_cifar100(&pickles)
                 .unwrap_or_else(|e| panic!("{style} protocol {protocol}: {e}"));
-            assert_eq!(got, expected(CifarFormat::Python), "{style} protocol {protocol}");
+            assert_eq!(
+                got,
+                expected(CifarFormat::Python),
+                "{style} protocol {protocol}"
+            );
         }
     }
 }
@@ -207,7 +214,10 @@ fn python_fixture_archive_is_what_numpy_reads_and_round_trips() {
 
     let archive = dir.path().join("cifar-100-python.tar.gz");
     fixtures::write_cifar100_python_archive(&archive, &train_images(), &test_images()).unwrap();
-    assert_eq!(load_cifar100(&archive).unwrap(), expected(CifarFormat::Python));
+    assert_eq!(
+        load_cifar100(&archive).unwrap(),
+        expected(CifarFormat::Python)
+    );
 }
 
 #[test]
@@ -216,7 +226,10 @@ fn binary_archive_and_folder_round_trip() {
     let archive = dir.path().join("cifar-100-binary.tar.gz");
     fixtures::write_cifar100_binary_archive(&archive, &train_images(), &test_images()).unwrap();
     assert_eq!(detect(&archive).unwrap(), Some(CifarFormat::Binary));
-    assert_eq!(load_cifar100(&archive).unwrap(), expected(CifarFormat::Binary));
+    assert_eq!(
+        load_cifar100(&archive).unwrap(),
+        expected(CifarFormat::Binary)
+    );
 
     let members = fixtures::binary_members(&train_images(), &test_images());
     let folder = write_folder(&dir.path().join("x/cifar-100-binary"), &members);
@@ -244,7 +257,10 @@ fn other_inputs_are_not_detected() {
         .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
     assert_eq!(detect(&other).unwrap(), None);
-    assert_contains(&load_err(&other), &["other.tar.gz", "is not a CIFAR-100 source"]);
+    assert_contains(
+        &load_err(&other),
+        &["other.tar.gz", "is not a CIFAR-100 source"],
+    );
 
     fs::create_dir(dir.path().join("cifar-100-python")).unwrap();
     fs::create_dir(dir.path().join("cifar-100-binary")).unwrap();
@@ -261,8 +277,14 @@ fn truncated_archives_are_errors_not_short_datasets() {
     // Inside the train member's data, then inside the gzip trailer (every
     // member complete, but the CRC cannot be checked).
     for (cut, parts) in [
-        (full.len() * 3 / 4, vec!["member cifar-100-binary/train.bin", "truncated"]),
-        (full.len() - 4, vec!["not a readable .tar.gz", "truncated or corrupted"]),
+        (
+            full.len() * 3 / 4,
+            vec!["member cifar-100-binary/train.bin: the archive is truncated"],
+        ),
+        (
+            full.len() - 4,
+            vec!["not a readable .tar.gz", "truncated or corrupted"],
+        ),
     ] {
         fs::write(&archive, &full[..cut]).unwrap();
         assert_contains(&load_err(&archive), &[&archive.display().to_string()]);
@@ -271,15 +293,20 @@ fn truncated_archives_are_errors_not_short_datasets() {
 }
 
 #[test]
-fn corrupted_archive_is_an_error() {
+fn corrupted_archives_are_errors_wherever_the_damage_is() {
     let dir = tempfile::tempdir().unwrap();
     let pickles = fixtures::python_members(&train_images(), &test_images());
     let archive = python_archive(dir.path(), &pickles);
-    let mut bytes = fs::read(&archive).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x55;
-    fs::write(&archive, bytes).unwrap();
-    assert_contains(&load_err(&archive), &["cifar-100-python.tar.gz", "corrupted"]);
+    let bytes = fs::read(&archive).unwrap();
+    // In the gzip header, early in the deflate data (where a flip decodes
+    // to a plausible but wrong pickle), midway, and in the CRC trailer.
+    for at in [20, 200, bytes.len() / 2, bytes.len() - 6] {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x55;
+        fs::write(&archive, damaged).unwrap();
+        let err = load_err(&archive);
+        assert_contains(&err, &["cifar-100-python.tar.gz", "truncated or corrupted"]);
+    }
 }
 
 #[test]
@@ -298,18 +325,30 @@ fn missing_members_are_named() {
     let mut members = fixtures::binary_members(&train_images(), &test_images());
     members.retain(|(name, _)| *name != "test.bin");
     let archive = binary_archive(dir.path(), &members);
-    assert_contains(&load_err(&archive), &["has no member cifar-100-binary/test.bin"]);
+    assert_contains(
+        &load_err(&archive),
+        &["has no member cifar-100-binary/test.bin"],
+    );
 }
 
 #[test]
 fn binary_records_must_be_whole() {
     let dir = tempfile::tempdir().unwrap();
     let mut members = fixtures::binary_members(&train_images(), &test_images());
-    members.iter_mut().find(|(n, _)| *n == "train.bin").unwrap().1.push(0);
+    members
+        .iter_mut()
+        .find(|(n, _)| *n == "train.bin")
+        .unwrap()
+        .1
+        .push(0);
     let archive = binary_archive(dir.path(), &members);
     assert_contains(
         &load_err(&archive),
-        &["member cifar-100-binary/train.bin", "holds 9223 bytes", "3074-byte records"],
+        &[
+            "member cifar-100-binary/train.bin",
+            "holds 9223 bytes",
+            "3074-byte records",
+        ],
     );
 }
 
@@ -322,7 +361,11 @@ fn binary_fine_label_out_of_range_is_named() {
     fixtures::write_cifar100_binary_archive(&archive, &train_images(), &test).unwrap();
     assert_contains(
         &load_err(&archive),
-        &["member cifar-100-binary/test.bin", "record 1: fine label is 100", "0..=99"],
+        &[
+            "member cifar-100-binary/test.bin",
+            "record 1: fine label is 100",
+            "0..=99",
+        ],
     );
 }
 
@@ -330,17 +373,27 @@ fn binary_fine_label_out_of_range_is_named() {
 fn binary_class_names_must_number_100() {
     let dir = tempfile::tempdir().unwrap();
     let mut members = fixtures::binary_members(&train_images(), &test_images());
-    let names = &mut members.iter_mut().find(|(n, _)| *n == "fine_label_names.txt").unwrap().1;
+    let names = &mut members
+        .iter_mut()
+        .find(|(n, _)| *n == "fine_label_names.txt")
+        .unwrap()
+        .1;
     names.truncate(names.len() - "worm\n".len());
     let folder = write_folder(&dir.path().join("cifar-100-binary"), &members);
     let err = load_err(&folder);
-    assert_contains(&err, &["fine_label_names.txt", "holds 99 names; expected 100"]);
+    assert_contains(
+        &err,
+        &["fine_label_names.txt", "holds 99 names; expected 100"],
+    );
 }
 
 #[test]
 fn python_pickles_of_the_wrong_shape_are_named() {
     for (defect, parts) in [
-        ("shape", &["b'data' has shape [3, 3, 1024]; expected (N, 3072)"][..]),
+        (
+            "shape",
+            &["b'data' has shape [3, 3, 1024]; expected (N, 3072)"][..],
+        ),
         ("width", &["b'data' has shape [3, 3071]"]),
         ("dtype", &["b'data' has dtype \"i2\"; expected uint8"]),
         ("count", &["b'fine_labels' holds 2 labels for the 3 images"]),
@@ -350,7 +403,10 @@ fn python_pickles_of_the_wrong_shape_are_named() {
         let pickles = numpy_pickles(dir.path(), "py2", 2, defect);
         let archive = python_archive(dir.path(), &read_folder(&pickles));
         let err = load_err(&archive);
-        assert_contains(&err, &["cifar-100-python.tar.gz", "member cifar-100-python/train"]);
+        assert_contains(
+            &err,
+            &["cifar-100-python.tar.gz", "member cifar-100-python/train"],
+        );
         assert_contains(&err, parts);
     }
 }
@@ -363,6 +419,9 @@ fn pickle_naming_a_foreign_global_is_refused() {
     let folder = write_folder(&dir.path().join("cifar-100-python"), &members);
     assert_contains(
         &load_err(&folder),
-        &["cifar-100-python/test", "byte 2: global posix.system is not allowed"],
+        &[
+            "cifar-100-python/test",
+            "byte 2: global posix.system is not allowed",
+        ],
     );
 }
