@@ -8,7 +8,9 @@ use bsce_pipeline::config;
 use bsce_pipeline::digest::Digest;
 use bsce_pipeline::sources::SourceDigester;
 use bsce_stages::dataset::{artefact, cifar, image_folder};
-use bsce_stages::order::{icarl_order, named_order, named_order_names, numpy_shuffled_range, resolve_order, OrderSpec};
+use bsce_stages::order::{
+    icarl_order, named_order, named_order_names, numpy_shuffled_range, resolve_order, OrderSpec,
+};
 
 use crate::{BadInput, OrderCommand};
 
@@ -93,7 +95,10 @@ pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
     } else {
         println!("path:     {}", path.display());
         println!("format:   {}", report["format"].as_str().unwrap_or("?"));
-        println!("digest:   sha256:{}", report["digest"].as_str().unwrap_or("?"));
+        println!(
+            "digest:   sha256:{}",
+            report["digest"].as_str().unwrap_or("?")
+        );
         println!("classes:  {}", report["classes"]);
         if let Some(shape) = report.get("image_size") {
             println!("images:   {shape}");
@@ -102,7 +107,11 @@ pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
         println!("test:     {} images", report["test"]);
         if let Some(names) = report["class_names"].as_array() {
             let shown: Vec<&str> = names.iter().take(8).filter_map(|v| v.as_str()).collect();
-            let more = if names.len() > 8 { format!(", ... ({} more)", names.len() - 8) } else { String::new() };
+            let more = if names.len() > 8 {
+                format!(", ... ({} more)", names.len() - 8)
+            } else {
+                String::new()
+            };
             println!("names:    {}{more}", shown.join(", "));
         }
     }

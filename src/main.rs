@@ -24,7 +24,11 @@ use bsce_stages::stage::Catalog;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "bsce-pipe", version, about = "Reproduce Balanced Softmax Cross-Entropy for Incremental Learning, every result computed once")]
+#[command(
+    name = "bsce-pipe",
+    version,
+    about = "Reproduce Balanced Softmax Cross-Entropy for Incremental Learning, every result computed once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,6 +95,11 @@ enum Command {
     Dataset {
         #[command(subcommand)]
         command: DatasetCommand,
+    },
+    /// Print the sha256 of files as the store computes it (for `sha256:` in configs).
+    Digest {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Internal: run one stage (the scheduler starts this as a child).
     #[command(hide = true)]
@@ -235,7 +244,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let plan = Plan::from_config(&cfg);
             let root = store_root(&store, &cfg);
             let opts = RunOptions {
-                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+                jobs: jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                }),
                 gpus,
                 keep_going,
                 force,
@@ -259,7 +272,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let mut reporter = reporter::TerminalReporter::new(false);
             let summary = engine.run(&opts, &mut reporter)?;
             drop(reporter);
-            let nothing = if summary.executed == 0 && summary.failed == 0 { " (nothing to do)" } else { "" };
+            let nothing = if summary.executed == 0 && summary.failed == 0 {
+                " (nothing to do)"
+            } else {
+                ""
+            };
             eprintln!(
                 "{} executed, {} from cache, {} failed, {} skipped in {:.2}s; the cache saved {:.1}s of compute{nothing}",
                 summary.executed, summary.cached, summary.failed, summary.skipped, summary.wall_seconds, summary.saved_seconds
@@ -275,7 +292,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Status { config, store, json } => {
+        Command::Status {
+            config,
+            store,
+            json,
+        } => {
             let catalog = catalog();
             let cfg = load_config(&config, &catalog)?;
             let plan = Plan::from_config(&cfg);
@@ -297,7 +318,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Cache { command } => cache(command),
         Command::Order { command } => inspect::order(command),
-        Command::Dataset { command: DatasetCommand::Inspect { path, json } } => inspect::dataset(&path, json),
+        Command::Dataset {
+            command: DatasetCommand::Inspect { path, json },
+        } => inspect::dataset(&path, json),
+        Command::Digest { files } => {
+            for f in files {
+                let (d, _) = bsce_pipeline::digest::Digest::of_file(&f)
+                    .map_err(|e| BadInput(format!("{}: {e}", f.display())))?;
+                println!("{d}  {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ExecStage { job } => exec_stage(&job),
     }
 }
@@ -349,8 +380,10 @@ fn print_status(
             NodeStatus::ToRun { key, reasons } => {
                 to_run += 1;
                 let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
-                rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": "to-run",
-                    "key": key.map(|k| k.to_hex()), "reasons": why}));
+                rows.push(
+                    serde_json::json!({"label": node.label, "kind": node.kind, "state": "to-run",
+                    "key": key.map(|k| k.to_hex()), "reasons": why}),
+                );
                 if !json {
                     println!("to-run   {}: {}", node.label, why.join("; "));
                 }
@@ -365,7 +398,10 @@ fn print_status(
                 "executed": 0, "failed": 0, "dry_run": dry_run, "nodes": rows}))?
         );
     } else {
-        println!("{} stages: {cached} cached, {to_run} to run", plan.nodes.len());
+        println!(
+            "{} stages: {cached} cached, {to_run} to run",
+            plan.nodes.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -395,10 +431,17 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                     println!("corrupt  {d} -> {to}");
                 }
                 if !r.quarantined.is_empty() {
-                    println!("{} corrupt blobs quarantined; the stages that made them will rerun", r.quarantined.len());
+                    println!(
+                        "{} corrupt blobs quarantined; the stages that made them will rerun",
+                        r.quarantined.len()
+                    );
                 }
             }
-            Ok(if r.quarantined.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+            Ok(if r.quarantined.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         CacheCommand::Gc { keep, store, json } => {
             let catalog = catalog();
@@ -407,7 +450,12 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
             let mut root: Option<PathBuf> = store.clone();
             for cfg_path in &keep {
                 let cfg = load_config(cfg_path, &catalog)?;
-                let r = store_root(&StoreArgs { store: store.clone() }, &cfg);
+                let r = store_root(
+                    &StoreArgs {
+                        store: store.clone(),
+                    },
+                    &cfg,
+                );
                 if root.is_none() {
                     root = Some(r.clone());
                 }
@@ -416,13 +464,21 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                         "{} uses store {}, not {}; pass --store to choose one",
                         cfg_path.display(),
                         r.display(),
-                        root.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                        root.as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
                     ))
                     .into());
                 }
                 let s = existing_store(&r)?;
                 let plan = Plan::from_config(&cfg);
-                let engine = Engine { plan: &plan, store: &s, catalog: &catalog, ctx: &ctx, downloads: r.join("downloads") };
+                let engine = Engine {
+                    plan: &plan,
+                    store: &s,
+                    catalog: &catalog,
+                    ctx: &ctx,
+                    downloads: r.join("downloads"),
+                };
                 for st in engine.status(&RunOptions::default())? {
                     if let NodeStatus::Cached { key, .. } = st {
                         keys.insert(key);
@@ -468,7 +524,8 @@ fn existing_store(root: &Path) -> Result<LocalStore> {
 /// The child side of a stage: run it, report errors on stderr (the log),
 /// exit non-zero on failure.
 fn exec_stage(job_path: &Path) -> Result<ExitCode> {
-    let job = StageJob::read(job_path).with_context(|| format!("reading job {}", job_path.display()))?;
+    let job =
+        StageJob::read(job_path).with_context(|| format!("reading job {}", job_path.display()))?;
     let reporter = ChildReporter::default();
     match bsce_stages::stage::run_job(&job, &reporter) {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -51,8 +51,10 @@ impl Reporter for TerminalReporter {
                 if let Some(m) = &self.multi {
                     let bar = m.add(ProgressBar::new(*total as u64));
                     bar.set_style(
-                        ProgressStyle::with_template("{bar:30} {pos}/{len} stages  {elapsed} (eta {eta})")
-                            .expect("valid template"),
+                        ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} stages  {elapsed} (eta {eta})",
+                        )
+                        .expect("valid template"),
                     );
                     self.overall = Some(bar);
                 }
@@ -63,23 +65,34 @@ impl Reporter for TerminalReporter {
                 }
                 self.tick();
             }
-            RunEvent::Waiting { label } => {
-                self.line(format!("waiting  {label} (another bsce-pipe is running it)"))
-            }
-            RunEvent::Started { label, reasons, device, .. } => {
+            RunEvent::Waiting { label } => self.line(format!(
+                "waiting  {label} (another bsce-pipe is running it)"
+            )),
+            RunEvent::Started {
+                label,
+                reasons,
+                device,
+                ..
+            } => {
                 let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
                 self.line(format!("run      {label} on {device}: {}", why.join("; ")));
                 if let Some(m) = &self.multi {
                     let bar = m.insert_from_back(1, ProgressBar::new_spinner());
                     bar.set_style(
-                        ProgressStyle::with_template("  {spinner} {prefix} {msg}").expect("valid template"),
+                        ProgressStyle::with_template("  {spinner} {prefix} {msg}")
+                            .expect("valid template"),
                     );
                     bar.set_prefix(label.clone());
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.bars.insert(label.clone(), bar);
                 }
             }
-            RunEvent::Progress { label, done, total, unit } => {
+            RunEvent::Progress {
+                label,
+                done,
+                total,
+                unit,
+            } => {
                 if let Some(bar) = self.bars.get(label) {
                     match total {
                         Some(t) => bar.set_message(format!("{done}/{t} {unit}")),
@@ -87,20 +100,29 @@ impl Reporter for TerminalReporter {
                     }
                 }
             }
-            RunEvent::Finished { label, wall_seconds, .. } => {
+            RunEvent::Finished {
+                label,
+                wall_seconds,
+                ..
+            } => {
                 if let Some(bar) = self.bars.remove(label) {
                     bar.finish_and_clear();
                 }
                 self.line(format!("done     {label} in {wall_seconds:.2}s"));
                 self.tick();
             }
-            RunEvent::Failed { label, error, log_tail } => {
+            RunEvent::Failed {
+                label,
+                error,
+                log_tail,
+            } => {
                 if let Some(bar) = self.bars.remove(label) {
                     bar.finish_and_clear();
                 }
                 self.line(format!("FAILED   {label}: {error}"));
                 if !log_tail.is_empty() {
-                    let indented: Vec<String> = log_tail.lines().map(|l| format!("  | {l}")).collect();
+                    let indented: Vec<String> =
+                        log_tail.lines().map(|l| format!("  | {l}")).collect();
                     self.line(indented.join("\n"));
                 }
                 self.tick();

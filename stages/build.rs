@@ -23,7 +23,10 @@ fn main() {
     out.push_str("];\npub const LIBRARIES: &[(&str, &[(&str, &str)])] = &[\n");
     for (kind, names) in code_digest::STAGE_LIBRARIES {
         let versions = code_digest::locked_versions(&lock, names);
-        let list: Vec<String> = versions.iter().map(|(n, v)| format!("({n:?}, {v:?})")).collect();
+        let list: Vec<String> = versions
+            .iter()
+            .map(|(n, v)| format!("({n:?}, {v:?})"))
+            .collect();
         writeln!(out, "    ({kind:?}, &[{}]),", list.join(", ")).unwrap();
     }
     out.push_str("];\n");

@@ -21,11 +21,19 @@ struct Run {
 
 impl Run {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
     fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "exit {}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
         self
     }
 }
@@ -42,7 +50,9 @@ impl From<Output> for Run {
 
 impl Project {
     fn new() -> Self {
-        Project { dir: tempfile::tempdir().unwrap() }
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
@@ -55,7 +65,10 @@ impl Project {
     }
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args).current_dir(self.dir.path()).env_remove("BSCE_STORE").env_remove("BSCE_PIPE_CODE_SALT");
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("BSCE_STORE")
+            .env_remove("BSCE_PIPE_CODE_SALT");
         c
     }
     fn run(&self, args: &[&str]) -> Run {
@@ -69,7 +82,11 @@ impl Project {
         c.output().unwrap().into()
     }
     fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
     fn store(&self) -> PathBuf {
         self.path(".bsce")
@@ -86,7 +103,11 @@ impl Project {
                     .as_array()
                     .map(|r| r.iter().map(|x| x.as_str().unwrap().to_string()).collect())
                     .unwrap_or_default();
-                (n["label"].as_str().unwrap().to_string(), n["state"].as_str().unwrap().to_string(), reasons)
+                (
+                    n["label"].as_str().unwrap().to_string(),
+                    n["state"].as_str().unwrap().to_string(),
+                    reasons,
+                )
             })
             .collect()
     }
@@ -138,8 +159,16 @@ fn second_run_executes_nothing() {
     let j = second.json();
     assert_eq!(j["executed"], 0);
     assert_eq!(j["cached"], 7);
-    assert!(second.stderr.contains("0 executed, 7 from cache"), "{}", second.stderr);
-    assert!(second.stderr.contains("(nothing to do)"), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("0 executed, 7 from cache"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("(nothing to do)"),
+        "{}",
+        second.stderr
+    );
 }
 
 #[test]
@@ -156,7 +185,12 @@ fn keys_are_identical_across_directories() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| (n["label"].as_str().unwrap().into(), n["key"].as_str().unwrap().into()))
+            .map(|n| {
+                (
+                    n["label"].as_str().unwrap().into(),
+                    n["key"].as_str().unwrap().into(),
+                )
+            })
             .collect()
     };
     let ka = keys(&a, "x/c.yaml");
@@ -171,28 +205,50 @@ fn a_param_change_reruns_exactly_that_stage_and_its_dependants() {
     p.run(&["run", "c.yaml"]).ok();
     // Order `a` gets another seed: its order stage and the two task splits
     // that read it rerun; the dataset and order `b`'s stages do not.
-    p.write("c.yaml", &SMALL.replace("numpy_seed: 1993", "numpy_seed: 7"));
+    p.write(
+        "c.yaml",
+        &SMALL.replace("numpy_seed: 1993", "numpy_seed: 7"),
+    );
     let st = p.status("c.yaml");
     let to_run: Vec<_> = st.iter().filter(|s| s.1 == "to-run").collect();
     assert_eq!(to_run.len(), 3, "{st:?}");
     let order_a = st.iter().find(|s| s.0 == "order/synth/a").unwrap();
-    assert_eq!(order_a.2, vec!["param spec.numpy_seed.seed changed 1993 -> 7"]);
+    assert_eq!(
+        order_a.2,
+        vec!["param spec.numpy_seed.seed changed 1993 -> 7"]
+    );
     let task = st.iter().find(|s| s.0 == "tasks/synth/a/s2").unwrap();
-    assert_eq!(task.2, vec!["input order/order.json is rebuilt by order/synth/a"]);
+    assert_eq!(
+        task.2,
+        vec!["input order/order.json is rebuilt by order/synth/a"]
+    );
     let dry = p.run(&["run", "c.yaml", "--dry-run"]).ok();
-    assert!(dry.stdout.contains("to-run   order/synth/a: param spec.numpy_seed.seed changed 1993 -> 7"), "{}", dry.stdout);
+    assert!(
+        dry.stdout
+            .contains("to-run   order/synth/a: param spec.numpy_seed.seed changed 1993 -> 7"),
+        "{}",
+        dry.stdout
+    );
     let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(
         executed(&j),
         labels(&["order/synth/a", "tasks/synth/a/s1", "tasks/synth/a/s2"])
     );
     // A setting's increment changes: only the two splits using it.
-    p.write("c.yaml", &SMALL.replace("numpy_seed: 1993", "numpy_seed: 7").replace("{base: 2, increment: 2}", "{base: 2, increment: 1}"));
+    p.write(
+        "c.yaml",
+        &SMALL
+            .replace("numpy_seed: 1993", "numpy_seed: 7")
+            .replace("{base: 2, increment: 2}", "{base: 2, increment: 1}"),
+    );
     let st = p.status("c.yaml");
     let task = st.iter().find(|s| s.0 == "tasks/synth/b/s2").unwrap();
     assert_eq!(task.2, vec!["param increment changed 2 -> 1"]);
     let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
-    assert_eq!(executed(&j), labels(&["tasks/synth/a/s2", "tasks/synth/b/s2"]));
+    assert_eq!(
+        executed(&j),
+        labels(&["tasks/synth/a/s2", "tasks/synth/b/s2"])
+    );
 }
 
 #[test]
@@ -204,13 +260,31 @@ fn a_code_change_reruns_that_stage_and_cuts_off_identical_outputs() {
     let r = p.run_env(&["run", "c.yaml", "--json"], &salt).ok();
     // Both order stages rerun with the reason; their outputs are
     // byte-identical, so the task splits stay cached (early cutoff).
-    assert_eq!(executed(&r.json()), labels(&["order/synth/a", "order/synth/b"]));
-    assert!(r.stderr.contains("run      order/synth/a on cpu: code of stage order changed"), "{}", r.stderr);
-    assert_eq!(r.json()["cached"], 5);
-    let r = p.run_env(&["run", "c.yaml", "--json"], &[("BSCE_PIPE_CODE_SALT", "tasks:edited")]).ok();
     assert_eq!(
         executed(&r.json()),
-        labels(&["tasks/synth/a/s1", "tasks/synth/a/s2", "tasks/synth/b/s1", "tasks/synth/b/s2"])
+        labels(&["order/synth/a", "order/synth/b"])
+    );
+    assert!(
+        r.stderr
+            .contains("run      order/synth/a on cpu: code of stage order changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.json()["cached"], 5);
+    let r = p
+        .run_env(
+            &["run", "c.yaml", "--json"],
+            &[("BSCE_PIPE_CODE_SALT", "tasks:edited")],
+        )
+        .ok();
+    assert_eq!(
+        executed(&r.json()),
+        labels(&[
+            "tasks/synth/a/s1",
+            "tasks/synth/a/s2",
+            "tasks/synth/b/s1",
+            "tasks/synth/b/s2"
+        ])
     );
 }
 
@@ -219,9 +293,18 @@ fn forced_stages_rerun_with_reason() {
     let p = Project::new();
     p.write("c.yaml", SMALL);
     p.run(&["run", "c.yaml"]).ok();
-    let r = p.run(&["run", "c.yaml", "--force", "order/", "--json"]).ok();
-    assert_eq!(executed(&r.json()), labels(&["order/synth/a", "order/synth/b"]));
-    assert!(r.stderr.contains("order/synth/b on cpu: forced"), "{}", r.stderr);
+    let r = p
+        .run(&["run", "c.yaml", "--force", "order/", "--json"])
+        .ok();
+    assert_eq!(
+        executed(&r.json()),
+        labels(&["order/synth/a", "order/synth/b"])
+    );
+    assert!(
+        r.stderr.contains("order/synth/b on cpu: forced"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A dataset big enough that preparing it takes a while.
@@ -250,7 +333,10 @@ fn wait_for(child: &mut Child, pred: impl Fn(&str) -> bool) -> String {
         let n = err.read(&mut buf).unwrap();
         assert!(n > 0, "process ended before the expected output:\n{seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        assert!(start.elapsed().as_secs() < 120, "timed out waiting:\n{seen}");
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "timed out waiting:\n{seen}"
+        );
     }
     child.stderr = Some(err);
     seen
@@ -261,12 +347,17 @@ fn a_killed_run_leaves_no_partial_result_and_the_next_run_resumes() {
     let p = Project::new();
     p.write("c.yaml", SLOW);
     let mut child = p.spawn(&["run", "c.yaml", "--jobs", "1"]);
-    wait_for(&mut child, |s| s.contains("done     tasks/small/a/s") && s.contains("run      prepare/big"));
+    wait_for(&mut child, |s| {
+        s.contains("done     tasks/small/a/s") && s.contains("run      prepare/big")
+    });
     std::thread::sleep(std::time::Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();
     // Every blob in the store is whole; the killed stage has no record.
-    let v = p.run(&["cache", "verify", "--store", ".bsce", "--json"]).ok().json();
+    let v = p
+        .run(&["cache", "verify", "--store", ".bsce", "--json"])
+        .ok()
+        .json();
     assert_eq!(v["quarantined"].as_object().unwrap().len(), 0);
     let st = p.status("c.yaml");
     let state = |l: &str| st.iter().find(|s| s.0 == l).unwrap().1.clone();
@@ -274,7 +365,10 @@ fn a_killed_run_leaves_no_partial_result_and_the_next_run_resumes() {
     assert_eq!(state("tasks/small/a/s"), "cached");
     assert_eq!(state("prepare/big"), "to-run");
     let r = p.run(&["run", "c.yaml", "--json"]).ok().json();
-    assert_eq!(executed(&r), labels(&["order/big/a", "prepare/big", "tasks/big/a/s"]));
+    assert_eq!(
+        executed(&r),
+        labels(&["order/big/a", "prepare/big", "tasks/big/a/s"])
+    );
     assert_eq!(r["cached"], 3);
     // The killed run's work folder is gone.
     let leftovers: Vec<_> = std::fs::read_dir(p.store().join("tmp")).unwrap().collect();
@@ -295,11 +389,27 @@ fn two_concurrent_runs_never_run_a_stage_twice() {
     all.sort();
     assert_eq!(
         all,
-        labels(&["order/big/a", "order/small/a", "prepare/big", "prepare/small", "tasks/big/a/s", "tasks/small/a/s"])
+        labels(&[
+            "order/big/a",
+            "order/small/a",
+            "prepare/big",
+            "prepare/small",
+            "tasks/big/a/s",
+            "tasks/small/a/s"
+        ])
     );
-    assert_eq!(ja["executed"].as_u64().unwrap() + ja["cached"].as_u64().unwrap(), 6);
-    assert_eq!(jb["executed"].as_u64().unwrap() + jb["cached"].as_u64().unwrap(), 6);
-    let v = p.run(&["cache", "verify", "--store", ".bsce", "--json"]).ok().json();
+    assert_eq!(
+        ja["executed"].as_u64().unwrap() + ja["cached"].as_u64().unwrap(),
+        6
+    );
+    assert_eq!(
+        jb["executed"].as_u64().unwrap() + jb["cached"].as_u64().unwrap(),
+        6
+    );
+    let v = p
+        .run(&["cache", "verify", "--store", ".bsce", "--json"])
+        .ok()
+        .json();
     assert_eq!(v["quarantined"].as_object().unwrap().len(), 0);
 }
 
@@ -311,7 +421,10 @@ fn verify_quarantines_a_corrupt_blob_and_its_stage_reruns() {
     p.run(&["run", "c.yaml"]).ok();
     // Corrupt the order blob of order `b` (the reversed list).
     let rec = find_action(&p.store(), "order/synth/b");
-    let digest = rec["outputs"]["order.json"]["digest"].as_str().unwrap().to_string();
+    let digest = rec["outputs"]["order.json"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let blob = p.store().join("cas").join(&digest[..2]).join(&digest[2..]);
     std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut bytes = std::fs::read(&blob).unwrap();
@@ -319,14 +432,21 @@ fn verify_quarantines_a_corrupt_blob_and_its_stage_reruns() {
     std::fs::write(&blob, bytes).unwrap();
     let v = p.run(&["cache", "verify", "--store", ".bsce"]);
     assert_eq!(v.code, 3, "{}", v.stdout);
-    assert!(v.stdout.contains(&format!("corrupt  {digest}")), "{}", v.stdout);
+    assert!(
+        v.stdout.contains(&format!("corrupt  {digest}")),
+        "{}",
+        v.stdout
+    );
     let st = p.status("c.yaml");
     let b = st.iter().find(|s| s.0 == "order/synth/b").unwrap();
     assert_eq!(b.1, "to-run");
     assert_eq!(b.2, vec!["stored outputs are missing"]);
     let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(executed(&j), labels(&["order/synth/b"]));
-    let v = p.run(&["cache", "verify", "--store", ".bsce", "--json"]).ok().json();
+    let v = p
+        .run(&["cache", "verify", "--store", ".bsce", "--json"])
+        .ok()
+        .json();
     assert_eq!(v["quarantined"].as_object().unwrap().len(), 0);
 }
 
@@ -361,12 +481,19 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
     // Unknown key, with its position and a suggestion.
     assert_bad_input(
         &SMALL.replace("train_per_class", "train_per_clas"),
-        &["c.yaml:4:29: datasets.synth.synthetic.train_per_clas: unknown field `train_per_clas`", "did you mean `train_per_class`?"],
+        &[
+            "c.yaml:4:29: datasets.synth.synthetic.train_per_clas: unknown field `train_per_clas`",
+            "did you mean `train_per_class`?",
+        ],
     );
     // Reference to an unknown dataset.
     assert_bad_input(
         &SMALL.replace("dataset: synth", "dataset: synht"),
-        &["c.yaml:13:", "experiments.e.dataset", "unknown dataset `synht`; did you mean `synth`?"],
+        &[
+            "c.yaml:13:",
+            "experiments.e.dataset",
+            "unknown dataset `synht`; did you mean `synth`?",
+        ],
     );
     // Reference to an unknown method.
     assert_bad_input(
@@ -379,10 +506,29 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
         &["methods.", "cycle: a -> b -> a"],
     );
     // Invalid values.
-    assert_bad_input(&SMALL.replace("classes: 6", "classes: 1"), &["datasets.synth.synthetic.classes", "must be between 2 and 65535"]);
-    assert_bad_input(&SMALL.replace("[5, 4, 3, 2, 1, 0]", "[5, 4, 3, 2, 1, 1]"), &["c.yaml:7:", "orders.b.explicit[5]", "class 1 appears twice"]);
-    assert_bad_input(&SMALL.replace("{base: 4, increment: 1}", "{base: 9, increment: 1}"), &["experiments.e.settings[1]", "setting `s1` needs 10 classes", "dataset `synth` has 6"]);
-    assert_bad_input(&SMALL.replace("seed: 1}", "seed: -3}"), &["c.yaml:4:90: datasets.synth.synthetic.seed: invalid type: integer `-3`, expected u64"]);
+    assert_bad_input(
+        &SMALL.replace("classes: 6", "classes: 1"),
+        &[
+            "datasets.synth.synthetic.classes",
+            "must be between 2 and 65535",
+        ],
+    );
+    assert_bad_input(
+        &SMALL.replace("[5, 4, 3, 2, 1, 0]", "[5, 4, 3, 2, 1, 1]"),
+        &["c.yaml:7:", "orders.b.explicit[5]", "class 1 appears twice"],
+    );
+    assert_bad_input(
+        &SMALL.replace("{base: 4, increment: 1}", "{base: 9, increment: 1}"),
+        &[
+            "experiments.e.settings[1]",
+            "setting `s1` needs 10 classes",
+            "dataset `synth` has 6",
+        ],
+    );
+    assert_bad_input(
+        &SMALL.replace("seed: 1}", "seed: -3}"),
+        &["c.yaml:4:90: datasets.synth.synthetic.seed: invalid type: integer `-3`, expected u64"],
+    );
     // A YAML syntax error.
     assert_bad_input("datasets: [\n", &["c.yaml:"]);
     // A missing source archive.
@@ -401,11 +547,19 @@ fn missing_or_unreadable_config_is_a_clear_error() {
     let p = Project::new();
     let r = p.run(&["run", "nope.yaml"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("nope.yaml: cannot read config"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("nope.yaml: cannot read config"),
+        "{}",
+        r.stderr
+    );
     p.write("dir.yaml/x", "");
     let r = p.run(&["status", "dir.yaml"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("dir.yaml: cannot read config"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("dir.yaml: cannot read config"),
+        "{}",
+        r.stderr
+    );
     assert!(!p.store().exists());
 }
 
@@ -423,9 +577,19 @@ fn a_failing_stage_is_reported_recorded_and_never_cached() {
     assert_eq!(j["failed"], 1);
     assert_eq!(j["skipped"], 2);
     assert_eq!(j["executed"], 3);
-    assert!(r.stderr.contains("FAILED   prepare/c: exited with status 1: error:"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("FAILED   prepare/c: exited with status 1: error:"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("broken.tar.gz"), "{}", r.stderr);
-    assert!(r.stderr.contains("skipped  order/c/o (input prepare/c failed)"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("skipped  order/c/o (input prepare/c failed)"),
+        "{}",
+        r.stderr
+    );
     // Not cached: the next run tries again and says why.
     let st = p.status("c.yaml");
     let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
@@ -439,7 +603,10 @@ fn a_failing_stage_is_reported_recorded_and_never_cached() {
 fn dag_prints_text_dot_and_mermaid_and_merges_identical_nodes() {
     let p = Project::new();
     // A second experiment sharing dataset, order and one setting adds no node.
-    p.write("c.yaml", &format!("{SMALL}  e2:\n    dataset: synth\n    orders: [a]\n    settings: [s2]\n"));
+    p.write(
+        "c.yaml",
+        &format!("{SMALL}  e2:\n    dataset: synth\n    orders: [a]\n    settings: [s2]\n"),
+    );
     let text = p.run(&["dag", "c.yaml"]).ok().stdout;
     assert!(text.starts_with("prepare/synth [prepare]\n"), "{text}");
     assert!(text.contains("├── order/synth/a [order]"), "{text}");
@@ -457,16 +624,28 @@ fn dag_prints_text_dot_and_mermaid_and_merges_identical_nodes() {
 fn gc_keeps_what_listed_configs_reach_and_du_reports_kinds() {
     let p = Project::new();
     p.write("big.yaml", SMALL);
-    p.write("small.yaml", &SMALL.replace("orders: [a, b]", "orders: [a]"));
+    p.write(
+        "small.yaml",
+        &SMALL.replace("orders: [a, b]", "orders: [a]"),
+    );
     p.run(&["run", "big.yaml"]).ok();
-    let du = p.run(&["cache", "du", "--store", ".bsce", "--json"]).ok().json();
+    let du = p
+        .run(&["cache", "du", "--store", ".bsce", "--json"])
+        .ok()
+        .json();
     assert_eq!(du["kinds"]["order"]["actions"], 2);
     assert_eq!(du["kinds"]["tasks"]["actions"], 4);
-    let gc = p.run(&["cache", "gc", "--keep", "small.yaml", "--json"]).ok().json();
+    let gc = p
+        .run(&["cache", "gc", "--keep", "small.yaml", "--json"])
+        .ok()
+        .json();
     assert_eq!(gc["kept_actions"], 4);
     assert_eq!(gc["removed_actions"], 3);
     assert!(p.status("small.yaml").iter().all(|s| s.1 == "cached"));
-    let du = p.run(&["cache", "du", "--store", ".bsce", "--json"]).ok().json();
+    let du = p
+        .run(&["cache", "du", "--store", ".bsce", "--json"])
+        .ok()
+        .json();
     assert_eq!(du["kinds"]["order"]["actions"], 1);
     assert_eq!(du["unreferenced_bytes"], 0);
     let j = p.run(&["run", "big.yaml", "--json"]).ok().json();
@@ -479,9 +658,13 @@ fn store_location_follows_flag_env_and_config() {
     p.write("c.yaml", SMALL);
     p.run(&["run", "c.yaml", "--store", "flagged"]).ok();
     assert!(p.path("flagged/ac").is_dir());
-    p.run_env(&["run", "c.yaml"], &[("BSCE_STORE", "from-env")]).ok();
+    p.run_env(&["run", "c.yaml"], &[("BSCE_STORE", "from-env")])
+        .ok();
     assert!(p.path("from-env/ac").is_dir());
-    p.write("sub/c.yaml", &format!("{SMALL}store:\n  path: ../configured\n"));
+    p.write(
+        "sub/c.yaml",
+        &format!("{SMALL}store:\n  path: ../configured\n"),
+    );
     p.run(&["run", "sub/c.yaml"]).ok();
     assert!(p.path("configured/ac").is_dir());
     assert!(!p.store().exists());

@@ -10,17 +10,46 @@ use crate::key::DirtyReason;
 
 #[derive(Clone, Debug)]
 pub enum RunEvent {
-    Planned { total: usize },
+    Planned {
+        total: usize,
+    },
     /// Found in the store; `saved_seconds` is what computing it took.
-    Cached { label: String, key: Digest, saved_seconds: f64 },
+    Cached {
+        label: String,
+        key: Digest,
+        saved_seconds: f64,
+    },
     /// Another process holds this key; waiting for it.
-    Waiting { label: String },
-    Started { label: String, key: Digest, reasons: Vec<DirtyReason>, device: String },
-    Progress { label: String, done: u64, total: Option<u64>, unit: String },
-    Finished { label: String, key: Digest, wall_seconds: f64 },
-    Failed { label: String, error: String, log_tail: String },
+    Waiting {
+        label: String,
+    },
+    Started {
+        label: String,
+        key: Digest,
+        reasons: Vec<DirtyReason>,
+        device: String,
+    },
+    Progress {
+        label: String,
+        done: u64,
+        total: Option<u64>,
+        unit: String,
+    },
+    Finished {
+        label: String,
+        key: Digest,
+        wall_seconds: f64,
+    },
+    Failed {
+        label: String,
+        error: String,
+        log_tail: String,
+    },
     /// Not run because an input failed.
-    Skipped { label: String, because: String },
+    Skipped {
+        label: String,
+        because: String,
+    },
     Interrupted,
 }
 

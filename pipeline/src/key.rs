@@ -112,21 +112,41 @@ pub enum DirtyReason {
     NewStage,
     /// `--force` named it.
     Forced,
-    KeyFormatChanged { old: u32, new: u32 },
-    CodeChanged { kind: String },
-    ParamChanged { path: String, old: String, new: String },
-    InputChanged { name: String },
-    LibraryChanged { name: String, old: String, new: String },
+    KeyFormatChanged {
+        old: u32,
+        new: u32,
+    },
+    CodeChanged {
+        kind: String,
+    },
+    ParamChanged {
+        path: String,
+        old: String,
+        new: String,
+    },
+    InputChanged {
+        name: String,
+    },
+    LibraryChanged {
+        name: String,
+        old: String,
+        new: String,
+    },
     /// An upstream stage runs first; this one may still turn out cached if
     /// the upstream output is byte-identical (early cutoff).
-    UpstreamPending { input: String, upstream: String },
+    UpstreamPending {
+        input: String,
+        upstream: String,
+    },
     /// The record of the same key exists but is unusable (a blob was
     /// quarantined or collected), or the last record equals the current one
     /// but its result is gone.
     OutputsMissing,
     /// The same inputs were seen before but their result is not in the store
     /// (collected, or the earlier attempt failed).
-    NotInStore { failed: bool },
+    NotInStore {
+        failed: bool,
+    },
 }
 
 impl fmt::Display for DirtyReason {
@@ -239,7 +259,11 @@ fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<DirtyReason>)
         return;
     }
     out.push(DirtyReason::ParamChanged {
-        path: if path.is_empty() { "(all)".into() } else { path.into() },
+        path: if path.is_empty() {
+            "(all)".into()
+        } else {
+            path.into()
+        },
         old: short_value(old),
         new: short_value(new),
     });
@@ -285,8 +309,12 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys() {
-        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":1}],"c":2}}"#).unwrap();
-        assert_eq!(canonical_json(&a), r#"{"a":{"c":2,"d":[1,{"y":1,"z":0}]},"b":1}"#);
+        let a: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":1}],"c":2}}"#).unwrap();
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":2,"d":[1,{"y":1,"z":0}]},"b":1}"#
+        );
     }
 
     #[test]
@@ -318,7 +346,8 @@ mod tests {
         let mut new = record();
         new.params["training"]["lr"] = json!(0.05);
         new.code_digest = "new".into();
-        new.inputs.insert("dataset/meta.json".into(), Digest::of_bytes(b"other"));
+        new.inputs
+            .insert("dataset/meta.json".into(), Digest::of_bytes(b"other"));
         let reasons: Vec<String> = diff_records(&old, &new, &BTreeMap::new())
             .iter()
             .map(|r| r.to_string())
@@ -338,9 +367,15 @@ mod tests {
         let old = record();
         let mut new = record();
         new.inputs.clear();
-        let pending = BTreeMap::from([("dataset/meta.json".to_string(), "prepare/synth".to_string())]);
-        let reasons: Vec<String> =
-            diff_records(&old, &new, &pending).iter().map(|r| r.to_string()).collect();
-        assert_eq!(reasons, vec!["input dataset/meta.json is rebuilt by prepare/synth"]);
+        let pending =
+            BTreeMap::from([("dataset/meta.json".to_string(), "prepare/synth".to_string())]);
+        let reasons: Vec<String> = diff_records(&old, &new, &pending)
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(
+            reasons,
+            vec!["input dataset/meta.json is rebuilt by prepare/synth"]
+        );
     }
 }

@@ -164,7 +164,14 @@ impl Plan {
     }
 
     /// `last`: None for a root, else whether this is its parent's last child.
-    fn text_node(&self, id: NodeId, prefix: &str, last: Option<bool>, children: &[Vec<NodeId>], out: &mut String) {
+    fn text_node(
+        &self,
+        id: NodeId,
+        prefix: &str,
+        last: Option<bool>,
+        children: &[Vec<NodeId>],
+        out: &mut String,
+    ) {
         let node = &self.nodes[id];
         let branch = match last {
             None => "",
@@ -184,7 +191,9 @@ impl Plan {
     }
 
     pub fn render_dot(&self) -> String {
-        let mut out = String::from("digraph bsce {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut out = String::from(
+            "digraph bsce {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
         for (id, n) in self.nodes.iter().enumerate() {
             let _ = writeln!(out, "  n{id} [label=\"{}\\n[{}]\"];", n.label, n.kind);
         }

@@ -55,7 +55,11 @@ impl SourceDigester {
             source: e,
         };
         let abs = std::path::absolute(path).map_err(io)?;
-        let stamp = if is_tree { tree_stamp(&abs)? } else { file_stamp(&abs).map_err(io)? };
+        let stamp = if is_tree {
+            tree_stamp(&abs)?
+        } else {
+            file_stamp(&abs).map_err(io)?
+        };
         let entry_path = self.state_dir.join(format!(
             "{}.json",
             Digest::of_bytes(abs.to_string_lossy().as_bytes())
@@ -67,7 +71,11 @@ impl SourceDigester {
                 }
             }
         }
-        let digest = if is_tree { tree_digest(&abs)? } else { Digest::of_file(&abs).map_err(io)?.0 };
+        let digest = if is_tree {
+            tree_digest(&abs)?
+        } else {
+            Digest::of_file(&abs).map_err(io)?.0
+        };
         let entry = serde_json::to_vec(&StatEntry { stamp, digest }).expect("serialises");
         // The cache is an optimisation: failing to write it is not an error.
         let _ = write_atomic(&entry_path, &self.tmp_dir, &entry);
@@ -77,12 +85,21 @@ impl SourceDigester {
 
 fn file_stamp(path: &Path) -> std::io::Result<String> {
     let m = fs::metadata(path)?;
-    Ok(format!("{}:{}.{}:{}", m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    Ok(format!(
+        "{}:{}.{}:{}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
 }
 
 fn tree_files(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         let entry = entry.map_err(|e| SourceError::Io {
             path: e.path().unwrap_or(root).to_path_buf(),
             source: e.into(),
@@ -126,7 +143,10 @@ fn tree_digest(root: &Path) -> Result<Digest, SourceError> {
 }
 
 fn rel(root: &Path, f: &Path) -> String {
-    f.strip_prefix(root).unwrap_or(f).to_string_lossy().into_owned()
+    f.strip_prefix(root)
+        .unwrap_or(f)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The engine has no rayon; a few scoped threads are enough to hash a tree.
@@ -134,7 +154,10 @@ mod rayon_free {
     use super::*;
 
     pub fn par_digests(files: &[PathBuf]) -> Result<Vec<Digest>, SourceError> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
         let chunk = files.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
             let handles: Vec<_> = files
@@ -143,10 +166,12 @@ mod rayon_free {
                     s.spawn(move || {
                         part.iter()
                             .map(|f| {
-                                Digest::of_file(f).map(|(d, _)| d).map_err(|e| SourceError::Io {
-                                    path: f.clone(),
-                                    source: e,
-                                })
+                                Digest::of_file(f)
+                                    .map(|(d, _)| d)
+                                    .map_err(|e| SourceError::Io {
+                                        path: f.clone(),
+                                        source: e,
+                                    })
                             })
                             .collect::<Result<Vec<_>, _>>()
                     })

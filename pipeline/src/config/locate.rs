@@ -44,8 +44,15 @@ impl Locator {
 }
 
 enum Frame {
-    Map { path: String, next_is_key: bool, key: Option<String> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        next_is_key: bool,
+        key: Option<String>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 #[derive(Default)]
@@ -74,7 +81,11 @@ impl Builder {
                 } else {
                     *next_is_key = true;
                     let k = key.take().unwrap_or_default();
-                    Some(if path.is_empty() { k } else { format!("{path}.{k}") })
+                    Some(if path.is_empty() {
+                        k
+                    } else {
+                        format!("{path}.{k}")
+                    })
                 }
             }
         }
@@ -145,14 +156,32 @@ mod tests {
     fn finds_keys_and_items() {
         let text = "datasets:\n  synth:\n    synthetic: {classes: 10}\nexperiments:\n  q:\n    orders: [a, b]\n    settings:\n      - s1\n      - s2\n";
         let loc = Locator::new(text);
-        assert_eq!(loc.find("datasets.synth"), Some(Position { line: 2, column: 3 }));
+        assert_eq!(
+            loc.find("datasets.synth"),
+            Some(Position { line: 2, column: 3 })
+        );
         assert_eq!(
             loc.find("datasets.synth.synthetic.classes"),
-            Some(Position { line: 3, column: 17 })
+            Some(Position {
+                line: 3,
+                column: 17
+            })
         );
-        assert_eq!(loc.find("experiments.q.orders[1]"), Some(Position { line: 6, column: 17 }));
-        assert_eq!(loc.find("experiments.q.settings[1]"), Some(Position { line: 9, column: 9 }));
+        assert_eq!(
+            loc.find("experiments.q.orders[1]"),
+            Some(Position {
+                line: 6,
+                column: 17
+            })
+        );
+        assert_eq!(
+            loc.find("experiments.q.settings[1]"),
+            Some(Position { line: 9, column: 9 })
+        );
         // Unknown paths fall back to the nearest ancestor.
-        assert_eq!(loc.find("experiments.q.nope"), Some(Position { line: 5, column: 3 }));
+        assert_eq!(
+            loc.find("experiments.q.nope"),
+            Some(Position { line: 5, column: 3 })
+        );
     }
 }

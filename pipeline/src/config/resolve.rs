@@ -248,7 +248,10 @@ pub fn resolve(
         if let Some(r) = &e.recipe {
             cx.reference(format!("{at}.recipe"), "recipe", r, &recipes)?;
         } else if !e.methods.is_empty() {
-            return Err(cx.err(format!("{at}.recipe"), "an experiment with methods needs a recipe"));
+            return Err(cx.err(
+                format!("{at}.recipe"),
+                "an experiment with methods needs a recipe",
+            ));
         }
         experiments.push(Experiment {
             name,
@@ -265,7 +268,12 @@ pub fn resolve(
     let mut tables = BTreeMap::new();
     for (name, t) in raw.tables {
         for (i, e) in t.experiments.iter().enumerate() {
-            cx.reference(format!("tables.{name}.experiments[{i}]"), "experiment", e, &exp_names)?;
+            cx.reference(
+                format!("tables.{name}.experiments[{i}]"),
+                "experiment",
+                e,
+                &exp_names,
+            )?;
         }
         tables.insert(
             name,
@@ -279,7 +287,8 @@ pub fn resolve(
     if let Some(i) = raw.evaluation.top_k.iter().position(|&k| k == 0) {
         return Err(cx.err(format!("evaluation.top_k[{i}]"), "must be at least 1"));
     }
-    let evaluation = json!({"classifiers": raw.evaluation.classifiers, "top_k": raw.evaluation.top_k});
+    let evaluation =
+        json!({"classifiers": raw.evaluation.classifiers, "top_k": raw.evaluation.top_k});
     Ok(Config {
         file: file.to_path_buf(),
         datasets,
@@ -301,7 +310,12 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
         (Some(s), None, None) => Source::Synthetic(s),
         (None, Some(c), None) => Source::Cifar100(c),
         (None, None, Some(f)) => Source::ImageFolder(f),
-        _ => return Err(cx.err(at, "needs exactly one of `synthetic`, `cifar100`, `image_folder`")),
+        _ => {
+            return Err(cx.err(
+                at,
+                "needs exactly one of `synthetic`, `cifar100`, `image_folder`",
+            ))
+        }
     };
     Ok(match one {
         Source::Synthetic(s) => {
@@ -331,7 +345,10 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             }
             let sha256 = match &c.sha256 {
                 Some(s) => Some(Digest::parse(s).ok_or_else(|| {
-                    cx.err(format!("{at}.sha256"), format!("{s:?} is not a sha256 digest (64 hex digits)"))
+                    cx.err(
+                        format!("{at}.sha256"),
+                        format!("{s:?} is not a sha256 digest (64 hex digits)"),
+                    )
                 })?),
                 None => None,
             };
@@ -361,13 +378,22 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                     train_dir: f.train_dir,
                     val: match f.val {
                         None => ValDef::Folders("val".into()),
-                        Some(RawVal { folders: Some(dir), label_list: None }) => ValDef::Folders(dir),
-                        Some(RawVal { folders: None, label_list: Some(l) }) => ValDef::LabelList {
+                        Some(RawVal {
+                            folders: Some(dir),
+                            label_list: None,
+                        }) => ValDef::Folders(dir),
+                        Some(RawVal {
+                            folders: None,
+                            label_list: Some(l),
+                        }) => ValDef::LabelList {
                             dir: l.dir,
                             labels: cx.relative(&l.labels),
                         },
                         Some(_) => {
-                            return Err(cx.err(format!("{at}.val"), "needs exactly one of `folders`, `label_list`"))
+                            return Err(cx.err(
+                                format!("{at}.val"),
+                                "needs exactly one of `folders`, `label_list`",
+                            ))
                         }
                     },
                     subset: f.subset.as_deref().map(|p| cx.relative(p)),
@@ -401,7 +427,10 @@ fn resolve_order(
             for (i, &c) in list.iter().enumerate() {
                 let p = format!("{at}.explicit[{i}]");
                 let slot = seen.get_mut(c as usize).ok_or_else(|| {
-                    cx.err(&p, format!("class {c} is out of range 0..{n} for a list of {n} classes"))
+                    cx.err(
+                        &p,
+                        format!("class {c} is out of range 0..{n} for a list of {n} classes"),
+                    )
                 })?;
                 if *slot {
                     return Err(cx.err(&p, format!("class {c} appears twice")));
@@ -419,12 +448,18 @@ fn resolve_order(
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("known: {}", names.join(", ")),
                 };
-                return Err(cx.err(format!("{at}.named"), format!("unknown order `{n}`; {hint}")));
+                return Err(cx.err(
+                    format!("{at}.named"),
+                    format!("unknown order `{n}`; {hint}"),
+                ));
             };
             (json!({"named": {"name": n}}), Some(classes))
         }
         _ => {
-            return Err(cx.err(at, "needs exactly one of `explicit`, `numpy_seed`, `named`, `icarl`"))
+            return Err(cx.err(
+                at,
+                "needs exactly one of `explicit`, `numpy_seed`, `named`, `icarl`",
+            ))
         }
     };
     Ok(OrderDef {
@@ -452,13 +487,13 @@ fn resolve_methods(
             }
             chain.push(parent);
         }
-        let pick = |f: &dyn Fn(&RawMethod) -> Option<Value>| {
-            chain.iter().find_map(|n| f(&raw[*n]))
-        };
+        let pick = |f: &dyn Fn(&RawMethod) -> Option<Value>| chain.iter().find_map(|n| f(&raw[*n]));
         let preset: MethodPreset = pick(&|m| m.preset.map(|p| json!(p)))
             .and_then(|v| serde_json::from_value(v).ok())
             .ok_or_else(|| cx.err(format!("methods.{name}"), "needs a `preset` (finetune, icarl, lucir or podnet), here or in what it extends"))?;
-        let bsce = pick(&|m| m.bsce.map(Value::Bool)).and_then(|v| v.as_bool()).unwrap_or(false);
+        let bsce = pick(&|m| m.bsce.map(Value::Bool))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         // Class-balanced fine-tuning defaults on for the presets that have
         // it (LUCIR, PODNet) and off for BSCE variants, whose point is to
         // make it unnecessary.
@@ -466,7 +501,9 @@ fn resolve_methods(
             .and_then(|v| v.as_bool())
             .unwrap_or(!bsce && matches!(preset, MethodPreset::Lucir | MethodPreset::Podnet));
         let mem = |f: &dyn Fn(&RawMemory) -> Option<u32>| {
-            chain.iter().find_map(|n| raw[*n].memory.as_ref().and_then(f))
+            chain
+                .iter()
+                .find_map(|n| raw[*n].memory.as_ref().and_then(f))
         };
         let (per_class, total) = (mem(&|m| m.per_class), mem(&|m| m.total));
         if per_class.is_some() && total.is_some() {
@@ -479,11 +516,12 @@ fn resolve_methods(
             .iter()
             .find_map(|n| raw[*n].memory.as_ref().and_then(|m| m.selection))
             .unwrap_or(MemorySelection::Herding);
-        let per_class = if per_class.is_none() && total.is_none() && preset != MethodPreset::Finetune {
-            Some(20)
-        } else {
-            per_class
-        };
+        let per_class =
+            if per_class.is_none() && total.is_none() && preset != MethodPreset::Finetune {
+                Some(20)
+            } else {
+                per_class
+            };
         out.insert(
             name.clone(),
             MethodDef {
@@ -509,7 +547,10 @@ fn resolve_recipe(cx: &Ctx, name: &str, r: RawRecipe) -> Result<Value, ConfigErr
         return Err(cx.err(format!("{at}.batch_size"), "must be at least 1"));
     }
     if !(r.lr > 0.0 && r.lr.is_finite()) {
-        return Err(cx.err(format!("{at}.lr"), format!("must be a positive number, got {}", r.lr)));
+        return Err(cx.err(
+            format!("{at}.lr"),
+            format!("must be a positive number, got {}", r.lr),
+        ));
     }
     if !(0.0..1.0).contains(&r.momentum) {
         return Err(cx.err(format!("{at}.momentum"), "must be in [0, 1)"));
@@ -520,11 +561,17 @@ fn resolve_recipe(cx: &Ctx, name: &str, r: RawRecipe) -> Result<Value, ConfigErr
     match r.schedule {
         Schedule::Multistep => {
             if r.milestones.is_empty() {
-                return Err(cx.err(format!("{at}.milestones"), "a multistep schedule needs milestones"));
+                return Err(cx.err(
+                    format!("{at}.milestones"),
+                    "a multistep schedule needs milestones",
+                ));
             }
             for (i, w) in r.milestones.windows(2).enumerate() {
                 if w[1] <= w[0] {
-                    return Err(cx.err(format!("{at}.milestones[{}]", i + 1), "milestones must increase"));
+                    return Err(cx.err(
+                        format!("{at}.milestones[{}]", i + 1),
+                        "milestones must increase",
+                    ));
                 }
             }
             if let Some(i) = r.milestones.iter().position(|&x| x == 0 || x >= r.epochs) {
@@ -535,14 +582,19 @@ fn resolve_recipe(cx: &Ctx, name: &str, r: RawRecipe) -> Result<Value, ConfigErr
             }
         }
         _ if !r.milestones.is_empty() => {
-            return Err(cx.err(format!("{at}.milestones"), "only a multistep schedule has milestones"));
+            return Err(cx.err(
+                format!("{at}.milestones"),
+                "only a multistep schedule has milestones",
+            ));
         }
         _ => {}
     }
     if !(r.gamma > 0.0 && r.gamma.is_finite()) {
         return Err(cx.err(format!("{at}.gamma"), "must be a positive number"));
     }
-    Ok(json!({"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr,
+    Ok(
+        json!({"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr,
               "momentum": r.momentum, "weight_decay": r.weight_decay, "schedule": r.schedule,
-              "milestones": r.milestones, "gamma": r.gamma}))
+              "milestones": r.milestones, "gamma": r.gamma}),
+    )
 }

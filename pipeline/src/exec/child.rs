@@ -82,10 +82,14 @@ fn execute(engine: &Engine, run: StageRun, tx: &Sender<WorkerMessage>) -> Result
     let store = engine.store;
     let label = run.node.label.clone();
     let lock_path = store.lock_path(&run.key);
-    let lock = match FileLock::try_acquire(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))? {
+    let lock = match FileLock::try_acquire(&lock_path)
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?
+    {
         Some(l) => l,
         None => {
-            let _ = tx.send(WorkerMessage::Event(RunEvent::Waiting { label: label.clone() }));
+            let _ = tx.send(WorkerMessage::Event(RunEvent::Waiting {
+                label: label.clone(),
+            }));
             loop {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     return Ok(Outcome::Interrupted);
@@ -98,7 +102,10 @@ fn execute(engine: &Engine, run: StageRun, tx: &Sender<WorkerMessage>) -> Result
         }
     };
     if !run.forced {
-        if let Some(rec) = store.get_usable_action(&run.key).map_err(|e| e.to_string())? {
+        if let Some(rec) = store
+            .get_usable_action(&run.key)
+            .map_err(|e| e.to_string())?
+        {
             return Ok(Outcome::CachedByOther {
                 key: run.key,
                 outputs: rec.outputs,
@@ -137,7 +144,8 @@ fn run_child(
         for (file, digest) in files {
             let digest = digest.ok_or_else(|| format!("input {name}/{file} has no digest"))?;
             let link = dir.join(file);
-            std::os::unix::fs::symlink(store.blob_path(&digest), &link).map_err(|e| io(&link, e))?;
+            std::os::unix::fs::symlink(store.blob_path(&digest), &link)
+                .map_err(|e| io(&link, e))?;
         }
         inputs.insert(name.clone(), dir);
     }
@@ -152,7 +160,11 @@ fn run_child(
         device: run.device.clone(),
     };
     let job_path = work.join("job.json");
-    fs::write(&job_path, serde_json::to_vec_pretty(&job).expect("serialises")).map_err(|e| io(&job_path, e))?;
+    fs::write(
+        &job_path,
+        serde_json::to_vec_pretty(&job).expect("serialises"),
+    )
+    .map_err(|e| io(&job_path, e))?;
     let log_path = work.join("log.txt");
     let log = fs::File::create(&log_path).map_err(|e| io(&log_path, e))?;
     let log_for_stdout = log.try_clone().map_err(|e| io(&log_path, e))?;
@@ -263,8 +275,16 @@ fn run_child(
         } else {
             format!("exited with status {}", libc::WEXITSTATUS(status))
         };
-        let last = log_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        let error = if last.is_empty() { how } else { format!("{how}: {last}") };
+        let last = log_tail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        let error = if last.is_empty() {
+            how
+        } else {
+            format!("{how}: {last}")
+        };
         return Ok(fail(engine, run, error, log_tail, provenance));
     }
     let outputs = match ingest(engine, &out_dir) {
@@ -306,7 +326,10 @@ fn ingest(engine: &Engine, out_dir: &Path) -> Result<BTreeMap<String, OutputEntr
         if !ft.is_file() {
             return Err(format!("stage output {name} is not a plain file"));
         }
-        let e = engine.store.insert_file(&entry.path()).map_err(|e| e.to_string())?;
+        let e = engine
+            .store
+            .insert_file(&entry.path())
+            .map_err(|e| e.to_string())?;
         outputs.insert(name, e);
     }
     if outputs.is_empty() {
@@ -315,7 +338,13 @@ fn ingest(engine: &Engine, out_dir: &Path) -> Result<BTreeMap<String, OutputEntr
     Ok(outputs)
 }
 
-fn fail(engine: &Engine, run: &StageRun, error: String, log_tail: String, provenance: Provenance) -> Outcome {
+fn fail(
+    engine: &Engine,
+    run: &StageRun,
+    error: String,
+    log_tail: String,
+    provenance: Provenance,
+) -> Outcome {
     let _ = engine.store.put_failure(&FailureRecord {
         key: run.key,
         label: run.node.label.clone(),

@@ -26,7 +26,9 @@ impl RunContext {
             host: hostname(),
             run_id: format!("{now}-{}", std::process::id()),
             exe: std::env::current_exe()?,
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         })
     }
 }

@@ -55,8 +55,15 @@ impl StageJob {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "bsce", rename_all = "snake_case")]
 pub enum ChildMessage {
-    Progress { done: u64, total: Option<u64>, unit: String },
-    Provenance { key: String, value: Value },
+    Progress {
+        done: u64,
+        total: Option<u64>,
+        unit: String,
+    },
+    Provenance {
+        key: String,
+        value: Value,
+    },
 }
 
 /// What a stage uses to talk to the scheduler.
@@ -66,7 +73,9 @@ pub struct ChildReporter {
 
 impl Default for ChildReporter {
     fn default() -> Self {
-        ChildReporter { out: std::io::stdout() }
+        ChildReporter {
+            out: std::io::stdout(),
+        }
     }
 }
 
@@ -80,10 +89,17 @@ impl ChildReporter {
     }
 
     pub fn progress(&self, done: u64, total: Option<u64>, unit: &str) {
-        self.send(&ChildMessage::Progress { done, total, unit: unit.into() });
+        self.send(&ChildMessage::Progress {
+            done,
+            total,
+            unit: unit.into(),
+        });
     }
 
     pub fn provenance(&self, key: &str, value: Value) {
-        self.send(&ChildMessage::Provenance { key: key.into(), value });
+        self.send(&ChildMessage::Provenance {
+            key: key.into(),
+            value,
+        });
     }
 }

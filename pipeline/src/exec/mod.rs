@@ -46,8 +46,14 @@ pub enum EngineError {
 
 #[derive(Clone, Debug)]
 pub enum NodeStatus {
-    Cached { key: Digest, record: ActionRecord },
-    ToRun { key: Option<Digest>, reasons: Vec<DirtyReason> },
+    Cached {
+        key: Digest,
+        record: ActionRecord,
+    },
+    ToRun {
+        key: Option<Digest>,
+        reasons: Vec<DirtyReason>,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -107,7 +113,14 @@ impl<'a> Engine<'a> {
                                 .into());
                             }
                         }
-                        (d, job::SourceLocation { path: p.clone(), url: None, sha256: None })
+                        (
+                            d,
+                            job::SourceLocation {
+                                path: p.clone(),
+                                url: None,
+                                sha256: None,
+                            },
+                        )
                     }
                     (None, Some(url), Some(expected)) => {
                         let dest = src
@@ -215,7 +228,8 @@ impl<'a> Engine<'a> {
     pub fn status(&self, opts: &RunOptions) -> Result<Vec<NodeStatus>, EngineError> {
         let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
         let sources = self.resolve_sources()?;
-        let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> = vec![None; self.plan.nodes.len()];
+        let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> =
+            vec![None; self.plan.nodes.len()];
         let mut status: Vec<Option<NodeStatus>> = vec![None; self.plan.nodes.len()];
         for id in order {
             let node = &self.plan.nodes[id];
@@ -241,12 +255,19 @@ impl<'a> Engine<'a> {
             };
             status[id] = Some(st);
         }
-        Ok(status.into_iter().map(|s| s.expect("every node visited")).collect())
+        Ok(status
+            .into_iter()
+            .map(|s| s.expect("every node visited"))
+            .collect())
     }
 
     /// Runs every stage that is not in the store. Returns the summary; stage
     /// failures are in it, not errors.
-    pub fn run(&self, opts: &RunOptions, reporter: &mut dyn Reporter) -> Result<RunSummary, EngineError> {
+    pub fn run(
+        &self,
+        opts: &RunOptions,
+        reporter: &mut dyn Reporter,
+    ) -> Result<RunSummary, EngineError> {
         let start = Instant::now();
         let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
         let sources = self.resolve_sources()?;
@@ -287,11 +308,20 @@ impl<'a> Engine<'a> {
                         continue;
                     }
                     let node = &self.plan.nodes[id];
-                    let input_states: Vec<State> = node.inputs.iter().map(|i| state[i.node]).collect();
-                    if let Some(failed) = node.inputs.iter().find(|i| state[i.node] == State::Failed) {
+                    let input_states: Vec<State> =
+                        node.inputs.iter().map(|i| state[i.node]).collect();
+                    if let Some(failed) =
+                        node.inputs.iter().find(|i| state[i.node] == State::Failed)
+                    {
                         state[id] = State::Failed;
                         let because = self.plan.nodes[failed.node].label.clone();
-                        emit(RunEvent::Skipped { label: node.label.clone(), because }, &mut summary);
+                        emit(
+                            RunEvent::Skipped {
+                                label: node.label.clone(),
+                                because,
+                            },
+                            &mut summary,
+                        );
                         continue;
                     }
                     if input_states.iter().any(|s| *s != State::Done) {
@@ -346,7 +376,10 @@ impl<'a> Engine<'a> {
                                     .files
                                     .iter()
                                     .map(|f| {
-                                        let d = outputs[i.node].as_ref().and_then(|o| o.get(f)).map(|e| e.digest);
+                                        let d = outputs[i.node]
+                                            .as_ref()
+                                            .and_then(|o| o.get(f))
+                                            .map(|e| e.digest);
                                         (f.clone(), d)
                                     })
                                     .collect();
@@ -378,19 +411,48 @@ impl<'a> Engine<'a> {
                         }
                         let label = self.plan.nodes[id].label.clone();
                         match result {
-                            child::Outcome::Executed { key, outputs: out, wall_seconds } => {
+                            child::Outcome::Executed {
+                                key,
+                                outputs: out,
+                                wall_seconds,
+                            } => {
                                 outputs[id] = Some(out);
                                 state[id] = State::Done;
-                                emit(RunEvent::Finished { label, key, wall_seconds }, &mut summary);
+                                emit(
+                                    RunEvent::Finished {
+                                        label,
+                                        key,
+                                        wall_seconds,
+                                    },
+                                    &mut summary,
+                                );
                             }
-                            child::Outcome::CachedByOther { key, outputs: out, saved_seconds } => {
+                            child::Outcome::CachedByOther {
+                                key,
+                                outputs: out,
+                                saved_seconds,
+                            } => {
                                 outputs[id] = Some(out);
                                 state[id] = State::Done;
-                                emit(RunEvent::Cached { label, key, saved_seconds }, &mut summary);
+                                emit(
+                                    RunEvent::Cached {
+                                        label,
+                                        key,
+                                        saved_seconds,
+                                    },
+                                    &mut summary,
+                                );
                             }
                             child::Outcome::Failed { error, log_tail } => {
                                 state[id] = State::Failed;
-                                emit(RunEvent::Failed { label, error, log_tail }, &mut summary);
+                                emit(
+                                    RunEvent::Failed {
+                                        label,
+                                        error,
+                                        log_tail,
+                                    },
+                                    &mut summary,
+                                );
                                 if !opts.keep_going {
                                     stop_launching = true;
                                 }

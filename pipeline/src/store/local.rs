@@ -109,7 +109,10 @@ impl LocalStore {
 
     fn action_path(&self, key: &Digest) -> PathBuf {
         let h = key.to_hex();
-        self.root.join("ac").join(&h[..2]).join(format!("{}.json", &h[2..]))
+        self.root
+            .join("ac")
+            .join(&h[..2])
+            .join(format!("{}.json", &h[2..]))
     }
 
     pub fn get_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
@@ -182,9 +185,10 @@ impl LocalStore {
     }
 
     fn label_path(&self, label: &str) -> PathBuf {
-        self.root
-            .join("labels")
-            .join(format!("{}.json", Digest::of_bytes(label.as_bytes()).to_hex()))
+        self.root.join("labels").join(format!(
+            "{}.json",
+            Digest::of_bytes(label.as_bytes()).to_hex()
+        ))
     }
 
     pub fn get_label(&self, label: &str) -> Result<Option<LabelRecord>> {
@@ -196,7 +200,9 @@ impl LocalStore {
     }
 
     fn failure_path(&self, key: &Digest) -> PathBuf {
-        self.root.join("failed").join(format!("{}.json", key.to_hex()))
+        self.root
+            .join("failed")
+            .join(format!("{}.json", key.to_hex()))
     }
 
     pub fn get_failure(&self, key: &Digest) -> Result<Option<FailureRecord>> {
@@ -212,7 +218,9 @@ impl LocalStore {
     }
 
     pub fn lock_path(&self, key: &Digest) -> PathBuf {
-        self.root.join("locks").join(format!("{}.lock", key.to_hex()))
+        self.root
+            .join("locks")
+            .join(format!("{}.lock", key.to_hex()))
     }
 
     fn write_json<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<()> {
@@ -250,7 +258,11 @@ impl LocalStore {
 /// Work dirs hold read-only outputs; make them removable.
 pub fn make_writable(dir: &Path) {
     for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
-        let mode = if entry.file_type().is_dir() { 0o755 } else { 0o644 };
+        let mode = if entry.file_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
         let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode));
     }
 }
@@ -295,7 +307,10 @@ mod tests {
         assert_eq!(e.digest, Digest::of_bytes(b"hello"));
         let p = store.blob_path(&e.digest);
         assert_eq!(fs::read(&p).unwrap(), b"hello");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o444);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
         // Inserting the same content again is a no-op.
         let again = store.insert_bytes(b"hello").unwrap();
         assert_eq!(again, e);

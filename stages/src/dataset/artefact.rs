@@ -269,7 +269,11 @@ fn open_split(
     if raw.len() != count * 2 {
         return Err(StageError::invalid(
             &lpath,
-            format!("holds {} bytes; expected {} (u16 per image)", raw.len(), count * 2),
+            format!(
+                "holds {} bytes; expected {} (u16 per image)",
+                raw.len(),
+                count * 2
+            ),
         ));
     }
     let labels: Vec<u16> = raw
@@ -279,7 +283,10 @@ fn open_split(
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= meta.num_classes()) {
         return Err(StageError::invalid(
             &lpath,
-            format!("label {bad} is out of range; the dataset has {} classes", meta.num_classes()),
+            format!(
+                "label {bad} is out of range; the dataset has {} classes",
+                meta.num_classes()
+            ),
         ));
     }
     Ok((images, labels))

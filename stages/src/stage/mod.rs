@@ -53,7 +53,11 @@ impl StageCatalog for Catalog {
         LIBRARIES
             .iter()
             .find(|(k, _)| *k == kind.as_str())
-            .map(|(_, libs)| libs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect())
+            .map(|(_, libs)| {
+                libs.iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -62,7 +66,10 @@ impl StageCatalog for Catalog {
     }
 
     fn named_order_names(&self) -> Vec<String> {
-        crate::order::named_order_names().iter().map(|s| s.to_string()).collect()
+        crate::order::named_order_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 }
 
@@ -84,8 +91,14 @@ mod tests {
         let salted = Catalog {
             salts: BTreeMap::from([("order".into(), "edit".into())]),
         };
-        assert_ne!(plain.code_digest(StageKind::Order), salted.code_digest(StageKind::Order));
-        assert_eq!(plain.code_digest(StageKind::Prepare), salted.code_digest(StageKind::Prepare));
+        assert_ne!(
+            plain.code_digest(StageKind::Order),
+            salted.code_digest(StageKind::Order)
+        );
+        assert_eq!(
+            plain.code_digest(StageKind::Prepare),
+            salted.code_digest(StageKind::Prepare)
+        );
     }
 
     #[test]

@@ -10,9 +10,14 @@ use crate::order::{resolve_order, write_order, OrderSpec};
 pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let spec: OrderSpec = serde_json::from_value(job.params["spec"].clone())
         .map_err(|e| StageError::param("spec", format!("not an order spec: {e}")))?;
-    let dataset = job.input("dataset").ok_or_else(|| StageError::Other("order stage has no dataset input".into()))?;
+    let dataset = job
+        .input("dataset")
+        .ok_or_else(|| StageError::Other("order stage has no dataset input".into()))?;
     let meta = read_meta(dataset)?;
     let order = resolve_order(&spec, meta.num_classes())?;
-    reporter.provenance("generator", serde_json::to_value(&order.provenance).expect("serialises"));
+    reporter.provenance(
+        "generator",
+        serde_json::to_value(&order.provenance).expect("serialises"),
+    );
     write_order(&job.out_dir, &order)
 }

@@ -16,7 +16,12 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         .params
         .as_object()
         .and_then(|m| m.iter().next())
-        .ok_or_else(|| StageError::param("source", "expected one of synthetic, cifar100, image_folder"))?;
+        .ok_or_else(|| {
+            StageError::param(
+                "source",
+                "expected one of synthetic, cifar100, image_folder",
+            )
+        })?;
     let dataset = match variant.as_str() {
         "synthetic" => {
             let spec: SyntheticSpec = serde_json::from_value(params.clone())
@@ -29,9 +34,16 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         }
         "image_folder" => {
             let spec = image_folder_spec(job, params)?;
-            load_image_folder(&spec, &|done, total| reporter.progress(done, Some(total), "images"))?
+            load_image_folder(&spec, &|done, total| {
+                reporter.progress(done, Some(total), "images")
+            })?
         }
-        other => return Err(StageError::param("source", format!("unknown source kind {other:?}"))),
+        other => {
+            return Err(StageError::param(
+                "source",
+                format!("unknown source kind {other:?}"),
+            ))
+        }
     };
     let meta = dataset.write(&job.out_dir)?;
     reporter.provenance("source_format", Value::String(meta.source_format.clone()));
@@ -54,28 +66,50 @@ fn fetch_source(job: &StageJob, name: &str, reporter: &ChildReporter) -> Result<
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
             }
-            download::download(url, sha, path, &mut |done, total| reporter.progress(done, total, "bytes"))?;
+            download::download(url, sha, path, &mut |done, total| {
+                reporter.progress(done, total, "bytes")
+            })?;
         }
     }
     Ok(path.clone())
 }
 
 fn image_folder_spec(job: &StageJob, params: &Value) -> Result<ImageFolderSpec> {
-    let bad = |k: &str| StageError::param(format!("image_folder.{k}"), "missing or of the wrong type");
-    let root = job.sources.get("root").ok_or_else(|| bad("root"))?.path.clone();
+    let bad =
+        |k: &str| StageError::param(format!("image_folder.{k}"), "missing or of the wrong type");
+    let root = job
+        .sources
+        .get("root")
+        .ok_or_else(|| bad("root"))?
+        .path
+        .clone();
     let val = match &params["val"] {
         Value::Object(m) if m.contains_key("folders") => ValSource::Folders {
-            dir: m["folders"].as_str().ok_or_else(|| bad("val.folders"))?.to_string(),
+            dir: m["folders"]
+                .as_str()
+                .ok_or_else(|| bad("val.folders"))?
+                .to_string(),
         },
         Value::Object(m) if m.contains_key("label_list") => ValSource::LabelList {
-            dir: m["label_list"]["dir"].as_str().ok_or_else(|| bad("val.label_list.dir"))?.to_string(),
-            labels: job.sources.get("val_labels").ok_or_else(|| bad("val.label_list.labels"))?.path.clone(),
+            dir: m["label_list"]["dir"]
+                .as_str()
+                .ok_or_else(|| bad("val.label_list.dir"))?
+                .to_string(),
+            labels: job
+                .sources
+                .get("val_labels")
+                .ok_or_else(|| bad("val.label_list.labels"))?
+                .path
+                .clone(),
         },
         _ => return Err(bad("val")),
     };
     Ok(ImageFolderSpec {
         root,
-        train_dir: params["train_dir"].as_str().ok_or_else(|| bad("train_dir"))?.to_string(),
+        train_dir: params["train_dir"]
+            .as_str()
+            .ok_or_else(|| bad("train_dir"))?
+            .to_string(),
         val,
         subset: job.sources.get("subset").map(|s| s.path.clone()),
         size: params["size"].as_u64().ok_or_else(|| bad("size"))? as u32,

@@ -51,7 +51,13 @@ pub fn run(job: &StageJob, _reporter: &ChildReporter) -> Result<()> {
     };
     let meta = read_meta(input("dataset")?)?;
     let order = read_order(input("order")?)?;
-    let plan = split(&order.classes, &meta.train_class_counts, p.base, p.increment, p.steps)?;
+    let plan = split(
+        &order.classes,
+        &meta.train_class_counts,
+        p.base,
+        p.increment,
+        p.steps,
+    )?;
     write_tasks(&job.out_dir, &plan)
 }
 
@@ -65,7 +71,10 @@ pub fn split(
 ) -> Result<TaskPlan> {
     let n = order.len() as u32;
     if base == 0 || increment == 0 {
-        return Err(StageError::param("setting", "base and increment must be at least 1"));
+        return Err(StageError::param(
+            "setting",
+            "base and increment must be at least 1",
+        ));
     }
     if base > n {
         return Err(StageError::param(
@@ -143,9 +152,16 @@ mod tests {
 
     #[test]
     fn too_many_base_classes_is_an_error_naming_the_value() {
-        let err = split(&[0, 1, 2], &[1, 1, 1], 5, 1, None).unwrap_err().to_string();
+        let err = split(&[0, 1, 2], &[1, 1, 1], 5, 1, None)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "setting.base: 5 base classes, but the dataset has 3");
-        let err = split(&[0, 1, 2], &[1, 1, 1], 1, 1, Some(3)).unwrap_err().to_string();
-        assert!(err.starts_with("setting.steps: 3 steps of 1 after 1 base classes need 4"), "{err}");
+        let err = split(&[0, 1, 2], &[1, 1, 1], 1, 1, Some(3))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("setting.steps: 3 steps of 1 after 1 base classes need 4"),
+            "{err}"
+        );
     }
 }
