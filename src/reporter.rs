@@ -3,7 +3,7 @@
 //! (logs, CI, tests).
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use bsce_pipeline::events::{Reporter, RunEvent};
@@ -33,7 +33,10 @@ impl TerminalReporter {
             Some(m) => {
                 let _ = m.println(text);
             }
-            None => eprintln!("{text}"),
+            // A closed stderr (`| head`) must not kill the scheduler mid-run.
+            None => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
         }
     }
 

@@ -669,3 +669,14 @@ fn store_location_follows_flag_env_and_config() {
     assert!(p.path("configured/ac").is_dir());
     assert!(!p.store().exists());
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_run() {
+    let p = Project::new();
+    p.write("c.yaml", SMALL);
+    let mut child = p.spawn(&["run", "c.yaml"]);
+    drop(child.stderr.take());
+    assert!(child.wait().unwrap().success());
+    let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed"], 0);
+}

@@ -28,8 +28,6 @@ pub struct RawConfig {
     pub tables: BTreeMap<String, RawTable>,
     #[serde(default)]
     pub store: RawStore,
-    #[serde(default)]
-    pub remote: Option<RawRemote>,
 }
 
 /// A dataset source: exactly one of the fields (`synthetic: {...}`).
@@ -305,11 +303,4 @@ pub struct RawStore {
     /// `--store` and `BSCE_STORE` override it.
     #[serde(default)]
     pub path: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRemote {
-    /// A directory shared between machines (NFS, a cluster's scratch).
-    pub dir: String,
 }

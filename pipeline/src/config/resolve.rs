@@ -25,7 +25,6 @@ pub struct Config {
     pub tables: BTreeMap<String, Value>,
     /// From the config's `store.path`, relative to the config; None = default.
     pub store_path: Option<PathBuf>,
-    pub remote: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -300,7 +299,6 @@ pub fn resolve(
         evaluation,
         tables,
         store_path: raw.store.path.map(|p| cx.relative(&p)),
-        remote: raw.remote.map(|r| cx.relative(&r.dir)),
     })
 }
 

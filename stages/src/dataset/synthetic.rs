@@ -4,18 +4,23 @@
 //!
 //! Each class has a prototype: two oriented colour gratings (integer wave
 //! vectors, so they tile the image) and a colour blob. Each image draws a
-//! wrap-around translation, a phase and amplitude jitter per grating, a
-//! contrast, a per-channel brightness, one distractor grating of a random
-//! wave vector and per-pixel noise. The class therefore lives in the
-//! frequency, orientation and colour mixture of the texture:
+//! wrap-around translation of up to a quarter of the image each way; per
+//! grating a phase, amplitude and colour wobble and, sometimes, a neighbouring
+//! wave vector; a contrast; a per-channel brightness; two distractor gratings
+//! of random wave vectors; and per-pixel noise. The class therefore lives in
+//! the frequency, orientation and colour mixture of the texture:
 //!
 //! - every class term has zero mean over the image (gratings by
 //!   construction, the blob by subtracting its mean), and the brightness is
 //!   drawn independently of the class, so mean colour says nothing;
-//! - the translation and phase jitter wash the high-frequency gratings out of
-//!   the class-mean image, so a linear model on raw pixels sees only the
-//!   low-frequency part, while translation-invariant filter energies (what a
-//!   small CNN learns) see all of it. The tests measure both.
+//! - the translation washes all but the lowest-frequency gratings out of the
+//!   class-mean image, so a linear model on raw pixels sees little, while
+//!   translation-invariant filter energies (what a small CNN learns) see
+//!   everything. The tests measure both with a nearest-class-mean
+//!   classifier; with 10 classes of 32 x 32 it scores about 0.1 on mean
+//!   colour, 0.2 on raw pixels and 0.85 on Fourier amplitudes (softmax
+//!   regression, measured once with 200 images per class: 0.55 on raw pixels, 0.97 on
+//!   amplitudes). Some images stay ambiguous, so accuracy does not saturate.
 //!
 //! Image `i` of a split has label `i % classes`, so every prefix is balanced.
 //!
@@ -452,7 +457,10 @@ mod tests {
         // number changes: change the generator only on purpose, and then
         // under a new source name.
         let ds = generate(&spec(3, 4, 2, 8, 7)).unwrap();
-        assert_eq!(sha256(&ds), "PIN");
+        assert_eq!(
+            sha256(&ds),
+            "ec8f2485f9c41720e6eecdb6cf36f0dfb7791a03568ada1d577bf99038431f13"
+        );
     }
 
     #[test]
@@ -609,7 +617,7 @@ mod tests {
     }
 
     fn mean_colour(img: &[u8]) -> Vec<f64> {
-        let mut m = vec![0.0; 3];
+        let mut m = [0.0; 3];
         for px in img.chunks_exact(3) {
             for c in 0..3 {
                 m[c] += px[c] as f64;
