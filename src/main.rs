@@ -10,6 +10,7 @@ mod inspect;
 mod reporter;
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -277,7 +278,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 ""
             };
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{} executed, {} from cache, {} failed, {} skipped in {:.2}s; the cache saved {:.1}s of compute{nothing}",
                 summary.executed, summary.cached, summary.failed, summary.skipped, summary.wall_seconds, summary.saved_seconds
             );

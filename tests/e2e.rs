@@ -680,3 +680,107 @@ fn a_closed_stderr_does_not_stop_the_run() {
     let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(j["executed"], 0);
 }
+
+#[test]
+fn order_show_prints_numpy_named_and_icarl_orders() {
+    let p = Project::new();
+    let numpy: Vec<u32> = serde_json::from_str(
+        &p.run(&["order", "show", "--numpy-seed", "1993", "--classes", "100"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(&numpy[..10], &[68, 56, 78, 8, 23, 84, 90, 65, 74, 76]);
+    let podnet: Vec<u32> =
+        serde_json::from_str(&p.run(&["order", "show", "podnet_cifar100_0"]).ok().stdout).unwrap();
+    assert_eq!(&podnet[..5], &[87, 0, 52, 58, 44]);
+    let icarl: Vec<u32> = serde_json::from_str(
+        &p.run(&["order", "show", "--icarl-seed", "1993", "--classes", "100"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(icarl, podnet);
+    p.write("c.yaml", SMALL);
+    let b: Vec<u32> = serde_json::from_str(
+        &p.run(&["order", "show", "--config", "c.yaml", "--entry", "b"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(b, vec![5, 4, 3, 2, 1, 0]);
+    let r = p.run(&["order", "show", "podnet_cifar100_3"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("unknown order `podnet_cifar100_3`; did you mean"),
+        "{}",
+        r.stderr
+    );
+}
+
+fn cifar_images(n: usize) -> Vec<bsce_stages::dataset::cifar::fixtures::CifarImage> {
+    (0..n)
+        .map(|i| bsce_stages::dataset::cifar::fixtures::CifarImage {
+            coarse_label: (i % 20) as u8,
+            fine_label: (i % 100) as u8,
+            chw: std::array::from_fn(|j| ((i * 31 + j * 7) % 251) as u8),
+        })
+        .collect()
+}
+
+#[test]
+fn cifar_archives_prepare_inspect_and_are_checksummed() {
+    use bsce_stages::dataset::cifar::fixtures::{
+        write_cifar100_binary_archive, write_cifar100_python_archive,
+    };
+    let p = Project::new();
+    write_cifar100_binary_archive(
+        &p.path("bin.tar.gz"),
+        &cifar_images(200),
+        &cifar_images(100),
+    )
+    .unwrap();
+    write_cifar100_python_archive(&p.path("py.tar.gz"), &cifar_images(200), &cifar_images(100))
+        .unwrap();
+    for (file, format) in [
+        ("bin.tar.gz", "cifar100-binary"),
+        ("py.tar.gz", "cifar100-python"),
+    ] {
+        let j = p.run(&["dataset", "inspect", file, "--json"]).ok().json();
+        assert_eq!(j["format"], format);
+        assert_eq!(j["classes"], 100);
+        assert_eq!(j["train"], 200);
+        assert_eq!(j["test"], 100);
+        assert_eq!(j["image_size"], "32x32x3");
+        let digest = p.run(&["digest", file]).ok().stdout;
+        assert!(
+            digest.starts_with(j["digest"].as_str().unwrap()),
+            "{digest}"
+        );
+    }
+    let sha = p.run(&["digest", "py.tar.gz"]).ok().stdout[..64].to_string();
+    let config = |file: &str, sha: &str| {
+        format!("datasets:\n  c:\n    cifar100: {{path: {file}, sha256: {sha}}}\norders:\n  o: {{named: podnet_cifar100_1}}\nsettings:\n  s: {{base: 50, increment: 25}}\nexperiments:\n  e: {{dataset: c, orders: [o], settings: [s]}}\n")
+    };
+    p.write("c.yaml", &config("py.tar.gz", &sha));
+    let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed"], 3);
+    // The same content under another name: the same keys, nothing reruns.
+    std::fs::copy(p.path("py.tar.gz"), p.path("renamed.tar.gz")).unwrap();
+    p.write("c.yaml", &config("renamed.tar.gz", &sha));
+    assert_eq!(
+        p.run(&["run", "c.yaml", "--json"]).ok().json()["executed"],
+        0
+    );
+    // A checksum mismatch is bad input: nothing runs.
+    p.write("c.yaml", &config("bin.tar.gz", &sha));
+    let r = p.run(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("bin.tar.gz: sha256 is"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("but the config expects {sha}")),
+        "{}",
+        r.stderr
+    );
+}

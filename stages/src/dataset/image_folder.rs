@@ -537,7 +537,8 @@ struct Scratch {
     file: Vec<u8>,
     columns: AxisFilter,
     rows: AxisFilter,
-    /// Horizontally filtered source rows: 8 fractional bits, `size * 3` wide.
+    /// Source rows filtered vertically, `INTERMEDIATE_BITS` fractional bits,
+    /// only the columns the kept window needs.
     filtered: Vec<u16>,
     accumulator: Vec<i32>,
 }
@@ -655,50 +656,57 @@ fn resize_centre_crop(
         .rows
         .plan(height, scaled_h, (scaled_h - size) / 2, size);
 
-    let row_lo = scratch.rows.first[0];
-    let row_hi = scratch.rows.first[size - 1] + scratch.rows.taps;
-    let line = size * CHANNELS;
-    scratch.filtered.clear();
-    scratch.filtered.resize((row_hi - row_lo) * line, 0);
+    // Rows first: that pass runs over contiguous bytes and vectorises, and
+    // it shrinks the image before the column pass, which cannot.
     let columns = &scratch.columns;
-    let round = 1 << (WEIGHT_BITS - INTERMEDIATE_BITS - 1);
+    let rows = &scratch.rows;
+    let col_lo = columns.first[0];
+    let col_hi = columns.first[size - 1] + columns.taps;
+    let span = (col_hi - col_lo) * CHANNELS;
+    let stride = width * CHANNELS;
     let down = WEIGHT_BITS - INTERMEDIATE_BITS;
-    for (y, dst) in (row_lo..row_hi).zip(scratch.filtered.chunks_exact_mut(line)) {
-        let src_row = &src[y * width * CHANNELS..(y + 1) * width * CHANNELS];
+    scratch.filtered.clear();
+    scratch.filtered.resize(size * span, 0);
+    let acc = &mut scratch.accumulator;
+    let row_filters = rows.first.iter().zip(rows.weights.chunks_exact(rows.taps));
+    for (dst, (&first, weights)) in scratch.filtered.chunks_exact_mut(span).zip(row_filters) {
+        acc.clear();
+        acc.resize(span, 1 << (down - 1));
+        for (k, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let start = (first + k) * stride + col_lo * CHANNELS;
+            for (a, &v) in acc.iter_mut().zip(&src[start..start + span]) {
+                *a += w * i32::from(v);
+            }
+        }
+        for (d, &a) in dst.iter_mut().zip(acc.iter()) {
+            *d = (a >> down) as u16;
+        }
+    }
+
+    let shift = WEIGHT_BITS + INTERMEDIATE_BITS;
+    let round = 1 << (shift - 1);
+    for (src_row, dst) in scratch
+        .filtered
+        .chunks_exact(span)
+        .zip(out.chunks_exact_mut(size * CHANNELS))
+    {
         let pixels = dst
             .chunks_exact_mut(CHANNELS)
             .zip(&columns.first)
             .zip(columns.weights.chunks_exact(columns.taps));
         for ((px, &first), weights) in pixels {
-            let window = &src_row[first * CHANNELS..(first + columns.taps) * CHANNELS];
+            let start = (first - col_lo) * CHANNELS;
+            let window = &src_row[start..start + columns.taps * CHANNELS];
             let (mut r, mut g, mut b) = (round, round, round);
             for (&w, s) in weights.iter().zip(window.chunks_exact(CHANNELS)) {
                 r += w * i32::from(s[0]);
                 g += w * i32::from(s[1]);
                 b += w * i32::from(s[2]);
             }
-            px.copy_from_slice(&[(r >> down) as u16, (g >> down) as u16, (b >> down) as u16]);
-        }
-    }
-
-    let rows = &scratch.rows;
-    let acc = &mut scratch.accumulator;
-    let shift = WEIGHT_BITS + INTERMEDIATE_BITS;
-    for (y, dst) in out.chunks_exact_mut(line).enumerate() {
-        acc.clear();
-        acc.resize(line, 1 << (shift - 1));
-        let weights = &rows.weights[y * rows.taps..(y + 1) * rows.taps];
-        for (k, &w) in weights.iter().enumerate() {
-            if w == 0 {
-                continue;
-            }
-            let start = (rows.first[y] + k - row_lo) * line;
-            for (a, &v) in acc.iter_mut().zip(&scratch.filtered[start..start + line]) {
-                *a += w * v as i32;
-            }
-        }
-        for (d, &a) in dst.iter_mut().zip(acc.iter()) {
-            *d = (a >> shift) as u8;
+            px.copy_from_slice(&[(r >> shift) as u8, (g >> shift) as u8, (b >> shift) as u8]);
         }
     }
 }
@@ -1269,23 +1277,5 @@ mod tests {
             // The crop drops (97/61*size - size)/2 scaled columns per side.
             assert!(row[0] > 20 && row[size - 1] < 235, "size {size}: {row:?}");
         }
-    }
-}
-#[cfg(test)]
-mod tmp_bench {
-    #[test]
-    #[ignore]
-    fn tmp_resize_bench() {
-        let (w, h) = (500usize, 375usize);
-        let src: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
-        let mut scratch = super::Scratch::default();
-        let mut out = vec![0u8; 256 * 256 * 3];
-        let mut check = 0u64;
-        let t = std::time::Instant::now();
-        for _ in 0..300 {
-            super::resize_centre_crop(&src, w, h, 256, &mut scratch, &mut out);
-            check += out[1000] as u64;
-        }
-        println!("resize 500x375->256: {:.3} ms/img (check {check})", t.elapsed().as_secs_f64() / 300.0 * 1e3);
     }
 }

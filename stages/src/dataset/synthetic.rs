@@ -292,8 +292,8 @@ impl Prototype {
     }
 }
 
-/// A random unit vector in RGB space, kept away from zero so that every
-/// term shows in at least one channel.
+/// A random unit vector in RGB space; short draws are redrawn rather than
+/// blown up, which would favour the axes.
 fn colour_direction(rng: &mut SplitMix64) -> [f64; 3] {
     loop {
         let c = [
