@@ -37,3 +37,24 @@ theirs=$(best_of 3 openssl dgst -sha256 "$WORK/1g.bin")
 printf 'bsce-pipe digest: %.2fs (%.0f MiB/s); openssl dgst -sha256: %.2fs (%.0f MiB/s); ratio %.2fx of openssl (target >= 0.9)\n' \
   "$ours" "$(echo "1024 / $ours" | bc -l)" "$theirs" "$(echo "1024 / $theirs" | bc -l)" "$(echo "$theirs / $ours" | bc -l)"
 rm -f "$WORK/1g.bin"
+
+echo "== CIFAR-100-size preparation (python archive, 60,000 images)"
+PY="$PWD/.venv/bin/python"
+"$PY" bench/cifar_archive.py "$WORK/cifar-100-python.tar.gz"
+cat > "$WORK/cifar.yaml" <<YAML
+datasets:
+  c: {cifar100: {path: cifar-100-python.tar.gz}}
+orders:
+  o: {named: podnet_cifar100_0}
+settings:
+  s: {base: 50, increment: 10}
+experiments:
+  e: {dataset: c, orders: [o], settings: [s]}
+YAML
+prep=$("$BIN" run "$WORK/cifar.yaml" --store "$WORK/cstore" --json 2>/dev/null | python3 -c "
+import json,sys,glob; j=json.load(sys.stdin)
+recs=[json.load(open(f)) for f in glob.glob('$WORK/cstore/ac/*/*.json')]
+print('%.3f' % [r for r in recs if r['label']=='prepare/c'][0]['provenance']['wall_seconds'])")
+peer=$("$PY" bench/cifar_archive.py --load "$WORK/cifar-100-python.tar.gz")
+printf 'prepare stage (read, decode, validate, write, child process): %.2fs; torchvision-style pickle+numpy load: %.2fs; ratio %.2fx\n' \
+  "$prep" "$peer" "$(echo "$prep / $peer" | bc -l)"

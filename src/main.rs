@@ -260,8 +260,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if jobs == Some(0) {
                 return Err(BadInput("--jobs must be at least 1".into()).into());
             }
-            let store = LocalStore::open(&root)?;
             let ctx = run_context()?;
+            if LocalStore::open_existing(&root).is_none() {
+                // Check sources against a scratch store first, so bad input
+                // never leaves a new store behind.
+                let scratch = tempdir()?;
+                let s = LocalStore::open(&scratch.0)?;
+                let engine = Engine {
+                    plan: &plan,
+                    store: &s,
+                    catalog: &catalog,
+                    ctx: &ctx,
+                    downloads: root.join("downloads"),
+                };
+                engine.status(&opts)?;
+            }
+            let store = LocalStore::open(&root)?;
             install_signal_handlers();
             let engine = Engine {
                 plan: &plan,
