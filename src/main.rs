@@ -221,6 +221,23 @@ fn load_config(path: &Path, catalog: &Catalog) -> Result<Config> {
     Ok(config::load(path, catalog)?)
 }
 
+/// A config resolved into its plan and the store it uses.
+struct Loaded {
+    catalog: Catalog,
+    plan: Plan,
+    root: PathBuf,
+}
+
+fn load(config: &Path, store: &StoreArgs) -> Result<Loaded> {
+    let catalog = catalog();
+    let cfg = load_config(config, &catalog)?;
+    Ok(Loaded {
+        plan: Plan::from_config(&cfg),
+        root: store_root(store, &cfg),
+        catalog,
+    })
+}
+
 fn store_root(args: &StoreArgs, cfg: &Config) -> PathBuf {
     args.store
         .clone()
@@ -240,10 +257,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             force,
             json,
         } => {
-            let catalog = catalog();
-            let cfg = load_config(&config, &catalog)?;
-            let plan = Plan::from_config(&cfg);
-            let root = store_root(&store, &cfg);
+            let Loaded {
+                catalog,
+                plan,
+                root,
+            } = load(&config, &store)?;
             let opts = RunOptions {
                 jobs: jobs.unwrap_or_else(|| {
                     std::thread::available_parallelism()
@@ -313,10 +331,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             store,
             json,
         } => {
-            let catalog = catalog();
-            let cfg = load_config(&config, &catalog)?;
-            let plan = Plan::from_config(&cfg);
-            let root = store_root(&store, &cfg);
+            let Loaded {
+                catalog,
+                plan,
+                root,
+            } = load(&config, &store)?;
             print_status(&plan, &root, &catalog, &RunOptions::default(), json, false)
         }
         Command::Dag { config, format } => {
