@@ -35,13 +35,14 @@ if [ ! -e .venv ] || [ -L .venv ]; then
   ln -sfn "$VENV_CACHE" .venv
 fi
 
-say "building (cargo build --release, target dir $CARGO_TARGET_DIR)"
-export PATH="$PWD/.venv/bin:$PATH"
-cargo build --release --locked
-test -x "$CARGO_TARGET_DIR/release/bsce-pipe" || { echo "setup: build failed" >&2; exit 1; }
+say "building (cargo build --release --workspace, target dir $CARGO_TARGET_DIR)"
+source scripts/env.sh
+cargo build --release --workspace --locked
 mkdir -p target
-ln -sfn "$CARGO_TARGET_DIR/release/bsce-pipe" target/bsce-pipe
-say "built target/bsce-pipe"
+for bin in bsce-pipe bsce-torch; do
+  ln -sfn "$CARGO_TARGET_DIR/release/$bin" "target/$bin"
+done
+say "built target/bsce-pipe and target/bsce-torch (the libtorch half, run by bsce-pipe)"
 
 if [ "${1:-}" = "--run" ]; then
   shift

@@ -4,7 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-CACHE="${BSCE_CACHE:-$HOME/.cache/bsce-pipe}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
-export PATH="$PWD/.venv/bin:$PATH"
+source scripts/env.sh
 exec cargo test --workspace --release --locked "$@"

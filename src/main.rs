@@ -97,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
+    /// libtorch version, CUDA and cuDNN availability, visible GPUs, threads.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the sha256 of files as the store computes it (for `sha256:` in configs).
     Digest {
         #[arg(required = true)]
@@ -356,6 +361,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Dataset {
             command: DatasetCommand::Inspect { path, json },
         } => inspect::dataset(&path, json),
+        Command::Doctor { json } => {
+            let torch = run_context()?.torch_exe;
+            let mut cmd = std::process::Command::new(&torch);
+            cmd.arg("doctor");
+            if json {
+                cmd.arg("--json");
+            }
+            let status = cmd
+                .status()
+                .with_context(|| format!("running {}", torch.display()))?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
         Command::Digest { files } => {
             for f in files {
                 let (d, _) = bsce_pipeline::digest::Digest::of_file(&f)

@@ -784,3 +784,15 @@ fn cifar_archives_prepare_inspect_and_are_checksummed() {
         r.stderr
     );
 }
+
+#[test]
+fn doctor_reports_the_libtorch_it_links() {
+    let p = Project::new();
+    let j = p.run(&["doctor", "--json"]).ok().json();
+    assert!(j["libtorch"].as_str().unwrap().starts_with("2.13.0"), "{j}");
+    assert!(j["threads"].as_i64().unwrap() >= 1);
+    assert_eq!(
+        j["cuda_available"].as_bool().unwrap(),
+        j["gpus"].as_i64().unwrap() > 0
+    );
+}

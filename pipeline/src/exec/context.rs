@@ -9,8 +9,10 @@ pub struct RunContext {
     pub git_commit: Option<String>,
     pub host: String,
     pub run_id: String,
-    /// The binary that runs `exec-stage`.
+    /// The binary that runs `exec-stage` for the data stages.
     pub exe: PathBuf,
+    /// Its sibling that links libtorch, for training and evaluation stages.
+    pub torch_exe: PathBuf,
     pub cpus: usize,
 }
 
@@ -20,12 +22,15 @@ impl RunContext {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
+        let exe = std::env::current_exe()?;
+        let torch_exe = exe.with_file_name("bsce-torch");
         Ok(RunContext {
             tool_version: tool_version.into(),
             git_commit: git_commit.map(String::from),
             host: hostname(),
             run_id: format!("{now}-{}", std::process::id()),
-            exe: std::env::current_exe()?,
+            exe,
+            torch_exe,
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

@@ -1,0 +1,35 @@
+//! `bsce-torch`: the half of bsce-pipe that links libtorch. The scheduler
+//! runs the training and evaluation stages with it, and `bsce-pipe doctor`
+//! asks it about the node. It is a separate binary because loading libtorch
+//! (with CUDA, about 1 GB of shared libraries) costs ~0.4 s per process:
+//! `bsce-pipe` itself and the data stages start in milliseconds.
+//!
+//! Usage (internal): `bsce-torch doctor [--json]`, `bsce-torch exec-stage JOB`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["doctor", rest @ ..] => {
+            let d = bsce_train::runtime::doctor();
+            if rest.contains(&"--json") {
+                println!("{}", serde_json::to_string_pretty(&d).expect("serialises"));
+            } else if let Some(map) = d.as_object() {
+                for (k, v) in map {
+                    println!("{k:<22} {v}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: bsce-torch doctor [--json] | exec-stage JOB (started by bsce-pipe)");
+            ExitCode::from(2)
+        }
+    }
+}
