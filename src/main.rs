@@ -8,6 +8,7 @@
 
 mod inspect;
 mod reporter;
+mod results;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -70,6 +71,14 @@ enum Command {
     },
     /// List every stage as cached or to-run, with the reason.
     Status {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every evaluation result of CONFIG that is in the store (missing ones marked).
+    Results {
         config: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
@@ -320,6 +329,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "{} executed, {} from cache, {} failed, {} skipped in {:.2}s; the cache saved {:.1}s of compute{nothing}",
                 summary.executed, summary.cached, summary.failed, summary.skipped, summary.wall_seconds, summary.saved_seconds
             );
+            if !plan.runs.is_empty() && !summary.interrupted {
+                let status = engine.status(&RunOptions::default())?;
+                results::print_summary(&results::collect(&plan, &status, &store));
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             }
@@ -342,6 +355,37 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 root,
             } = load(&config, &store)?;
             print_status(&plan, &root, &catalog, &RunOptions::default(), json, false)
+        }
+        Command::Results {
+            config,
+            store,
+            json,
+        } => {
+            let Loaded {
+                catalog,
+                plan,
+                root,
+            } = load(&config, &store)?;
+            let store = existing_store(&root)?;
+            let ctx = run_context()?;
+            let engine = Engine {
+                plan: &plan,
+                store: &store,
+                catalog: &catalog,
+                ctx: &ctx,
+                downloads: root.join("downloads"),
+            };
+            let status = engine.status(&RunOptions::default())?;
+            let runs = results::collect(&plan, &status, &store);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"runs": runs}))?
+                );
+            } else {
+                results::print_summary(&runs);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Dag { config, format } => {
             let cfg = load_config(&config, &catalog())?;

@@ -796,3 +796,138 @@ fn doctor_reports_the_libtorch_it_links() {
         j["gpus"].as_i64().unwrap() > 0
     );
 }
+
+const TRAINING: &str = r#"
+datasets:
+  synth:
+    synthetic: {classes: 6, train_per_class: 60, test_per_class: 30, image_size: 16, seed: 3}
+orders:
+  a: {numpy_seed: 1993}
+  b: {numpy_seed: 7}
+settings:
+  s1: {base: 3, increment: 1}
+  s3: {base: 3, increment: 3}
+  s2: {base: 2, increment: 2}
+  s2b: {base: 3, increment: 2, steps: 1}
+methods:
+  ce: {preset: finetune, memory: {per_class: 5}}
+  bsce: {extends: ce, bsce: true}
+recipes:
+  r: {epochs: 3, batch_size: 32, lr: 0.05, schedule: cosine}
+experiments:
+  e:
+    dataset: synth
+    orders: [a, b]
+    settings: [s1, s3, s2b]
+    methods: [ce, bsce]
+    recipe: r
+    network: tiny
+"#;
+
+#[test]
+fn the_base_task_is_one_node_per_order_for_all_settings_and_ce_bsce() {
+    let p = Project::new();
+    p.write("c.yaml", TRAINING);
+    let dot = p.run(&["dag", "c.yaml", "--format", "dot"]).ok().stdout;
+    for order in ["a", "b"] {
+        let t0: Vec<&str> = dot
+            .lines()
+            .filter(|l| l.contains(&format!("train/synth/{order}/")) && l.contains("/t0\\n"))
+            .collect();
+        assert_eq!(
+            t0.len(),
+            1,
+            "one task-0 training node for order {order}: {t0:?}"
+        );
+    }
+    // Later tasks are per setting and per method: s1 has 3 steps, s3 1, s2b 1.
+    let train_nodes = dot.lines().filter(|l| l.contains("[train]")).count();
+    assert_eq!(train_nodes, 2 * (1 + 2 * (3 + 1 + 1)), "{dot}");
+}
+
+#[test]
+fn a_tiny_incremental_run_learns_and_bsce_reduces_the_new_class_bias() {
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        r#"
+datasets:
+  synth:
+    synthetic: {classes: 6, train_per_class: 200, test_per_class: 40, image_size: 16, seed: 7}
+orders:
+  a: {numpy_seed: 1993}
+settings:
+  s: {base: 4, increment: 1}
+methods:
+  ce: {preset: finetune, memory: {per_class: 10}}
+  bsce: {extends: ce, bsce: true}
+recipes:
+  r: {epochs: 12, batch_size: 32, lr: 0.1, weight_decay: 5.0e-4, schedule: cosine}
+experiments:
+  e: {dataset: synth, orders: [a], settings: [s], methods: [ce, bsce], recipe: r, network: small}
+"#,
+    );
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    // Base task shared by CE and BSCE: 1 + 2 x 2 trainings, as many evaluations.
+    assert_eq!(r.json()["executed"], 3 + 2 * 5, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("top-1 accuracy (%) on all seen classes"),
+        "{}",
+        r.stderr
+    );
+    let res = p.run(&["results", "c.yaml", "--json"]).ok().json();
+    let runs = res["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let run = |m: &str| runs.iter().find(|r| r["method"] == m).unwrap().clone();
+    let (ce, bsce) = (run("ce"), run("bsce"));
+    // Well above chance: both on the shared base task; BSCE with both
+    // classifiers on every task; CE with NME (its CNN is the biased
+    // classifier BSCE is about).
+    let top1 = |r: &Value, t: usize, clf: &str| -> (f64, f64) {
+        let task = &r["tasks"][t];
+        (
+            task[clf]["top1"].as_f64().unwrap(),
+            100.0 / task["classes_seen"].as_f64().unwrap(),
+        )
+    };
+    for (r, clf, tasks) in [
+        (&ce, "cnn", 0..1),
+        (&ce, "nme", 0..3),
+        (&bsce, "cnn", 0..3),
+        (&bsce, "nme", 0..3),
+    ] {
+        for t in tasks {
+            let (acc, chance) = top1(r, t, clf);
+            assert!(
+                acc > 1.5 * chance,
+                "{} {clf} task {t}: top-1 {acc} vs chance {chance}: {r}",
+                r["method"]
+            );
+        }
+    }
+    let avg = |r: &Value| r["average_incremental_accuracy"]["cnn"].as_f64().unwrap();
+    assert!(
+        avg(&bsce) > avg(&ce),
+        "average incremental accuracy ce {} bsce {}",
+        avg(&ce),
+        avg(&bsce)
+    );
+    // BSCE's predictions on the last task's new class are closer to that
+    // class's true share of the test set than CE's.
+    let bias = |r: &Value| {
+        let last = &r["tasks"][2]["cnn"];
+        (last["predicted_new_share"].as_f64().unwrap() - last["true_new_share"].as_f64().unwrap())
+            .abs()
+    };
+    assert!(
+        bias(&bsce) < bias(&ce),
+        "bias ce {} bsce {}",
+        bias(&ce),
+        bias(&bsce)
+    );
+    // A second run trains nothing.
+    assert_eq!(
+        p.run(&["run", "c.yaml", "--json"]).ok().json()["executed"],
+        0
+    );
+}

@@ -16,24 +16,43 @@ pub enum StageKind {
     Order,
     /// Dataset + order + incremental setting -> the classes of every task.
     Tasks,
+    /// One incremental task: the previous model and memory + the task's
+    /// data -> the new model, memory and class means (libtorch).
+    Train,
+    /// A task's model on the test images of every class seen so far.
+    Evaluate,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 3] = [StageKind::Prepare, StageKind::Order, StageKind::Tasks];
+    pub const ALL: [StageKind; 5] = [
+        StageKind::Prepare,
+        StageKind::Order,
+        StageKind::Tasks,
+        StageKind::Train,
+        StageKind::Evaluate,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             StageKind::Prepare => "prepare",
             StageKind::Order => "order",
             StageKind::Tasks => "tasks",
+            StageKind::Train => "train",
+            StageKind::Evaluate => "evaluate",
         }
     }
 
-    /// Kinds that get one GPU each when `--gpus` lists some. The data
-    /// stages are CPU work; training and evaluation will be GPU work.
+    /// Kinds that get one GPU each when `--gpus` lists some.
     pub fn needs_gpu(self) -> bool {
+        self.needs_torch()
+    }
+
+    /// Kinds run by `bsce-torch` (which links libtorch) instead of
+    /// `bsce-pipe` (which starts in milliseconds).
+    pub fn needs_torch(self) -> bool {
         match self {
             StageKind::Prepare | StageKind::Order | StageKind::Tasks => false,
+            StageKind::Train | StageKind::Evaluate => true,
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::catalog::StageKind;
-use crate::config::{Config, DatasetSource, ValDef};
+use crate::config::{Config, DatasetSource, Experiment, MethodPreset, Network, ValDef};
 use crate::digest::Digest;
 use crate::key::canonical_json;
 
@@ -53,6 +53,22 @@ pub struct SourceInput {
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub nodes: Vec<PlanNode>,
+    /// Every training run of the sweep (dataset x order x setting x method
+    /// x seed), with its evaluation node per task: what `results` reports.
+    pub runs: Vec<RunRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RunRef {
+    pub experiment: String,
+    pub dataset: String,
+    pub order: String,
+    pub setting: String,
+    pub method: String,
+    pub seed: u64,
+    /// Evaluation node of task t at index t.
+    #[serde(skip)]
+    pub evaluations: Vec<NodeId>,
 }
 
 const DATASET_FILES: [&str; 5] = [
@@ -84,6 +100,7 @@ impl Plan {
                 });
                 for setting_name in &exp.settings {
                     let s = &config.settings[setting_name];
+                    b.train_chains(config, exp, prepare, order_node, order_name, setting_name);
                     b.add(PlanNode {
                         kind: StageKind::Tasks,
                         label: format!("tasks/{}/{}/{}", exp.dataset, order_name, setting_name),
@@ -282,9 +299,43 @@ fn file_source(name: &str, path: &std::path::Path) -> SourceInput {
     }
 }
 
+/// What a train stage writes and the next task and evaluation read.
+pub fn model_files() -> Vec<String> {
+    ["model.safetensors", "model.json", "memory.json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// Files of a prepared dataset, for stages that read all of it.
 pub fn dataset_files() -> Vec<String> {
     DATASET_FILES.iter().map(|s| s.to_string()).collect()
+}
+
+/// Whether every class has the same number of training images, known
+/// before preparation: then BSCE equals CE on the base task, and a method
+/// and its +bsce variant share their task-0 model.
+fn known_balanced(source: &DatasetSource) -> bool {
+    matches!(
+        source,
+        DatasetSource::Synthetic(_) | DatasetSource::Cifar100 { .. }
+    )
+}
+
+fn default_network(source: &DatasetSource, preset: MethodPreset) -> Network {
+    match (source, preset) {
+        (DatasetSource::ImageFolder { .. }, _) => Network::Resnet18,
+        (_, MethodPreset::Lucir) => Network::Resnet32Lucir,
+        _ => Network::Resnet32,
+    }
+}
+
+fn augmentation(source: &DatasetSource, preset: MethodPreset) -> &'static str {
+    match (source, preset) {
+        (DatasetSource::ImageFolder { .. }, _) => "imagenet",
+        (_, MethodPreset::Podnet) => "cifar_podnet",
+        _ => "cifar_lucir",
+    }
 }
 
 #[derive(Default)]
@@ -294,6 +345,121 @@ struct Builder {
 }
 
 impl Builder {
+    /// The train -> train -> ... chain of one run (method x seed) of a
+    /// setting, with an evaluation after every task. A train node reads
+    /// only the order positions it learns, so the base task is shared by
+    /// every setting with the same base (and by a method and its +bsce
+    /// variant on balanced data).
+    fn train_chains(
+        &mut self,
+        config: &Config,
+        exp: &Experiment,
+        prepare: NodeId,
+        order: NodeId,
+        order_name: &str,
+        setting_name: &str,
+    ) {
+        let setting = &config.settings[setting_name];
+        let ds = &config.datasets[&exp.dataset];
+        let Some(steps) = setting.steps.or_else(|| {
+            ds.classes
+                .map(|c| c.saturating_sub(setting.base) / setting.increment)
+        }) else {
+            return;
+        };
+        let ends: Vec<u32> = (0..=steps)
+            .map(|t| setting.base + t * setting.increment)
+            .collect();
+        for method_name in &exp.methods {
+            let m = &config.methods[method_name];
+            let recipe = exp
+                .recipe
+                .as_ref()
+                .map(|r| config.recipes[r].clone())
+                .unwrap_or(Value::Null);
+            let network = exp
+                .network
+                .unwrap_or_else(|| default_network(&ds.source, m.preset));
+            for &seed in &exp.seeds {
+                let run = format!(
+                    "{}/{}/{}/seed{}",
+                    exp.dataset, order_name, method_name, seed
+                );
+                let mut previous: Option<NodeId> = None;
+                let mut evaluations = Vec::new();
+                for (t, &end) in ends.iter().enumerate() {
+                    let start = if t == 0 { 0 } else { ends[t - 1] };
+                    let base_task = t == 0;
+                    let bsce = m.bsce && !(base_task && known_balanced(&ds.source));
+                    let scope = if base_task {
+                        format!("b{}", setting.base)
+                    } else {
+                        setting_name.to_string()
+                    };
+                    let mut inputs = vec![
+                        NodeInput {
+                            name: "dataset".into(),
+                            node: prepare,
+                            files: dataset_files(),
+                        },
+                        NodeInput {
+                            name: "order".into(),
+                            node: order,
+                            files: vec!["order.json".into()],
+                        },
+                    ];
+                    if let Some(prev) = previous {
+                        inputs.push(NodeInput {
+                            name: "previous".into(),
+                            node: prev,
+                            files: model_files(),
+                        });
+                    }
+                    let train = self.add(PlanNode {
+                        kind: StageKind::Train,
+                        label: format!("train/{run}/{scope}/t{t}"),
+                        params: json!({
+                            "task": t, "start": start, "end": end,
+                            "method": {
+                                "preset": m.preset, "bsce": bsce,
+                                "balanced_finetune": m.balanced_finetune && !base_task,
+                                "memory_per_class": m.memory_per_class, "memory_total": m.memory_total,
+                                "selection": m.selection,
+                            },
+                            "recipe": recipe, "network": network,
+                            "augment": augmentation(&ds.source, m.preset),
+                            "seed": seed, "deterministic": exp.deterministic,
+                        }),
+                        inputs,
+                        sources: vec![],
+                    });
+                    let eval = self.add(PlanNode {
+                        kind: StageKind::Evaluate,
+                        label: format!("evaluate/{run}/{scope}/t{t}"),
+                        params: json!({"task": t, "ends": &ends[..=t], "evaluation": config.evaluation}),
+                        inputs: vec![
+                            NodeInput { name: "dataset".into(), node: prepare, files: dataset_files() },
+                            NodeInput { name: "order".into(), node: order, files: vec!["order.json".into()] },
+                            NodeInput { name: "model".into(), node: train, files: model_files() },
+                        ],
+                        sources: vec![],
+                    });
+                    evaluations.push(eval);
+                    previous = Some(train);
+                }
+                self.plan.runs.push(RunRef {
+                    experiment: exp.name.clone(),
+                    dataset: exp.dataset.clone(),
+                    order: order_name.to_string(),
+                    setting: setting_name.to_string(),
+                    method: method_name.clone(),
+                    seed,
+                    evaluations,
+                });
+            }
+        }
+    }
+
     fn add(&mut self, node: PlanNode) -> NodeId {
         let identity = format!(
             "{}|{}|{:?}|{:?}",
@@ -337,6 +503,7 @@ mod tests {
     fn topo_order_respects_edges() {
         let plan = Plan {
             nodes: vec![node("c", &[1, 2]), node("a", &[]), node("b", &[1])],
+            runs: vec![],
         };
         let order = plan.topo_order().unwrap();
         let pos = |x| order.iter().position(|&i| i == x).unwrap();
@@ -347,6 +514,7 @@ mod tests {
     fn cycles_are_reported_with_their_labels() {
         let plan = Plan {
             nodes: vec![node("a", &[1]), node("b", &[0]), node("root", &[])],
+            runs: vec![],
         };
         assert_eq!(plan.topo_order().unwrap_err(), vec!["a", "b"]);
     }

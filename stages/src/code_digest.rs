@@ -12,6 +12,35 @@ pub const STAGE_SOURCES: &[(&str, &[&str])] = &[
     ("prepare", &["src/dataset", "src/stage/prepare.rs"]),
     ("order", &["src/order", "src/stage/order.rs"]),
     ("tasks", &["src/stage/tasks.rs"]),
+    // The training crate (bsce-torch); evaluation shares its networks,
+    // heads, memory and data path but not the training loop or losses.
+    (
+        "train",
+        &[
+            "../train/src/runtime.rs",
+            "../train/src/net.rs",
+            "../train/src/classifier.rs",
+            "../train/src/checkpoint.rs",
+            "../train/src/memory.rs",
+            "../train/src/data.rs",
+            "../train/src/loss.rs",
+            "../train/src/method.rs",
+            "../train/src/stage/train.rs",
+        ],
+    ),
+    (
+        "evaluate",
+        &[
+            "../train/src/runtime.rs",
+            "../train/src/net.rs",
+            "../train/src/classifier.rs",
+            "../train/src/checkpoint.rs",
+            "../train/src/memory.rs",
+            "../train/src/data.rs",
+            "../train/src/method.rs",
+            "../train/src/stage/evaluate.rs",
+        ],
+    ),
 ];
 
 /// Crates whose versions change a kind's numerics, read from Cargo.lock.
@@ -19,6 +48,8 @@ pub const STAGE_LIBRARIES: &[(&str, &[&str])] = &[
     ("prepare", &["image", "zune-jpeg", "flate2"]),
     ("order", &[]),
     ("tasks", &[]),
+    ("train", &["tch", "torch-sys"]),
+    ("evaluate", &["tch", "torch-sys"]),
 ];
 
 /// sha256 over "relative path NUL content" of every `.rs` file under the

@@ -5,10 +5,26 @@
 //! | module         | what it holds                                               |
 //! |----------------|-------------------------------------------------------------|
 //! | [`runtime`]    | device choice, threads, determinism, `doctor` facts          |
+//! | [`net`]        | ResNet-32 (CIFAR) and ResNet-18 (ImageNet) backbones         |
+//! | [`classifier`] | growing linear, cosine (LUCIR) and local-similarity (PODNet) heads |
+//! | [`checkpoint`] | model weights as safetensors                                  |
+//! | [`loss`]       | CE, BSCE, distillation, LUCIR's and PODNet's losses          |
+//! | [`memory`]     | herding / random exemplar selection, NME class means         |
+//! | [`data`]       | batches from the u8 dataset, augmented on the training device |
+//! | [`method`]     | stage params, recipes' lr schedules, each preset's choices    |
+//! | [`stage`]      | the `train` and `evaluate` stages (run by `bsce-torch`)       |
 //!
 //! The formulas follow ../shared/reference/method-formulas.md; where a
 //! reference's code and paper differ, the code's behaviour is the default.
 
+pub mod checkpoint;
+pub mod classifier;
+pub mod data;
+pub mod loss;
+pub mod memory;
+pub mod method;
+pub mod net;
 pub mod runtime;
+pub mod stage;
 
 pub use bsce_stages::error::{Result, StageError};

@@ -6,7 +6,10 @@
 //!
 //! Usage (internal): `bsce-torch doctor [--json]`, `bsce-torch exec-stage JOB`.
 
+use std::path::Path;
 use std::process::ExitCode;
+
+use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +29,22 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        ["exec-stage", job] => {
+            let job = match StageJob::read(Path::new(job)) {
+                Ok(j) => j,
+                Err(e) => {
+                    eprintln!("error: reading job {job}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match bsce_train::stage::run_job(&job, &ChildReporter::default()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         _ => {
             eprintln!("usage: bsce-torch doctor [--json] | exec-stage JOB (started by bsce-pipe)");

@@ -6,6 +6,7 @@ pub mod locate;
 pub mod raw;
 pub mod resolve;
 
+pub use raw::{Classifier, MemorySelection, MethodPreset, Network};
 pub use resolve::{
     Config, DatasetDef, DatasetSource, Experiment, MethodDef, OrderDef, SettingDef, ValDef,
 };

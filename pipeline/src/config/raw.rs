@@ -245,6 +245,27 @@ pub struct RawExperiment {
     pub recipe: Option<String>,
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
+    /// Backbone; default: resnet32 for CIFAR-sized images (LUCIR's variant
+    /// for lucir), resnet18 for image folders.
+    #[serde(default)]
+    pub network: Option<Network>,
+    /// Deterministic libtorch algorithms (slower; recorded with results).
+    #[serde(default)]
+    pub deterministic: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// ResNet-32, PODNet's variant (shortcut A, no ReLU after sums).
+    Resnet32,
+    /// ResNet-32, LUCIR's variant (shortcut B, last ReLU removed).
+    Resnet32Lucir,
+    Resnet18,
+    /// A very small CIFAR-style ResNet (width 4, 1 block per stage) for tests.
+    Tiny,
+    /// A small CIFAR-style ResNet (width 8, 2 blocks per stage) for the quickstart.
+    Small,
 }
 
 fn default_seeds() -> Vec<u64> {

@@ -96,6 +96,8 @@ pub struct Experiment {
     pub methods: Vec<String>,
     pub recipe: Option<String>,
     pub seeds: Vec<u64>,
+    pub network: Option<Network>,
+    pub deterministic: bool,
 }
 
 struct Ctx<'a> {
@@ -244,8 +246,24 @@ pub fn resolve(
         for (i, m) in e.methods.iter().enumerate() {
             cx.reference(format!("{at}.methods[{i}]"), "method", m, &methods)?;
         }
+        if dataset.classes.is_none() && !e.methods.is_empty() {
+            for (i, s) in e.settings.iter().enumerate() {
+                if settings[s].steps.is_none() {
+                    return Err(cx.err(
+                        format!("{at}.settings[{i}]"),
+                        format!("setting `{s}` needs `steps` to train on dataset `{}`: an image folder's class count is known only after preparation", e.dataset),
+                    ));
+                }
+            }
+        }
         if let Some(r) = &e.recipe {
             cx.reference(format!("{at}.recipe"), "recipe", r, &recipes)?;
+            if e.methods.is_empty() {
+                return Err(cx.err(
+                    format!("{at}.methods"),
+                    "a recipe needs at least one method to train",
+                ));
+            }
         } else if !e.methods.is_empty() {
             return Err(cx.err(
                 format!("{at}.recipe"),
@@ -260,6 +278,8 @@ pub fn resolve(
             methods: e.methods,
             recipe: e.recipe,
             seeds: e.seeds,
+            network: e.network,
+            deterministic: e.deterministic,
         });
     }
     let exp_names: BTreeMap<String, ()> =

@@ -171,7 +171,12 @@ fn run_child(
 
     let started_ms = unix_ms();
     let start = Instant::now();
-    let mut cmd = Command::new(&engine.ctx.exe);
+    let exe = if run.node.kind.needs_torch() {
+        &engine.ctx.torch_exe
+    } else {
+        &engine.ctx.exe
+    };
+    let mut cmd = Command::new(exe);
     cmd.arg("exec-stage")
         .arg(&job_path)
         .stdin(Stdio::null())
@@ -190,7 +195,7 @@ fn run_child(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| io(&engine.ctx.exe, e))?;
+    let mut child = cmd.spawn().map_err(|e| io(exe, e))?;
     let pid = child.id() as i32;
     let stdout = child.stdout.take().expect("piped");
     let stage_prov: Arc<Mutex<BTreeMap<String, serde_json::Value>>> = Arc::default();

@@ -16,11 +16,16 @@ pub use tasks::{read_tasks, TaskPlan, TASKS_FILE};
 
 include!(concat!(env!("OUT_DIR"), "/code_digests.rs"));
 
+/// Runs a data stage. Training and evaluation run in `bsce-torch`.
 pub fn run_job(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     match job.kind {
         StageKind::Prepare => prepare::run(job, reporter),
         StageKind::Order => order::run(job, reporter),
         StageKind::Tasks => tasks::run(job, reporter),
+        StageKind::Train | StageKind::Evaluate => Err(crate::StageError::Other(format!(
+            "stage kind {} runs in bsce-torch, not bsce-pipe",
+            job.kind
+        ))),
     }
 }
 

@@ -1,0 +1,108 @@
+//! The child-process side of the `train` and `evaluate` stages, and the
+//! files they exchange.
+//!
+//! A train stage writes `model.safetensors` (weights), `model.json`
+//! ([`ModelInfo`]: how to rebuild the network before loading them),
+//! `memory.json` ([`Memory`]: exemplar indices and NME class means) and
+//! `log.json` (per-epoch losses, lr and time).
+
+pub mod evaluate;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bsce_pipeline::catalog::StageKind;
+use bsce_pipeline::exec::job::{ChildReporter, StageJob};
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+use crate::classifier::{Head, HeadSpec};
+use crate::method::{net_spec, Preset};
+use crate::net::Backbone;
+use crate::{Result, StageError};
+
+pub fn run_job(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
+    match job.kind {
+        StageKind::Train => train::run(job, reporter),
+        StageKind::Evaluate => evaluate::run(job, reporter),
+        other => Err(StageError::Other(format!(
+            "stage kind {other} runs in bsce-pipe, not bsce-torch"
+        ))),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub preset: Preset,
+    pub network: String,
+    pub augment: String,
+    pub head: HeadSpec,
+    /// Classes added by each task, in order: rebuilds the head's blocks.
+    pub blocks: Vec<i64>,
+    /// Dataset class ids in incremental order (the first `sum(blocks)`
+    /// entries of the class order).
+    pub classes: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    /// Incremental class index -> training-image indices kept as exemplars,
+    /// in selection order.
+    pub exemplars: BTreeMap<usize, Vec<usize>>,
+    /// NME class means, one per seen class (incremental order).
+    pub class_means: Vec<Vec<f32>>,
+}
+
+/// A network rebuilt from its info, with weights not yet loaded.
+pub struct Model {
+    pub vs: nn::VarStore,
+    pub backbone: Backbone,
+    pub head: Head,
+}
+
+impl Model {
+    pub fn build(info: &ModelInfo, device: tch::Device) -> Result<Model> {
+        let vs = nn::VarStore::new(device);
+        let spec = net_spec(&info.network)?;
+        let backbone = Backbone::new(&(vs.root() / "backbone"), &spec)?;
+        let mut head = Head::new(&(vs.root() / "head"), &info.head, backbone.out_dim())?;
+        for &n in &info.blocks {
+            head.add_classes(&(vs.root() / "head"), n, None)?;
+        }
+        Ok(Model { vs, backbone, head })
+    }
+
+    /// Rebuilds a train stage's output and loads its weights.
+    pub fn load(dir: &Path, device: tch::Device) -> Result<(Model, ModelInfo, Memory)> {
+        let info: ModelInfo = read_json(&dir.join("model.json"))?;
+        let memory: Memory = read_json(&dir.join("memory.json"))?;
+        let mut model = Model::build(&info, device)?;
+        crate::checkpoint::load(&mut model.vs, &dir.join("model.safetensors"))?;
+        Ok((model, info, memory))
+    }
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| StageError::invalid(path, e.to_string()))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("serialises");
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).map_err(|e| StageError::io(path, e))
+}
+
+/// Position of each dataset class in the order (`usize::MAX` if absent).
+pub fn positions(order: &[u32], num_classes: usize) -> Vec<usize> {
+    let mut pos = vec![usize::MAX; num_classes];
+    for (i, &c) in order.iter().enumerate() {
+        if let Some(p) = pos.get_mut(c as usize) {
+            *p = i;
+        }
+    }
+    pos
+}
