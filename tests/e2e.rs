@@ -931,3 +931,60 @@ experiments:
         0
     );
 }
+
+#[test]
+fn every_method_preset_trains_with_and_without_bsce() {
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        r#"
+datasets:
+  synth:
+    synthetic: {classes: 6, train_per_class: 30, test_per_class: 10, image_size: 16, seed: 7}
+orders:
+  o: {numpy_seed: 1993}
+settings:
+  s: {base: 3, increment: 1, steps: 2}
+methods:
+  icarl: {preset: icarl, memory: {per_class: 5}}
+  icarl_bsce: {extends: icarl, bsce: true}
+  lucir: {preset: lucir, memory: {per_class: 5}}
+  lucir_bsce: {extends: lucir, bsce: true}
+  podnet: {preset: podnet, memory: {total: 30}}
+  podnet_bsce: {extends: podnet, bsce: true, memory: {selection: random}}
+recipes:
+  r: {epochs: 2, batch_size: 16, lr: 0.05, schedule: multistep, milestones: [1]}
+experiments:
+  e: {dataset: synth, orders: [o], settings: [s], methods: [icarl, icarl_bsce, lucir, lucir_bsce, podnet, podnet_bsce], recipe: r, network: tiny}
+"#,
+    );
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["failed"], 0, "{}", r.stderr);
+    let res = p.run(&["results", "c.yaml", "--json"]).ok().json();
+    let runs = res["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6);
+    for run in runs {
+        assert!(
+            run["average_incremental_accuracy"]["cnn"].is_number(),
+            "{run}"
+        );
+        assert!(
+            run["average_incremental_accuracy"]["nme"].is_number(),
+            "{run}"
+        );
+    }
+    // LUCIR and PODNet fine-tune on balanced memory after each new task,
+    // their BSCE variants do not: the log of task 1 says so.
+    let log = |label: &str| -> String {
+        let rec = find_action(&p.store(), label);
+        let d = rec["outputs"]["log.json"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        std::fs::read_to_string(p.store().join("cas").join(&d[..2]).join(&d[2..])).unwrap()
+    };
+    assert!(log("train/synth/o/lucir/seed0/s/t1").contains("finetune_epoch"));
+    assert!(!log("train/synth/o/lucir_bsce/seed0/s/t1").contains("finetune_epoch"));
+    assert!(log("train/synth/o/podnet/seed0/s/t1").contains("pod_spatial"));
+    assert!(log("train/synth/o/lucir/seed0/s/t1").contains("margin_ranking"));
+}

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::{positions, write_json, Memory, Model, ModelInfo};
+use crate::classifier::HeadSpec;
 use crate::data::{augment, flip_horizontal, gather, substream, AugmentSpec, Batches};
 use crate::loss;
 use crate::memory::{class_mean, herding, random_selection, MemoryBudget};
@@ -111,17 +112,35 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         }
     };
     let imprint = if p.task > 0 && matches!(preset, Preset::Lucir | Preset::Podnet) {
-        let mut means = Vec::new();
+        let proxies = match info.head {
+            HeadSpec::LocalSimilarity { proxies, .. } => proxies,
+            _ => 1,
+        };
+        let mut rows = Vec::new();
         for c in p.start..p.end {
             let idx: Vec<usize> = train_idx
                 .iter()
                 .copied()
                 .filter(|&i| target_of(i) as usize == c)
                 .collect();
-            let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &feature_of);
-            means.push(f.mean_dim(0, false, Kind::Float));
+            let f = l2_normalise(&extract(
+                &model,
+                &ds,
+                hwc,
+                &idx,
+                &aug,
+                device,
+                false,
+                &feature_of,
+            ));
+            // LUCIR: the mean direction; PODNet: k-means centres, one per proxy.
+            rows.push(if proxies == 1 {
+                f.mean_dim(0, true, Kind::Float)
+            } else {
+                kmeans(&f, proxies, 20)
+            });
         }
-        Some(Tensor::stack(&means, 0))
+        Some(Tensor::cat(&rows, 0))
     } else {
         None
     };
@@ -357,6 +376,33 @@ fn task_loss(
         }
     }
     Ok(terms)
+}
+
+fn l2_normalise(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
+}
+
+/// `k` centres of `points` ([n, d]) by Lloyd's algorithm, started from `k`
+/// evenly spaced points so the result is deterministic; an empty cluster
+/// keeps its previous centre.
+fn kmeans(points: &Tensor, k: i64, iterations: usize) -> Tensor {
+    let n = points.size()[0];
+    let start: Vec<i64> = (0..k).map(|j| (j * n / k).min(n - 1)).collect();
+    let mut centres = points.index_select(0, &Tensor::from_slice(&start).to(points.device()));
+    for _ in 0..iterations {
+        let assign = Tensor::cdist(points, &centres, 2.0, None).argmin(1, false);
+        let mut next = Vec::with_capacity(k as usize);
+        for j in 0..k {
+            let members = points.index_select(0, &assign.eq(j).nonzero().squeeze_dim(1));
+            next.push(if members.size()[0] == 0 {
+                centres.get(j)
+            } else {
+                members.mean_dim(0, false, Kind::Float)
+            });
+        }
+        centres = Tensor::stack(&next, 0);
+    }
+    centres
 }
 
 /// Features of `idx` training images in eval mode, batch by batch.
