@@ -3,6 +3,7 @@
 # same run on the same machine. Usage: bash bench/run.sh  (after scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 BIN="${BSCE_BIN:-$PWD/target/bsce-pipe}"
 test -x "$BIN" || { echo "run scripts/setup.sh first" >&2; exit 1; }
 WORK="${BENCH_DIR:-$(mktemp -d)}"
@@ -58,3 +59,18 @@ print('%.3f' % [r for r in recs if r['label']=='prepare/c'][0]['provenance']['wa
 peer=$("$PY" bench/cifar_archive.py --load "$WORK/cifar-100-python.tar.gz")
 printf 'prepare stage (read, decode, validate, write, child process): %.2fs; torchvision-style pickle+numpy load: %.2fs; ratio %.2fx\n' \
   "$prep" "$peer" "$(echo "$prep / $peer" | bc -l)"
+
+echo "== ResNet-32 training step (batch 128, random 32x32 inputs, CE, SGD) against PyTorch on the same libtorch"
+TORCH_BIN="$(dirname "$BIN")/bsce-torch"
+ITERS="${BENCH_TRAIN_ITERS:-10}"
+ours=$("$TORCH_BIN" bench-train 128 "$ITERS" | python3 -c "import json,sys; print(json.load(sys.stdin)['images_per_s'])")
+theirs=$("$PY" bench/train_step.py 128 "$ITERS" | python3 -c "import json,sys; print(json.load(sys.stdin)['images_per_s'])")
+printf 'bsce-torch: %.1f images/s; PyTorch script: %.1f images/s; ratio %.2fx (target >= 1.0)\n' \
+  "$ours" "$theirs" "$(echo "$ours / $theirs" | bc -l)"
+
+echo "== data path: gather + augment 128-image CIFAR batches from the in-memory u8 array"
+loader=$("$TORCH_BIN" bench-loader 128 200 | python3 -c "import json,sys; print(json.load(sys.stdin)['images_per_s'])")
+printf 'loader: %.0f images/s, %.0fx the training step above: it never starves it\n' "$loader" "$(echo "$loader / $ours" | bc -l)"
+
+echo "== JPEG decode + resize throughput (image-folder preparation)"
+cargo bench -q -p bsce-stages --bench jpeg 2>/dev/null | grep images/s

@@ -4,6 +4,7 @@
 //!
 //! | module         | what it holds                                               |
 //! |----------------|-------------------------------------------------------------|
+//! | [`bench`]      | the training-step and loader measurements of bench/run.sh    |
 //! | [`runtime`]    | device choice, threads, determinism, `doctor` facts          |
 //! | [`net`]        | ResNet-32 (CIFAR) and ResNet-18 (ImageNet) backbones         |
 //! | [`classifier`] | growing linear, cosine (LUCIR) and local-similarity (PODNet) heads |
@@ -17,6 +18,7 @@
 //! The formulas follow ../shared/reference/method-formulas.md; where a
 //! reference's code and paper differ, the code's behaviour is the default.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;

@@ -4,7 +4,8 @@
 //! (with CUDA, about 1 GB of shared libraries) costs ~0.4 s per process:
 //! `bsce-pipe` itself and the data stages start in milliseconds.
 //!
-//! Usage (internal): `bsce-torch doctor [--json]`, `bsce-torch exec-stage JOB`.
+//! Usage (internal): `bsce-torch doctor [--json]`, `bsce-torch exec-stage JOB`,
+//! `bsce-torch bench-train BATCH ITERS`, `bsce-torch bench-loader BATCH ITERS`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -29,6 +30,29 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        ["bench-train", batch, iters] | ["bench-loader", batch, iters] => {
+            let parse = |s: &str| s.parse::<usize>().unwrap_or(0);
+            let device = if tch::Cuda::is_available() {
+                tch::Device::Cuda(0)
+            } else {
+                tch::Device::Cpu
+            };
+            let result = if args[0] == "bench-train" {
+                bsce_train::bench::train_step(parse(batch) as i64, parse(iters), 3, device)
+            } else {
+                bsce_train::bench::loader(parse(iters), device)
+            };
+            match result {
+                Ok(v) => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         ["exec-stage", job] => {
             let job = match StageJob::read(Path::new(job)) {
