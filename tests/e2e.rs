@@ -988,3 +988,104 @@ experiments:
     assert!(log("train/synth/o/podnet/seed0/s/t1").contains("pod_spatial"));
     assert!(log("train/synth/o/lucir/seed0/s/t1").contains("margin_ranking"));
 }
+
+#[test]
+fn an_image_folder_tree_is_inspected_prepared_and_ordered() {
+    let p = Project::new();
+    // Three classes of solid-colour JPEGs of assorted sizes, a val folder,
+    // and a subset file that keeps two of them.
+    let colours = [
+        ("n01", [200u8, 30, 30]),
+        ("n02", [30, 200, 30]),
+        ("n03", [30, 30, 200]),
+    ];
+    for (split, n) in [("train", 4), ("val", 2)] {
+        for (wnid, rgb) in colours {
+            let dir = p.path(&format!("tree/{split}/{wnid}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_pixel(40 + 10 * i, 30 + 5 * i, image::Rgb(rgb));
+                img.save(dir.join(format!("img{i}.JPEG"))).unwrap();
+            }
+        }
+    }
+    p.write("subset.txt", "# two classes\nn03\nn01\n");
+    let j = p.run(&["dataset", "inspect", "tree", "--json"]).ok().json();
+    assert_eq!(j["format"], "image-folder");
+    assert_eq!(j["classes"], 3);
+    assert_eq!(j["train"], 12);
+    assert_eq!(j["test"], 6);
+    p.write(
+        "c.yaml",
+        "datasets:\n  inet:\n    image_folder: {root: tree, subset: subset.txt, size: 16}\norders:\n  o: {explicit: [1, 0]}\nsettings:\n  s: {base: 1, increment: 1}\nexperiments:\n  e: {dataset: inet, orders: [o], settings: [s]}\n",
+    );
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["executed"], 3, "{}", r.stderr);
+    let rec = find_action(&p.store(), "prepare/inet");
+    let d = rec["outputs"]["meta.json"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let meta_path = p.store().join("cas").join(&d[..2]).join(&d[2..]);
+    let meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    assert_eq!(meta["classes"], serde_json::json!(["n01", "n03"]));
+    assert_eq!(meta["train_count"], 8);
+    assert_eq!(meta["height"], 16);
+    // The prepared artefact itself can be inspected.
+    let d = rec["outputs"]["train.images"]["digest"].as_str().unwrap();
+    assert_eq!(
+        rec["outputs"]["train.images"]["size"],
+        8 * 16 * 16 * 3,
+        "{d}"
+    );
+    // An order that does not fit the prepared class count fails the stage.
+    p.write(
+        "c.yaml",
+        &std::fs::read_to_string(p.path("c.yaml"))
+            .unwrap()
+            .replace("[1, 0]", "[2, 1, 0]"),
+    );
+    let r = p.run(&["run", "c.yaml", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("FAILED   order/inet/o"), "{}", r.stderr);
+    assert!(r.stderr.contains("the dataset has 2"), "{}", r.stderr);
+}
+
+#[test]
+fn published_recipes_are_built_in() {
+    let p = Project::new();
+    let config = |recipe: &str| {
+        format!(
+            "{SMALL}    methods: [m]\n    recipe: {recipe}\nmethods:\n  m: {{preset: podnet}}\n"
+        )
+    };
+    p.write("c.yaml", &config("podnet_cifar100"));
+    let dag = p.run(&["dag", "c.yaml"]).ok().stdout;
+    assert!(dag.contains("train/synth/a/m/seed0/b2/t0 [train]"), "{dag}");
+    p.write("c.yaml", &config("podnet_cifar10"));
+    let r = p.run(&["dag", "c.yaml"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("unknown recipe `podnet_cifar10`; did you mean `podnet_cifar100`?"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bsce_torch_keeps_libtorch_cuda_linked() {
+    // With --as-needed the linker drops libtorch_cuda (no symbol of it is
+    // referenced) and CUDA then looks unavailable on GPU hosts.
+    let torch = Path::new(BIN).with_file_name("bsce-torch");
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(&torch)
+        .output()
+        .expect("readelf (binutils) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[libtorch_cuda.so]"), "{}", text);
+    // bsce-pipe itself does not load libtorch at all.
+    let out = Command::new("readelf").arg("-d").arg(BIN).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("libtorch"));
+}

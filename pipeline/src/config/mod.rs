@@ -3,6 +3,7 @@
 //! file:line:column and the key path.
 
 pub mod locate;
+pub mod presets;
 pub mod raw;
 pub mod resolve;
 

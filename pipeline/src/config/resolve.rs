@@ -257,7 +257,20 @@ pub fn resolve(
             }
         }
         if let Some(r) = &e.recipe {
-            cx.reference(format!("{at}.recipe"), "recipe", r, &recipes)?;
+            if !recipes.contains_key(r) {
+                match super::presets::recipe(r) {
+                    Some(builtin) => {
+                        recipes.insert(r.clone(), builtin);
+                    }
+                    None => {
+                        let mut known = recipes.clone();
+                        for n in super::presets::RECIPE_NAMES {
+                            known.insert(n.to_string(), Value::Null);
+                        }
+                        cx.reference(format!("{at}.recipe"), "recipe", r, &known)?;
+                    }
+                }
+            }
             if e.methods.is_empty() {
                 return Err(cx.err(
                     format!("{at}.methods"),
