@@ -298,24 +298,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 // never leaves a new store behind.
                 let scratch = tempdir()?;
                 let s = LocalStore::open(&scratch.0)?;
-                let engine = Engine {
-                    plan: &plan,
-                    store: &s,
-                    catalog: &catalog,
-                    ctx: &ctx,
-                    downloads: root.join("downloads"),
-                };
+                let engine = Engine::new(&plan, &s, &catalog, &ctx);
                 engine.status(&opts)?;
             }
             let store = LocalStore::open(&root)?;
             install_signal_handlers();
-            let engine = Engine {
-                plan: &plan,
-                store: &store,
-                catalog: &catalog,
-                ctx: &ctx,
-                downloads: root.join("downloads"),
-            };
+            let engine = Engine::new(&plan, &store, &catalog, &ctx);
             let mut reporter = reporter::TerminalReporter::new(false);
             let summary = engine.run(&opts, &mut reporter)?;
             drop(reporter);
@@ -368,13 +356,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } = load(&config, &store)?;
             let store = existing_store(&root)?;
             let ctx = run_context()?;
-            let engine = Engine {
-                plan: &plan,
-                store: &store,
-                catalog: &catalog,
-                ctx: &ctx,
-                downloads: root.join("downloads"),
-            };
+            let engine = Engine::new(&plan, &store, &catalog, &ctx);
             let status = engine.status(&RunOptions::default())?;
             let runs = results::collect(&plan, &status, &store);
             if json {
@@ -458,13 +440,7 @@ fn print_status(
         }
     };
     let ctx = run_context()?;
-    let engine = Engine {
-        plan,
-        store: &store,
-        catalog,
-        ctx: &ctx,
-        downloads: root.join("downloads"),
-    };
+    let engine = Engine::new(plan, &store, catalog, &ctx);
     let status = engine.status(opts)?;
     let mut rows = Vec::new();
     let (mut cached, mut to_run) = (0, 0);
@@ -572,13 +548,7 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                 }
                 let s = existing_store(&r)?;
                 let plan = Plan::from_config(&cfg);
-                let engine = Engine {
-                    plan: &plan,
-                    store: &s,
-                    catalog: &catalog,
-                    ctx: &ctx,
-                    downloads: r.join("downloads"),
-                };
+                let engine = Engine::new(&plan, &s, &catalog, &ctx);
                 for st in engine.status(&RunOptions::default())? {
                     if let NodeStatus::Cached { key, .. } = st {
                         keys.insert(key);

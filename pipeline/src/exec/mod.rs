@@ -90,6 +90,22 @@ struct Sources {
 }
 
 impl<'a> Engine<'a> {
+    /// An engine over `store`; downloads land in the store's `downloads/`.
+    pub fn new(
+        plan: &'a Plan,
+        store: &'a LocalStore,
+        catalog: &'a dyn StageCatalog,
+        ctx: &'a RunContext,
+    ) -> Self {
+        Engine {
+            plan,
+            store,
+            catalog,
+            ctx,
+            downloads: store.root().join("downloads"),
+        }
+    }
+
     fn resolve_sources(&self) -> Result<Vec<Sources>, EngineError> {
         let digester = SourceDigester::new(self.store.state_dir(), self.store.tmp_dir());
         let mut out = Vec::with_capacity(self.plan.nodes.len());
