@@ -350,7 +350,8 @@ fn a_killed_run_leaves_no_partial_result_and_the_next_run_resumes() {
     wait_for(&mut child, |s| {
         s.contains("done     tasks/small/a/s") && s.contains("run      prepare/big")
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Mid-stage: preparing the big set takes about a second.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     child.kill().unwrap();
     child.wait().unwrap();
     // Every blob in the store is whole; the killed stage has no record.
@@ -958,17 +959,18 @@ methods:
   lucir_bsce: {extends: lucir, bsce: true}
   podnet: {preset: podnet, memory: {total: 30}}
   podnet_bsce: {extends: podnet, bsce: true, memory: {selection: random}}
+  no_memory: {preset: finetune}
 recipes:
   r: {epochs: 2, batch_size: 16, lr: 0.05, schedule: multistep, milestones: [1]}
 experiments:
-  e: {dataset: synth, orders: [o], settings: [s], methods: [icarl, icarl_bsce, lucir, lucir_bsce, podnet, podnet_bsce], recipe: r, network: tiny}
+  e: {dataset: synth, orders: [o], settings: [s], methods: [icarl, icarl_bsce, lucir, lucir_bsce, podnet, podnet_bsce, no_memory], recipe: r, network: tiny}
 "#,
     );
     let r = p.run(&["run", "c.yaml", "--json"]).ok();
     assert_eq!(r.json()["failed"], 0, "{}", r.stderr);
     let res = p.run(&["results", "c.yaml", "--json"]).ok().json();
     let runs = res["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 6);
+    assert_eq!(runs.len(), 7);
     for run in runs {
         assert!(
             run["average_incremental_accuracy"]["cnn"].is_number(),
@@ -993,6 +995,30 @@ experiments:
     assert!(!log("train/synth/o/lucir_bsce/seed0/s/t1").contains("finetune_epoch"));
     assert!(log("train/synth/o/podnet/seed0/s/t1").contains("pod_spatial"));
     assert!(log("train/synth/o/lucir/seed0/s/t1").contains("margin_ranking"));
+    // Without memory, old classes keep the NME means of the task that
+    // learnt them: no old image is looked at again.
+    let memory = |label: &str| -> Value {
+        let rec = find_action(&p.store(), label);
+        let d = rec["outputs"]["memory.json"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        serde_json::from_slice(
+            &std::fs::read(p.store().join("cas").join(&d[..2]).join(&d[2..])).unwrap(),
+        )
+        .unwrap()
+    };
+    let (t0, t1) = (
+        memory("train/synth/o/no_memory/seed0/b3/t0"),
+        memory("train/synth/o/no_memory/seed0/s/t1"),
+    );
+    assert_eq!(t1["exemplars"], serde_json::json!({}));
+    assert_eq!(t1["class_means"].as_array().unwrap().len(), 4);
+    assert_eq!(t1["class_means"][0], t0["class_means"][0]);
+    assert_ne!(
+        memory("train/synth/o/icarl/seed0/s/t1")["class_means"][0],
+        memory("train/synth/o/icarl/seed0/b3/t0")["class_means"][0]
+    );
 }
 
 #[test]

@@ -277,22 +277,36 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 .insert(c, chosen.into_iter().map(|k| idx[k]).collect());
         }
     }
-    // NME class means from exemplars (with flipped copies), or from all of
-    // a class's images when the method keeps no memory.
-    memory.class_means = (0..p.end)
-        .map(|c| {
-            let idx: Vec<usize> = match memory.exemplars.get(&c) {
-                Some(ex) if !ex.is_empty() => ex.clone(),
-                _ => (0..labels.len())
-                    .filter(|&i| target_of(i) as usize == c)
-                    .collect(),
-            };
-            let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &feature_of);
-            let ff = extract(&model, &ds, hwc, &idx, &aug, device, true, &feature_of);
+    // NME class means from exemplars (with flipped copies). A method that
+    // keeps no memory has no old images any more: its old classes keep the
+    // means computed when they were learnt, and new classes use all their
+    // images, which this task has.
+    let previous_means = std::mem::take(&mut memory.class_means);
+    let mut means = Vec::with_capacity(p.end);
+    for c in 0..p.end {
+        let idx: Vec<usize> = match memory.exemplars.get(&c) {
+            Some(ex) if !ex.is_empty() => ex.clone(),
+            _ if c < p.start => {
+                let old = previous_means.get(c).cloned().ok_or_else(|| {
+                    StageError::Other(format!(
+                        "previous memory has no exemplars nor mean for class {c}"
+                    ))
+                })?;
+                means.push(old);
+                continue;
+            }
+            _ => (0..labels.len())
+                .filter(|&i| target_of(i) as usize == c)
+                .collect(),
+        };
+        let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &feature_of);
+        let ff = extract(&model, &ds, hwc, &idx, &aug, device, true, &feature_of);
+        means.push(
             Vec::<f32>::try_from(class_mean(&f, Some(&ff)).to_device(Device::Cpu))
-                .unwrap_or_default()
-        })
-        .collect();
+                .unwrap_or_default(),
+        );
+    }
+    memory.class_means = means;
 
     crate::checkpoint::save(&model.vs, &job.out_dir.join("model.safetensors"))?;
     write_json(&job.out_dir.join("model.json"), &info)?;
