@@ -1,15 +1,40 @@
-//! Records the git commit the binary was built from (provenance only; it is
-//! never part of a stage key: stage code digests are).
+//! Records the git commit the binary was built from, and whether the tree
+//! had uncommitted changes, for `--version` and provenance (never part of a
+//! stage key: stage code digests are).
+//!
+//! Reruns when HEAD moves, the index changes, or any workspace source
+//! changes (cargo rescans the folders), so "dirty" is never stale.
 
-fn main() {
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    println!("cargo:rustc-env=BSCE_GIT_COMMIT={commit}");
+}
+
+fn main() {
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+    for p in [".git/HEAD", ".git/index", ".git/refs/heads", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={root}/{p}");
+    }
+    for dir in ["src", "pipeline/src", "stages/src", "train/src", "configs", "scripts"] {
+        println!("cargo:rerun-if-changed={root}/{dir}");
+    }
+    let commit = git(&["-C", &root, "rev-parse", "HEAD"]).unwrap_or_default();
+    let dirty = !commit.is_empty()
+        && git(&["-C", &root, "status", "--porcelain", "--untracked-files=normal"])
+            .is_some_and(|s| !s.is_empty());
+    let version = env!("CARGO_PKG_VERSION");
+    let long = match (commit.is_empty(), dirty) {
+        (true, _) => format!("{version} (commit unknown: not built from a git checkout)"),
+        (false, false) => format!("{version} (commit {commit})"),
+        (false, true) => format!("{version} (commit {commit}, dirty)"),
+    };
+    let provenance = if dirty { format!("{commit}-dirty") } else { commit };
+    println!("cargo:rustc-env=BSCE_GIT_COMMIT={provenance}");
+    println!("cargo:rustc-env=BSCE_LONG_VERSION={long}");
 }

@@ -35,14 +35,33 @@ if [ ! -e .venv ] || [ -L .venv ]; then
   ln -sfn "$VENV_CACHE" .venv
 fi
 
-say "building (cargo build --release --workspace, target dir $CARGO_TARGET_DIR)"
+# Every checkout shares the dependency build in $CARGO_TARGET_DIR, but gets
+# binaries of its own source. Cargo names the workspace's own units by their
+# path inside the workspace, so two checkouts map to the same artefacts and
+# their mtime checks can take one checkout's build for the other's. So: when
+# the shared dir was last built from another checkout, its workspace units
+# are cleaned first (dependencies stay), and the binaries are copied (not
+# linked) into this checkout's target/. One setup at a time builds there.
 source scripts/env.sh
+mkdir -p "$CARGO_TARGET_DIR" target
+here="$(pwd -P)"
+exec 9>"$CARGO_TARGET_DIR/.bsce-build.lock"
+flock 9
+last="$(cat "$CARGO_TARGET_DIR/.bsce-last-checkout" 2>/dev/null || true)"
+if [ -n "$last" ] && [ "$last" != "$here" ]; then
+  say "the shared build was last made from $last; rebuilding this checkout's crates"
+  cargo clean --release -p bsce-pipe -p bsce-pipeline -p bsce-stages -p bsce-train 2>/dev/null
+fi
+echo "$here" > "$CARGO_TARGET_DIR/.bsce-last-checkout"
+say "building (cargo build --release --workspace, target dir $CARGO_TARGET_DIR)"
 cargo build --release --workspace --locked
-mkdir -p target
 for bin in bsce-pipe bsce-torch; do
-  ln -sfn "$CARGO_TARGET_DIR/release/$bin" "target/$bin"
+  rm -f "target/$bin"
+  cp "$CARGO_TARGET_DIR/release/$bin" "target/$bin.tmp"
+  mv -f "target/$bin.tmp" "target/$bin"
 done
-say "built target/bsce-pipe and target/bsce-torch (the libtorch half, run by bsce-pipe)"
+exec 9>&-
+say "built $(target/bsce-pipe --version) into target/ (bsce-torch: the libtorch half, run by bsce-pipe)"
 
 if [ "${1:-}" = "--run" ]; then
   shift

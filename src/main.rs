@@ -17,18 +17,23 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use bsce_pipeline::config::{self, Config};
-use bsce_pipeline::exec::job::{ChildReporter, StageJob};
-use bsce_pipeline::exec::{Engine, EngineError, NodeStatus, RunContext, RunOptions, INTERRUPTED};
+use bsce_pipeline::catalog::Runner;
+use bsce_pipeline::exec::{CancelToken, Engine, EngineError, NodeStatus, RunContext, RunOptions};
+use bsce_pipeline::store::lock::FileLock;
+use bsce_pipeline::store::locate;
 use bsce_pipeline::maintenance;
 use bsce_pipeline::plan::Plan;
 use bsce_pipeline::store::LocalStore;
 use bsce_stages::stage::Catalog;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `0.1.0 (commit <sha>[, dirty])`, from build.rs.
+const LONG_VERSION: &str = env!("BSCE_LONG_VERSION");
+
 #[derive(Parser)]
 #[command(
     name = "bsce-pipe",
-    version,
+    version = LONG_VERSION,
     about = "Reproduce Balanced Softmax Cross-Entropy for Incremental Learning, every result computed once"
 )]
 struct Cli {
@@ -38,8 +43,9 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct StoreArgs {
-    /// Store directory [default: the config's store.path, else .bsce beside the config; env BSCE_STORE]
-    #[arg(long, env = "BSCE_STORE")]
+    /// Store directory [default: env BSCE_STORE, else the config's store.path, else the nearest
+    /// .bsce above the config (or the working folder), else a new .bsce at the project root]
+    #[arg(long)]
     store: Option<PathBuf>,
 }
 
@@ -53,9 +59,12 @@ enum Command {
         /// Stages run in parallel [default: number of CPUs]
         #[arg(long, short)]
         jobs: Option<usize>,
-        /// GPUs to use, one per training stage (e.g. 0,1)
+        /// GPUs for training and evaluation stages (e.g. 0,1); a GPU stage waits for a free one
         #[arg(long, value_delimiter = ',')]
         gpus: Vec<u32>,
+        /// GPU stages sharing one GPU [default 1; per kind: the config's stages_per_gpu]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        stages_per_gpu: u32,
         /// Go on with independent stages after a failure
         #[arg(long)]
         keep_going: bool,
@@ -80,6 +89,17 @@ enum Command {
     /// Every evaluation result of CONFIG that is in the store (missing ones marked).
     Results {
         config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a stage is cached or must run: its key record (params, inputs,
+    /// libraries) and the source files in its code digest.
+    Explain {
+        config: PathBuf,
+        /// A stage label (see `status`)
+        label: String,
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long)]
@@ -132,8 +152,8 @@ enum DagFormat {
 enum CacheCommand {
     /// Re-hash every blob; move corrupt ones to quarantine/.
     Verify {
-        #[arg(long, env = "BSCE_STORE", default_value = ".bsce")]
-        store: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -141,15 +161,15 @@ enum CacheCommand {
     Gc {
         #[arg(long, required = true, num_args = 1..)]
         keep: Vec<PathBuf>,
-        #[arg(long, env = "BSCE_STORE")]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
     /// Sizes per stage kind.
     Du {
-        #[arg(long, env = "BSCE_STORE", default_value = ".bsce")]
-        store: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -199,6 +219,16 @@ impl std::fmt::Display for BadInput {
 }
 impl std::error::Error for BadInput {}
 
+/// The store is locked by another process: exit 3.
+#[derive(Debug)]
+struct StoreBusy(String);
+impl std::fmt::Display for StoreBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for StoreBusy {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -213,6 +243,10 @@ fn main() -> ExitCode {
             if let Some(EngineError::Source(_)) = e.downcast_ref::<EngineError>() {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
+            }
+            if e.downcast_ref::<StoreBusy>().is_some() {
+                eprintln!("error: {e}");
+                return ExitCode::from(3);
             }
             eprintln!("error: {e:#}");
             ExitCode::from(3)
@@ -238,6 +272,7 @@ fn load_config(path: &Path, catalog: &Catalog) -> Result<Config> {
 /// A config resolved into its plan and the store it uses.
 struct Loaded {
     catalog: Catalog,
+    cfg: Config,
     plan: Plan,
     root: PathBuf,
 }
@@ -245,18 +280,52 @@ struct Loaded {
 fn load(config: &Path, store: &StoreArgs) -> Result<Loaded> {
     let catalog = catalog();
     let cfg = load_config(config, &catalog)?;
+    let choice = locate::choose(
+        store.store.as_deref(),
+        env_store().as_deref(),
+        Some((&cfg.file, cfg.store_path.as_deref())),
+        &cwd(),
+    )
+    .expect("a config always gives a store");
+    announce(&choice);
     Ok(Loaded {
         plan: Plan::from_config(&cfg),
-        root: store_root(store, &cfg),
+        root: choice.root,
+        cfg,
         catalog,
     })
 }
 
-fn store_root(args: &StoreArgs, cfg: &Config) -> PathBuf {
-    args.store
-        .clone()
-        .or_else(|| cfg.store_path.clone())
-        .unwrap_or_else(|| cfg.file.parent().unwrap_or(Path::new(".")).join(".bsce"))
+/// `BSCE_STORE`, read once here.
+fn env_store() -> Option<PathBuf> {
+    std::env::var_os("BSCE_STORE").map(PathBuf::from)
+}
+
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// When the rule found a store the user did not name, say which (stderr:
+/// stdout may be JSON). A new one is announced by `run` once it exists.
+fn announce(choice: &locate::StoreChoice) {
+    if matches!(choice.origin, locate::StoreOrigin::Enclosing(_)) {
+        let _ = writeln!(std::io::stderr(), "using {choice}");
+    }
+}
+
+/// The store of a command without a config: flag, env, or the nearest above
+/// the working folder.
+fn found_store(args: &StoreArgs) -> Result<LocalStore> {
+    let Some(choice) = locate::choose(args.store.as_deref(), env_store().as_deref(), None, &cwd())
+    else {
+        return Err(BadInput(format!(
+            "no bsce-pipe store in {} or any folder above it; pass --store DIR or set BSCE_STORE",
+            cwd().display()
+        ))
+        .into());
+    };
+    announce(&choice);
+    existing_store(&choice.root)
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -266,6 +335,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             store,
             jobs,
             gpus,
+            stages_per_gpu,
             keep_going,
             dry_run,
             force,
@@ -273,6 +343,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let Loaded {
                 catalog,
+                cfg,
                 plan,
                 root,
             } = load(&config, &store)?;
@@ -283,6 +354,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         .unwrap_or(1)
                 }),
                 gpus,
+                stages_per_gpu,
+                stages_per_gpu_kind: cfg.stages_per_gpu.clone(),
                 keep_going,
                 force,
             };
@@ -301,11 +374,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 let engine = Engine::new(&plan, &s, &catalog, &ctx);
                 engine.status(&opts)?;
             }
+            let created = LocalStore::open_existing(&root).is_none();
             let store = LocalStore::open(&root)?;
-            install_signal_handlers();
+            if created {
+                let _ = writeln!(std::io::stderr(), "created store {}", store.root().display());
+            }
+            let _in_use = hold_store(&store)?;
+            let cancel = CancelToken::new();
+            cancel_on_signals(&cancel)?;
             let engine = Engine::new(&plan, &store, &catalog, &ctx);
             let mut reporter = reporter::TerminalReporter::new(false);
-            let summary = engine.run(&opts, &mut reporter)?;
+            let summary = engine.run(&opts, &cancel, &mut reporter)?;
             drop(reporter);
             let nothing = if summary.executed == 0 && summary.failed == 0 {
                 " (nothing to do)"
@@ -341,6 +420,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 catalog,
                 plan,
                 root,
+                ..
             } = load(&config, &store)?;
             print_status(&plan, &root, &catalog, &RunOptions::default(), json, false)
         }
@@ -353,6 +433,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 catalog,
                 plan,
                 root,
+                ..
             } = load(&config, &store)?;
             let store = existing_store(&root)?;
             let ctx = run_context()?;
@@ -368,6 +449,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 results::print_summary(&runs);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            config,
+            label,
+            store,
+            json,
+        } => {
+            let Loaded {
+                catalog,
+                plan,
+                root,
+                ..
+            } = load(&config, &store)?;
+            explain(&plan, &root, &catalog, &label, json)
         }
         Command::Dag { config, format } => {
             let cfg = load_config(&config, &catalog())?;
@@ -416,6 +511,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn run_context() -> Result<RunContext> {
+    // The commit, with `-dirty` when the tree had uncommitted changes.
     let commit = option_env!("BSCE_GIT_COMMIT").filter(|c| !c.is_empty());
     Ok(RunContext::detect(env!("CARGO_PKG_VERSION"), commit)?)
 }
@@ -482,6 +578,87 @@ fn print_status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `explain CONFIG LABEL`: reads the store, writes nothing.
+fn explain(plan: &Plan, root: &Path, catalog: &Catalog, label: &str, json: bool) -> Result<ExitCode> {
+    use bsce_pipeline::catalog::StageCatalog;
+    let Some(id) = plan.nodes.iter().position(|n| n.label == label) else {
+        let labels = plan.nodes.iter().map(|n| n.label.as_str());
+        let hint = config::did_you_mean(label, labels)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_else(|| "; `status CONFIG` lists every label".into());
+        return Err(BadInput(format!("no stage labelled `{label}` in this config{hint}")).into());
+    };
+    let scratch;
+    let store = match LocalStore::open_existing(root) {
+        Some(s) => s,
+        None => {
+            scratch = tempdir()?;
+            LocalStore::open(&scratch.0)?
+        }
+    };
+    let ctx = run_context()?;
+    let engine = Engine::new(plan, &store, catalog, &ctx);
+    let e = engine.explain(&RunOptions::default())?.swap_remove(id);
+    let node = &plan.nodes[id];
+    let spec = node.kind.spec();
+    let files = catalog.code_files(node.kind, spec.variant_of(&node.params));
+    let (state, key, reasons) = match &e.status {
+        NodeStatus::Cached { key, .. } => ("cached", Some(*key), vec![]),
+        NodeStatus::ToRun { key, reasons } => (
+            "to-run",
+            *key,
+            reasons.iter().map(|r| r.to_string()).collect(),
+        ),
+    };
+    if json {
+        let j = serde_json::json!({
+            "label": node.label, "kind": node.kind, "runner": spec.runner.binary(),
+            "needs_gpu": spec.needs_gpu, "outputs": spec.outputs,
+            "state": state, "key": key.map(|k| k.to_hex()), "reasons": reasons,
+            "code_digest": e.record.code_digest,
+            "code_files": files.iter().map(|(f, d)| serde_json::json!({"file": f, "tokens_sha256": d})).collect::<Vec<_>>(),
+            "params": e.record.params, "inputs": e.record.inputs, "pending": e.pending,
+            "libraries": e.record.libraries, "seed": e.seed,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} [{}], run by {}{}", node.label, node.kind, spec.runner.binary(),
+        if spec.needs_gpu { ", on a GPU when --gpus gives one" } else { "" });
+    match key {
+        Some(k) => println!("key      {k}"),
+        None => println!("key      not known until its inputs are rebuilt"),
+    }
+    if reasons.is_empty() {
+        println!("state    {state}");
+    } else {
+        println!("state    {state}: {}", reasons.join("; "));
+    }
+    if let Some(seed) = e.seed {
+        println!("seed     {seed} (from params and {} inputs; never from code)",
+            if spec.seed_inputs.is_empty() { "no".to_string() } else { spec.seed_inputs.join(", ") });
+    }
+    println!("outputs  {}", spec.outputs.join(", "));
+    println!("code     {} = token streams of {} files (comments, formatting and tests left out):",
+        e.record.code_digest, files.len());
+    for (f, d) in &files {
+        println!("  {f}  {}", &d[..12]);
+    }
+    println!("params   {}", serde_json::to_string(&e.record.params)?);
+    println!("inputs");
+    for (name, d) in &e.record.inputs {
+        println!("  {name}  {d}");
+    }
+    for (name, from) in &e.pending {
+        println!("  {name}  (rebuilt by {from})");
+    }
+    if !e.record.libraries.is_empty() {
+        let libs: Vec<String> = e.record.libraries.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        println!("libraries {}", libs.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -497,7 +674,7 @@ fn tempdir() -> Result<TempDir> {
 fn cache(command: CacheCommand) -> Result<ExitCode> {
     match command {
         CacheCommand::Verify { store, json } => {
-            let store = existing_store(&store)?;
+            let store = found_store(&store)?;
             let r = maintenance::verify(&store)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -523,16 +700,22 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
             let catalog = catalog();
             let ctx = run_context()?;
             let mut keys = BTreeSet::new();
-            let mut root: Option<PathBuf> = store.clone();
+            let mut root: Option<PathBuf> = None;
+            // The store is locked before any config is read, so no run can
+            // add results between deciding what to keep and deleting.
+            let mut held: Option<(LocalStore, FileLock)> = None;
             for cfg_path in &keep {
                 let cfg = load_config(cfg_path, &catalog)?;
-                let r = store_root(
-                    &StoreArgs {
-                        store: store.clone(),
-                    },
-                    &cfg,
-                );
+                let choice = locate::choose(
+                    store.store.as_deref(),
+                    env_store().as_deref(),
+                    Some((&cfg.file, cfg.store_path.as_deref())),
+                    &cwd(),
+                )
+                .expect("a config always gives a store");
+                let r = choice.root.clone();
                 if root.is_none() {
+                    announce(&choice);
                     root = Some(r.clone());
                 }
                 if Some(&r) != root.as_ref() {
@@ -546,16 +729,31 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                     ))
                     .into());
                 }
-                let s = existing_store(&r)?;
+                if held.is_none() {
+                    let s = existing_store(&r)?;
+                    let path = s.store_lock_path();
+                    let Some(lock) =
+                        FileLock::try_exclusive(&path).with_context(|| path.display().to_string())?
+                    else {
+                        return Err(StoreBusy(format!(
+                            "store {} is in use by a running `bsce-pipe run`; run `cache gc` when it has finished",
+                            r.display()
+                        ))
+                        .into());
+                    };
+                    held = Some((s, lock));
+                }
+                let s = &held.as_ref().expect("locked above").0;
                 let plan = Plan::from_config(&cfg);
-                let engine = Engine::new(&plan, &s, &catalog, &ctx);
+                let engine = Engine::new(&plan, s, &catalog, &ctx);
                 for st in engine.status(&RunOptions::default())? {
                     if let NodeStatus::Cached { key, .. } = st {
                         keys.insert(key);
                     }
                 }
             }
-            let store = existing_store(root.as_ref().expect("at least one config"))?;
+            let (store, _lock) = held.expect("at least one config");
+
             let r = maintenance::gc(&store, &keys)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -568,7 +766,7 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CacheCommand::Du { store, json } => {
-            let store = existing_store(&store)?;
+            let store = found_store(&store)?;
             let r = maintenance::du(&store)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -594,30 +792,45 @@ fn existing_store(root: &Path) -> Result<LocalStore> {
 /// The child side of a stage: run it, report errors on stderr (the log),
 /// exit non-zero on failure.
 fn exec_stage(job_path: &Path) -> Result<ExitCode> {
-    let job =
-        StageJob::read(job_path).with_context(|| format!("reading job {}", job_path.display()))?;
-    let reporter = ChildReporter::default();
-    match bsce_stages::stage::run_job(&job, &reporter) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Ok(ExitCode::from(1))
+    Ok(bsce_stages::stage::exec_stage(
+        job_path,
+        Runner::Pipe,
+        bsce_stages::stage::PIPE_STAGES,
+    ))
+}
+
+/// The first SIGINT/SIGTERM cancels the run (children are stopped, the
+/// store keeps only complete records); a second one exits at once.
+fn cancel_on_signals(cancel: &CancelToken) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    let cancel = cancel.clone();
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if cancel.is_cancelled() {
+                // Children die with us (PDEATHSIG).
+                std::process::exit(130);
+            }
+            cancel.cancel();
         }
-    }
+    });
+    Ok(())
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        // Second Ctrl-C: leave now; children die with us (PDEATHSIG) and
-        // the store holds only complete records.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-fn install_signal_handlers() {
-    // SAFETY: the handler only touches an atomic and calls _exit.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+/// A run holds the store's lock shared for its whole length; `cache gc`
+/// takes it exclusively. Waits (saying so) while a gc is in progress.
+fn hold_store(store: &LocalStore) -> Result<FileLock> {
+    let path = store.store_lock_path();
+    let mut said = false;
+    loop {
+        if let Some(l) = FileLock::try_shared(&path).with_context(|| path.display().to_string())? {
+            return Ok(l);
+        }
+        if !said {
+            let _ = writeln!(std::io::stderr(), "waiting for `cache gc` to finish with {}", store.root().display());
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

@@ -1,11 +1,20 @@
-//! Computes each stage kind's code digest from its own source files and
-//! records the locked versions of the libraries that change its numerics.
+//! Computes each stage kind's code digest from the token streams of the
+//! sources the registry lists for it (pipeline/src/registry.rs), fails the
+//! build on a source file no kind covers and no exemption names, and
+//! records the locked versions of the libraries that change each kind's
+//! numerics.
+//!
+//! The workspace is the one being built: its path is read from cargo's
+//! environment when this script runs, never baked in when it is compiled,
+//! so every checkout sharing a target dir digests its own sources.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[path = "src/code_digest.rs"]
 mod code_digest;
+#[path = "../pipeline/src/registry.rs"]
+mod registry;
 
 /// `__version__` of the torch package the python on PATH finds (the venv's
 /// PyPI wheel, whose libtorch the training stages link), read from its
@@ -33,37 +42,72 @@ fn libtorch_version() -> String {
 }
 
 fn main() {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lock_path = crate_dir.join("../Cargo.lock");
+    let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let ws = crate_dir.parent().expect("stages/ is inside the workspace");
+    let lock_path = ws.join("Cargo.lock");
     let lock = std::fs::read_to_string(&lock_path).unwrap_or_default();
     println!("cargo:rerun-if-changed={}", lock_path.display());
-    let mut out = String::from("pub const CODE_DIGESTS: &[(&str, &str)] = &[\n");
-    for (kind, roots) in code_digest::STAGE_SOURCES {
-        for r in *roots {
-            println!("cargo:rerun-if-changed={}", crate_dir.join(r).display());
+    // Folders: cargo rescans them for any change (and for new files).
+    for root in registry::SOURCE_ROOTS {
+        println!("cargo:rerun-if-changed={}", ws.join(root).display());
+    }
+    println!("cargo:rerun-if-changed={}", ws.join("pipeline/src/registry.rs").display());
+
+    // One digest per kind, and one per kind:variant (its code plus the
+    // variant's files).
+    let mut names: Vec<String> = Vec::new();
+    let mut lists: Vec<Vec<&str>> = Vec::new();
+    for spec in registry::STAGES {
+        names.push(spec.name.to_string());
+        lists.push(spec.code.to_vec());
+        if let Some(v) = &spec.code_variants {
+            for (value, extra) in v.by_value {
+                names.push(format!("{}:{value}", spec.name));
+                lists.push(spec.code.iter().chain(extra.iter()).copied().collect());
+            }
         }
-        let digest = code_digest::digest_sources(crate_dir, roots).expect("stage sources readable");
-        writeln!(out, "    ({kind:?}, {digest:?}),").unwrap();
+    }
+    let kinds: Vec<(&str, &[&str])> = names
+        .iter()
+        .zip(&lists)
+        .map(|(n, l)| (n.as_str(), l.as_slice()))
+        .collect();
+    let exempt: Vec<&str> = registry::NO_OUTPUT_EFFECT.iter().map(|(p, _)| *p).collect();
+    let digests = match code_digest::kind_digests(ws, registry::SOURCE_ROOTS, &kinds, &exempt) {
+        Ok(d) => d,
+        Err(e) => {
+            // A plain panic message is what cargo shows of a failed build script.
+            eprintln!("error: {e}");
+            panic!("{e}");
+        }
+    };
+    let mut out = String::from(
+        "/// Per kind (and kind:variant): its code digest and (file, token-stream sha256) of each source in it.\n\
+         pub const CODE_DIGESTS: &[(&str, &str, &[(&str, &str)])] = &[\n",
+    );
+    for (kind, code) in &digests {
+        let files: Vec<String> = code
+            .files
+            .iter()
+            .map(|(f, d)| format!("({f:?}, {d:?})"))
+            .collect();
+        writeln!(out, "    ({kind:?}, {:?}, &[{}]),", code.digest, files.join(", ")).unwrap();
     }
     out.push_str("];\npub const LIBRARIES: &[(&str, &[(&str, &str)])] = &[\n");
-    for (kind, names) in code_digest::STAGE_LIBRARIES {
-        let mut versions = code_digest::locked_versions(&lock, names);
-        if names.contains(&"tch") {
-            versions.push(("libtorch".into(), libtorch_version()));
+    let torch = libtorch_version();
+    for spec in registry::STAGES {
+        let mut versions = code_digest::locked_versions(&lock, spec.libraries);
+        if spec.libraries.contains(&"tch") {
+            versions.push(("libtorch".into(), torch.clone()));
         }
         let list: Vec<String> = versions
             .iter()
             .map(|(n, v)| format!("({n:?}, {v:?})"))
             .collect();
-        writeln!(out, "    ({kind:?}, &[{}]),", list.join(", ")).unwrap();
+        writeln!(out, "    ({:?}, &[{}]),", spec.name, list.join(", ")).unwrap();
     }
     out.push_str("];\n");
-    writeln!(
-        out,
-        "pub const LIBTORCH_VERSION: &str = {:?};",
-        libtorch_version()
-    )
-    .unwrap();
+    writeln!(out, "pub const LIBTORCH_VERSION: &str = {torch:?};").unwrap();
     let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("code_digests.rs");
     std::fs::write(dest, out).unwrap();
 }

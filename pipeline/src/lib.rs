@@ -5,8 +5,10 @@
 //! | module      | role                                                        |
 //! |-------------|-------------------------------------------------------------|
 //! | [`config`]  | YAML -> raw serde types -> validated `Config`, errors with file:line:column |
+//! | [`params`]  | the typed params each stage kind reads, shared by plan and stage |
 //! | [`plan`]    | `Config` -> DAG of stage instances (pure); text/dot/mermaid  |
-//! | [`catalog`] | stage kinds and what the engine asks of their implementations |
+//! | [`registry`] | every stage kind declared once: runner, GPU, outputs, code, seed |
+//! | [`catalog`] | what the engine asks of the stage implementations (code digests) |
 //! | [`key`]     | `KeyRecord` -> stage key; `DirtyReason`s from record diffs   |
 //! | [`digest`]  | sha256 digests                                               |
 //! | [`sources`] | digests of files outside the store, with a stat cache       |
@@ -22,6 +24,8 @@ pub mod events;
 pub mod exec;
 pub mod key;
 pub mod maintenance;
+pub mod params;
 pub mod plan;
+pub mod registry;
 pub mod sources;
 pub mod store;

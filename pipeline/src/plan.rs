@@ -13,6 +13,8 @@ use crate::catalog::StageKind;
 use crate::config::{Config, DatasetSource, Experiment, MethodPreset, Network, ValDef};
 use crate::digest::Digest;
 use crate::key::canonical_json;
+use crate::params::{EvalParams, MethodParams, OrderParams, TasksParams, TrainParams};
+use crate::registry::files;
 
 pub type NodeId = usize;
 
@@ -71,14 +73,6 @@ pub struct RunRef {
     pub evaluations: Vec<NodeId>,
 }
 
-const DATASET_FILES: [&str; 5] = [
-    "meta.json",
-    "train.images",
-    "train.labels",
-    "test.images",
-    "test.labels",
-];
-
 impl Plan {
     pub fn from_config(config: &Config) -> Plan {
         let mut b = Builder::default();
@@ -90,12 +84,10 @@ impl Plan {
                 let order_node = b.add(PlanNode {
                     kind: StageKind::Order,
                     label: format!("order/{}/{}", exp.dataset, order_name),
-                    params: json!({"spec": order.spec}),
-                    inputs: vec![NodeInput {
-                        name: "dataset".into(),
-                        node: prepare,
-                        files: vec!["meta.json".into()],
-                    }],
+                    params: to_params(&OrderParams {
+                        spec: order.spec.clone(),
+                    }),
+                    inputs: vec![NodeInput::of("dataset", prepare, &[files::META])],
                     sources: vec![],
                 });
                 for setting_name in &exp.settings {
@@ -104,18 +96,14 @@ impl Plan {
                     b.add(PlanNode {
                         kind: StageKind::Tasks,
                         label: format!("tasks/{}/{}/{}", exp.dataset, order_name, setting_name),
-                        params: json!({"base": s.base, "increment": s.increment, "steps": s.steps}),
+                        params: to_params(&TasksParams {
+                            base: s.base,
+                            increment: s.increment,
+                            steps: s.steps,
+                        }),
                         inputs: vec![
-                            NodeInput {
-                                name: "dataset".into(),
-                                node: prepare,
-                                files: vec!["meta.json".into()],
-                            },
-                            NodeInput {
-                                name: "order".into(),
-                                node: order_node,
-                                files: vec!["order.json".into()],
-                            },
+                            NodeInput::of("dataset", prepare, &[files::META]),
+                            NodeInput::of("order", order_node, &[files::ORDER]),
                         ],
                         sources: vec![],
                     });
@@ -299,17 +287,27 @@ fn file_source(name: &str, path: &std::path::Path) -> SourceInput {
     }
 }
 
-/// What a train stage writes and the next task and evaluation read.
-pub fn model_files() -> Vec<String> {
-    ["model.safetensors", "model.json", "memory.json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+impl NodeInput {
+    fn of(name: &str, node: NodeId, files: &[&str]) -> NodeInput {
+        NodeInput {
+            name: name.into(),
+            node,
+            files: files.iter().map(|f| f.to_string()).collect(),
+        }
+    }
 }
 
-/// Files of a prepared dataset, for stages that read all of it.
-pub fn dataset_files() -> Vec<String> {
-    DATASET_FILES.iter().map(|s| s.to_string()).collect()
+/// A kind's typed params as the JSON the key hashes and the stage reads.
+fn to_params<T: serde::Serialize>(p: &T) -> Value {
+    serde_json::to_value(p).expect("params serialise")
+}
+
+/// The snake_case name serde gives a unit enum variant.
+fn variant_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        other => panic!("not a unit variant: {other:?}"),
+    }
 }
 
 /// Whether every class has the same number of training images, known
@@ -376,7 +374,7 @@ impl Builder {
                 .recipe
                 .as_ref()
                 .map(|r| config.recipes[r].clone())
-                .unwrap_or(Value::Null);
+                .expect("resolution requires a recipe for an experiment with methods");
             let network = exp
                 .network
                 .unwrap_or_else(|| default_network(&ds.source, m.preset));
@@ -397,50 +395,49 @@ impl Builder {
                         setting_name.to_string()
                     };
                     let mut inputs = vec![
-                        NodeInput {
-                            name: "dataset".into(),
-                            node: prepare,
-                            files: dataset_files(),
-                        },
-                        NodeInput {
-                            name: "order".into(),
-                            node: order,
-                            files: vec!["order.json".into()],
-                        },
+                        NodeInput::of("dataset", prepare, files::DATASET),
+                        NodeInput::of("order", order, &[files::ORDER]),
                     ];
                     if let Some(prev) = previous {
-                        inputs.push(NodeInput {
-                            name: "previous".into(),
-                            node: prev,
-                            files: model_files(),
-                        });
+                        inputs.push(NodeInput::of("previous", prev, files::MODEL_FILES));
                     }
+                    let params = TrainParams {
+                        task: t,
+                        start: start as usize,
+                        end: end as usize,
+                        method: MethodParams {
+                            preset: m.preset,
+                            bsce,
+                            balanced_finetune: m.balanced_finetune && !base_task,
+                            memory_per_class: m.memory_per_class.map(|n| n as usize),
+                            memory_total: m.memory_total.map(|n| n as usize),
+                            selection: m.selection,
+                        },
+                        recipe: recipe.clone(),
+                        network: variant_name(&network),
+                        augment: augmentation(&ds.source, m.preset).into(),
+                        seed,
+                        deterministic: exp.deterministic,
+                    };
                     let train = self.add(PlanNode {
                         kind: StageKind::Train,
                         label: format!("train/{run}/{scope}/t{t}"),
-                        params: json!({
-                            "task": t, "start": start, "end": end,
-                            "method": {
-                                "preset": m.preset, "bsce": bsce,
-                                "balanced_finetune": m.balanced_finetune && !base_task,
-                                "memory_per_class": m.memory_per_class, "memory_total": m.memory_total,
-                                "selection": m.selection,
-                            },
-                            "recipe": recipe, "network": network,
-                            "augment": augmentation(&ds.source, m.preset),
-                            "seed": seed, "deterministic": exp.deterministic,
-                        }),
+                        params: to_params(&params),
                         inputs,
                         sources: vec![],
                     });
                     let eval = self.add(PlanNode {
                         kind: StageKind::Evaluate,
                         label: format!("evaluate/{run}/{scope}/t{t}"),
-                        params: json!({"task": t, "ends": &ends[..=t], "evaluation": config.evaluation}),
+                        params: to_params(&EvalParams {
+                            task: t,
+                            ends: ends[..=t].iter().map(|&e| e as usize).collect(),
+                            evaluation: config.evaluation.clone(),
+                        }),
                         inputs: vec![
-                            NodeInput { name: "dataset".into(), node: prepare, files: dataset_files() },
-                            NodeInput { name: "order".into(), node: order, files: vec!["order.json".into()] },
-                            NodeInput { name: "model".into(), node: train, files: model_files() },
+                            NodeInput::of("dataset", prepare, files::DATASET),
+                            NodeInput::of("order", order, &[files::ORDER]),
+                            NodeInput::of("model", train, files::MODEL_FILES),
                         ],
                         sources: vec![],
                     });

@@ -5,6 +5,7 @@
 //! | module         | what it holds                                               |
 //! |----------------|-------------------------------------------------------------|
 //! | [`bench`]      | the training-step and loader measurements of bench/run.sh    |
+//! | [`router`]     | the kinds `bsce-torch exec-stage` runs                        |
 //! | [`runtime`]    | device choice, threads, determinism, `doctor` facts          |
 //! | [`net`]        | ResNet-32 (CIFAR) and ResNet-18 (ImageNet) backbones         |
 //! | [`classifier`] | growing linear, cosine (LUCIR) and local-similarity (PODNet) heads |
@@ -26,6 +27,7 @@ pub mod loss;
 pub mod memory;
 pub mod method;
 pub mod net;
+pub mod router;
 pub mod runtime;
 pub mod stage;
 

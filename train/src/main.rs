@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use bsce_pipeline::exec::job::{ChildReporter, StageJob};
+use bsce_pipeline::catalog::Runner;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,22 +54,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        ["exec-stage", job] => {
-            let job = match StageJob::read(Path::new(job)) {
-                Ok(j) => j,
-                Err(e) => {
-                    eprintln!("error: reading job {job}: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match bsce_train::stage::run_job(&job, &ChildReporter::default()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        ["exec-stage", job] => bsce_stages::stage::exec_stage(
+            Path::new(job),
+            Runner::Torch,
+            bsce_train::router::TORCH_STAGES,
+        ),
         _ => {
             eprintln!("usage: bsce-torch doctor [--json] | exec-stage JOB (started by bsce-pipe)");
             ExitCode::from(2)

@@ -1,108 +1,30 @@
-//! What a train or evaluate stage reads from its params, and the preset
-//! choices behind each method (network, head, losses, memory).
+//! The preset choices behind each method (network, head, losses, memory)
+//! and the recipe's learning-rate schedule. The params themselves are
+//! typed in `bsce_pipeline::params`, shared with the plan that writes them.
 
-use serde::{Deserialize, Serialize};
+pub use bsce_pipeline::params::{
+    EvalParams, EvaluationParams, MethodParams, Preset, Recipe, Schedule, Selection, TrainParams,
+};
 
 use crate::classifier::HeadSpec;
 use crate::data::AugmentSpec;
 use crate::net::NetSpec;
 use crate::{Result, StageError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    Finetune,
-    Icarl,
-    Lucir,
-    Podnet,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Selection {
-    Herding,
-    Random,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MethodParams {
-    pub preset: Preset,
-    pub bsce: bool,
-    pub balanced_finetune: bool,
-    pub memory_per_class: Option<usize>,
-    pub memory_total: Option<usize>,
-    pub selection: Selection,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    Constant,
-    Cosine,
-    Multistep,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Recipe {
-    pub epochs: u32,
-    pub batch_size: u32,
-    pub lr: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub schedule: Schedule,
-    pub milestones: Vec<u32>,
-    pub gamma: f64,
-}
-
-impl Recipe {
-    /// Learning rate during `epoch` (0-based), per epoch as the reference
-    /// schedulers step.
-    pub fn lr_at(&self, epoch: u32) -> f64 {
-        match self.schedule {
-            Schedule::Constant => self.lr,
-            Schedule::Cosine => {
-                let t = epoch as f64 / self.epochs.max(1) as f64;
-                0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-            Schedule::Multistep => {
-                let passed = self.milestones.iter().filter(|&&m| epoch >= m).count() as i32;
-                self.lr * self.gamma.powi(passed)
-            }
+/// Learning rate during `epoch` (0-based), per epoch as the reference
+/// schedulers step.
+pub fn lr_at(recipe: &Recipe, epoch: u32) -> f64 {
+    match recipe.schedule {
+        Schedule::Constant => recipe.lr,
+        Schedule::Cosine => {
+            let t = epoch as f64 / recipe.epochs.max(1) as f64;
+            0.5 * recipe.lr * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+        Schedule::Multistep => {
+            let passed = recipe.milestones.iter().filter(|&&m| epoch >= m).count() as i32;
+            recipe.lr * recipe.gamma.powi(passed)
         }
     }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainParams {
-    pub task: usize,
-    /// Order positions learnt in this task: `start..end`; `0..start` are old.
-    pub start: usize,
-    pub end: usize,
-    pub method: MethodParams,
-    pub recipe: Recipe,
-    pub network: String,
-    pub augment: String,
-    pub seed: u64,
-    pub deterministic: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalParams {
-    pub task: usize,
-    /// Class count after each task so far (task groups for accuracy).
-    pub ends: Vec<usize>,
-    pub evaluation: EvaluationParams,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvaluationParams {
-    pub classifiers: Vec<String>,
-    pub top_k: Vec<i64>,
 }
 
 pub fn net_spec(name: &str) -> Result<NetSpec> {
@@ -179,12 +101,12 @@ mod tests {
     #[test]
     fn schedules_follow_the_recipes() {
         let m = recipe(Schedule::Multistep);
-        assert_eq!(m.lr_at(0), 0.1);
-        assert!((m.lr_at(80) - 0.01).abs() < 1e-12);
-        assert!((m.lr_at(159) - 0.001).abs() < 1e-12);
+        assert_eq!(lr_at(&m, 0), 0.1);
+        assert!((lr_at(&m, 80) - 0.01).abs() < 1e-12);
+        assert!((lr_at(&m, 159) - 0.001).abs() < 1e-12);
         let c = recipe(Schedule::Cosine);
-        assert_eq!(c.lr_at(0), 0.1);
-        assert!((c.lr_at(80) - 0.05).abs() < 1e-12);
-        assert!(c.lr_at(159) < 0.0001);
+        assert_eq!(lr_at(&c, 0), 0.1);
+        assert!((lr_at(&c, 80) - 0.05).abs() < 1e-12);
+        assert!(lr_at(&c, 159) < 0.0001);
     }
 }

@@ -28,6 +28,10 @@ pub struct RawConfig {
     pub tables: BTreeMap<String, RawTable>,
     #[serde(default)]
     pub store: RawStore,
+    /// How many stages of a kind share one GPU under `--gpus` (stage kind ->
+    /// N; default 1, or `--stages-per-gpu`).
+    #[serde(default)]
+    pub stages_per_gpu: BTreeMap<String, u32>,
 }
 
 /// A dataset source: exactly one of the fields (`synthetic: {...}`).
@@ -169,14 +173,7 @@ pub struct RawMethod {
     pub memory: Option<RawMemory>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MethodPreset {
-    Finetune,
-    Icarl,
-    Lucir,
-    Podnet,
-}
+pub use crate::params::Preset as MethodPreset;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,12 +186,7 @@ pub struct RawMemory {
     pub selection: Option<MemorySelection>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemorySelection {
-    Herding,
-    Random,
-}
+pub use crate::params::Selection as MemorySelection;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,14 +211,7 @@ fn default_momentum() -> f64 {
     0.9
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    #[default]
-    Constant,
-    Cosine,
-    Multistep,
-}
+pub use crate::params::Schedule;
 
 fn default_gamma() -> f64 {
     0.1

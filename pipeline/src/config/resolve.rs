@@ -19,12 +19,14 @@ pub struct Config {
     pub orders: BTreeMap<String, OrderDef>,
     pub settings: BTreeMap<String, SettingDef>,
     pub methods: BTreeMap<String, MethodDef>,
-    pub recipes: BTreeMap<String, Value>,
+    pub recipes: BTreeMap<String, crate::params::Recipe>,
     pub experiments: Vec<Experiment>,
-    pub evaluation: Value,
+    pub evaluation: crate::params::EvaluationParams,
     pub tables: BTreeMap<String, Value>,
     /// From the config's `store.path`, relative to the config; None = default.
     pub store_path: Option<PathBuf>,
+    /// `stages_per_gpu:` per stage kind (GPU kinds only, each at least 1).
+    pub stages_per_gpu: BTreeMap<crate::registry::StageKind, u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,9 +265,10 @@ pub fn resolve(
                         recipes.insert(r.clone(), builtin);
                     }
                     None => {
-                        let mut known = recipes.clone();
+                        let mut known: BTreeMap<String, ()> =
+                            recipes.keys().map(|k| (k.clone(), ())).collect();
                         for n in super::presets::RECIPE_NAMES {
-                            known.insert(n.to_string(), Value::Null);
+                            known.insert(n.to_string(), ());
                         }
                         cx.reference(format!("{at}.recipe"), "recipe", r, &known)?;
                     }
@@ -319,8 +322,44 @@ pub fn resolve(
     if let Some(i) = raw.evaluation.top_k.iter().position(|&k| k == 0) {
         return Err(cx.err(format!("evaluation.top_k[{i}]"), "must be at least 1"));
     }
-    let evaluation =
-        json!({"classifiers": raw.evaluation.classifiers, "top_k": raw.evaluation.top_k});
+    let mut stages_per_gpu = BTreeMap::new();
+    for (name, &n) in &raw.stages_per_gpu {
+        let at = format!("stages_per_gpu.{name}");
+        let gpu_kinds: Vec<&str> = crate::registry::STAGES
+            .iter()
+            .filter(|s| s.needs_gpu)
+            .map(|s| s.name)
+            .collect();
+        let Some(kind) = crate::registry::StageKind::parse(name).filter(|k| k.spec().needs_gpu)
+        else {
+            let hint = did_you_mean(name, gpu_kinds.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(cx.err(
+                at,
+                format!(
+                    "`{name}` is not a stage kind that runs on a GPU (those are {}){hint}",
+                    gpu_kinds.join(", ")
+                ),
+            ));
+        };
+        if n == 0 {
+            return Err(cx.err(at, "must be at least 1"));
+        }
+        stages_per_gpu.insert(kind, n);
+    }
+    let evaluation = crate::params::EvaluationParams {
+        classifiers: raw
+            .evaluation
+            .classifiers
+            .iter()
+            .map(|c| match c {
+                super::Classifier::Cnn => "cnn".to_string(),
+                super::Classifier::Nme => "nme".to_string(),
+            })
+            .collect(),
+        top_k: raw.evaluation.top_k.iter().map(|&k| k as i64).collect(),
+    };
     Ok(Config {
         file: file.to_path_buf(),
         datasets,
@@ -332,6 +371,7 @@ pub fn resolve(
         evaluation,
         tables,
         store_path: raw.store.path.map(|p| cx.relative(&p)),
+        stages_per_gpu,
     })
 }
 
@@ -569,7 +609,11 @@ fn resolve_methods(
     Ok(out)
 }
 
-fn resolve_recipe(cx: &Ctx, name: &str, r: RawRecipe) -> Result<Value, ConfigError> {
+fn resolve_recipe(
+    cx: &Ctx,
+    name: &str,
+    r: RawRecipe,
+) -> Result<crate::params::Recipe, ConfigError> {
     let at = format!("recipes.{name}");
     if r.epochs == 0 {
         return Err(cx.err(format!("{at}.epochs"), "must be at least 1"));
@@ -623,9 +667,14 @@ fn resolve_recipe(cx: &Ctx, name: &str, r: RawRecipe) -> Result<Value, ConfigErr
     if !(r.gamma > 0.0 && r.gamma.is_finite()) {
         return Err(cx.err(format!("{at}.gamma"), "must be a positive number"));
     }
-    Ok(
-        json!({"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr,
-              "momentum": r.momentum, "weight_decay": r.weight_decay, "schedule": r.schedule,
-              "milestones": r.milestones, "gamma": r.gamma}),
-    )
+    Ok(crate::params::Recipe {
+        epochs: r.epochs,
+        batch_size: r.batch_size,
+        lr: r.lr,
+        momentum: r.momentum,
+        weight_decay: r.weight_decay,
+        schedule: r.schedule,
+        milestones: r.milestones,
+        gamma: r.gamma,
+    })
 }

@@ -9,17 +9,19 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::cancel::CancelToken;
 use super::context::unix_ms;
+use super::gpus::GpuSlot;
 use super::job::{ChildMessage, SourceLocation, StageJob};
-use super::{Engine, INTERRUPTED};
+use super::Engine;
 use crate::digest::Digest;
 use crate::events::RunEvent;
 use crate::key::{DirtyReason, KeyRecord};
+use crate::registry::Runner;
 use crate::plan::{NodeId, PlanNode};
 use crate::store::atomic::temp_name;
 use crate::store::local::make_writable;
@@ -34,6 +36,9 @@ pub(crate) struct StageRun<'a> {
     pub reasons: Vec<DirtyReason>,
     pub forced: bool,
     pub device: String,
+    pub gpu: Option<GpuSlot>,
+    /// From the stage's identity ([`KeyRecord::identity_seed`]).
+    pub seed: u64,
     pub threads: usize,
     pub sources: BTreeMap<String, SourceLocation>,
     /// Input name -> (file, digest of the upstream output).
@@ -41,10 +46,12 @@ pub(crate) struct StageRun<'a> {
 }
 
 pub(crate) enum WorkerMessage {
+    /// The run was cancelled: wakes the scheduler's blocking receive.
+    Cancel,
     Event(RunEvent),
     Done {
         id: NodeId,
-        device: String,
+        gpu: Option<GpuSlot>,
         result: Outcome,
     },
 }
@@ -68,17 +75,27 @@ pub(crate) enum Outcome {
     Interrupted,
 }
 
-pub(crate) fn run_stage(engine: &Engine, run: StageRun, tx: Sender<WorkerMessage>) {
+pub(crate) fn run_stage(
+    engine: &Engine,
+    run: StageRun,
+    cancel: &CancelToken,
+    tx: Sender<WorkerMessage>,
+) {
     let id = run.id;
-    let device = run.device.clone();
-    let result = execute(engine, run, &tx).unwrap_or_else(|error| Outcome::Failed {
+    let gpu = run.gpu;
+    let result = execute(engine, run, cancel, &tx).unwrap_or_else(|error| Outcome::Failed {
         error,
         log_tail: String::new(),
     });
-    let _ = tx.send(WorkerMessage::Done { id, device, result });
+    let _ = tx.send(WorkerMessage::Done { id, gpu, result });
 }
 
-fn execute(engine: &Engine, run: StageRun, tx: &Sender<WorkerMessage>) -> Result<Outcome, String> {
+fn execute(
+    engine: &Engine,
+    run: StageRun,
+    cancel: &CancelToken,
+    tx: &Sender<WorkerMessage>,
+) -> Result<Outcome, String> {
     let store = engine.store;
     let label = run.node.label.clone();
     let lock_path = store.lock_path(&run.key);
@@ -90,8 +107,11 @@ fn execute(engine: &Engine, run: StageRun, tx: &Sender<WorkerMessage>) -> Result
             let _ = tx.send(WorkerMessage::Event(RunEvent::Waiting {
                 label: label.clone(),
             }));
+            // Another process holds the key's lock: polled, since an flock
+            // wait cannot be cancelled. Rare (two runs of one config), and
+            // bounded by the number of running stages, not the DAG.
             loop {
-                if INTERRUPTED.load(Ordering::SeqCst) {
+                if cancel.is_cancelled() {
                     return Ok(Outcome::Interrupted);
                 }
                 if let Some(l) = FileLock::try_acquire(&lock_path).map_err(|e| e.to_string())? {
@@ -120,7 +140,7 @@ fn execute(engine: &Engine, run: StageRun, tx: &Sender<WorkerMessage>) -> Result
         device: run.device.clone(),
     }));
     let work = temp_name(&store.tmp_dir(), "work");
-    let result = run_child(engine, &run, &work, tx);
+    let result = run_child(engine, &run, &work, cancel, tx);
     make_writable(&work);
     let _ = fs::remove_dir_all(&work);
     drop(lock);
@@ -131,6 +151,7 @@ fn run_child(
     engine: &Engine,
     run: &StageRun,
     work: &Path,
+    cancel: &CancelToken,
     tx: &Sender<WorkerMessage>,
 ) -> Result<Outcome, String> {
     let store = engine.store;
@@ -156,7 +177,7 @@ fn run_child(
         inputs,
         sources: run.sources.clone(),
         out_dir: out_dir.clone(),
-        seed: run.key.seed64(),
+        seed: run.seed,
         device: run.device.clone(),
     };
     let job_path = work.join("job.json");
@@ -171,10 +192,9 @@ fn run_child(
 
     let started_ms = unix_ms();
     let start = Instant::now();
-    let exe = if run.node.kind.needs_torch() {
-        &engine.ctx.torch_exe
-    } else {
-        &engine.ctx.exe
+    let exe = match run.node.kind.spec().runner {
+        Runner::Torch => &engine.ctx.torch_exe,
+        Runner::Pipe => &engine.ctx.exe,
     };
     let mut cmd = Command::new(exe);
     cmd.arg("exec-stage")
@@ -226,33 +246,53 @@ fn run_child(
         })
     };
 
+    // Cancellation kills the child; the pid stays registered until the
+    // child is a zombie we have not reaped, so a kill never reaches a
+    // recycled pid.
+    let live: Arc<Mutex<Option<i32>>> = Arc::new(Mutex::new(Some(pid)));
+    {
+        let live = Arc::clone(&live);
+        cancel.on_cancel(move || {
+            if let Some(pid) = *live.lock().expect("not poisoned") {
+                // SAFETY: signalling our own un-reaped child.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        });
+    }
+    // Block until the child exits, without reaping it.
+    loop {
+        // SAFETY: zeroed siginfo is a valid out-parameter; pid is our child.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("waiting for stage process {pid}: {e}"));
+        }
+    }
+    *live.lock().expect("not poisoned") = None;
     // wait4 instead of Child::wait: it also returns the child's peak RSS.
     let mut status: libc::c_int = 0;
     // SAFETY: zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut interrupted = false;
-    let mut nap = Duration::from_millis(1);
-    loop {
-        // SAFETY: pid is our un-reaped child; the pointers are valid.
-        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if rc == pid {
-            break;
-        }
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("waiting for stage process {pid}: {e}"));
-        }
-        if INTERRUPTED.load(Ordering::SeqCst) && !interrupted {
-            interrupted = true;
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(50));
+    // SAFETY: pid is our exited, un-reaped child; the pointers are valid.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        return Err(format!(
+            "reaping stage process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
+    let interrupted = cancel.is_cancelled() && !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     let _ = reader.join();
     let wall_seconds = start.elapsed().as_secs_f64();
     let log_bytes = fs::read(&log_path).unwrap_or_default();
@@ -292,7 +332,7 @@ fn run_child(
         };
         return Ok(fail(engine, run, error, log_tail, provenance));
     }
-    let outputs = match ingest(engine, &out_dir) {
+    let outputs = match ingest(engine, run.node.kind, &out_dir) {
         Ok(o) => o,
         Err(error) => return Ok(fail(engine, run, error, log_tail, provenance)),
     };
@@ -319,9 +359,15 @@ fn run_child(
     })
 }
 
-/// Moves every file of `out/` into the CAS. Outputs are flat files: a
+/// Moves every file of `out/` into the CAS. A stage writes exactly the
+/// flat files its registry row declares: a missing or undeclared file, a
 /// folder or a link is a stage bug, reported as a failure.
-fn ingest(engine: &Engine, out_dir: &Path) -> Result<BTreeMap<String, OutputEntry>, String> {
+fn ingest(
+    engine: &Engine,
+    kind: crate::registry::StageKind,
+    out_dir: &Path,
+) -> Result<BTreeMap<String, OutputEntry>, String> {
+    let declared = kind.spec().outputs;
     let mut outputs = BTreeMap::new();
     let entries = fs::read_dir(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for entry in entries {
@@ -331,14 +377,26 @@ fn ingest(engine: &Engine, out_dir: &Path) -> Result<BTreeMap<String, OutputEntr
         if !ft.is_file() {
             return Err(format!("stage output {name} is not a plain file"));
         }
+        if !declared.contains(&name.as_str()) {
+            return Err(format!(
+                "stage wrote {name}, which is not among the {kind} outputs declared in \
+                 pipeline/src/registry.rs ({})",
+                declared.join(", ")
+            ));
+        }
         let e = engine
             .store
             .insert_file(&entry.path())
             .map_err(|e| e.to_string())?;
         outputs.insert(name, e);
     }
-    if outputs.is_empty() {
-        return Err("stage wrote no output".into());
+    let missing: Vec<&str> = declared
+        .iter()
+        .copied()
+        .filter(|f| !outputs.contains_key(*f))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("stage did not write {}", missing.join(", ")));
     }
     Ok(outputs)
 }

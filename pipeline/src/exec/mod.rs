@@ -5,34 +5,36 @@
 //! | [`context`] | ambient state read once per run (host, binary, commit)        |
 //! | [`job`]     | the job file and stdout protocol of a stage's child process   |
 //! | [`child`]   | launching one stage as a child and ingesting its outputs      |
+//! | [`cancel`]  | the cancellation token a run is given                          |
+//! | [`gpus`]    | GPU slots, shared by N stages when asked                        |
 //!
 //! The scheduler is this module: a main thread that owns all decisions and a
-//! worker thread per running stage. Keys are computed when a node becomes
+//! worker thread per running stage, joined by one channel. Keys are computed when a node becomes
 //! ready, from its inputs' *output* digests, so a byte-identical upstream
 //! rerun stops recomputation there (early cutoff).
 
+pub mod cancel;
 pub mod child;
 pub mod context;
+pub mod gpus;
 pub mod job;
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
 use crate::events::{Reporter, RunEvent, RunSummary};
 use crate::key::{diff_records, DirtyReason, KeyRecord, KEY_VERSION};
-use crate::plan::{Plan, PlanNode};
+use crate::plan::{NodeId, Plan, PlanNode};
 use crate::sources::{SourceDigester, SourceError};
 use crate::store::{ActionRecord, LocalStore, OutputEntry, StoreError};
+pub use cancel::CancelToken;
 pub use context::RunContext;
-
-/// Set by the SIGINT/SIGTERM handler; workers kill their children when they
-/// see it.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use gpus::GpuPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -56,11 +58,26 @@ pub enum NodeStatus {
     },
 }
 
+/// One node as `explain` shows it.
+#[derive(Clone, Debug)]
+pub struct Explained {
+    pub status: NodeStatus,
+    pub record: KeyRecord,
+    /// Inputs not known yet: input -> the label of the stage that makes it.
+    pub pending: BTreeMap<String, String>,
+    /// The stage's seed, once all its inputs are known.
+    pub seed: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub jobs: usize,
-    /// GPU indices handed out one per GPU stage; empty = CPU.
+    /// GPUs for the kinds that need one; empty = they run on the CPU.
     pub gpus: Vec<u32>,
+    /// How many GPU stages share one GPU (0 or 1: one each).
+    pub stages_per_gpu: u32,
+    /// Per-kind overrides of `stages_per_gpu`.
+    pub stages_per_gpu_kind: BTreeMap<crate::registry::StageKind, u32>,
     pub keep_going: bool,
     /// Labels (or label prefixes ending in `/`) to rerun even if cached.
     pub force: Vec<String>,
@@ -207,7 +224,9 @@ impl<'a> Engine<'a> {
         let record = KeyRecord {
             kind: node.kind.as_str().into(),
             key_version: KEY_VERSION,
-            code_digest: self.catalog.code_digest(node.kind),
+            code_digest: self
+                .catalog
+                .code_digest(node.kind, node.kind.spec().variant_of(&node.params)),
             params: node.params.clone(),
             inputs,
             libraries: self.catalog.libraries(node.kind),
@@ -242,11 +261,17 @@ impl<'a> Engine<'a> {
 
     /// What a run would do now, without running anything.
     pub fn status(&self, opts: &RunOptions) -> Result<Vec<NodeStatus>, EngineError> {
+        Ok(self.explain(opts)?.into_iter().map(|e| e.status).collect())
+    }
+
+    /// [`Engine::status`] with each node's key record (inputs whose
+    /// producer must run first are left out, listed in `pending`) and seed.
+    pub fn explain(&self, opts: &RunOptions) -> Result<Vec<Explained>, EngineError> {
         let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
         let sources = self.resolve_sources()?;
         let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> =
             vec![None; self.plan.nodes.len()];
-        let mut status: Vec<Option<NodeStatus>> = vec![None; self.plan.nodes.len()];
+        let mut out: Vec<Option<Explained>> = vec![None; self.plan.nodes.len()];
         for id in order {
             let node = &self.plan.nodes[id];
             let (record, pending) = self.key_record(node, &sources[id], &outputs);
@@ -269,19 +294,38 @@ impl<'a> Engine<'a> {
                     reasons: self.reasons(node, &record, &pending, forced)?,
                 }
             };
-            status[id] = Some(st);
+            let seed = pending.is_empty().then(|| self.seed(node, &record));
+            out[id] = Some(Explained {
+                status: st,
+                record,
+                pending,
+                seed,
+            });
         }
-        Ok(status
+        Ok(out
             .into_iter()
             .map(|s| s.expect("every node visited"))
             .collect())
     }
 
+    /// The seed a stage's randomness starts from: its identity (kind,
+    /// params, and the digests of the inputs its registry row names), never
+    /// its code digest.
+    fn seed(&self, node: &PlanNode, record: &KeyRecord) -> u64 {
+        record.identity_seed(node.kind.spec().seed_inputs)
+    }
+
     /// Runs every stage that is not in the store. Returns the summary; stage
     /// failures are in it, not errors.
+    ///
+    /// Cost per stage is constant: a node enters the ready queue once, when
+    /// its last input finishes (counted down, never rescanned); the main
+    /// thread blocks on its channel between events (workers, cancellation);
+    /// a failure skips its dependants in one walk.
     pub fn run(
         &self,
         opts: &RunOptions,
+        cancel: &CancelToken,
         reporter: &mut dyn Reporter,
     ) -> Result<RunSummary, EngineError> {
         let start = Instant::now();
@@ -305,44 +349,69 @@ impl<'a> Engine<'a> {
         }
         let mut state = vec![State::Waiting; n];
         let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> = vec![None; n];
-        let mut free_gpus: Vec<u32> = opts.gpus.clone();
+        // Distinct upstream nodes not yet done, and who waits on whom.
+        let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); n];
+        let mut missing: Vec<usize> = vec![0; n];
+        for (id, node) in self.plan.nodes.iter().enumerate() {
+            let mut ups: Vec<NodeId> = node.inputs.iter().map(|i| i.node).collect();
+            ups.sort_unstable();
+            ups.dedup();
+            missing[id] = ups.len();
+            for u in ups {
+                users[u].push(id);
+            }
+        }
+        // Ready nodes in plan order (the topological order's ranks), so the
+        // schedule does not depend on thread timing.
+        let mut rank = vec![0usize; n];
+        for (r, &id) in order.iter().enumerate() {
+            rank[id] = r;
+        }
+        let mut ready: BinaryHeap<Reverse<(usize, NodeId)>> = order
+            .iter()
+            .filter(|&&id| missing[id] == 0)
+            .map(|&id| Reverse((rank[id], id)))
+            .collect();
+        // Resolved as to-run, waiting for a job slot (or a GPU).
+        // Kept in plan order too, so a chain started first is finished first.
+        let mut runnable: BinaryHeap<Reverse<(usize, NodeId)>> = BinaryHeap::new();
+        let mut resolved: BTreeMap<NodeId, (KeyRecord, Digest, bool)> = BTreeMap::new();
+        let mut gpu_waiting: VecDeque<(NodeId, KeyRecord, Digest, bool)> = VecDeque::new();
+        let mut gpus = GpuPool::new(&opts.gpus, opts.stages_per_gpu, opts.stages_per_gpu_kind.clone());
         let jobs = opts.jobs.max(1);
         let threads_per_stage = (self.ctx.cpus / jobs).max(1);
         let (tx, rx) = mpsc::channel::<child::WorkerMessage>();
+        {
+            let tx = Mutex::new(tx.clone());
+            cancel.on_cancel(move || {
+                let _ = tx.lock().expect("not poisoned").send(child::WorkerMessage::Cancel);
+            });
+        }
         let mut running = 0usize;
         let mut stop_launching = false;
 
+        // Marks `id` done and queues the users whose last input it was.
+        let finish = |id: NodeId,
+                      missing: &mut Vec<usize>,
+                      ready: &mut BinaryHeap<Reverse<(usize, NodeId)>>| {
+            for &u in &users[id] {
+                missing[u] -= 1;
+                if missing[u] == 0 {
+                    ready.push(Reverse((rank[u], u)));
+                }
+            }
+        };
+
         std::thread::scope(|scope| -> Result<(), EngineError> {
             loop {
-                if INTERRUPTED.load(Ordering::SeqCst) && !stop_launching {
+                if cancel.is_cancelled() && !stop_launching {
                     stop_launching = true;
                     emit(RunEvent::Interrupted, &mut summary);
                 }
-                // Launch or resolve every node whose inputs are all done.
-                for &id in &order {
-                    if state[id] != State::Waiting || stop_launching {
-                        continue;
-                    }
+                // Resolve every ready node: served from the store, or to run.
+                while !stop_launching {
+                    let Some(Reverse((_, id))) = ready.pop() else { break };
                     let node = &self.plan.nodes[id];
-                    let input_states: Vec<State> =
-                        node.inputs.iter().map(|i| state[i.node]).collect();
-                    if let Some(failed) =
-                        node.inputs.iter().find(|i| state[i.node] == State::Failed)
-                    {
-                        state[id] = State::Failed;
-                        let because = self.plan.nodes[failed.node].label.clone();
-                        emit(
-                            RunEvent::Skipped {
-                                label: node.label.clone(),
-                                because,
-                            },
-                            &mut summary,
-                        );
-                        continue;
-                    }
-                    if input_states.iter().any(|s| *s != State::Done) {
-                        continue;
-                    }
                     let (record, pending) = self.key_record(node, &sources[id], &outputs);
                     debug_assert!(pending.is_empty());
                     let key = record.key();
@@ -359,21 +428,45 @@ impl<'a> Engine<'a> {
                                 },
                                 &mut summary,
                             );
+                            finish(id, &mut missing, &mut ready);
                             continue;
                         }
                     }
-                    if running >= jobs {
-                        continue;
-                    }
-                    let reasons = self.reasons(node, &record, &pending, forced)?;
-                    let device = match free_gpus.pop() {
-                        Some(g) if node.kind.needs_gpu() => format!("cuda:{g}"),
-                        Some(g) => {
-                            free_gpus.push(g);
-                            "cpu".into()
-                        }
-                        None => "cpu".into(),
+                    resolved.insert(id, (record, key, forced));
+                    runnable.push(Reverse((rank[id], id)));
+                }
+                // Launch what the job slots (and GPU slots) allow. A GPU
+                // stage without room waits in its own queue; CPU stages
+                // behind it go on.
+                while !stop_launching && running < jobs {
+                    let gpu_first = gpus.enabled()
+                        && gpu_waiting
+                            .front()
+                            .is_some_and(|(id, ..)| gpus.peek(self.plan.nodes[*id].kind));
+                    let next = if gpu_first {
+                        gpu_waiting.pop_front()
+                    } else {
+                        runnable.pop().map(|Reverse((_, id))| {
+                            let (record, key, forced) =
+                                resolved.remove(&id).expect("resolved before runnable");
+                            (id, record, key, forced)
+                        })
                     };
+                    let Some((id, record, key, forced)) = next else { break };
+                    let node = &self.plan.nodes[id];
+                    let slot = if node.kind.spec().needs_gpu && gpus.enabled() {
+                        match gpus.acquire(node.kind) {
+                            Some(s) => Some(s),
+                            None => {
+                                gpu_waiting.push_back((id, record, key, forced));
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let reasons = self.reasons(node, &record, &BTreeMap::new(), forced)?;
+                    let seed = self.seed(node, &record);
                     let work = child::StageRun {
                         id,
                         node,
@@ -381,7 +474,9 @@ impl<'a> Engine<'a> {
                         key,
                         reasons,
                         forced,
-                        device,
+                        device: slot.map(|s| s.device()).unwrap_or_else(|| "cpu".into()),
+                        gpu: slot,
+                        seed,
                         threads: threads_per_stage,
                         sources: sources[id].locations.clone(),
                         inputs: node
@@ -407,23 +502,23 @@ impl<'a> Engine<'a> {
                     running += 1;
                     let tx = tx.clone();
                     let engine = &*self;
-                    scope.spawn(move || child::run_stage(engine, work, tx));
+                    let cancel = cancel.clone();
+                    scope.spawn(move || child::run_stage(engine, work, &cancel, tx));
                 }
-                if running == 0 {
+                if running == 0 && (stop_launching || (ready.is_empty() && runnable.is_empty())) {
                     break;
                 }
-                // Wait for a worker to report.
-                let msg = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-                    Ok(m) => m,
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                };
+                // With nothing running every GPU is free, so nothing waits.
+                debug_assert!(running > 0 || gpu_waiting.is_empty());
+                let Ok(msg) = rx.recv() else { break };
                 match msg {
+                    // Workers stop their own children; this only wakes us.
+                    child::WorkerMessage::Cancel => {}
                     child::WorkerMessage::Event(e) => emit(e, &mut summary),
-                    child::WorkerMessage::Done { id, device, result } => {
+                    child::WorkerMessage::Done { id, gpu, result } => {
                         running -= 1;
-                        if let Some(g) = device.strip_prefix("cuda:").and_then(|g| g.parse().ok()) {
-                            free_gpus.push(g);
+                        if let Some(slot) = gpu {
+                            gpus.release(slot);
                         }
                         let label = self.plan.nodes[id].label.clone();
                         match result {
@@ -442,6 +537,7 @@ impl<'a> Engine<'a> {
                                     },
                                     &mut summary,
                                 );
+                                finish(id, &mut missing, &mut ready);
                             }
                             child::Outcome::CachedByOther {
                                 key,
@@ -458,17 +554,35 @@ impl<'a> Engine<'a> {
                                     },
                                     &mut summary,
                                 );
+                                finish(id, &mut missing, &mut ready);
                             }
                             child::Outcome::Failed { error, log_tail } => {
                                 state[id] = State::Failed;
                                 emit(
                                     RunEvent::Failed {
-                                        label,
+                                        label: label.clone(),
                                         error,
                                         log_tail,
                                     },
                                     &mut summary,
                                 );
+                                // Everything downstream is skipped, once each.
+                                let mut stack = vec![id];
+                                while let Some(f) = stack.pop() {
+                                    for &u in &users[f] {
+                                        if state[u] == State::Waiting {
+                                            state[u] = State::Failed;
+                                            emit(
+                                                RunEvent::Skipped {
+                                                    label: self.plan.nodes[u].label.clone(),
+                                                    because: self.plan.nodes[f].label.clone(),
+                                                },
+                                                &mut summary,
+                                            );
+                                            stack.push(u);
+                                        }
+                                    }
+                                }
                                 if !opts.keep_going {
                                     stop_launching = true;
                                 }

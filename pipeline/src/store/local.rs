@@ -217,6 +217,12 @@ impl LocalStore {
         let _ = fs::remove_file(self.failure_path(key));
     }
 
+    /// Held (shared) by every `run` for its whole length, so `cache gc`,
+    /// which needs it exclusively, never deletes what a run has just made.
+    pub fn store_lock_path(&self) -> PathBuf {
+        self.root.join("locks").join("store.lock")
+    }
+
     pub fn lock_path(&self, key: &Digest) -> PathBuf {
         self.root
             .join("locks")

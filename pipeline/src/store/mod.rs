@@ -1,6 +1,8 @@
 //! The content-addressed store.
 //!
-//! Layout under the store root (default `.bsce/` beside the config):
+//! Which store a command uses is one rule for all of them ([`locate`]).
+//!
+//! Layout under the store root (`.bsce/` at the project root by default):
 //!
 //! | path                 | content                                                       |
 //! |----------------------|---------------------------------------------------------------|
@@ -9,6 +11,7 @@
 //! | `labels/<sha>.json`  | the last key record of each logical stage (for explanations)  |
 //! | `failed/<key>.json`  | the last failure of a key: error and log; never used as a hit  |
 //! | `locks/<key>.lock`   | flock files: one process runs a given key at a time            |
+//! | `locks/store.lock`   | shared by every `run`, exclusive for `cache gc`                |
 //! | `state/`             | source-file digest cache (path, size, mtime, inode -> digest)  |
 //! | `tmp/`               | work and temp files of running processes, named by pid         |
 //! | `quarantine/`        | blobs that failed `cache verify`                               |
@@ -19,6 +22,7 @@
 
 pub mod atomic;
 pub mod local;
+pub mod locate;
 pub mod lock;
 pub mod records;
 pub mod remote;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StageError};
 
 pub const FORMAT_TAG: &str = "bsce-dataset/1";
-pub const META_FILE: &str = "meta.json";
+pub const META_FILE: &str = bsce_pipeline::registry::files::META;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

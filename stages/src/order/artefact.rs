@@ -12,7 +12,7 @@ use super::spec::{check_permutation, ClassOrder, OrderProvenance};
 use crate::error::{Result, StageError};
 
 pub const FORMAT_TAG: &str = "bsce-order/1";
-pub const ORDER_FILE: &str = "order.json";
+pub const ORDER_FILE: &str = bsce_pipeline::registry::files::ORDER;
 
 /// The file's layout: [`ClassOrder`] behind a format tag. Kept apart from
 /// `ClassOrder` so that the tag never has to be carried around in memory.

@@ -1,31 +1,62 @@
-//! The entry of a stage's child process: route a job to its kind's code.
-//! Pure routing: it is in no kind's code digest.
+//! The entry of a stage's child process: a job routed to its kind's code
+//! through a table per binary ([`PIPE_STAGES`] here, `TORCH_STAGES` in the
+//! training crate), both checked against the registry. On the
+//! NO_OUTPUT_EFFECT list: routing never changes what a stage computes.
 
 mod order;
 mod prepare;
 mod tasks;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
 
-use bsce_pipeline::catalog::{StageCatalog, StageKind};
+use bsce_pipeline::catalog::{Runner, StageCatalog, StageKind};
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 
 use crate::error::Result;
 
-pub use tasks::{read_tasks, TaskPlan, TASKS_FILE};
+pub use tasks::{read_tasks, TaskPlan};
 
 include!(concat!(env!("OUT_DIR"), "/code_digests.rs"));
 
-/// Runs a data stage. Training and evaluation run in `bsce-torch`.
-pub fn run_job(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
-    match job.kind {
-        StageKind::Prepare => prepare::run(job, reporter),
-        StageKind::Order => order::run(job, reporter),
-        StageKind::Tasks => tasks::run(job, reporter),
-        StageKind::Train | StageKind::Evaluate => Err(crate::StageError::Other(format!(
-            "stage kind {} runs in bsce-torch, not bsce-pipe",
-            job.kind
-        ))),
+/// A stage kind's entry point in the binary that runs it.
+pub type StageFn = fn(&StageJob, &ChildReporter) -> Result<()>;
+
+/// The kinds `bsce-pipe exec-stage` runs (registry runner `pipe`).
+pub const PIPE_STAGES: &[(StageKind, StageFn)] = &[
+    (StageKind::Prepare, prepare::run),
+    (StageKind::Order, order::run),
+    (StageKind::Tasks, tasks::run),
+];
+
+/// The child side of `exec-stage` for either binary: reads the job, runs
+/// its kind from `table`, and reports an error on stderr (the stage log).
+/// Exit 0 on success, 1 when the stage failed, 2 for a job this binary
+/// cannot run.
+pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)]) -> ExitCode {
+    let job = match StageJob::read(job_path) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: reading job {}: {e}", job_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let Some((_, run)) = table.iter().find(|(k, _)| *k == job.kind) else {
+        eprintln!(
+            "error: stage kind {} runs in {}, not {}",
+            job.kind,
+            job.kind.spec().runner.binary(),
+            runner.binary()
+        );
+        return ExitCode::from(2);
+    };
+    match run(&job, &ChildReporter::default()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -39,12 +70,8 @@ pub struct Catalog {
 }
 
 impl StageCatalog for Catalog {
-    fn code_digest(&self, kind: StageKind) -> String {
-        let base = CODE_DIGESTS
-            .iter()
-            .find(|(k, _)| *k == kind.as_str())
-            .map(|(_, d)| *d)
-            .expect("build.rs digests every stage kind");
+    fn code_digest(&self, kind: StageKind, variant: Option<&str>) -> String {
+        let base = code_entry(kind, variant).1;
         match self.salts.get(kind.as_str()) {
             Some(salt) => {
                 bsce_pipeline::digest::Digest::of_bytes(format!("{base}\0{salt}").as_bytes())
@@ -52,6 +79,14 @@ impl StageCatalog for Catalog {
             }
             None => base.to_string(),
         }
+    }
+
+    fn code_files(&self, kind: StageKind, variant: Option<&str>) -> Vec<(String, String)> {
+        code_entry(kind, variant)
+            .2
+            .iter()
+            .map(|(f, d)| (f.to_string(), d.to_string()))
+            .collect()
     }
 
     fn libraries(&self, kind: StageKind) -> BTreeMap<String, String> {
@@ -78,6 +113,19 @@ impl StageCatalog for Catalog {
     }
 }
 
+type CodeEntry = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+fn code_entry(kind: StageKind, variant: Option<&str>) -> &'static CodeEntry {
+    let name = match variant {
+        Some(v) => format!("{kind}:{v}"),
+        None => kind.to_string(),
+    };
+    CODE_DIGESTS
+        .iter()
+        .find(|(k, ..)| *k == name)
+        .unwrap_or_else(|| panic!("build.rs digests every stage kind and variant, not {name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,8 +134,37 @@ mod tests {
     fn every_kind_has_its_own_code_digest() {
         let c = Catalog::default();
         let digests: std::collections::BTreeSet<String> =
-            StageKind::ALL.iter().map(|k| c.code_digest(*k)).collect();
+            StageKind::ALL.iter().map(|k| c.code_digest(*k, None)).collect();
         assert_eq!(digests.len(), StageKind::ALL.len());
+    }
+
+    #[test]
+    fn the_pipe_table_runs_exactly_the_pipe_kinds() {
+        let table: Vec<StageKind> = PIPE_STAGES.iter().map(|(k, _)| *k).collect();
+        let registry: Vec<StageKind> = StageKind::ALL
+            .into_iter()
+            .filter(|k| k.spec().runner == Runner::Pipe)
+            .collect();
+        assert_eq!(table, registry);
+    }
+
+    #[test]
+    fn code_digests_list_their_files_and_leave_tests_out() {
+        let c = Catalog::default();
+        let files = |k, v| -> Vec<String> { c.code_files(k, v).into_iter().map(|(f, _)| f).collect() };
+        let train = files(StageKind::Train, Some("lucir"));
+        assert!(train.contains(&"train/src/loss/mod.rs".to_string()), "{train:?}");
+        assert!(train.contains(&"train/src/loss/lucir.rs".to_string()), "{train:?}");
+        assert!(!train.contains(&"train/src/loss/podnet.rs".to_string()), "{train:?}");
+        assert!(!train.contains(&"train/src/loss/tests.rs".to_string()), "test-only");
+        assert!(train.contains(&"train/src/stage/mod.rs".to_string()), "{train:?}");
+        assert!(train.contains(&"stages/src/dataset/artefact.rs".to_string()), "{train:?}");
+        let eval = files(StageKind::Evaluate, None);
+        assert!(!eval.iter().any(|f| f.contains("loss")), "{eval:?}");
+        let prepare = files(StageKind::Prepare, None);
+        assert!(prepare.contains(&"stages/src/dataset/cifar/pickle.rs".to_string()));
+        assert!(!prepare.contains(&"stages/src/dataset/cifar/tests.rs".to_string()), "test-only");
+        assert!(!prepare.contains(&"stages/src/dataset/cifar/fixtures.rs".to_string()), "exempt");
     }
 
     #[test]
@@ -97,13 +174,32 @@ mod tests {
             salts: BTreeMap::from([("order".into(), "edit".into())]),
         };
         assert_ne!(
-            plain.code_digest(StageKind::Order),
-            salted.code_digest(StageKind::Order)
+            plain.code_digest(StageKind::Order, None),
+            salted.code_digest(StageKind::Order, None)
         );
         assert_eq!(
-            plain.code_digest(StageKind::Prepare),
-            salted.code_digest(StageKind::Prepare)
+            plain.code_digest(StageKind::Prepare, None),
+            salted.code_digest(StageKind::Prepare, None)
         );
+    }
+
+    #[test]
+    fn a_train_stage_digests_its_own_method_only() {
+        let c = Catalog::default();
+        let d = |v| c.code_digest(StageKind::Train, Some(v));
+        let all: std::collections::BTreeSet<String> =
+            ["finetune", "icarl", "lucir", "podnet"].into_iter().map(d).collect();
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
+    fn every_preset_has_a_code_variant() {
+        use bsce_pipeline::params::Preset;
+        let spec = StageKind::Train.spec();
+        for p in [Preset::Finetune, Preset::Icarl, Preset::Lucir, Preset::Podnet] {
+            let params = serde_json::json!({"method": {"preset": p}});
+            assert!(spec.variant_of(&params).is_some(), "{p:?}");
+        }
     }
 
     #[test]

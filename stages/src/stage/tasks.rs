@@ -10,7 +10,7 @@ use crate::dataset::artefact::read_meta;
 use crate::error::{Result, StageError};
 use crate::order::read_order;
 
-pub const TASKS_FILE: &str = "tasks.json";
+pub const TASKS_FILE: &str = bsce_pipeline::registry::files::TASKS;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

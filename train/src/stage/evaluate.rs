@@ -127,7 +127,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         test_images: idx.len(),
         results,
     };
-    write_json(&job.out_dir.join("eval.json"), &eval)
+    write_json(&job.out_dir.join(bsce_pipeline::registry::files::EVALUATION), &eval)
 }
 
 fn score(scores: &Tensor, y: &Tensor, p: &EvalParams, seen: usize) -> ClassifierResult {

@@ -12,8 +12,6 @@ pub mod train;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bsce_pipeline::catalog::StageKind;
-use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
@@ -21,16 +19,6 @@ use crate::classifier::{Head, HeadSpec};
 use crate::method::{net_spec, Preset};
 use crate::net::Backbone;
 use crate::{Result, StageError};
-
-pub fn run_job(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
-    match job.kind {
-        StageKind::Train => train::run(job, reporter),
-        StageKind::Evaluate => evaluate::run(job, reporter),
-        other => Err(StageError::Other(format!(
-            "stage kind {other} runs in bsce-pipe, not bsce-torch"
-        ))),
-    }
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

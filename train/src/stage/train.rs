@@ -174,7 +174,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let total_iters = batches_per_epoch as u64 * recipe.epochs as u64;
     let mut iter = 0u64;
     for epoch in 0..recipe.epochs {
-        let lr = recipe.lr_at(epoch);
+        let lr = crate::method::lr_at(recipe, epoch);
         opt.set_lr(lr);
         let started = Instant::now();
         let mut sums: std::collections::BTreeMap<&'static str, f64> = Default::default();
@@ -311,7 +311,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     crate::checkpoint::save(&model.vs, &job.out_dir.join("model.safetensors"))?;
     write_json(&job.out_dir.join("model.json"), &info)?;
     write_json(&job.out_dir.join("memory.json"), &memory)?;
-    write_json(&job.out_dir.join("log.json"), &log)?;
+    write_json(&job.out_dir.join(bsce_pipeline::registry::files::TRAIN_LOG), &log)?;
     Ok(())
 }
 
@@ -345,7 +345,7 @@ fn task_loss(
                 terms.push(classification(logits));
                 terms.push((
                     "kd",
-                    loss::kd_logits(&logits.narrow(1, 0, start), old_logits, 2.0),
+                    loss::kd_logits(&logits.narrow(1, 0, start), old_logits, loss::icarl::KD_TEMPERATURE),
                 ));
             }
             (true, None) => terms.push(classification(logits)),
@@ -356,7 +356,7 @@ fn task_loss(
         Preset::Lucir => {
             terms.push(classification(logits));
             if let Some((old_out, _)) = old {
-                let lambda = loss::lucir_lambda(5.0, start, end - start);
+                let lambda = loss::lucir_lambda(loss::lucir::LESS_FORGET_BASE, start, end - start);
                 terms.push((
                     "less_forget",
                     loss::lucir_less_forget(&feature_of(out), &feature_of(old_out), lambda),
@@ -364,7 +364,13 @@ fn task_loss(
                 let cos = model.head.similarities(&feature_of(out));
                 terms.push((
                     "margin_ranking",
-                    loss::lucir_margin_ranking(&cos, y, start, 2, 0.5),
+                    loss::lucir_margin_ranking(
+                        &cos,
+                        y,
+                        start,
+                        loss::lucir::MARGIN_RANKING_K,
+                        loss::lucir::MARGIN,
+                    ),
                 ));
             }
         }
@@ -374,17 +380,17 @@ fn task_loss(
                 .scale()
                 .unwrap_or_else(|| Tensor::ones([], (Kind::Float, logits.device())));
             let adj = bsce.then_some(log_counts);
-            terms.push(("nca", loss::podnet_nca(logits, y, &eta, 0.6, true, adj)));
+            terms.push(("nca", loss::podnet_nca(logits, y, &eta, loss::podnet::NCA_MARGIN, true, adj)));
             if let Some((old_out, _)) = old {
                 terms.push((
                     "pod_flat",
                     loss::pod_flat(&out.raw, &old_out.raw)
-                        * loss::pod_factor(1.0, end, end - start),
+                        * loss::pod_factor(loss::podnet::POD_FLAT_FACTOR, end, end - start),
                 ));
                 terms.push((
                     "pod_spatial",
                     loss::pod_spatial(&out.attention, &old_out.attention)
-                        * loss::pod_factor(3.0, end, end - start),
+                        * loss::pod_factor(loss::podnet::POD_SPATIAL_FACTOR, end, end - start),
                 ));
             }
         }

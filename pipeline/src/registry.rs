@@ -1,0 +1,290 @@
+//! The stage registry: every stage kind declared once, here.
+//!
+//! | field         | read by                                                       |
+//! |---------------|---------------------------------------------------------------|
+//! | `kind`, `name`| config, plan, keys, store records, `cache du`                 |
+//! | `runner`      | the scheduler (which binary runs `exec-stage`), both routers  |
+//! | `needs_gpu`   | the scheduler's GPU slots (`--gpus`, `--stages-per-gpu`)       |
+//! | `outputs`     | the plan (what a consumer reads) and ingestion (a stage must write exactly these) |
+//! | `code`        | `stages/build.rs`: the sources whose token streams make the kind's code digest |
+//! | `code_variants` | the same, per value of one param (a train stage covers its own method's losses) |
+//! | `libraries`   | `stages/build.rs`: crates (from Cargo.lock) whose versions change the kind's numerics |
+//! | `seed_inputs` | the scheduler: inputs that, with the params, make the stage's seed |
+//!
+//! Adding a kind is a row here, a variant of [`StageKind`], its params in
+//! `params.rs` and its module in the crate that runs it.
+//!
+//! This file is also compiled into `stages/build.rs` (via `#[path]`), so it
+//! uses nothing but `std`, `serde` and `serde_json`.
+
+#![allow(dead_code)] // the build script uses only part of it
+
+use serde::{Deserialize, Serialize};
+
+/// The stage kinds a plan can contain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// A dataset source -> the canonical dataset artefact.
+    Prepare,
+    /// An order spec + the dataset's class count -> an explicit class order.
+    Order,
+    /// Dataset + order + incremental setting -> the classes of every task.
+    Tasks,
+    /// One incremental task: the previous model and memory + the task's
+    /// data -> the new model, memory and class means (libtorch).
+    Train,
+    /// A task's model on the test images of every class seen so far.
+    Evaluate,
+}
+
+/// Which binary runs a kind's `exec-stage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runner {
+    /// `bsce-pipe` itself: starts in milliseconds, no libtorch.
+    Pipe,
+    /// `bsce-torch`, the half that links libtorch (~0.4 s to load).
+    Torch,
+}
+
+impl Runner {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Runner::Pipe => "bsce-pipe",
+            Runner::Torch => "bsce-torch",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct StageSpec {
+    pub kind: StageKind,
+    pub name: &'static str,
+    pub runner: Runner,
+    /// Gets a GPU slot when `--gpus` lists some, and waits for one.
+    pub needs_gpu: bool,
+    /// Every file the stage writes to its output folder; no other.
+    pub outputs: &'static [&'static str],
+    /// Workspace-relative source files and folders whose code can change
+    /// the kind's outputs. Comments, formatting and `#[cfg(test)]` items
+    /// never count (token-stream digests).
+    pub code: &'static [&'static str],
+    /// More code for some stages of the kind, chosen by a param: a train
+    /// stage's digest covers its own method's losses only.
+    pub code_variants: Option<CodeVariants>,
+    pub libraries: &'static [&'static str],
+    /// Inputs whose digests, with the params, seed the stage's randomness.
+    /// Never the code digest, so an edit that does not change the
+    /// computation gives byte-identical outputs; never the previous
+    /// model, so a change upstream does not reshuffle every later task.
+    pub seed_inputs: &'static [&'static str],
+}
+
+/// Code a stage's digest adds according to one of its params.
+#[derive(Debug)]
+pub struct CodeVariants {
+    /// JSON pointer into the stage's params (`/method/preset`).
+    pub param: &'static str,
+    /// Param value -> the extra files. Every value the param can take is
+    /// listed (a test checks it), so none falls back silently.
+    pub by_value: &'static [(&'static str, &'static [&'static str])],
+}
+
+impl StageSpec {
+    /// The variant a stage with these params belongs to, if the kind has
+    /// variants.
+    pub fn variant_of(&self, params: &serde_json::Value) -> Option<&'static str> {
+        let v = self.code_variants.as_ref()?;
+        let value = params.pointer(v.param)?.as_str()?;
+        v.by_value.iter().find(|(name, _)| *name == value).map(|(name, _)| *name)
+    }
+}
+
+/// Files of a prepared dataset.
+pub mod files {
+    pub const META: &str = "meta.json";
+    pub const TRAIN_IMAGES: &str = "train.images";
+    pub const TRAIN_LABELS: &str = "train.labels";
+    pub const TEST_IMAGES: &str = "test.images";
+    pub const TEST_LABELS: &str = "test.labels";
+    pub const ORDER: &str = "order.json";
+    pub const TASKS: &str = "tasks.json";
+    pub const WEIGHTS: &str = "model.safetensors";
+    pub const MODEL: &str = "model.json";
+    pub const MEMORY: &str = "memory.json";
+    pub const TRAIN_LOG: &str = "log.json";
+    pub const EVALUATION: &str = "eval.json";
+
+    pub const DATASET: &[&str] = &[META, TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
+    /// What a train stage hands the next task and its evaluation (not its log).
+    pub const MODEL_FILES: &[&str] = &[WEIGHTS, MODEL, MEMORY];
+}
+
+pub const STAGES: &[StageSpec] = &[
+    StageSpec {
+        kind: StageKind::Prepare,
+        name: "prepare",
+        runner: Runner::Pipe,
+        needs_gpu: false,
+        outputs: files::DATASET,
+        code: &[
+            "stages/src/lib.rs",
+            "stages/src/dataset",
+            "stages/src/stage/prepare.rs",
+        ],
+        code_variants: None,
+        libraries: &["image", "zune-jpeg", "flate2"],
+        seed_inputs: &[],
+    },
+    StageSpec {
+        kind: StageKind::Order,
+        name: "order",
+        runner: Runner::Pipe,
+        needs_gpu: false,
+        outputs: &[files::ORDER],
+        code: &[
+            "stages/src/lib.rs",
+            "stages/src/dataset/artefact.rs",
+            "stages/src/order",
+            "stages/src/stage/order.rs",
+        ],
+        code_variants: None,
+        libraries: &[],
+        seed_inputs: &[],
+    },
+    StageSpec {
+        kind: StageKind::Tasks,
+        name: "tasks",
+        runner: Runner::Pipe,
+        needs_gpu: false,
+        outputs: &[files::TASKS],
+        code: &[
+            "stages/src/lib.rs",
+            "stages/src/dataset/artefact.rs",
+            "stages/src/order/mod.rs",
+            "stages/src/order/artefact.rs",
+            "stages/src/stage/tasks.rs",
+        ],
+        code_variants: None,
+        libraries: &[],
+        seed_inputs: &[],
+    },
+    StageSpec {
+        kind: StageKind::Train,
+        name: "train",
+        runner: Runner::Torch,
+        needs_gpu: true,
+        outputs: &[
+            files::WEIGHTS,
+            files::MODEL,
+            files::MEMORY,
+            files::TRAIN_LOG,
+        ],
+        code: &[
+            "stages/src/lib.rs",
+            "stages/src/dataset/artefact.rs",
+            "stages/src/order/mod.rs",
+            "stages/src/order/artefact.rs",
+            "train/src/lib.rs",
+            "train/src/runtime.rs",
+            "train/src/net.rs",
+            "train/src/classifier.rs",
+            "train/src/checkpoint.rs",
+            "train/src/memory.rs",
+            "train/src/data.rs",
+            "train/src/method.rs",
+            "train/src/stage/mod.rs",
+            "train/src/loss/mod.rs",
+            "train/src/stage/train.rs",
+        ],
+        code_variants: Some(CodeVariants {
+            param: "/method/preset",
+            by_value: &[
+                ("finetune", &[]),
+                ("icarl", &["train/src/loss/icarl.rs"]),
+                ("lucir", &["train/src/loss/lucir.rs"]),
+                ("podnet", &["train/src/loss/podnet.rs"]),
+            ],
+        }),
+        libraries: &["tch", "torch-sys"],
+        seed_inputs: &["dataset", "order"],
+    },
+    StageSpec {
+        kind: StageKind::Evaluate,
+        name: "evaluate",
+        runner: Runner::Torch,
+        needs_gpu: true,
+        outputs: &[files::EVALUATION],
+        code: &[
+            "stages/src/lib.rs",
+            "stages/src/dataset/artefact.rs",
+            "stages/src/order/mod.rs",
+            "stages/src/order/artefact.rs",
+            "train/src/lib.rs",
+            "train/src/runtime.rs",
+            "train/src/net.rs",
+            "train/src/classifier.rs",
+            "train/src/checkpoint.rs",
+            "train/src/memory.rs",
+            "train/src/data.rs",
+            "train/src/method.rs",
+            "train/src/stage/mod.rs",
+            "train/src/stage/evaluate.rs",
+        ],
+        code_variants: None,
+        libraries: &["tch", "torch-sys"],
+        seed_inputs: &["dataset", "order"],
+    },
+];
+
+/// The one list of workspace sources that cannot change any stage's
+/// outputs, with why. The build fails on a source file that is neither in
+/// some kind's `code` nor here (nor only compiled for tests).
+pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
+    ("src", "the bsce-pipe CLI: argument parsing, terminal reporter, results printing, inspect"),
+    ("build.rs", "records the git commit for --version and provenance"),
+    ("pipeline/src", "the engine: what it hands a stage reaches the key as params, inputs and sources"),
+    ("stages/src/stage/mod.rs", "routes a job to its kind and answers the engine's catalog questions"),
+    ("stages/src/error.rs", "error types: change failure messages only"),
+    ("stages/src/dataset/cifar/fixtures.rs", "writes CIFAR archives for tests; no stage calls it"),
+    ("train/src/main.rs", "bsce-torch's command line"),
+    ("train/src/router.rs", "routes a job to its kind"),
+    ("train/src/bench.rs", "the benchmarks of bench/run.sh"),
+    ("train/build.rs", "links libtorch (its version is a library of the train kinds)"),
+    ("stages/build.rs", "computes these digests; a change of rule changes every digest it makes"),
+];
+
+/// Folders of the workspace whose `.rs` files must all be classified.
+pub const SOURCE_ROOTS: &[&str] = &["src", "pipeline/src", "stages/src", "train/src"];
+
+impl StageKind {
+    pub const ALL: [StageKind; 5] = [
+        StageKind::Prepare,
+        StageKind::Order,
+        StageKind::Tasks,
+        StageKind::Train,
+        StageKind::Evaluate,
+    ];
+
+    pub fn spec(self) -> &'static StageSpec {
+        STAGES
+            .iter()
+            .find(|s| s.kind == self)
+            .expect("every kind has a registry row")
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.spec().name
+    }
+
+    pub fn parse(s: &str) -> Option<StageKind> {
+        STAGES.iter().find(|k| k.name == s).map(|k| k.kind)
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
