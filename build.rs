@@ -18,23 +18,46 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
-    for p in [".git/HEAD", ".git/index", ".git/refs/heads", "Cargo.toml", "Cargo.lock"] {
+    for p in [
+        ".git/HEAD",
+        ".git/index",
+        ".git/refs/heads",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={root}/{p}");
     }
-    for dir in ["src", "pipeline/src", "stages/src", "train/src", "configs", "scripts"] {
+    for dir in [
+        "src",
+        "pipeline/src",
+        "stages/src",
+        "train/src",
+        "configs",
+        "scripts",
+    ] {
         println!("cargo:rerun-if-changed={root}/{dir}");
     }
     let commit = git(&["-C", &root, "rev-parse", "HEAD"]).unwrap_or_default();
     let dirty = !commit.is_empty()
-        && git(&["-C", &root, "status", "--porcelain", "--untracked-files=normal"])
-            .is_some_and(|s| !s.is_empty());
+        && git(&[
+            "-C",
+            &root,
+            "status",
+            "--porcelain",
+            "--untracked-files=normal",
+        ])
+        .is_some_and(|s| !s.is_empty());
     let version = env!("CARGO_PKG_VERSION");
     let long = match (commit.is_empty(), dirty) {
         (true, _) => format!("{version} (commit unknown: not built from a git checkout)"),
         (false, false) => format!("{version} (commit {commit})"),
         (false, true) => format!("{version} (commit {commit}, dirty)"),
     };
-    let provenance = if dirty { format!("{commit}-dirty") } else { commit };
+    let provenance = if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    };
     println!("cargo:rustc-env=BSCE_GIT_COMMIT={provenance}");
     println!("cargo:rustc-env=BSCE_LONG_VERSION={long}");
 }

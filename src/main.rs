@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use bsce_pipeline::config::{self, Config};
 use bsce_pipeline::catalog::Runner;
+use bsce_pipeline::config::{self, Config};
 use bsce_pipeline::exec::{CancelToken, Engine, EngineError, NodeStatus, RunContext, RunOptions};
-use bsce_pipeline::store::lock::FileLock;
-use bsce_pipeline::store::locate;
 use bsce_pipeline::maintenance;
 use bsce_pipeline::plan::Plan;
+use bsce_pipeline::store::locate;
+use bsce_pipeline::store::lock::FileLock;
 use bsce_pipeline::store::LocalStore;
 use bsce_stages::stage::Catalog;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -377,7 +377,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let created = LocalStore::open_existing(&root).is_none();
             let store = LocalStore::open(&root)?;
             if created {
-                let _ = writeln!(std::io::stderr(), "created store {}", store.root().display());
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "created store {}",
+                    store.root().display()
+                );
             }
             let _in_use = hold_store(&store)?;
             let cancel = CancelToken::new();
@@ -579,7 +583,13 @@ fn print_status(
 }
 
 /// `explain CONFIG LABEL`: reads the store, writes nothing.
-fn explain(plan: &Plan, root: &Path, catalog: &Catalog, label: &str, json: bool) -> Result<ExitCode> {
+fn explain(
+    plan: &Plan,
+    root: &Path,
+    catalog: &Catalog,
+    label: &str,
+    json: bool,
+) -> Result<ExitCode> {
     use bsce_pipeline::catalog::StageCatalog;
     let Some(id) = plan.nodes.iter().position(|n| n.label == label) else {
         let labels = plan.nodes.iter().map(|n| n.label.as_str());
@@ -623,8 +633,17 @@ fn explain(plan: &Plan, root: &Path, catalog: &Catalog, label: &str, json: bool)
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} [{}], run by {}{}", node.label, node.kind, spec.runner.binary(),
-        if spec.needs_gpu { ", on a GPU when --gpus gives one" } else { "" });
+    println!(
+        "{} [{}], run by {}{}",
+        node.label,
+        node.kind,
+        spec.runner.binary(),
+        if spec.needs_gpu {
+            ", on a GPU when --gpus gives one"
+        } else {
+            ""
+        }
+    );
     match key {
         Some(k) => println!("key      {k}"),
         None => println!("key      not known until its inputs are rebuilt"),
@@ -635,12 +654,21 @@ fn explain(plan: &Plan, root: &Path, catalog: &Catalog, label: &str, json: bool)
         println!("state    {state}: {}", reasons.join("; "));
     }
     if let Some(seed) = e.seed {
-        println!("seed     {seed} (from params and {} inputs; never from code)",
-            if spec.seed_inputs.is_empty() { "no".to_string() } else { spec.seed_inputs.join(", ") });
+        println!(
+            "seed     {seed} (from params and {} inputs; never from code)",
+            if spec.seed_inputs.is_empty() {
+                "no".to_string()
+            } else {
+                spec.seed_inputs.join(", ")
+            }
+        );
     }
     println!("outputs  {}", spec.outputs.join(", "));
-    println!("code     {} = token streams of {} files (comments, formatting and tests left out):",
-        e.record.code_digest, files.len());
+    println!(
+        "code     {} = token streams of {} files (comments, formatting and tests left out):",
+        e.record.code_digest,
+        files.len()
+    );
     for (f, d) in &files {
         println!("  {f}  {}", &d[..12]);
     }
@@ -653,7 +681,12 @@ fn explain(plan: &Plan, root: &Path, catalog: &Catalog, label: &str, json: bool)
         println!("  {name}  (rebuilt by {from})");
     }
     if !e.record.libraries.is_empty() {
-        let libs: Vec<String> = e.record.libraries.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        let libs: Vec<String> = e
+            .record
+            .libraries
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
         println!("libraries {}", libs.join(", "));
     }
     Ok(ExitCode::SUCCESS)
@@ -732,8 +765,8 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                 if held.is_none() {
                     let s = existing_store(&r)?;
                     let path = s.store_lock_path();
-                    let Some(lock) =
-                        FileLock::try_exclusive(&path).with_context(|| path.display().to_string())?
+                    let Some(lock) = FileLock::try_exclusive(&path)
+                        .with_context(|| path.display().to_string())?
                     else {
                         return Err(StoreBusy(format!(
                             "store {} is in use by a running `bsce-pipe run`; run `cache gc` when it has finished",
@@ -828,7 +861,11 @@ fn hold_store(store: &LocalStore) -> Result<FileLock> {
             return Ok(l);
         }
         if !said {
-            let _ = writeln!(std::io::stderr(), "waiting for `cache gc` to finish with {}", store.root().display());
+            let _ = writeln!(
+                std::io::stderr(),
+                "waiting for `cache gc` to finish with {}",
+                store.root().display()
+            );
             said = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

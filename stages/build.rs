@@ -51,7 +51,10 @@ fn main() {
     for root in registry::SOURCE_ROOTS {
         println!("cargo:rerun-if-changed={}", ws.join(root).display());
     }
-    println!("cargo:rerun-if-changed={}", ws.join("pipeline/src/registry.rs").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ws.join("pipeline/src/registry.rs").display()
+    );
 
     // One digest per kind, and one per kind:variant (its code plus the
     // variant's files).
@@ -91,7 +94,13 @@ fn main() {
             .iter()
             .map(|(f, d)| format!("({f:?}, {d:?})"))
             .collect();
-        writeln!(out, "    ({kind:?}, {:?}, &[{}]),", code.digest, files.join(", ")).unwrap();
+        writeln!(
+            out,
+            "    ({kind:?}, {:?}, &[{}]),",
+            code.digest,
+            files.join(", ")
+        )
+        .unwrap();
     }
     out.push_str("];\npub const LIBRARIES: &[(&str, &[(&str, &str)])] = &[\n");
     let torch = libtorch_version();

@@ -1179,10 +1179,23 @@ fn scratch_copy(from: &Path) -> (tempfile::TempDir, Checkout) {
             .current_dir(at)
             .output()
             .unwrap();
-        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    let files = git(&["ls-files", "-z", "--cached", "--others", "--exclude-standard"], from);
+    let files = git(
+        &[
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ],
+        from,
+    );
     for f in files.split('\0').filter(|f| !f.is_empty()) {
         let src = from.join(f);
         if !src.is_file() {
@@ -1242,14 +1255,19 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
     data.write("c.yaml", SMALL);
     main.run(data.dir.path(), &["run", "c.yaml"]).ok();
     let version = main.run(data.dir.path(), &["--version"]).ok().stdout;
-    let status = main.run(data.dir.path(), &["status", "c.yaml", "--json"]).ok().stdout;
+    let status = main
+        .run(data.dir.path(), &["status", "c.yaml", "--json"])
+        .ok()
+        .stdout;
 
     let (_keep, scratch) = scratch_copy(&main.root);
     let (ok, out) = scratch.setup();
     assert!(ok, "setup of the scratch copy:\n{out}");
     let t = Project::new();
     t.write("t.yaml", TRAINED);
-    let first = scratch.run(t.dir.path(), &["run", "t.yaml", "--jobs", "1", "--json"]).ok();
+    let first = scratch
+        .run(t.dir.path(), &["run", "t.yaml", "--jobs", "1", "--json"])
+        .ok();
     let all = executed_of(&first);
     assert_eq!(all.len(), 1 + 1 + 1 + 2 * 3 * 2, "{all:?}");
 
@@ -1261,16 +1279,26 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
     );
     let (ok, out) = scratch.setup();
     assert!(ok, "{out}");
-    let st = scratch.run(t.dir.path(), &["status", "t.yaml", "--json"]).ok().json();
+    let st = scratch
+        .run(t.dir.path(), &["status", "t.yaml", "--json"])
+        .ok()
+        .json();
     assert_eq!(st["to_run"], 0, "{st}");
 
     // (b) One numeric constant of LUCIR's loss: LUCIR's train stages rerun
     // with the reason, and what they feed; the base task's model (no old
     // classes, no margin) is byte-identical, so its evaluation is cut off.
-    scratch.edit("train/src/loss/lucir.rs", "pub const MARGIN: f64 = 0.5;", "pub const MARGIN: f64 = 0.4;");
+    scratch.edit(
+        "train/src/loss/lucir.rs",
+        "pub const MARGIN: f64 = 0.5;",
+        "pub const MARGIN: f64 = 0.4;",
+    );
     let (ok, out) = scratch.setup();
     assert!(ok, "{out}");
-    let st = scratch.run(t.dir.path(), &["status", "t.yaml", "--json"]).ok().json();
+    let st = scratch
+        .run(t.dir.path(), &["status", "t.yaml", "--json"])
+        .ok()
+        .json();
     for n in st["nodes"].as_array().unwrap() {
         let label = n["label"].as_str().unwrap();
         if label.starts_with("train/") && label.contains("/lucir/") {
@@ -1279,7 +1307,11 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
             assert_eq!(n["state"], "cached", "{n}");
         }
     }
-    let rerun = executed_of(&scratch.run(t.dir.path(), &["run", "t.yaml", "--jobs", "1", "--json"]).ok());
+    let rerun = executed_of(
+        &scratch
+            .run(t.dir.path(), &["run", "t.yaml", "--jobs", "1", "--json"])
+            .ok(),
+    );
     let expected: Vec<String> = all
         .iter()
         .filter(|l| l.contains("/lucir/") && (l.starts_with("train/") || !l.ends_with("/t0")))
@@ -1297,9 +1329,15 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
     );
     let (ok, out) = scratch.setup();
     assert!(ok, "{out}");
-    let r = scratch.run(t.dir.path(), &["run", "t.yaml", "--jobs", "1", "--json"]).ok();
+    let r = scratch
+        .run(t.dir.path(), &["run", "t.yaml", "--jobs", "1", "--json"])
+        .ok();
     let rerun = executed_of(&r);
-    let trains: Vec<String> = all.iter().filter(|l| l.starts_with("train/")).cloned().collect();
+    let trains: Vec<String> = all
+        .iter()
+        .filter(|l| l.starts_with("train/"))
+        .cloned()
+        .collect();
     assert_eq!(rerun, trains, "only the train stages rerun");
     assert_eq!(r.json()["cached"], all.len() - trains.len());
 
@@ -1308,15 +1346,23 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
     std::fs::write(scratch.root.join("train/src/stray.rs"), "pub fn f() {}\n").unwrap();
     let (ok, out) = scratch.setup();
     assert!(!ok, "the build must fail:\n{out}");
-    assert!(out.contains("train/src/stray.rs") && out.contains("NO_OUTPUT_EFFECT"), "{out}");
+    assert!(
+        out.contains("train/src/stray.rs") && out.contains("NO_OUTPUT_EFFECT"),
+        "{out}"
+    );
     std::fs::remove_file(scratch.root.join("train/src/stray.rs")).unwrap();
 
     // The first checkout still runs its own code and sees its own store.
     let scratch_version = scratch.run(t.dir.path(), &["--version"]).ok().stdout;
     assert_ne!(scratch_version, version, "two commits, two versions");
-    assert_eq!(main.run(data.dir.path(), &["--version"]).ok().stdout, version);
     assert_eq!(
-        main.run(data.dir.path(), &["status", "c.yaml", "--json"]).ok().stdout,
+        main.run(data.dir.path(), &["--version"]).ok().stdout,
+        version
+    );
+    assert_eq!(
+        main.run(data.dir.path(), &["status", "c.yaml", "--json"])
+            .ok()
+            .stdout,
         status
     );
 }

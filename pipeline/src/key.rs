@@ -347,15 +347,25 @@ mod tests {
         r.code_digest = "edited".into();
         r.libraries.insert("tch".into(), "0.27".into());
         r.key_version += 1;
-        assert_eq!(r.identity_seed(&["dataset"]), seed, "code and libraries stay out");
+        assert_eq!(
+            r.identity_seed(&["dataset"]),
+            seed,
+            "code and libraries stay out"
+        );
         let mut r = record();
-        r.inputs.insert("previous/model.json".into(), Digest::of_bytes(b"m"));
-        assert_eq!(r.identity_seed(&["dataset"]), seed, "inputs not named stay out");
+        r.inputs
+            .insert("previous/model.json".into(), Digest::of_bytes(b"m"));
+        assert_eq!(
+            r.identity_seed(&["dataset"]),
+            seed,
+            "inputs not named stay out"
+        );
         let mut r = record();
         r.params["training"]["lr"] = json!(0.05);
         assert_ne!(r.identity_seed(&["dataset"]), seed);
         let mut r = record();
-        r.inputs.insert("dataset/meta.json".into(), Digest::of_bytes(b"other"));
+        r.inputs
+            .insert("dataset/meta.json".into(), Digest::of_bytes(b"other"));
         assert_ne!(r.identity_seed(&["dataset"]), seed);
         assert_ne!(record().identity_seed(&[]), seed);
     }

@@ -97,7 +97,10 @@ impl StageSpec {
     pub fn variant_of(&self, params: &serde_json::Value) -> Option<&'static str> {
         let v = self.code_variants.as_ref()?;
         let value = params.pointer(v.param)?.as_str()?;
-        v.by_value.iter().find(|(name, _)| *name == value).map(|(name, _)| *name)
+        v.by_value
+            .iter()
+            .find(|(name, _)| *name == value)
+            .map(|(name, _)| *name)
     }
 }
 
@@ -242,17 +245,41 @@ pub const STAGES: &[StageSpec] = &[
 /// outputs, with why. The build fails on a source file that is neither in
 /// some kind's `code` nor here (nor only compiled for tests).
 pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
-    ("src", "the bsce-pipe CLI: argument parsing, terminal reporter, results printing, inspect"),
-    ("build.rs", "records the git commit for --version and provenance"),
-    ("pipeline/src", "the engine: what it hands a stage reaches the key as params, inputs and sources"),
-    ("stages/src/stage/mod.rs", "routes a job to its kind and answers the engine's catalog questions"),
-    ("stages/src/error.rs", "error types: change failure messages only"),
-    ("stages/src/dataset/cifar/fixtures.rs", "writes CIFAR archives for tests; no stage calls it"),
+    (
+        "src",
+        "the bsce-pipe CLI: argument parsing, terminal reporter, results printing, inspect",
+    ),
+    (
+        "build.rs",
+        "records the git commit for --version and provenance",
+    ),
+    (
+        "pipeline/src",
+        "the engine: what it hands a stage reaches the key as params, inputs and sources",
+    ),
+    (
+        "stages/src/stage/mod.rs",
+        "routes a job to its kind and answers the engine's catalog questions",
+    ),
+    (
+        "stages/src/error.rs",
+        "error types: change failure messages only",
+    ),
+    (
+        "stages/src/dataset/cifar/fixtures.rs",
+        "writes CIFAR archives for tests; no stage calls it",
+    ),
     ("train/src/main.rs", "bsce-torch's command line"),
     ("train/src/router.rs", "routes a job to its kind"),
     ("train/src/bench.rs", "the benchmarks of bench/run.sh"),
-    ("train/build.rs", "links libtorch (its version is a library of the train kinds)"),
-    ("stages/build.rs", "computes these digests; a change of rule changes every digest it makes"),
+    (
+        "train/build.rs",
+        "links libtorch (its version is a library of the train kinds)",
+    ),
+    (
+        "stages/build.rs",
+        "computes these digests; a change of rule changes every digest it makes",
+    ),
 ];
 
 /// Folders of the workspace whose `.rs` files must all be classified.

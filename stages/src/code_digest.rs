@@ -31,7 +31,10 @@ pub enum CodeError {
     Io(PathBuf, std::io::Error),
     Parse(PathBuf, String),
     /// A registry entry that names no existing file or folder.
-    Missing { kind: String, entry: String },
+    Missing {
+        kind: String,
+        entry: String,
+    },
     /// Sources no kind covers and the exemption list does not name.
     Unclassified(Vec<String>),
 }
@@ -147,7 +150,8 @@ fn strip_docs(ts: TokenStream) -> TokenStream {
     while i < tokens.len() {
         if let TokenTree::Punct(p) = &tokens[i] {
             if p.as_char() == '#' {
-                let bang = matches!(tokens.get(i + 1), Some(TokenTree::Punct(q)) if q.as_char() == '!');
+                let bang =
+                    matches!(tokens.get(i + 1), Some(TokenTree::Punct(q)) if q.as_char() == '!');
                 let g = if bang { i + 2 } else { i + 1 };
                 if let Some(TokenTree::Group(group)) = tokens.get(g) {
                     let first = group.stream().into_iter().next();
@@ -247,8 +251,7 @@ fn all_sources(ws: &Path, roots: &[&str]) -> Result<BTreeSet<String>, CodeError>
         }
         for entry in walkdir::WalkDir::new(&dir) {
             let entry = entry.map_err(|e| CodeError::Io(dir.clone(), e.into()))?;
-            if entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "rs")
-            {
+            if entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "rs") {
                 out.insert(rel(ws, entry.path()));
             }
         }
@@ -257,7 +260,10 @@ fn all_sources(ws: &Path, roots: &[&str]) -> Result<BTreeSet<String>, CodeError>
 }
 
 fn rel(ws: &Path, p: &Path) -> String {
-    p.strip_prefix(ws).unwrap_or(p).to_string_lossy().replace('\\', "/")
+    p.strip_prefix(ws)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .replace('\\', "/")
 }
 
 /// Files compiled outside tests, reached through the module trees of the
@@ -478,7 +484,10 @@ mod tests {
         kind_digests(
             ws,
             &["k/src"],
-            &[("one", &["k/src/lib.rs", "k/src/a"]), ("two", &["k/src/lib.rs"])],
+            &[
+                ("one", &["k/src/lib.rs", "k/src/a"]),
+                ("two", &["k/src/lib.rs"]),
+            ],
             &["k/src/cli.rs"],
         )
     }
@@ -487,7 +496,10 @@ mod tests {
     fn kinds_cover_their_files_and_test_files_are_out() {
         let ws = workspace(&[
             ("k/src/lib.rs", LIB),
-            ("k/src/a/mod.rs", "pub fn f() -> u8 { 1 }\n#[cfg(test)] mod t;\n"),
+            (
+                "k/src/a/mod.rs",
+                "pub fn f() -> u8 { 1 }\n#[cfg(test)] mod t;\n",
+            ),
             ("k/src/a/t.rs", "fn helper() {}"),
             ("k/src/cli.rs", "fn main() {}"),
             ("k/src/tests.rs", "fn case() {}"),
@@ -524,7 +536,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let msg = digests(ws.path()).unwrap_err().to_string();
-        assert!(msg.contains("k/src/stray.rs") && msg.contains("NO_OUTPUT_EFFECT"), "{msg}");
+        assert!(
+            msg.contains("k/src/stray.rs") && msg.contains("NO_OUTPUT_EFFECT"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -533,7 +548,10 @@ mod tests {
         let err = kind_digests(ws.path(), &["k/src"], &[("one", &["k/src/gone.rs"])], &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("one") && err.contains("k/src/gone.rs"), "{err}");
+        assert!(
+            err.contains("one") && err.contains("k/src/gone.rs"),
+            "{err}"
+        );
     }
 
     #[test]

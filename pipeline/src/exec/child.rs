@@ -21,8 +21,8 @@ use super::Engine;
 use crate::digest::Digest;
 use crate::events::RunEvent;
 use crate::key::{DirtyReason, KeyRecord};
-use crate::registry::Runner;
 use crate::plan::{NodeId, PlanNode};
+use crate::registry::Runner;
 use crate::store::atomic::temp_name;
 use crate::store::local::make_writable;
 use crate::store::lock::FileLock;
@@ -292,7 +292,8 @@ fn run_child(
             std::io::Error::last_os_error()
         ));
     }
-    let interrupted = cancel.is_cancelled() && !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let interrupted =
+        cancel.is_cancelled() && !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     let _ = reader.join();
     let wall_seconds = start.elapsed().as_secs_f64();
     let log_bytes = fs::read(&log_path).unwrap_or_default();

@@ -49,7 +49,12 @@ impl GpuPool {
     }
 
     fn units(&self, kind: StageKind) -> u32 {
-        let n = self.per_kind.get(&kind).copied().unwrap_or(self.default_share).clamp(1, 720);
+        let n = self
+            .per_kind
+            .get(&kind)
+            .copied()
+            .unwrap_or(self.default_share)
+            .clamp(1, 720);
         CAPACITY / n
     }
 
@@ -97,7 +102,9 @@ mod tests {
     #[test]
     fn n_stages_share_a_gpu_and_kinds_mix() {
         let mut p = GpuPool::new(&[3], 4, BTreeMap::from([(StageKind::Evaluate, 8)]));
-        let trains: Vec<_> = (0..4).map(|_| p.acquire(StageKind::Train).unwrap()).collect();
+        let trains: Vec<_> = (0..4)
+            .map(|_| p.acquire(StageKind::Train).unwrap())
+            .collect();
         assert!(trains.iter().all(|s| s.device() == "cuda:3"));
         assert_eq!(p.acquire(StageKind::Train), None);
         assert_eq!(p.acquire(StageKind::Evaluate), None);

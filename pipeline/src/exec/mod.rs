@@ -377,14 +377,21 @@ impl<'a> Engine<'a> {
         let mut runnable: BinaryHeap<Reverse<(usize, NodeId)>> = BinaryHeap::new();
         let mut resolved: BTreeMap<NodeId, (KeyRecord, Digest, bool)> = BTreeMap::new();
         let mut gpu_waiting: VecDeque<(NodeId, KeyRecord, Digest, bool)> = VecDeque::new();
-        let mut gpus = GpuPool::new(&opts.gpus, opts.stages_per_gpu, opts.stages_per_gpu_kind.clone());
+        let mut gpus = GpuPool::new(
+            &opts.gpus,
+            opts.stages_per_gpu,
+            opts.stages_per_gpu_kind.clone(),
+        );
         let jobs = opts.jobs.max(1);
         let threads_per_stage = (self.ctx.cpus / jobs).max(1);
         let (tx, rx) = mpsc::channel::<child::WorkerMessage>();
         {
             let tx = Mutex::new(tx.clone());
             cancel.on_cancel(move || {
-                let _ = tx.lock().expect("not poisoned").send(child::WorkerMessage::Cancel);
+                let _ = tx
+                    .lock()
+                    .expect("not poisoned")
+                    .send(child::WorkerMessage::Cancel);
             });
         }
         let mut running = 0usize;
@@ -410,7 +417,9 @@ impl<'a> Engine<'a> {
                 }
                 // Resolve every ready node: served from the store, or to run.
                 while !stop_launching {
-                    let Some(Reverse((_, id))) = ready.pop() else { break };
+                    let Some(Reverse((_, id))) = ready.pop() else {
+                        break;
+                    };
                     let node = &self.plan.nodes[id];
                     let (record, pending) = self.key_record(node, &sources[id], &outputs);
                     debug_assert!(pending.is_empty());
@@ -452,7 +461,9 @@ impl<'a> Engine<'a> {
                             (id, record, key, forced)
                         })
                     };
-                    let Some((id, record, key, forced)) = next else { break };
+                    let Some((id, record, key, forced)) = next else {
+                        break;
+                    };
                     let node = &self.plan.nodes[id];
                     let slot = if node.kind.spec().needs_gpu && gpus.enabled() {
                         match gpus.acquire(node.kind) {

@@ -47,14 +47,20 @@ impl fmt::Display for StoreChoice {
         match &self.origin {
             StoreOrigin::Flag => write!(f, "store {} (--store)", self.root.display()),
             StoreOrigin::Env => write!(f, "store {} (BSCE_STORE)", self.root.display()),
-            StoreOrigin::Config => write!(f, "store {} (the config's store.path)", self.root.display()),
+            StoreOrigin::Config => {
+                write!(f, "store {} (the config's store.path)", self.root.display())
+            }
             StoreOrigin::Enclosing(from) => write!(
                 f,
                 "store {} (the nearest store above {})",
                 self.root.display(),
                 from.display()
             ),
-            StoreOrigin::New => write!(f, "store {} (new, at the project root)", self.root.display()),
+            StoreOrigin::New => write!(
+                f,
+                "store {} (new, at the project root)",
+                self.root.display()
+            ),
         }
     }
 }
@@ -94,20 +100,35 @@ pub fn choose(
 ) -> Option<StoreChoice> {
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     if let Some(p) = flag {
-        return Some(StoreChoice { root: abs(p), origin: StoreOrigin::Flag });
+        return Some(StoreChoice {
+            root: abs(p),
+            origin: StoreOrigin::Flag,
+        });
     }
     if let Some(p) = env.filter(|p| !p.as_os_str().is_empty()) {
-        return Some(StoreChoice { root: abs(p), origin: StoreOrigin::Env });
+        return Some(StoreChoice {
+            root: abs(p),
+            origin: StoreOrigin::Env,
+        });
     }
     if let Some((_, Some(p))) = config {
-        return Some(StoreChoice { root: abs(p), origin: StoreOrigin::Config });
+        return Some(StoreChoice {
+            root: abs(p),
+            origin: StoreOrigin::Config,
+        });
     }
     let start = match config {
-        Some((file, _)) => abs(file).parent().map(Path::to_path_buf).unwrap_or_else(|| abs(cwd)),
+        Some((file, _)) => abs(file)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| abs(cwd)),
         None => abs(cwd),
     };
     if let Some(root) = enclosing_store(&start) {
-        return Some(StoreChoice { root, origin: StoreOrigin::Enclosing(start) });
+        return Some(StoreChoice {
+            root,
+            origin: StoreOrigin::Enclosing(start),
+        });
     }
     config.map(|_| StoreChoice {
         root: project_root(&start).join(STORE_DIR),
@@ -136,12 +157,18 @@ mod tests {
         let c = |f: Option<&Path>, e: Option<&Path>, s: Option<&Path>| {
             choose(f, e, Some((&cfg, s)), &repo).unwrap()
         };
-        assert_eq!(c(Some(&flag), Some(&env), Some(&env)).origin, StoreOrigin::Flag);
+        assert_eq!(
+            c(Some(&flag), Some(&env), Some(&env)).origin,
+            StoreOrigin::Flag
+        );
         assert_eq!(c(None, Some(&env), Some(&flag)).origin, StoreOrigin::Env);
         assert_eq!(c(None, None, Some(&flag)).root, flag);
         // Nothing yet: a new store at the project root, not beside the config.
         let new = c(None, None, None);
-        assert_eq!((new.root.clone(), new.origin), (repo.join(".bsce"), StoreOrigin::New));
+        assert_eq!(
+            (new.root.clone(), new.origin),
+            (repo.join(".bsce"), StoreOrigin::New)
+        );
         // Once it exists, commands without a config find it from anywhere inside.
         store_at(&repo.join(".bsce"));
         let found = choose(None, None, None, &repo.join("configs")).unwrap();

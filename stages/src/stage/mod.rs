@@ -113,7 +113,11 @@ impl StageCatalog for Catalog {
     }
 }
 
-type CodeEntry = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+type CodeEntry = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
 
 fn code_entry(kind: StageKind, variant: Option<&str>) -> &'static CodeEntry {
     let name = match variant {
@@ -133,8 +137,10 @@ mod tests {
     #[test]
     fn every_kind_has_its_own_code_digest() {
         let c = Catalog::default();
-        let digests: std::collections::BTreeSet<String> =
-            StageKind::ALL.iter().map(|k| c.code_digest(*k, None)).collect();
+        let digests: std::collections::BTreeSet<String> = StageKind::ALL
+            .iter()
+            .map(|k| c.code_digest(*k, None))
+            .collect();
         assert_eq!(digests.len(), StageKind::ALL.len());
     }
 
@@ -151,20 +157,45 @@ mod tests {
     #[test]
     fn code_digests_list_their_files_and_leave_tests_out() {
         let c = Catalog::default();
-        let files = |k, v| -> Vec<String> { c.code_files(k, v).into_iter().map(|(f, _)| f).collect() };
+        let files =
+            |k, v| -> Vec<String> { c.code_files(k, v).into_iter().map(|(f, _)| f).collect() };
         let train = files(StageKind::Train, Some("lucir"));
-        assert!(train.contains(&"train/src/loss/mod.rs".to_string()), "{train:?}");
-        assert!(train.contains(&"train/src/loss/lucir.rs".to_string()), "{train:?}");
-        assert!(!train.contains(&"train/src/loss/podnet.rs".to_string()), "{train:?}");
-        assert!(!train.contains(&"train/src/loss/tests.rs".to_string()), "test-only");
-        assert!(train.contains(&"train/src/stage/mod.rs".to_string()), "{train:?}");
-        assert!(train.contains(&"stages/src/dataset/artefact.rs".to_string()), "{train:?}");
+        assert!(
+            train.contains(&"train/src/loss/mod.rs".to_string()),
+            "{train:?}"
+        );
+        assert!(
+            train.contains(&"train/src/loss/lucir.rs".to_string()),
+            "{train:?}"
+        );
+        assert!(
+            !train.contains(&"train/src/loss/podnet.rs".to_string()),
+            "{train:?}"
+        );
+        assert!(
+            !train.contains(&"train/src/loss/tests.rs".to_string()),
+            "test-only"
+        );
+        assert!(
+            train.contains(&"train/src/stage/mod.rs".to_string()),
+            "{train:?}"
+        );
+        assert!(
+            train.contains(&"stages/src/dataset/artefact.rs".to_string()),
+            "{train:?}"
+        );
         let eval = files(StageKind::Evaluate, None);
         assert!(!eval.iter().any(|f| f.contains("loss")), "{eval:?}");
         let prepare = files(StageKind::Prepare, None);
         assert!(prepare.contains(&"stages/src/dataset/cifar/pickle.rs".to_string()));
-        assert!(!prepare.contains(&"stages/src/dataset/cifar/tests.rs".to_string()), "test-only");
-        assert!(!prepare.contains(&"stages/src/dataset/cifar/fixtures.rs".to_string()), "exempt");
+        assert!(
+            !prepare.contains(&"stages/src/dataset/cifar/tests.rs".to_string()),
+            "test-only"
+        );
+        assert!(
+            !prepare.contains(&"stages/src/dataset/cifar/fixtures.rs".to_string()),
+            "exempt"
+        );
     }
 
     #[test]
@@ -187,8 +218,10 @@ mod tests {
     fn a_train_stage_digests_its_own_method_only() {
         let c = Catalog::default();
         let d = |v| c.code_digest(StageKind::Train, Some(v));
-        let all: std::collections::BTreeSet<String> =
-            ["finetune", "icarl", "lucir", "podnet"].into_iter().map(d).collect();
+        let all: std::collections::BTreeSet<String> = ["finetune", "icarl", "lucir", "podnet"]
+            .into_iter()
+            .map(d)
+            .collect();
         assert_eq!(all.len(), 4);
     }
 
@@ -196,7 +229,12 @@ mod tests {
     fn every_preset_has_a_code_variant() {
         use bsce_pipeline::params::Preset;
         let spec = StageKind::Train.spec();
-        for p in [Preset::Finetune, Preset::Icarl, Preset::Lucir, Preset::Podnet] {
+        for p in [
+            Preset::Finetune,
+            Preset::Icarl,
+            Preset::Lucir,
+            Preset::Podnet,
+        ] {
             let params = serde_json::json!({"method": {"preset": p}});
             assert!(spec.variant_of(&params).is_some(), "{p:?}");
         }

@@ -355,13 +355,7 @@ mod podnet {
     }
 
     /// Per-row a_c = η(z_c − m·[c = y when `target_only`]) + ln n_c.
-    fn adjusted(
-        row: &[f64],
-        y: usize,
-        margin: f64,
-        target_only: bool,
-        log_n: &[f64],
-    ) -> Vec<f64> {
+    fn adjusted(row: &[f64], y: usize, margin: f64, target_only: bool, log_n: &[f64]) -> Vec<f64> {
         (0..row.len())
             .map(|c| {
                 let m = if target_only && c != y { 0.0 } else { margin };

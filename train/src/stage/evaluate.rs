@@ -127,7 +127,10 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         test_images: idx.len(),
         results,
     };
-    write_json(&job.out_dir.join(bsce_pipeline::registry::files::EVALUATION), &eval)
+    write_json(
+        &job.out_dir.join(bsce_pipeline::registry::files::EVALUATION),
+        &eval,
+    )
 }
 
 fn score(scores: &Tensor, y: &Tensor, p: &EvalParams, seen: usize) -> ClassifierResult {

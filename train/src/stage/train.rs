@@ -311,7 +311,10 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     crate::checkpoint::save(&model.vs, &job.out_dir.join("model.safetensors"))?;
     write_json(&job.out_dir.join("model.json"), &info)?;
     write_json(&job.out_dir.join("memory.json"), &memory)?;
-    write_json(&job.out_dir.join(bsce_pipeline::registry::files::TRAIN_LOG), &log)?;
+    write_json(
+        &job.out_dir.join(bsce_pipeline::registry::files::TRAIN_LOG),
+        &log,
+    )?;
     Ok(())
 }
 
@@ -345,7 +348,11 @@ fn task_loss(
                 terms.push(classification(logits));
                 terms.push((
                     "kd",
-                    loss::kd_logits(&logits.narrow(1, 0, start), old_logits, loss::icarl::KD_TEMPERATURE),
+                    loss::kd_logits(
+                        &logits.narrow(1, 0, start),
+                        old_logits,
+                        loss::icarl::KD_TEMPERATURE,
+                    ),
                 ));
             }
             (true, None) => terms.push(classification(logits)),
@@ -380,7 +387,10 @@ fn task_loss(
                 .scale()
                 .unwrap_or_else(|| Tensor::ones([], (Kind::Float, logits.device())));
             let adj = bsce.then_some(log_counts);
-            terms.push(("nca", loss::podnet_nca(logits, y, &eta, loss::podnet::NCA_MARGIN, true, adj)));
+            terms.push((
+                "nca",
+                loss::podnet_nca(logits, y, &eta, loss::podnet::NCA_MARGIN, true, adj),
+            ));
             if let Some((old_out, _)) = old {
                 terms.push((
                     "pod_flat",
