@@ -280,13 +280,7 @@ struct Loaded {
 fn load(config: &Path, store: &StoreArgs) -> Result<Loaded> {
     let catalog = catalog();
     let cfg = load_config(config, &catalog)?;
-    let choice = locate::choose(
-        store.store.as_deref(),
-        env_store().as_deref(),
-        Some((&cfg.file, cfg.store_path.as_deref())),
-        &cwd(),
-    )
-    .expect("a config always gives a store");
+    let choice = config_store(store, &cfg);
     announce(&choice);
     Ok(Loaded {
         plan: Plan::from_config(&cfg),
@@ -294,6 +288,17 @@ fn load(config: &Path, store: &StoreArgs) -> Result<Loaded> {
         cfg,
         catalog,
     })
+}
+
+/// The store rule for a command that reads `cfg`.
+fn config_store(args: &StoreArgs, cfg: &Config) -> locate::StoreChoice {
+    locate::choose(
+        args.store.as_deref(),
+        env_store().as_deref(),
+        Some((&cfg.file, cfg.store_path.as_deref())),
+        &cwd(),
+    )
+    .expect("a config always gives a store")
 }
 
 /// `BSCE_STORE`, read once here.
@@ -529,16 +534,7 @@ fn print_status(
     json: bool,
     dry_run: bool,
 ) -> Result<ExitCode> {
-    // A store that does not exist yet is read as an empty one, in a temp
-    // folder, so status never creates anything.
-    let scratch;
-    let store = match LocalStore::open_existing(root) {
-        Some(s) => s,
-        None => {
-            scratch = tempdir()?;
-            LocalStore::open(&scratch.0)?
-        }
-    };
+    let (store, _scratch) = read_only_store(root)?;
     let ctx = run_context()?;
     let engine = Engine::new(plan, &store, catalog, &ctx);
     let status = engine.status(opts)?;
@@ -598,14 +594,7 @@ fn explain(
             .unwrap_or_else(|| "; `status CONFIG` lists every label".into());
         return Err(BadInput(format!("no stage labelled `{label}` in this config{hint}")).into());
     };
-    let scratch;
-    let store = match LocalStore::open_existing(root) {
-        Some(s) => s,
-        None => {
-            scratch = tempdir()?;
-            LocalStore::open(&scratch.0)?
-        }
-    };
+    let (store, _scratch) = read_only_store(root)?;
     let ctx = run_context()?;
     let engine = Engine::new(plan, &store, catalog, &ctx);
     let e = engine.explain(&RunOptions::default())?.swap_remove(id);
@@ -692,6 +681,18 @@ fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The store at `root` for a command that only reads: a store that does not
+/// exist yet is read as an empty one, in a temp folder kept alive by the
+/// second value, so such commands never create anything.
+fn read_only_store(root: &Path) -> Result<(LocalStore, Option<TempDir>)> {
+    if let Some(s) = LocalStore::open_existing(root) {
+        return Ok((s, None));
+    }
+    let scratch = tempdir()?;
+    let store = LocalStore::open(&scratch.0)?;
+    Ok((store, Some(scratch)))
+}
+
 struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -739,13 +740,7 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
             let mut held: Option<(LocalStore, FileLock)> = None;
             for cfg_path in &keep {
                 let cfg = load_config(cfg_path, &catalog)?;
-                let choice = locate::choose(
-                    store.store.as_deref(),
-                    env_store().as_deref(),
-                    Some((&cfg.file, cfg.store_path.as_deref())),
-                    &cwd(),
-                )
-                .expect("a config always gives a store");
+                let choice = config_store(&store, &cfg);
                 let r = choice.root.clone();
                 if root.is_none() {
                     announce(&choice);

@@ -62,11 +62,12 @@ fn main() {
     let mut lists: Vec<Vec<&str>> = Vec::new();
     for spec in registry::STAGES {
         names.push(spec.name.to_string());
-        lists.push(spec.code.to_vec());
+        let code: Vec<&str> = spec.code.iter().flat_map(|g| g.iter().copied()).collect();
+        lists.push(code.clone());
         if let Some(v) = &spec.code_variants {
             for (value, extra) in v.by_value {
                 names.push(format!("{}:{value}", spec.name));
-                lists.push(spec.code.iter().chain(extra.iter()).copied().collect());
+                lists.push(code.iter().chain(extra.iter()).copied().collect());
             }
         }
     }

@@ -13,6 +13,16 @@ struct Project {
     dir: tempfile::TempDir,
 }
 
+/// `bin ARGS` in `dir`, with none of the caller's store or test-hook env.
+fn bsce(bin: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("BSCE_STORE")
+        .env_remove("BSCE_PIPE_CODE_SALT");
+    c
+}
+
 struct Run {
     code: i32,
     stdout: String,
@@ -64,12 +74,7 @@ impl Project {
         self
     }
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env_remove("BSCE_STORE")
-            .env_remove("BSCE_PIPE_CODE_SALT");
-        c
+        bsce(Path::new(BIN), self.dir.path(), args)
     }
     fn run(&self, args: &[&str]) -> Run {
         self.cmd(args).output().unwrap().into()
@@ -1157,14 +1162,7 @@ impl Checkout {
     }
     /// `bsce-pipe ARGS` run in `dir`.
     fn run(&self, dir: &Path, args: &[&str]) -> Run {
-        Command::new(self.bin())
-            .args(args)
-            .current_dir(dir)
-            .env_remove("BSCE_STORE")
-            .env_remove("BSCE_PIPE_CODE_SALT")
-            .output()
-            .unwrap()
-            .into()
+        bsce(&self.bin(), dir, args).output().unwrap().into()
     }
 }
 

@@ -67,9 +67,9 @@ pub struct StageSpec {
     /// Every file the stage writes to its output folder; no other.
     pub outputs: &'static [&'static str],
     /// Workspace-relative source files and folders whose code can change
-    /// the kind's outputs. Comments, formatting and `#[cfg(test)]` items
-    /// never count (token-stream digests).
-    pub code: &'static [&'static str],
+    /// the kind's outputs, in groups that kinds share. Comments, formatting
+    /// and `#[cfg(test)]` items never count (token-stream digests).
+    pub code: &'static [&'static [&'static str]],
     /// More code for some stages of the kind, chosen by a param: a train
     /// stage's digest covers its own method's losses only.
     pub code_variants: Option<CodeVariants>,
@@ -124,6 +124,27 @@ pub mod files {
     pub const MODEL_FILES: &[&str] = &[WEIGHTS, MODEL, MEMORY];
 }
 
+/// The dataset and order readers a consumer of those artefacts runs.
+const DATA_READERS: &[&str] = &[
+    "stages/src/lib.rs",
+    "stages/src/dataset/artefact.rs",
+    "stages/src/order/mod.rs",
+    "stages/src/order/artefact.rs",
+];
+
+/// The networks, heads, memory and data path train and evaluate share.
+const TORCH_MODEL: &[&str] = &[
+    "train/src/lib.rs",
+    "train/src/runtime.rs",
+    "train/src/net.rs",
+    "train/src/classifier.rs",
+    "train/src/checkpoint.rs",
+    "train/src/memory.rs",
+    "train/src/data.rs",
+    "train/src/method.rs",
+    "train/src/stage/mod.rs",
+];
+
 pub const STAGES: &[StageSpec] = &[
     StageSpec {
         kind: StageKind::Prepare,
@@ -131,11 +152,11 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: files::DATASET,
-        code: &[
+        code: &[&[
             "stages/src/lib.rs",
             "stages/src/dataset",
             "stages/src/stage/prepare.rs",
-        ],
+        ]],
         code_variants: None,
         libraries: &["image", "zune-jpeg", "flate2"],
         seed_inputs: &[],
@@ -146,12 +167,12 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::ORDER],
-        code: &[
+        code: &[&[
             "stages/src/lib.rs",
             "stages/src/dataset/artefact.rs",
             "stages/src/order",
             "stages/src/stage/order.rs",
-        ],
+        ]],
         code_variants: None,
         libraries: &[],
         seed_inputs: &[],
@@ -162,13 +183,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::TASKS],
-        code: &[
-            "stages/src/lib.rs",
-            "stages/src/dataset/artefact.rs",
-            "stages/src/order/mod.rs",
-            "stages/src/order/artefact.rs",
-            "stages/src/stage/tasks.rs",
-        ],
+        code: &[DATA_READERS, &["stages/src/stage/tasks.rs"]],
         code_variants: None,
         libraries: &[],
         seed_inputs: &[],
@@ -185,21 +200,9 @@ pub const STAGES: &[StageSpec] = &[
             files::TRAIN_LOG,
         ],
         code: &[
-            "stages/src/lib.rs",
-            "stages/src/dataset/artefact.rs",
-            "stages/src/order/mod.rs",
-            "stages/src/order/artefact.rs",
-            "train/src/lib.rs",
-            "train/src/runtime.rs",
-            "train/src/net.rs",
-            "train/src/classifier.rs",
-            "train/src/checkpoint.rs",
-            "train/src/memory.rs",
-            "train/src/data.rs",
-            "train/src/method.rs",
-            "train/src/stage/mod.rs",
-            "train/src/loss/mod.rs",
-            "train/src/stage/train.rs",
+            DATA_READERS,
+            TORCH_MODEL,
+            &["train/src/loss/mod.rs", "train/src/stage/train.rs"],
         ],
         code_variants: Some(CodeVariants {
             param: "/method/preset",
@@ -219,22 +222,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Torch,
         needs_gpu: true,
         outputs: &[files::EVALUATION],
-        code: &[
-            "stages/src/lib.rs",
-            "stages/src/dataset/artefact.rs",
-            "stages/src/order/mod.rs",
-            "stages/src/order/artefact.rs",
-            "train/src/lib.rs",
-            "train/src/runtime.rs",
-            "train/src/net.rs",
-            "train/src/classifier.rs",
-            "train/src/checkpoint.rs",
-            "train/src/memory.rs",
-            "train/src/data.rs",
-            "train/src/method.rs",
-            "train/src/stage/mod.rs",
-            "train/src/stage/evaluate.rs",
-        ],
+        code: &[DATA_READERS, TORCH_MODEL, &["train/src/stage/evaluate.rs"]],
         code_variants: None,
         libraries: &["tch", "torch-sys"],
         seed_inputs: &["dataset", "order"],

@@ -3,6 +3,7 @@
 //! scheduler registers a waker that wakes its blocking receive, and kills
 //! its children.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +17,29 @@ pub struct CancelToken {
 #[derive(Default)]
 struct Inner {
     cancelled: AtomicBool,
-    wakers: Mutex<Vec<Waker>>,
+    /// Registration number -> waker; a waker leaves with its [`Registration`].
+    wakers: Mutex<(u64, BTreeMap<u64, Waker>)>,
+}
+
+/// Keeps a waker registered; dropping it unregisters the waker, so a
+/// long run holds one per live stage, not one per stage it ever ran.
+#[must_use = "the waker is unregistered when this is dropped"]
+pub struct Registration {
+    token: Option<CancelToken>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(t) = &self.token {
+            t.inner
+                .wakers
+                .lock()
+                .expect("not poisoned")
+                .1
+                .remove(&self.id);
+        }
+    }
 }
 
 impl CancelToken {
@@ -34,20 +57,27 @@ impl CancelToken {
         if self.inner.cancelled.swap(true, Ordering::SeqCst) {
             return;
         }
-        for w in self.inner.wakers.lock().expect("not poisoned").iter() {
+        for w in self.inner.wakers.lock().expect("not poisoned").1.values() {
             w();
         }
     }
 
-    /// Runs `f` on cancellation (at once if already cancelled).
-    pub fn on_cancel(&self, f: impl Fn() + Send + Sync + 'static) {
+    /// Runs `f` on cancellation (at once if already cancelled), as long as
+    /// the returned registration lives.
+    pub fn on_cancel(&self, f: impl Fn() + Send + Sync + 'static) -> Registration {
         let mut wakers = self.inner.wakers.lock().expect("not poisoned");
         if self.is_cancelled() {
             drop(wakers);
             f();
-            return;
+            return Registration { token: None, id: 0 };
         }
-        wakers.push(Box::new(f));
+        let (next, map) = &mut *wakers;
+        *next += 1;
+        map.insert(*next, Box::new(f));
+        Registration {
+            token: Some(self.clone()),
+            id: *next,
+        }
     }
 }
 
@@ -63,19 +93,23 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     #[test]
-    fn wakers_run_once_and_late_ones_at_once() {
+    fn wakers_run_once_dropped_ones_never_and_late_ones_at_once() {
         let t = CancelToken::new();
         let n = Arc::new(AtomicUsize::new(0));
         let m = Arc::clone(&n);
-        t.on_cancel(move || {
+        let _kept = t.on_cancel(move || {
             m.fetch_add(1, Ordering::SeqCst);
         });
+        let m = Arc::clone(&n);
+        drop(t.on_cancel(move || {
+            m.fetch_add(100, Ordering::SeqCst);
+        }));
         assert!(!t.is_cancelled());
         t.cancel();
         t.cancel();
         assert_eq!(n.load(Ordering::SeqCst), 1);
         let m = Arc::clone(&n);
-        t.on_cancel(move || {
+        let _late = t.on_cancel(move || {
             m.fetch_add(10, Ordering::SeqCst);
         });
         assert_eq!(n.load(Ordering::SeqCst), 11);

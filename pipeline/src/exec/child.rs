@@ -99,7 +99,7 @@ fn execute(
     let store = engine.store;
     let label = run.node.label.clone();
     let lock_path = store.lock_path(&run.key);
-    let lock = match FileLock::try_acquire(&lock_path)
+    let lock = match FileLock::try_exclusive(&lock_path)
         .map_err(|e| format!("{}: {e}", lock_path.display()))?
     {
         Some(l) => l,
@@ -114,7 +114,7 @@ fn execute(
                 if cancel.is_cancelled() {
                     return Ok(Outcome::Interrupted);
                 }
-                if let Some(l) = FileLock::try_acquire(&lock_path).map_err(|e| e.to_string())? {
+                if let Some(l) = FileLock::try_exclusive(&lock_path).map_err(|e| e.to_string())? {
                     break l;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -250,15 +250,15 @@ fn run_child(
     // child is a zombie we have not reaped, so a kill never reaches a
     // recycled pid.
     let live: Arc<Mutex<Option<i32>>> = Arc::new(Mutex::new(Some(pid)));
-    {
+    let _on_cancel = {
         let live = Arc::clone(&live);
         cancel.on_cancel(move || {
             if let Some(pid) = *live.lock().expect("not poisoned") {
                 // SAFETY: signalling our own un-reaped child.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
-        });
-    }
+        })
+    };
     // Block until the child exits, without reaping it.
     loop {
         // SAFETY: zeroed siginfo is a valid out-parameter; pid is our child.

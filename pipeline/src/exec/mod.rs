@@ -385,15 +385,15 @@ impl<'a> Engine<'a> {
         let jobs = opts.jobs.max(1);
         let threads_per_stage = (self.ctx.cpus / jobs).max(1);
         let (tx, rx) = mpsc::channel::<child::WorkerMessage>();
-        {
+        let _on_cancel = {
             let tx = Mutex::new(tx.clone());
             cancel.on_cancel(move || {
                 let _ = tx
                     .lock()
                     .expect("not poisoned")
                     .send(child::WorkerMessage::Cancel);
-            });
-        }
+            })
+        };
         let mut running = 0usize;
         let mut stop_launching = false;
 

@@ -10,27 +10,6 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Takes the lock if nobody holds it; `Ok(None)` if another process or
-    /// thread does.
-    pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
-        // SAFETY: flock on a valid, owned descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(Some(FileLock { _file: file }));
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(err)
-        }
-    }
-
     /// Waits for the lock.
     pub fn acquire(path: &Path) -> std::io::Result<FileLock> {
         let file = OpenOptions::new()
