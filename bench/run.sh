@@ -3,11 +3,7 @@
 # same run on the same machine. Usage: bash bench/run.sh  (after scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
-BIN="${BSCE_BIN:-$PWD/target/bsce-pipe}"
-test -x "$BIN" || { echo "run scripts/setup.sh first" >&2; exit 1; }
-WORK="${BENCH_DIR:-$(mktemp -d)}"
-trap 'rm -rf "$WORK"' EXIT
+source bench/common.sh
 
 best_of() { # best wall time in seconds of N runs of a command
   local n=$1; shift; local best=

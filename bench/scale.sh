@@ -15,15 +15,11 @@
 # which is the state a finished run leaves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
-BIN="${BSCE_BIN:-$PWD/target/bsce-pipe}"
-test -x "$BIN" || { echo "run scripts/setup.sh first" >&2; exit 1; }
+source bench/common.sh
 FIRST="${FIRST:-2000 10000 50000}"
 NOOP="${NOOP:-2000 10000 100000}"
 JOBS="${JOBS:-$(nproc)}"
 PEER_TIMEOUT="${PEER_TIMEOUT:-1800}"
-WORK="${BENCH_DIR:-$(mktemp -d)}"
-trap 'rm -rf "$WORK"' EXIT
 CACHE="${BSCE_CACHE:-$HOME/.cache/bsce-pipe}"
 SMK_VENV="$CACHE/snakemake-venv"
 if [ ! -f "$SMK_VENV/.bsce-ready" ]; then
@@ -35,11 +31,11 @@ if [ ! -f "$SMK_VENV/.bsce-ready" ]; then
 fi
 SMK="$SMK_VENV/bin/snakemake"
 
-# measure OUT CMD...: runs CMD with its output discarded, writes
-# "<wall seconds> <peak RSS KiB>" to OUT; "timeout" when it ran past PEER_TIMEOUT.
+# measure OUT CMD...: runs CMD with its output kept in OUT.out and OUT.err,
+# writes "<wall seconds> <peak RSS KiB>" to OUT; "timeout" when it ran past PEER_TIMEOUT.
 measure() {
   local out=$1; shift
-  if /usr/bin/time -f '%e %M' -o "$out.t" timeout "$PEER_TIMEOUT" bash -c '"$@"' _ "$@" >/dev/null 2>"$out.err"; then
+  if /usr/bin/time -f '%e %M' -o "$out.t" timeout "$PEER_TIMEOUT" bash -c '"$@"' _ "$@" >"$out.out" 2>"$out.err"; then
     tail -1 "$out.t" > "$out"
   else
     local rc=$?
@@ -77,6 +73,8 @@ export -f ours_run smk_run
 export BIN WORK JOBS SMK
 stages_of() { echo $(( 1 + 3 * $(nodes_for "$1") )); }
 field() { if [ "$(cat "$1")" = timeout ]; then echo timeout; else cut -d' ' -f"$2" "$1"; fi; }
+ram() { local k; k=$(field "$1" 2); [ "$k" = timeout ] && echo - || printf '%.0f' "$(echo "$k / 1024" | bc -l)"; }
+ratio() { [ "$2" = timeout ] && echo - || printf '%.1fx' "$(echo "$2 / $1" | bc -l)"; } # OURS PEER seconds
 per_stage_ms() { # FILE STAGES
   local t; t=$(field "$1" 1)
   if [ "$t" = timeout ]; then echo ">$PEER_TIMEOUT s"; else printf '%.2f' "$(echo "$t * 1000 / $2" | bc -l)"; fi
@@ -91,9 +89,8 @@ for s in $FIRST; do
   measure "$WORK/$s/ours.first" ours_run "$s"
   measure "$WORK/$s/smk.first" smk_run "$s"
   a=$(field "$WORK/$s/ours.first" 1); b=$(field "$WORK/$s/smk.first" 1)
-  ratio=$([ "$b" = timeout ] && echo "-" || printf '%.1fx' "$(echo "$b / $a" | bc -l)")
   printf '%8d  %14s %10s  %14s %10s  %8s\n' "$st" "$(per_stage_ms "$WORK/$s/ours.first" "$st")" "$a" \
-    "$(per_stage_ms "$WORK/$s/smk.first" "$st")" "$b" "$ratio"
+    "$(per_stage_ms "$WORK/$s/smk.first" "$st")" "$b" "$(ratio "$a" "$b")"
 done
 echo
 echo "== no-op run (everything up to date): wall s and peak RSS, best of 3"
@@ -112,11 +109,9 @@ for s in $NOOP; do
   [ -d "$WORK/$s/ours/store" ] || measure "$WORK/$s/ours.first" ours_run "$s"
   [ -d "$WORK/$s/smk/tasks" ] || measure "$WORK/$s/smk.touch" smk_run "$s" --touch
   best "$WORK/$s/ours.noop" ours_run "$s"
-  ours_run "$s" 2>/dev/null | python3 -c "import json,sys; j=json.load(sys.stdin); assert j['executed']==0, j['executed']" \
+  python3 -c "import json,sys; assert json.load(open(sys.argv[1]))['executed'] == 0" "$WORK/$s/ours.noop.1.out" \
     || { echo "the no-op run at $s stages executed stages" >&2; exit 1; }
   best "$WORK/$s/smk.noop" smk_run "$s"
   a=$(field "$WORK/$s/ours.noop" 1); b=$(field "$WORK/$s/smk.noop" 1)
-  ram() { local k; k=$(field "$1" 2); [ "$k" = timeout ] && echo - || printf '%.0f' "$(echo "$k / 1024" | bc -l)"; }
-  ratio=$([ "$b" = timeout ] && echo "-" || printf '%.1fx' "$(echo "$b / $a" | bc -l)")
-  printf '%8d  %12s %10s  %12s %10s  %8s\n' "$st" "$a" "$(ram "$WORK/$s/ours.noop")" "$b" "$(ram "$WORK/$s/smk.noop")" "$ratio"
+  printf '%8d  %12s %10s  %12s %10s  %8s\n' "$st" "$a" "$(ram "$WORK/$s/ours.noop")" "$b" "$(ram "$WORK/$s/smk.noop")" "$(ratio "$a" "$b")"
 done
