@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up bsce-pipe on a Debian machine: the project-local Python venv with
 # PyPI torch==2.13.0 (libtorch for tch, numpy for the order tests) and the
-# release build. Reuses caches kept outside the clone when they exist:
+# release build, and pdflatex (Debian texlive) for the LaTeX test. Reuses caches kept outside the clone when they exist:
 #   $BSCE_CACHE (default ~/.cache/bsce-pipe)/torch-2.13.0   the venv
 #   $BSCE_CACHE/target                                      cargo's target dir
 # Usage: scripts/setup.sh [--run CONFIG]
@@ -18,6 +18,19 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "setup: python3 not found; apt-get install python3 python3-venv" >&2; exit 1; }
+
+# pdflatex, for the test that compiles the report's LaTeX tables: the two
+# Debian texlive packages that hold LaTeX and booktabs (about 40 MB).
+if ! command -v pdflatex >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing texlive-latex-base and texlive-latex-recommended (pdflatex, booktabs)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      texlive-latex-base texlive-latex-recommended >/dev/null
+  else
+    say "pdflatex not found: the LaTeX test needs it (apt-get install texlive-latex-base texlive-latex-recommended)"
+  fi
+fi
 
 # The venv: a symlink .venv -> the shared cache, so every clone reuses one
 # 4.7 GB install. A half-finished install is never taken as done: the marker
@@ -50,7 +63,7 @@ flock 9
 last="$(cat "$CARGO_TARGET_DIR/.bsce-last-checkout" 2>/dev/null || true)"
 if [ -n "$last" ] && [ "$last" != "$here" ]; then
   say "the shared build was last made from $last; rebuilding this checkout's crates"
-  cargo clean --release -p bsce-pipe -p bsce-pipeline -p bsce-stages -p bsce-train 2>/dev/null
+  cargo clean --release -p bsce-pipe -p bsce-pipeline -p bsce-stages -p bsce-tables -p bsce-train 2>/dev/null
 fi
 echo "$here" > "$CARGO_TARGET_DIR/.bsce-last-checkout"
 say "building (cargo build --release --workspace, target dir $CARGO_TARGET_DIR)"

@@ -7,6 +7,7 @@
 //! 130 interrupted.
 
 mod inspect;
+mod report;
 mod reporter;
 mod results;
 
@@ -86,7 +87,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every evaluation result of CONFIG that is in the store (missing ones marked).
+    /// The report of CONFIG from the store only (never trains): tables
+    /// (Markdown, LaTeX), plots (SVG, PNG), frames (CSV, Parquet) and an
+    /// index README.md; lists the runs that are not in the store.
+    Report {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Output folder [default: reports/<config name>/ at the project root]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print a machine-readable summary on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-run numbers of CONFIG from the aggregate frames (the runs not in the store listed).
     Results {
         config: PathBuf,
         #[command(flatten)]
@@ -353,11 +368,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 root,
             } = load(&config, &store)?;
             let opts = RunOptions {
-                jobs: jobs.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
+                jobs: jobs.unwrap_or_else(default_jobs),
                 gpus,
                 stages_per_gpu,
                 stages_per_gpu_kind: cfg.stages_per_gpu.clone(),
@@ -405,9 +416,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "{} executed, {} from cache, {} failed, {} skipped in {:.2}s; the cache saved {:.1}s of compute{nothing}",
                 summary.executed, summary.cached, summary.failed, summary.skipped, summary.wall_seconds, summary.saved_seconds
             );
-            if !plan.runs.is_empty() && !summary.interrupted {
-                let status = engine.status(&RunOptions::default())?;
-                results::print_summary(&results::collect(&plan, &status, &store));
+            if !summary.interrupted && !plan.runs.is_empty() {
+                let out = report::default_out_dir(&cfg);
+                let r = report::write(&cfg, &plan, &store, &catalog, &ctx, &out, opts.jobs)?;
+                print_report(&r, &config, false);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -440,24 +452,49 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let Loaded {
                 catalog,
+                cfg,
                 plan,
                 root,
-                ..
             } = load(&config, &store)?;
             let store = existing_store(&root)?;
+            let _in_use = hold_store(&store)?;
             let ctx = run_context()?;
-            let engine = Engine::new(&plan, &store, &catalog, &ctx);
-            let status = engine.status(&RunOptions::default())?;
-            let runs = results::collect(&plan, &status, &store);
+            let prepared = report::prepare(&cfg, &plan, &store, &catalog, &ctx, default_jobs())?;
+            let results = results::collect(&prepared, &store)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({"runs": runs}))?
-                );
+                println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
-                results::print_summary(&runs);
+                results::print_summary(&results);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            config,
+            store,
+            out,
+            json,
+        } => {
+            let Loaded {
+                catalog,
+                cfg,
+                plan,
+                root,
+            } = load(&config, &store)?;
+            let store = existing_store(&root)?;
+            let _in_use = hold_store(&store)?;
+            let ctx = run_context()?;
+            let out = out.unwrap_or_else(|| report::default_out_dir(&cfg));
+            let r = report::write(&cfg, &plan, &store, &catalog, &ctx, &out, default_jobs())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_report(&r, &config, true);
+            }
+            Ok(if r.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Explain {
             config,
@@ -517,6 +554,56 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::ExecStage { job } => exec_stage(&job),
     }
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Where the report went, its tables, and what is missing (stderr: stdout
+/// may be JSON).
+fn print_report(r: &report::ReportSummary, config: &Path, verbose: bool) {
+    let mut err = std::io::stderr().lock();
+    for f in r
+        .files
+        .iter()
+        .filter(|f| f.starts_with("tables/") && f.ends_with(".md"))
+    {
+        if let Ok(md) = std::fs::read_to_string(r.out_dir.join(f)) {
+            let _ = writeln!(err, "\n{}", md.trim_end());
+        }
+    }
+    for (label, error) in &r.failed {
+        let _ = writeln!(err, "failed   {label}: {error}");
+    }
+    if !r.missing.is_empty() {
+        let _ = writeln!(
+            err,
+            "\n{} runs are not (completely) in the store:",
+            r.missing.len()
+        );
+        let shown = if verbose { r.missing.len() } else { 5 };
+        for m in r.missing.iter().take(shown) {
+            let tasks: Vec<String> = m.tasks.iter().map(|t| format!("t{t}")).collect();
+            let _ = writeln!(err, "  {}: {}", m.run, tasks.join(" "));
+        }
+        if r.missing.len() > shown {
+            let _ = writeln!(
+                err,
+                "  ... and {} more (`bsce-pipe report` lists all)",
+                r.missing.len() - shown
+            );
+        }
+        let _ = writeln!(err, "`bsce-pipe run {}` computes them.", config.display());
+    }
+    let _ = writeln!(
+        err,
+        "\nreport: {} ({} files)",
+        r.out_dir.join("README.md").display(),
+        r.files.len()
+    );
 }
 
 fn run_context() -> Result<RunContext> {
@@ -820,10 +907,15 @@ fn existing_store(root: &Path) -> Result<LocalStore> {
 /// The child side of a stage: run it, report errors on stderr (the log),
 /// exit non-zero on failure.
 fn exec_stage(job_path: &Path) -> Result<ExitCode> {
+    let table: Vec<_> = bsce_stages::stage::PIPE_STAGES
+        .iter()
+        .chain(bsce_tables::RESULT_STAGES)
+        .copied()
+        .collect();
     Ok(bsce_stages::stage::exec_stage(
         job_path,
         Runner::Pipe,
-        bsce_stages::stage::PIPE_STAGES,
+        &table,
     ))
 }
 

@@ -1,86 +1,127 @@
-//! `results`: every evaluation of a config that is in the store, for
-//! scripts (`--json`) and as the compact summary that ends a run.
+//! `results`: the per-run numbers of a config, read from the `aggregate`
+//! stages' frames (the same numbers the report's tables are made of), for
+//! scripts (`--json`) and as the compact summary on stdout.
 
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use bsce_pipeline::exec::NodeStatus;
-use bsce_pipeline::plan::Plan;
+use bsce_pipeline::registry::files;
 use bsce_pipeline::store::LocalStore;
+use bsce_tables::frame::{bools, floats, ints, read_parquet, strings};
 
-/// One entry per run (dataset x order x setting x method x seed), tasks in
-/// order; a task whose evaluation is not in the store is `{"missing": true}`.
-pub fn collect(plan: &Plan, status: &[NodeStatus], store: &LocalStore) -> Vec<Value> {
-    plan.runs
-        .iter()
-        .map(|run| {
-            let tasks: Vec<Value> = run
-                .evaluations
-                .iter()
-                .enumerate()
-                .map(|(t, &node)| match &status[node] {
-                    NodeStatus::Cached { record, .. } => record
-                        .outputs
-                        .get("eval.json")
-                        .and_then(|o| std::fs::read(store.blob_path(&o.digest)).ok())
-                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                        .map(|e| summarise(t, &e))
-                        .unwrap_or_else(|| json!({"task": t, "missing": true})),
-                    NodeStatus::ToRun { .. } => json!({"task": t, "missing": true}),
-                })
-                .collect();
-            let complete = tasks.iter().all(|t| t.get("missing").is_none());
-            let average = |clf: &str| -> Value {
-                if !complete {
-                    return Value::Null;
-                }
-                let v: Vec<f64> = tasks
-                    .iter()
-                    .filter_map(|t| t[clf]["top1"].as_f64())
-                    .collect();
-                if v.len() == tasks.len() && !v.is_empty() {
-                    json!(v.iter().sum::<f64>() / v.len() as f64)
-                } else {
-                    Value::Null
-                }
-            };
-            json!({
-                "experiment": run.experiment, "dataset": run.dataset, "order": run.order,
-                "setting": run.setting, "method": run.method, "seed": run.seed,
-                "average_incremental_accuracy": {"cnn": average("cnn"), "nme": average("nme")},
-                "tasks": tasks,
-            })
-        })
-        .collect()
-}
+use crate::report::Prepared;
 
-fn summarise(t: usize, e: &Value) -> Value {
-    let mut out =
-        json!({"task": t, "classes_seen": e["classes_seen"], "test_images": e["test_images"]});
-    if let Some(results) = e["results"].as_object() {
-        for (clf, r) in results {
-            out[clf] = json!({
-                "top1": r["top"]["1"], "top5": r["top"]["5"],
-                "old": r["old"], "new": r["new"],
-                "predicted_new_share": r["predicted_new_share"], "true_new_share": r["true_new_share"],
+/// One entry per complete run (dataset x order x setting x method x seed x
+/// classifier metrics, tasks in order), then the runs not in the store.
+pub fn collect(prepared: &Prepared, store: &LocalStore) -> Result<Value> {
+    let mut runs: Vec<Value> = Vec::new();
+    for (exp, n) in &prepared.plan.aggregates {
+        let Some(rec) = prepared.record(*n) else {
+            continue;
+        };
+        let frame = |f: &str| -> Result<bsce_tables::polars::prelude::DataFrame> {
+            let o = rec
+                .outputs
+                .get(f)
+                .with_context(|| format!("{} has no {f}", rec.label))?;
+            Ok(read_parquet(&store.blob_path(&o.digest))?)
+        };
+        let (rf, tf) = (frame(files::RUNS_PARQUET)?, frame(files::TIDY_PARQUET)?);
+        let id = |df: &bsce_tables::polars::prelude::DataFrame, i: usize| -> Result<String> {
+            Ok(format!(
+                "{}|{}|{}|{}",
+                strings(df, "order")?[i],
+                strings(df, "setting")?[i],
+                strings(df, "method")?[i],
+                ints(df, "seed")?[i]
+            ))
+        };
+        // Per run: identity, then per classifier its metrics and tasks.
+        let mut by_run: BTreeMap<String, Value> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let (clf, dataset) = (strings(&rf, "classifier")?, strings(&rf, "dataset")?);
+        let metric = |m: &str| floats(&rf, m);
+        let (aia, last, forg, hours) = (
+            metric("average_incremental_accuracy")?,
+            metric("last_accuracy")?,
+            metric("average_forgetting")?,
+            metric("train_hours")?,
+        );
+        let (ord, set, meth, seed, bsce) = (
+            strings(&rf, "order")?,
+            strings(&rf, "setting")?,
+            strings(&rf, "method")?,
+            ints(&rf, "seed")?,
+            bools(&rf, "bsce")?,
+        );
+        for i in 0..rf.height() {
+            let k = id(&rf, i)?;
+            let e = by_run.entry(k.clone()).or_insert_with(|| {
+                order.push(k.clone());
+                json!({"experiment": exp, "dataset": dataset[i], "order": ord[i], "setting": set[i],
+                       "method": meth[i], "bsce": bsce[i], "seed": seed[i], "train_hours": hours[i],
+                       "average_incremental_accuracy": {}, "last_accuracy": {}, "average_forgetting": {},
+                       "tasks": []})
             });
+            e["average_incremental_accuracy"][&clf[i]] = json!(aia[i]);
+            e["last_accuracy"][&clf[i]] = json!(last[i]);
+            e["average_forgetting"][&clf[i]] = json!(forg[i]);
         }
+        let tclf = strings(&tf, "classifier")?;
+        let (task, seen) = (ints(&tf, "task")?, ints(&tf, "classes_seen")?);
+        let cols = [
+            "top1",
+            "top5",
+            "old",
+            "new",
+            "predicted_new_share",
+            "true_new_share",
+        ];
+        let values: Vec<Vec<Option<f64>>> = cols
+            .iter()
+            .map(|c| floats(&tf, c))
+            .collect::<Result<_, _>>()?;
+        for i in 0..tf.height() {
+            let Some(e) = by_run.get_mut(&id(&tf, i)?) else {
+                continue;
+            };
+            let tasks = e["tasks"].as_array_mut().expect("an array");
+            let t = task[i] as usize;
+            while tasks.len() <= t {
+                tasks.push(json!({"task": tasks.len()}));
+            }
+            tasks[t]["classes_seen"] = json!(seen[i]);
+            let mut c = json!({});
+            for (name, v) in cols.iter().zip(&values) {
+                c[*name] = json!(v[i]);
+            }
+            tasks[t][&tclf[i]] = c;
+        }
+        runs.extend(
+            order
+                .into_iter()
+                .map(|k| by_run.remove(&k).expect("listed")),
+        );
     }
-    out
+    Ok(json!({"runs": runs, "missing": prepared.missing}))
 }
 
-/// The lines that end `run`: per run, top-1 per task and the average.
-pub fn print_summary(runs: &[Value]) {
+/// Per run, top-1 per task and the average incremental accuracy, on stdout.
+pub fn print_summary(results: &Value) {
     use std::io::Write;
-    let mut err = std::io::stderr();
-    if runs.is_empty() {
-        return;
+    let mut out = std::io::stdout().lock();
+    let runs = results["runs"].as_array().cloned().unwrap_or_default();
+    if !runs.is_empty() {
+        let _ = writeln!(
+            out,
+            "top-1 accuracy (%) on all seen classes, per task; avg = average incremental accuracy"
+        );
     }
-    let _ = writeln!(
-        err,
-        "\ntop-1 accuracy (%) on all seen classes, per task; avg = average incremental accuracy"
-    );
-    for r in runs {
-        let id = format!(
+    for r in &runs {
+        let _ = writeln!(
+            out,
             "{}/{}/{} {} seed{}",
             r["dataset"].as_str().unwrap_or(""),
             r["order"].as_str().unwrap_or(""),
@@ -88,8 +129,10 @@ pub fn print_summary(runs: &[Value]) {
             r["method"].as_str().unwrap_or(""),
             r["seed"]
         );
-        let _ = writeln!(err, "{id}");
         for clf in ["cnn", "nme"] {
+            let Some(avg) = r["average_incremental_accuracy"][clf].as_f64() else {
+                continue;
+            };
             let cells: Vec<String> = r["tasks"]
                 .as_array()
                 .map(|ts| {
@@ -103,18 +146,26 @@ pub fn print_summary(runs: &[Value]) {
                         .collect()
                 })
                 .unwrap_or_default();
-            if cells.iter().all(|c| c.trim() == "-") {
-                continue;
-            }
-            let avg = r["average_incremental_accuracy"][clf]
-                .as_f64()
-                .map(|v| format!("{v:.1}"))
-                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
-                err,
-                "  {:<4} {}  avg {avg}",
+                out,
+                "  {:<4} {}  avg {avg:.1}",
                 clf.to_uppercase(),
                 cells.join(" ")
+            );
+        }
+    }
+    if let Some(missing) = results["missing"].as_array().filter(|m| !m.is_empty()) {
+        let _ = writeln!(out, "not in the store ({} runs):", missing.len());
+        for m in missing {
+            let tasks: Vec<String> = m["tasks"]
+                .as_array()
+                .map(|ts| ts.iter().map(|t| format!("t{t}")).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                m["run"].as_str().unwrap_or(""),
+                tasks.join(" ")
             );
         }
     }

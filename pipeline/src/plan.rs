@@ -13,7 +13,10 @@ use crate::catalog::StageKind;
 use crate::config::{Config, DatasetSource, Experiment, MethodPreset, Network, ValDef};
 use crate::digest::Digest;
 use crate::key::canonical_json;
-use crate::params::{EvalParams, MethodParams, OrderParams, TasksParams, TrainParams};
+use crate::params::{
+    AggregateParams, AggregateRun, EvalParams, MethodParams, OrderParams, PlotParams, RenderParams,
+    TasksParams, TrainParams,
+};
 use crate::registry::files;
 
 pub type NodeId = usize;
@@ -58,6 +61,12 @@ pub struct Plan {
     /// Every training run of the sweep (dataset x order x setting x method
     /// x seed), with its evaluation node per task: what `results` reports.
     pub runs: Vec<RunRef>,
+    /// Experiment -> its `aggregate` node (experiments with runs only).
+    pub aggregates: Vec<(String, NodeId)>,
+    /// Table name -> its `render` node.
+    pub tables: Vec<(String, NodeId)>,
+    /// (experiment, setting) -> its `plot` node.
+    pub plots: Vec<(String, String, NodeId)>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -71,10 +80,26 @@ pub struct RunRef {
     /// Evaluation node of task t at index t.
     #[serde(skip)]
     pub evaluations: Vec<NodeId>,
+    /// Train node of task t at index t.
+    #[serde(skip)]
+    pub trains: Vec<NodeId>,
+    /// The method a BSCE variant extends (itself otherwise).
+    #[serde(skip)]
+    pub base_method: String,
+    #[serde(skip)]
+    pub bsce: bool,
 }
 
 impl Plan {
+    /// Every stage of the config, the report's included.
     pub fn from_config(config: &Config) -> Plan {
+        Plan::build(config, &|_| true)
+    }
+
+    /// The plan whose result stages (aggregate, render, plot) cover only
+    /// the runs `include` accepts; `report` passes the runs complete in the
+    /// store. Training and evaluation nodes are the same as the full plan's.
+    pub fn build(config: &Config, include: &dyn Fn(&RunRef) -> bool) -> Plan {
         let mut b = Builder::default();
         for exp in &config.experiments {
             let ds = &config.datasets[&exp.dataset];
@@ -110,7 +135,66 @@ impl Plan {
                 }
             }
         }
+        b.results(config, include);
         b.plan
+    }
+
+    /// The report's nodes (render, plot) and everything upstream of them,
+    /// renumbered; runs keep only those whose nodes are all kept.
+    pub fn report_only(&self) -> Plan {
+        let mut keep = vec![false; self.nodes.len()];
+        let mut stack: Vec<NodeId> = self
+            .tables
+            .iter()
+            .map(|t| t.1)
+            .chain(self.plots.iter().map(|p| p.2))
+            .chain(self.aggregates.iter().map(|a| a.1))
+            .collect();
+        while let Some(n) = stack.pop() {
+            if !std::mem::replace(&mut keep[n], true) {
+                stack.extend(self.nodes[n].inputs.iter().map(|i| i.node));
+            }
+        }
+        let mut new_id = vec![usize::MAX; self.nodes.len()];
+        let mut plan = Plan::default();
+        for (id, node) in self.nodes.iter().enumerate() {
+            if keep[id] {
+                new_id[id] = plan.nodes.len();
+                let mut node = node.clone();
+                for i in &mut node.inputs {
+                    i.node = new_id[i.node];
+                }
+                plan.nodes.push(node);
+            }
+        }
+        let map = |ids: &[NodeId]| -> Option<Vec<NodeId>> {
+            ids.iter().map(|&i| keep[i].then(|| new_id[i])).collect()
+        };
+        for run in &self.runs {
+            if let (Some(evaluations), Some(trains)) = (map(&run.evaluations), map(&run.trains)) {
+                plan.runs.push(RunRef {
+                    evaluations,
+                    trains,
+                    ..run.clone()
+                });
+            }
+        }
+        plan.aggregates = self
+            .aggregates
+            .iter()
+            .map(|(e, n)| (e.clone(), new_id[*n]))
+            .collect();
+        plan.tables = self
+            .tables
+            .iter()
+            .map(|(t, n)| (t.clone(), new_id[*n]))
+            .collect();
+        plan.plots = self
+            .plots
+            .iter()
+            .map(|(e, s, n)| (e.clone(), s.clone(), new_id[*n]))
+            .collect();
+        plan
     }
 
     /// Nodes that read `id`'s outputs.
@@ -385,6 +469,7 @@ impl Builder {
                 );
                 let mut previous: Option<NodeId> = None;
                 let mut evaluations = Vec::new();
+                let mut trains = Vec::new();
                 for (t, &end) in ends.iter().enumerate() {
                     let start = if t == 0 { 0 } else { ends[t - 1] };
                     let base_task = t == 0;
@@ -442,6 +527,7 @@ impl Builder {
                         sources: vec![],
                     });
                     evaluations.push(eval);
+                    trains.push(train);
                     previous = Some(train);
                 }
                 self.plan.runs.push(RunRef {
@@ -452,8 +538,116 @@ impl Builder {
                     method: method_name.clone(),
                     seed,
                     evaluations,
+                    trains,
+                    base_method: m.base_method.clone(),
+                    bsce: m.bsce,
                 });
             }
+        }
+    }
+
+    /// The result stages: an `aggregate` per experiment over its included
+    /// runs, a `plot` per experiment x setting, a `render` per table.
+    fn results(&mut self, config: &Config, include: &dyn Fn(&RunRef) -> bool) {
+        let classifier = config
+            .evaluation
+            .classifiers
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        for exp in &config.experiments {
+            let runs: Vec<RunRef> = self
+                .plan
+                .runs
+                .iter()
+                .filter(|r| r.experiment == exp.name && include(r))
+                .cloned()
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let mut inputs = Vec::new();
+            for (i, r) in runs.iter().enumerate() {
+                for (t, (&e, &tr)) in r.evaluations.iter().zip(&r.trains).enumerate() {
+                    inputs.push(NodeInput::of(
+                        &format!("eval.{i}.{t}"),
+                        e,
+                        &[files::EVALUATION],
+                    ));
+                    inputs.push(NodeInput::of(
+                        &format!("log.{i}.{t}"),
+                        tr,
+                        &[files::TRAIN_LOG],
+                    ));
+                }
+            }
+            let params = AggregateParams {
+                experiment: exp.name.clone(),
+                dataset: exp.dataset.clone(),
+                runs: runs
+                    .iter()
+                    .map(|r| AggregateRun {
+                        order: r.order.clone(),
+                        setting: r.setting.clone(),
+                        method: r.method.clone(),
+                        base_method: r.base_method.clone(),
+                        bsce: r.bsce,
+                        seed: r.seed,
+                        tasks: r.evaluations.len(),
+                    })
+                    .collect(),
+            };
+            let agg = self.add(PlanNode {
+                kind: StageKind::Aggregate,
+                label: format!("aggregate/{}", exp.name),
+                params: to_params(&params),
+                inputs,
+                sources: vec![],
+            });
+            self.plan.aggregates.push((exp.name.clone(), agg));
+            for setting in &exp.settings {
+                if !runs.iter().any(|r| &r.setting == setting) {
+                    continue;
+                }
+                let plot = self.add(PlanNode {
+                    kind: StageKind::Plot,
+                    label: format!("plot/{}/{}", exp.name, setting),
+                    params: to_params(&PlotParams {
+                        experiment: exp.name.clone(),
+                        dataset: exp.dataset.clone(),
+                        setting: setting.clone(),
+                        classifier: classifier.clone(),
+                    }),
+                    inputs: vec![NodeInput::of("frames", agg, &[files::TIDY_PARQUET])],
+                    sources: vec![],
+                });
+                self.plan
+                    .plots
+                    .push((exp.name.clone(), setting.clone(), plot));
+            }
+        }
+        for (name, t) in &config.tables {
+            let inputs: Vec<NodeInput> = t
+                .experiments
+                .iter()
+                .filter_map(|e| self.plan.aggregates.iter().find(|a| &a.0 == e))
+                .enumerate()
+                .map(|(i, (_, n))| {
+                    NodeInput::of(&format!("summary.{i}"), *n, &[files::SUMMARY_PARQUET])
+                })
+                .collect();
+            let render = self.add(PlanNode {
+                kind: StageKind::Render,
+                label: format!("render/{name}"),
+                params: to_params(&RenderParams {
+                    table: t.params.clone(),
+                    markdown_template: t.markdown_template.clone(),
+                    latex_template: t.latex_template.clone(),
+                }),
+                inputs,
+                sources: vec![],
+            });
+            self.plan.tables.push((name.clone(), render));
         }
     }
 
@@ -500,7 +694,7 @@ mod tests {
     fn topo_order_respects_edges() {
         let plan = Plan {
             nodes: vec![node("c", &[1, 2]), node("a", &[]), node("b", &[1])],
-            runs: vec![],
+            ..Plan::default()
         };
         let order = plan.topo_order().unwrap();
         let pos = |x| order.iter().position(|&i| i == x).unwrap();
@@ -511,7 +705,7 @@ mod tests {
     fn cycles_are_reported_with_their_labels() {
         let plan = Plan {
             nodes: vec![node("a", &[1]), node("b", &[0]), node("root", &[])],
-            runs: vec![],
+            ..Plan::default()
         };
         assert_eq!(plan.topo_order().unwrap_err(), vec!["a", "b"]);
     }

@@ -36,6 +36,15 @@ pub enum StageKind {
     Train,
     /// A task's model on the test images of every class seen so far.
     Evaluate,
+    /// Every evaluation of an experiment -> tidy, per-run and summary
+    /// frames (polars; Parquet and CSV).
+    Aggregate,
+    /// Summary frames + a table declaration + templates -> the table in
+    /// Markdown and LaTeX (minijinja).
+    Render,
+    /// An experiment's tidy frame -> accuracy against classes seen for one
+    /// setting, SVG and PNG (plotters).
+    Plot,
 }
 
 /// Which binary runs a kind's `exec-stage`.
@@ -118,10 +127,33 @@ pub mod files {
     pub const MEMORY: &str = "memory.json";
     pub const TRAIN_LOG: &str = "log.json";
     pub const EVALUATION: &str = "eval.json";
+    pub const TIDY_PARQUET: &str = "tidy.parquet";
+    pub const TIDY_CSV: &str = "tidy.csv";
+    pub const GROUPS_PARQUET: &str = "groups.parquet";
+    pub const GROUPS_CSV: &str = "groups.csv";
+    pub const RUNS_PARQUET: &str = "runs.parquet";
+    pub const RUNS_CSV: &str = "runs.csv";
+    pub const SUMMARY_PARQUET: &str = "summary.parquet";
+    pub const SUMMARY_CSV: &str = "summary.csv";
+    pub const TABLE_MD: &str = "table.md";
+    pub const TABLE_TEX: &str = "table.tex";
+    pub const PLOT_SVG: &str = "plot.svg";
+    pub const PLOT_PNG: &str = "plot.png";
 
     pub const DATASET: &[&str] = &[META, TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
     /// What a train stage hands the next task and its evaluation (not its log).
     pub const MODEL_FILES: &[&str] = &[WEIGHTS, MODEL, MEMORY];
+    /// What an `aggregate` stage writes: each frame as Parquet and CSV.
+    pub const FRAMES: &[&str] = &[
+        TIDY_PARQUET,
+        TIDY_CSV,
+        GROUPS_PARQUET,
+        GROUPS_CSV,
+        RUNS_PARQUET,
+        RUNS_CSV,
+        SUMMARY_PARQUET,
+        SUMMARY_CSV,
+    ];
 }
 
 /// The dataset and order readers a consumer of those artefacts runs.
@@ -144,6 +176,9 @@ const TORCH_MODEL: &[&str] = &[
     "train/src/method.rs",
     "train/src/stage/mod.rs",
 ];
+
+/// The result stages' shared frame code (reading and writing frames).
+const TABLES_COMMON: &[&str] = &["tables/src/lib.rs", "tables/src/frame.rs"];
 
 pub const STAGES: &[StageSpec] = &[
     StageSpec {
@@ -227,6 +262,39 @@ pub const STAGES: &[StageSpec] = &[
         libraries: &["tch", "torch-sys"],
         seed_inputs: &["dataset", "order"],
     },
+    StageSpec {
+        kind: StageKind::Aggregate,
+        name: "aggregate",
+        runner: Runner::Pipe,
+        needs_gpu: false,
+        outputs: files::FRAMES,
+        code: &[TABLES_COMMON, &["tables/src/aggregate.rs"]],
+        code_variants: None,
+        libraries: &["polars"],
+        seed_inputs: &[],
+    },
+    StageSpec {
+        kind: StageKind::Render,
+        name: "render",
+        runner: Runner::Pipe,
+        needs_gpu: false,
+        outputs: &[files::TABLE_MD, files::TABLE_TEX],
+        code: &[TABLES_COMMON, &["tables/src/render.rs"]],
+        code_variants: None,
+        libraries: &["polars", "minijinja"],
+        seed_inputs: &[],
+    },
+    StageSpec {
+        kind: StageKind::Plot,
+        name: "plot",
+        runner: Runner::Pipe,
+        needs_gpu: false,
+        outputs: &[files::PLOT_SVG, files::PLOT_PNG],
+        code: &[TABLES_COMMON, &["tables/src/plot.rs"]],
+        code_variants: None,
+        libraries: &["polars", "plotters", "ab_glyph"],
+        seed_inputs: &[],
+    },
 ];
 
 /// The one list of workspace sources that cannot change any stage's
@@ -271,15 +339,24 @@ pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
 ];
 
 /// Folders of the workspace whose `.rs` files must all be classified.
-pub const SOURCE_ROOTS: &[&str] = &["src", "pipeline/src", "stages/src", "train/src"];
+pub const SOURCE_ROOTS: &[&str] = &[
+    "src",
+    "pipeline/src",
+    "stages/src",
+    "tables/src",
+    "train/src",
+];
 
 impl StageKind {
-    pub const ALL: [StageKind; 5] = [
+    pub const ALL: [StageKind; 8] = [
         StageKind::Prepare,
         StageKind::Order,
         StageKind::Tasks,
         StageKind::Train,
         StageKind::Evaluate,
+        StageKind::Aggregate,
+        StageKind::Render,
+        StageKind::Plot,
     ];
 
     pub fn spec(self) -> &'static StageSpec {

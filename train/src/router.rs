@@ -17,13 +17,19 @@ mod tests {
     use super::*;
     use bsce_pipeline::catalog::Runner;
     use bsce_stages::stage::PIPE_STAGES;
+    use bsce_tables::RESULT_STAGES;
 
-    /// Together the two binaries' tables run every registered kind exactly
-    /// once, each in the binary the registry names.
+    /// Together the binaries' tables (bsce-pipe: the stages crate's and the
+    /// result stages'; bsce-torch: this one) run every registered kind
+    /// exactly once, each in the binary the registry names.
     #[test]
     fn every_kind_is_routed_once_to_its_runner() {
         for kind in StageKind::ALL {
-            let pipe = PIPE_STAGES.iter().filter(|(k, _)| *k == kind).count();
+            let pipe = PIPE_STAGES
+                .iter()
+                .chain(RESULT_STAGES)
+                .filter(|(k, _)| *k == kind)
+                .count();
             let torch = TORCH_STAGES.iter().filter(|(k, _)| *k == kind).count();
             let expected = match kind.spec().runner {
                 Runner::Pipe => (1, 0),

@@ -9,7 +9,8 @@ pub mod resolve;
 
 pub use raw::{Classifier, MemorySelection, MethodPreset, Network};
 pub use resolve::{
-    Config, DatasetDef, DatasetSource, Experiment, MethodDef, OrderDef, SettingDef, ValDef,
+    Config, DatasetDef, DatasetSource, Experiment, MethodDef, OrderDef, SettingDef, TableDef,
+    ValDef, DEFAULT_LATEX_TEMPLATE, DEFAULT_MARKDOWN_TEMPLATE,
 };
 
 use std::fmt;

@@ -289,17 +289,66 @@ fn default_top_k() -> Vec<u32> {
     vec![1, 5]
 }
 
+/// A table of the report (README's config reference lists every key).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTable {
     pub caption: String,
+    /// LaTeX label; default `tab:<name>`.
+    #[serde(default)]
+    pub label: Option<String>,
     pub experiments: Vec<String>,
+    /// Default: the first of `evaluation.classifiers`.
     #[serde(default)]
     pub classifier: Option<Classifier>,
-    /// Published numbers to print beside ours: method name -> setting name
-    /// -> "mean +- std" text.
+    #[serde(default = "default_metric")]
+    pub metric: crate::params::Metric,
+    #[serde(default = "default_rows")]
+    pub rows: Vec<crate::params::Field>,
+    #[serde(default = "default_columns")]
+    pub columns: Vec<crate::params::Field>,
+    /// A column with each row's training time, summed over the columns.
     #[serde(default)]
-    pub reference: BTreeMap<String, BTreeMap<String, String>>,
+    pub time_column: bool,
+    /// Published numbers to print beside ours: row label -> column label
+    /// -> "mean", "mean +- std" or a number. Labels join the row and
+    /// column fields' values with `/`.
+    #[serde(default)]
+    pub reference: BTreeMap<String, BTreeMap<String, RawNumber>>,
+    /// Where the reference values come from (printed in the table note).
+    #[serde(default)]
+    pub reference_source: Option<String>,
+    /// Own templates instead of `reports/table.md.j2` / `reports/table.tex.j2`,
+    /// relative to the config.
+    #[serde(default)]
+    pub templates: RawTemplates,
+}
+
+/// A number written as a YAML number or as text (`"64.83 +- 0.51"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawNumber {
+    Number(f64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplates {
+    #[serde(default)]
+    pub markdown: Option<String>,
+    #[serde(default)]
+    pub latex: Option<String>,
+}
+
+fn default_metric() -> crate::params::Metric {
+    crate::params::Metric::AverageIncrementalAccuracy
+}
+fn default_rows() -> Vec<crate::params::Field> {
+    vec![crate::params::Field::Method]
+}
+fn default_columns() -> Vec<crate::params::Field> {
+    vec![crate::params::Field::Dataset, crate::params::Field::Setting]
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,12 +22,25 @@ pub struct Config {
     pub recipes: BTreeMap<String, crate::params::Recipe>,
     pub experiments: Vec<Experiment>,
     pub evaluation: crate::params::EvaluationParams,
-    pub tables: BTreeMap<String, Value>,
+    pub tables: BTreeMap<String, TableDef>,
     /// From the config's `store.path`, relative to the config; None = default.
     pub store_path: Option<PathBuf>,
     /// `stages_per_gpu:` per stage kind (GPU kinds only, each at least 1).
     pub stages_per_gpu: BTreeMap<crate::registry::StageKind, u32>,
 }
+
+/// A table of the report: its declaration and its templates' text.
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    pub params: crate::params::TableParams,
+    pub experiments: Vec<String>,
+    pub markdown_template: String,
+    pub latex_template: String,
+}
+
+/// The templates in the repository's `reports/`, built in.
+pub const DEFAULT_MARKDOWN_TEMPLATE: &str = include_str!("../../../reports/table.md.j2");
+pub const DEFAULT_LATEX_TEMPLATE: &str = include_str!("../../../reports/table.tex.j2");
 
 #[derive(Debug, Clone)]
 pub struct DatasetDef {
@@ -87,6 +100,8 @@ pub struct MethodDef {
     pub memory_per_class: Option<u32>,
     pub memory_total: Option<u32>,
     pub selection: MemorySelection,
+    /// Itself, or for a BSCE variant the method it extends.
+    pub base_method: String,
 }
 
 #[derive(Debug, Clone)]
@@ -298,23 +313,10 @@ pub fn resolve(
             deterministic: e.deterministic,
         });
     }
-    let exp_names: BTreeMap<String, ()> =
-        experiments.iter().map(|e| (e.name.clone(), ())).collect();
     let mut tables = BTreeMap::new();
     for (name, t) in raw.tables {
-        for (i, e) in t.experiments.iter().enumerate() {
-            cx.reference(
-                format!("tables.{name}.experiments[{i}]"),
-                "experiment",
-                e,
-                &exp_names,
-            )?;
-        }
-        tables.insert(
-            name,
-            json!({"caption": t.caption, "experiments": t.experiments,
-                   "classifier": t.classifier, "reference": t.reference}),
-        );
+        let table = resolve_table(&cx, &name, t, &raw.evaluation.classifiers, &experiments)?;
+        tables.insert(name, table);
     }
     if raw.evaluation.classifiers.is_empty() {
         return Err(cx.err("evaluation.classifiers", "must list cnn, nme or both"));
@@ -576,6 +578,21 @@ fn resolve_methods(
                 .iter()
                 .find_map(|n| raw[*n].memory.as_ref().and_then(f))
         };
+        // A BSCE variant's base: the nearest method it extends that is not
+        // one (plots draw the two in one colour).
+        let base_method = if bsce {
+            (1..chain.len())
+                .find(|&k| {
+                    !chain[k..]
+                        .iter()
+                        .find_map(|n| raw[*n].bsce)
+                        .unwrap_or(false)
+                })
+                .map(|k| chain[k].to_string())
+                .unwrap_or_else(|| name.clone())
+        } else {
+            name.clone()
+        };
         let (per_class, total) = (mem(&|m| m.per_class), mem(&|m| m.total));
         if per_class.is_some() && total.is_some() {
             return Err(cx.err(
@@ -603,6 +620,7 @@ fn resolve_methods(
                 memory_per_class: per_class,
                 memory_total: total,
                 selection,
+                base_method,
             },
         );
     }
@@ -677,4 +695,191 @@ fn resolve_recipe(
         milestones: r.milestones,
         gamma: r.gamma,
     })
+}
+
+fn resolve_table(
+    cx: &Ctx,
+    name: &str,
+    t: RawTable,
+    classifiers: &[Classifier],
+    experiments: &[Experiment],
+) -> Result<TableDef, ConfigError> {
+    use crate::params::{Field, ReferenceValue, TableParams};
+    let at = |k: &str| format!("tables.{name}.{k}");
+    let by_name: BTreeMap<String, &Experiment> =
+        experiments.iter().map(|e| (e.name.clone(), e)).collect();
+    if t.experiments.is_empty() {
+        return Err(cx.err(at("experiments"), "must list at least one experiment"));
+    }
+    let mut exps = Vec::new();
+    for (i, e) in t.experiments.iter().enumerate() {
+        exps.push(*cx.reference(
+            format!("tables.{name}.experiments[{i}]"),
+            "experiment",
+            e,
+            &by_name,
+        )?);
+    }
+    let classifier = match t.classifier {
+        Some(c) if !classifiers.contains(&c) => {
+            return Err(cx.err(
+                at("classifier"),
+                format!(
+                    "`{}` is not evaluated; evaluation.classifiers lists {}",
+                    classifier_name(c),
+                    classifiers
+                        .iter()
+                        .map(|&c| classifier_name(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+        Some(c) => c,
+        None => *classifiers
+            .first()
+            .ok_or_else(|| cx.err("evaluation.classifiers", "must list cnn, nme or both"))?,
+    };
+    for (what, fields) in [("rows", &t.rows), ("columns", &t.columns)] {
+        if fields.is_empty() {
+            return Err(cx.err(
+                at(what),
+                "must list at least one of experiment, dataset, setting, method",
+            ));
+        }
+    }
+    if let Some(f) = t.rows.iter().find(|f| t.columns.contains(f)) {
+        return Err(cx.err(
+            at("columns"),
+            format!(
+                "`{}` is already a row field; a field is a row or a column, not both",
+                f.column()
+            ),
+        ));
+    }
+    // The labels rows and columns can take, for checking reference keys.
+    let labels = |fields: &[Field]| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for e in &exps {
+            for s in &e.settings {
+                for m in &e.methods {
+                    let v: Vec<&str> = fields
+                        .iter()
+                        .map(|f| match f {
+                            Field::Experiment => e.name.as_str(),
+                            Field::Dataset => e.dataset.as_str(),
+                            Field::Setting => s.as_str(),
+                            Field::Method => m.as_str(),
+                        })
+                        .collect();
+                    let label = v.join("/");
+                    if !out.contains(&label) {
+                        out.push(label);
+                    }
+                }
+            }
+        }
+        out
+    };
+    let (rows, columns) = (labels(&t.rows), labels(&t.columns));
+    let mut reference = Vec::new();
+    for (row, cells) in &t.reference {
+        if !rows.contains(row) {
+            return Err(cx.err(
+                format!("tables.{name}.reference.{row}"),
+                format!(
+                    "`{row}` is not a row of the table; rows: {}",
+                    rows.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        for (column, value) in cells {
+            let key = format!("tables.{name}.reference.{row}.{column}");
+            if !columns.contains(column) {
+                return Err(cx.err(
+                    key,
+                    format!(
+                        "`{column}` is not a column of the table; columns: {}",
+                        columns.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            let (mean, std) = parse_reference(value).map_err(|m| cx.err(key, m))?;
+            reference.push(ReferenceValue {
+                row: row.clone(),
+                column: column.clone(),
+                mean,
+                std,
+            });
+        }
+    }
+    let template =
+        |path: &Option<String>, key: &str, default: &str| -> Result<String, ConfigError> {
+            match path {
+                None => Ok(default.to_string()),
+                Some(p) => {
+                    let file = cx.relative(p);
+                    std::fs::read_to_string(&file).map_err(|e| {
+                        cx.err(
+                            at(key),
+                            format!("cannot read template {}: {e}", file.display()),
+                        )
+                    })
+                }
+            }
+        };
+    Ok(TableDef {
+        markdown_template: template(
+            &t.templates.markdown,
+            "templates.markdown",
+            DEFAULT_MARKDOWN_TEMPLATE,
+        )?,
+        latex_template: template(
+            &t.templates.latex,
+            "templates.latex",
+            DEFAULT_LATEX_TEMPLATE,
+        )?,
+        experiments: t.experiments,
+        params: TableParams {
+            name: name.to_string(),
+            caption: t.caption,
+            label: t.label.unwrap_or_else(|| format!("tab:{name}")),
+            metric: t.metric,
+            classifier: classifier_name(classifier).to_string(),
+            rows: t.rows,
+            columns: t.columns,
+            time_column: t.time_column,
+            reference,
+            reference_source: t.reference_source,
+            row_labels: rows,
+            column_labels: columns,
+        },
+    })
+}
+
+fn classifier_name(c: Classifier) -> &'static str {
+    match c {
+        Classifier::Cnn => "cnn",
+        Classifier::Nme => "nme",
+    }
+}
+
+/// `64.83`, `"64.83"`, `"64.83 +- 0.51"` or `"64.83 ± 0.51"`.
+fn parse_reference(v: &RawNumber) -> Result<(f64, Option<f64>), String> {
+    let text = match v {
+        RawNumber::Number(x) => return Ok((*x, None)),
+        RawNumber::Text(t) => t,
+    };
+    let bad = || format!("`{text}` is not a number nor `mean +- std`");
+    let parts: Vec<&str> = text
+        .split(['±'])
+        .flat_map(|p| p.split("+-"))
+        .map(str::trim)
+        .collect();
+    let num = |s: &str| s.parse::<f64>().ok().filter(|x| x.is_finite());
+    match parts.as_slice() {
+        [m] => Ok((num(m).ok_or_else(bad)?, None)),
+        [m, s] => Ok((num(m).ok_or_else(bad)?, Some(num(s).ok_or_else(bad)?))),
+        _ => Err(bad()),
+    }
 }

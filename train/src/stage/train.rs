@@ -226,8 +226,8 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 );
             }
         }
-        let mut entry =
-            json!({"epoch": epoch, "lr": lr, "seconds": started.elapsed().as_secs_f64()});
+        let mut entry = json!({"epoch": epoch, "lr": lr, "seconds": started.elapsed().as_secs_f64(),
+                   "device": job.device});
         for (k, v) in sums {
             entry[k] = json!(v / seen.max(1) as f64);
         }

@@ -1,0 +1,456 @@
+//! `report`: the paper's tables, plots and frames of a config, from the
+//! store only. Training and evaluation never run here: the result stages
+//! (aggregate, plot, render: milliseconds each) run over the runs that are
+//! complete in the store, and the runs that are not are listed with the
+//! command that fills them. `run` ends by writing the same report.
+//!
+//! Layout of the output folder (default `reports/<config name>/` at the
+//! project root):
+//!
+//! ```text
+//! README.md                      index: tables inline, plots, data, missing runs, provenance
+//! tables/<table>.md|tex          render stages
+//! plots/<experiment>-<setting>.svg|png   plot stages
+//! data/<experiment>-<frame>.csv|parquet  aggregate stages (tidy, groups, runs, summary)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bsce_pipeline::catalog::{StageCatalog, StageKind};
+use bsce_pipeline::config::Config;
+use bsce_pipeline::digest::Digest;
+use bsce_pipeline::exec::{CancelToken, Engine, NodeStatus, RunContext, RunOptions};
+use bsce_pipeline::plan::{Plan, RunRef};
+use bsce_pipeline::registry::files;
+use bsce_pipeline::store::records::ActionRecord;
+use bsce_pipeline::store::LocalStore;
+use serde::Serialize;
+
+use crate::reporter::TerminalReporter;
+
+/// A run of the config that is not (completely) in the store.
+#[derive(Debug, Serialize)]
+pub struct MissingRun {
+    pub run: String,
+    /// Tasks whose evaluation is not in the store.
+    pub tasks: Vec<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReportSummary {
+    pub out_dir: PathBuf,
+    /// Result stages this report ran (the rest came from the store).
+    pub executed: usize,
+    pub executed_labels: Vec<String>,
+    pub failed: BTreeMap<String, String>,
+    pub missing: Vec<MissingRun>,
+    pub files: Vec<String>,
+}
+
+fn run_name(r: &RunRef) -> String {
+    format!(
+        "{}/{}/{}/{}/seed{}",
+        r.experiment, r.order, r.setting, r.method, r.seed
+    )
+}
+
+/// File-name safe: letters, digits, `-`, `_`, `.`; anything else `_`.
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The default output folder: `reports/<config file stem>/` at the
+/// project root of the config.
+pub fn default_out_dir(cfg: &Config) -> PathBuf {
+    let dir = cfg.file.parent().unwrap_or(Path::new("."));
+    let stem = cfg
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    bsce_pipeline::store::locate::project_root(dir)
+        .join("reports")
+        .join(safe(&stem))
+}
+
+/// The result stages run over the runs complete in the store.
+pub struct Prepared {
+    /// The report's plan (result stages and what they read).
+    pub plan: Plan,
+    pub status: Vec<NodeStatus>,
+    pub missing: Vec<MissingRun>,
+    pub executed: Vec<String>,
+    pub failed: BTreeMap<String, String>,
+}
+
+impl Prepared {
+    pub fn record(&self, n: usize) -> Option<&ActionRecord> {
+        match &self.status[n] {
+            NodeStatus::Cached { record, .. } => Some(record),
+            NodeStatus::ToRun { .. } => None,
+        }
+    }
+}
+
+/// Runs the result stages (only) over the runs complete in the store.
+pub fn prepare(
+    cfg: &Config,
+    full: &Plan,
+    store: &LocalStore,
+    catalog: &dyn StageCatalog,
+    ctx: &RunContext,
+    jobs: usize,
+) -> Result<Prepared> {
+    let status = Engine::new(full, store, catalog, ctx).status(&RunOptions::default())?;
+    let cached = |n: usize| matches!(status[n], NodeStatus::Cached { .. });
+    let mut missing = Vec::new();
+    for r in &full.runs {
+        let tasks: Vec<usize> = (0..r.evaluations.len())
+            .filter(|&t| !cached(r.evaluations[t]) || !cached(r.trains[t]))
+            .collect();
+        if !tasks.is_empty() {
+            missing.push(MissingRun {
+                run: run_name(r),
+                tasks,
+            });
+        }
+    }
+    let complete = |r: &RunRef| !missing.iter().any(|m| m.run == run_name(r));
+    let plan = Plan::build(cfg, &complete).report_only();
+    let engine = Engine::new(&plan, store, catalog, ctx);
+    // Never trains: everything but the result stages must be in the store.
+    for (node, st) in plan
+        .nodes
+        .iter()
+        .zip(engine.status(&RunOptions::default())?)
+    {
+        let result_stage = matches!(
+            node.kind,
+            StageKind::Aggregate | StageKind::Render | StageKind::Plot
+        );
+        if !result_stage && !matches!(st, NodeStatus::Cached { .. }) {
+            bail!(
+                "internal: the report's plan needs {} which is not in the store",
+                node.label
+            );
+        }
+    }
+    let opts = RunOptions {
+        jobs: jobs.max(1),
+        ..RunOptions::default()
+    };
+    let mut reporter = TerminalReporter::new(true);
+    let summary = engine.run(&opts, &CancelToken::new(), &mut reporter)?;
+    drop(reporter);
+    let status = engine.status(&RunOptions::default())?;
+    Ok(Prepared {
+        plan,
+        status,
+        missing,
+        executed: summary.executed_labels,
+        failed: summary.failed_labels,
+    })
+}
+
+/// Runs the result stages over the complete runs and writes the report.
+pub fn write(
+    cfg: &Config,
+    full: &Plan,
+    store: &LocalStore,
+    catalog: &dyn StageCatalog,
+    ctx: &RunContext,
+    out_dir: &Path,
+    jobs: usize,
+) -> Result<ReportSummary> {
+    let prepared = prepare(cfg, full, store, catalog, ctx, jobs)?;
+    let Prepared { plan, missing, .. } = &prepared;
+    let record = |n: usize| prepared.record(n);
+    let mut out = Output::new(out_dir)?;
+    let blob = |rec: &ActionRecord, file: &str| -> Result<PathBuf> {
+        let o = rec
+            .outputs
+            .get(file)
+            .with_context(|| format!("{} has no output {file}", rec.label))?;
+        Ok(store.blob_path(&o.digest))
+    };
+    for (exp, n) in &plan.aggregates {
+        if let Some(rec) = record(*n) {
+            for f in files::FRAMES {
+                out.copy(&blob(rec, f)?, &format!("data/{}-{f}", safe(exp)))?;
+            }
+        }
+    }
+    for (exp, setting, n) in &plan.plots {
+        if let Some(rec) = record(*n) {
+            for (f, ext) in [(files::PLOT_SVG, "svg"), (files::PLOT_PNG, "png")] {
+                out.copy(
+                    &blob(rec, f)?,
+                    &format!("plots/{}-{}.{ext}", safe(exp), safe(setting)),
+                )?;
+            }
+        }
+    }
+    let mut tables_md = String::new();
+    for (name, n) in &plan.tables {
+        if let Some(rec) = record(*n) {
+            out.copy(
+                &blob(rec, files::TABLE_MD)?,
+                &format!("tables/{}.md", safe(name)),
+            )?;
+            out.copy(
+                &blob(rec, files::TABLE_TEX)?,
+                &format!("tables/{}.tex", safe(name)),
+            )?;
+            let md = std::fs::read_to_string(blob(rec, files::TABLE_MD)?)?;
+            let _ = writeln!(
+                tables_md,
+                "### {name}\n\n{md}\n[Markdown](tables/{0}.md) · [LaTeX](tables/{0}.tex)\n",
+                safe(name)
+            );
+        }
+    }
+    let index = index(
+        cfg,
+        full,
+        &status_of(full, store, catalog, ctx)?,
+        plan,
+        &tables_md,
+        missing,
+        catalog,
+    );
+    out.write("README.md", index.as_bytes())?;
+    let files = out.finish()?;
+    let Prepared {
+        missing,
+        executed,
+        failed,
+        ..
+    } = prepared;
+    Ok(ReportSummary {
+        out_dir: out_dir.to_path_buf(),
+        executed: executed.len(),
+        executed_labels: executed,
+        failed,
+        missing,
+        files,
+    })
+}
+
+fn status_of(
+    plan: &Plan,
+    store: &LocalStore,
+    catalog: &dyn StageCatalog,
+    ctx: &RunContext,
+) -> Result<Vec<NodeStatus>> {
+    Ok(Engine::new(plan, store, catalog, ctx).status(&RunOptions::default())?)
+}
+
+/// The index: what was made from what, by what, where.
+fn index(
+    cfg: &Config,
+    full: &Plan,
+    full_status: &[NodeStatus],
+    plan: &Plan,
+    tables_md: &str,
+    missing: &[MissingRun],
+    catalog: &dyn StageCatalog,
+) -> String {
+    let name = cfg
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config_digest = std::fs::read(&cfg.file)
+        .map(|b| Digest::of_bytes(&b).to_hex())
+        .unwrap_or_else(|_| "unreadable".into());
+    let mut s = String::new();
+    let _ = writeln!(s, "# Report: {name}\n");
+    let _ = writeln!(
+        s,
+        "Made by bsce-pipe {} from `{}` (sha256 `{config_digest}`). Every file here is a copy of a stage output in the store; `bsce-pipe report {}` remakes it.\n",
+        env!("BSCE_LONG_VERSION"),
+        cfg.file.display(),
+        cfg.file.display()
+    );
+    let _ = writeln!(s, "## Tables\n");
+    if tables_md.is_empty() {
+        let _ = writeln!(
+            s,
+            "The config declares no table (`tables:`), or none has a complete run yet.\n"
+        );
+    } else {
+        s.push_str(tables_md);
+    }
+    let _ = writeln!(s, "## Plots\n");
+    let mut any = false;
+    for (exp, setting, _) in &plan.plots {
+        let f = format!("plots/{}-{}", safe(exp), safe(setting));
+        let _ = writeln!(s, "![{exp} {setting}]({f}.png)\n\n[SVG]({f}.svg)\n");
+        any = true;
+    }
+    if !any {
+        let _ = writeln!(s, "No complete run yet.\n");
+    }
+    let _ = writeln!(s, "## Data\n");
+    for (exp, _) in &plan.aggregates {
+        let d = |f: &str| format!("[{f}](data/{}-{f})", safe(exp));
+        let _ = writeln!(
+            s,
+            "- {exp}: {} (one row per run x task x classifier), {} (accuracy per task group), {} (per-run metrics), {} (mean and std over orders and seeds); each also as Parquet.",
+            d(files::TIDY_CSV), d(files::GROUPS_CSV), d(files::RUNS_CSV), d(files::SUMMARY_CSV)
+        );
+    }
+    let _ = writeln!(s, "\n## Missing runs\n");
+    if missing.is_empty() {
+        let _ = writeln!(s, "None: every run of the config is in the store.\n");
+    } else {
+        for m in missing {
+            let tasks: Vec<String> = m.tasks.iter().map(|t| format!("t{t}")).collect();
+            let _ = writeln!(s, "- {}: tasks {}", m.run, tasks.join(", "));
+        }
+        let _ = writeln!(
+            s,
+            "\n`bsce-pipe run {}` computes them.\n",
+            cfg.file.display()
+        );
+    }
+    let _ = writeln!(s, "## Provenance\n");
+    let mut libs: BTreeMap<String, String> = BTreeMap::new();
+    for k in StageKind::ALL {
+        libs.extend(catalog.libraries(k));
+    }
+    let libs: Vec<String> = libs.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(s, "Libraries that change numbers: {}.\n", libs.join(", "));
+    let (mut gpu_hours, mut cpu_hours) = (0.0, 0.0);
+    let mut hosts: BTreeMap<(String, String), (usize, f64, u64, u64)> = BTreeMap::new();
+    for (node, st) in full.nodes.iter().zip(full_status) {
+        if node.kind != StageKind::Train {
+            continue;
+        }
+        if let NodeStatus::Cached { record, .. } = st {
+            let p = &record.provenance;
+            let h = p.wall_seconds / 3600.0;
+            if p.device.starts_with("cuda") {
+                gpu_hours += h;
+            } else {
+                cpu_hours += h;
+            }
+            let e =
+                hosts
+                    .entry((p.host.clone(), p.device.clone()))
+                    .or_insert((0, 0.0, u64::MAX, 0));
+            e.0 += 1;
+            e.1 += p.wall_seconds;
+            e.2 = e.2.min(p.started_unix_ms);
+            e.3 = e.3.max(p.started_unix_ms);
+        }
+    }
+    let _ = writeln!(s, "Training stages, by where they ran:\n");
+    let _ = writeln!(
+        s,
+        "| host | device | stages | hours | first started (UTC) | last started (UTC) |"
+    );
+    let _ = writeln!(s, "|:---|:---|---:|---:|:---|:---|");
+    for ((host, device), (n, secs, first, last)) in &hosts {
+        let _ = writeln!(
+            s,
+            "| {host} | {device} | {n} | {:.3} | {} | {} |",
+            secs / 3600.0,
+            utc(*first),
+            utc(*last)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nTotal: {gpu_hours:.3} GPU-hours, {cpu_hours:.3} CPU-hours of training."
+    );
+    s
+}
+
+/// `YYYY-MM-DD HH:MM` from Unix milliseconds.
+fn utc(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Files written into the output folder, each atomically (temporary file,
+/// then rename); files a previous report wrote and this one did not are
+/// removed (the list is kept in `.bsce-report`).
+struct Output {
+    dir: PathBuf,
+    written: Vec<String>,
+}
+
+const MANIFEST: &str = ".bsce-report";
+
+impl Output {
+    fn new(dir: &Path) -> Result<Output> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Output {
+            dir: dir.to_path_buf(),
+            written: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir.join(rel);
+        let parent = path.parent().expect("inside the folder");
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let tmp = parent.join(format!(".{}.tmp-{}", safe(rel), std::process::id()));
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        self.written.push(rel.to_string());
+        Ok(())
+    }
+
+    fn copy(&mut self, from: &Path, rel: &str) -> Result<()> {
+        let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        self.write(rel, &bytes)
+    }
+
+    fn finish(mut self) -> Result<Vec<String>> {
+        let manifest = self.dir.join(MANIFEST);
+        if let Ok(old) = std::fs::read_to_string(&manifest) {
+            for f in old.lines() {
+                let stale = !self.written.iter().any(|w| w == f);
+                // Only names this module writes: never `..` nor absolute.
+                if stale && !f.contains("..") && !f.starts_with('/') {
+                    let _ = std::fs::remove_file(self.dir.join(f));
+                }
+            }
+        }
+        self.written.sort();
+        let list = self.written.join("\n") + "\n";
+        self.write(MANIFEST, list.as_bytes())?;
+        self.written.retain(|f| f != MANIFEST);
+        Ok(self.written)
+    }
+}

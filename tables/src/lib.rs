@@ -1,0 +1,31 @@
+//! bsce-pipe's result stages, run by `bsce-pipe exec-stage`.
+//!
+//! | module        | stage kind  | what it computes                                          |
+//! |---------------|-------------|-----------------------------------------------------------|
+//! | [`aggregate`] | `aggregate` | an experiment's evaluations -> tidy, groups, runs and summary frames (polars) |
+//! | [`render`]    | `render`    | summary frames + a table declaration -> Markdown and LaTeX (minijinja) |
+//! | [`plot`]      | `plot`      | a tidy frame -> accuracy against classes seen, SVG and PNG (plotters) |
+//! | [`frame`]     | all three   | reading and writing frames as Parquet and CSV              |
+//!
+//! Where a number of the report comes from, in one look: `eval.json` (the
+//! evaluate stage) -> `tidy` rows here -> per-run metrics (`runs`) -> mean
+//! and population std over orders and seeds (`summary`) -> a table cell.
+
+pub mod aggregate;
+pub mod frame;
+pub mod plot;
+pub mod render;
+
+/// The polars the frames are made with, for readers of them.
+pub use polars;
+
+use bsce_pipeline::catalog::StageKind;
+use bsce_stages::stage::StageFn;
+
+/// The kinds `bsce-pipe exec-stage` runs from this crate (registry runner
+/// `pipe`, beside `bsce_stages::stage::PIPE_STAGES`).
+pub const RESULT_STAGES: &[(StageKind, StageFn)] = &[
+    (StageKind::Aggregate, aggregate::run),
+    (StageKind::Render, render::run),
+    (StageKind::Plot, plot::run),
+];
