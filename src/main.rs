@@ -450,15 +450,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             store,
             json,
         } => {
-            let Loaded {
-                catalog,
-                cfg,
-                plan,
-                root,
-            } = load(&config, &store)?;
-            let store = existing_store(&root)?;
-            let _in_use = hold_store(&store)?;
-            let ctx = run_context()?;
+            let (
+                Loaded {
+                    catalog, cfg, plan, ..
+                },
+                store,
+                _in_use,
+                ctx,
+            ) = load_existing(&config, &store)?;
             let prepared = report::prepare(&cfg, &plan, &store, &catalog, &ctx, default_jobs())?;
             let results = results::collect(&prepared, &store)?;
             if json {
@@ -474,15 +473,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             out,
             json,
         } => {
-            let Loaded {
-                catalog,
-                cfg,
-                plan,
-                root,
-            } = load(&config, &store)?;
-            let store = existing_store(&root)?;
-            let _in_use = hold_store(&store)?;
-            let ctx = run_context()?;
+            let (
+                Loaded {
+                    catalog, cfg, plan, ..
+                },
+                store,
+                _in_use,
+                ctx,
+            ) = load_existing(&config, &store)?;
             let out = out.unwrap_or_else(|| report::default_out_dir(&cfg));
             let r = report::write(&cfg, &plan, &store, &catalog, &ctx, &out, default_jobs())?;
             if json {
@@ -554,6 +552,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::ExecStage { job } => exec_stage(&job),
     }
+}
+
+/// A config with its existing store, held shared for the command, and the
+/// run context: what `results` and `report` start from.
+fn load_existing(
+    config: &Path,
+    store: &StoreArgs,
+) -> Result<(Loaded, LocalStore, FileLock, RunContext)> {
+    let loaded = load(config, store)?;
+    let store = existing_store(&loaded.root)?;
+    let held = hold_store(&store)?;
+    Ok((loaded, store, held, run_context()?))
 }
 
 fn default_jobs() -> usize {

@@ -86,6 +86,8 @@ pub fn default_out_dir(cfg: &Config) -> PathBuf {
 
 /// The result stages run over the runs complete in the store.
 pub struct Prepared {
+    /// The status of every node of the config's full plan.
+    pub full_status: Vec<NodeStatus>,
     /// The report's plan (result stages and what they read).
     pub plan: Plan,
     pub status: Vec<NodeStatus>,
@@ -112,8 +114,8 @@ pub fn prepare(
     ctx: &RunContext,
     jobs: usize,
 ) -> Result<Prepared> {
-    let status = Engine::new(full, store, catalog, ctx).status(&RunOptions::default())?;
-    let cached = |n: usize| matches!(status[n], NodeStatus::Cached { .. });
+    let full_status = Engine::new(full, store, catalog, ctx).status(&RunOptions::default())?;
+    let cached = |n: usize| matches!(full_status[n], NodeStatus::Cached { .. });
     let mut missing = Vec::new();
     for r in &full.runs {
         let tasks: Vec<usize> = (0..r.evaluations.len())
@@ -155,6 +157,7 @@ pub fn prepare(
     drop(reporter);
     let status = engine.status(&RunOptions::default())?;
     Ok(Prepared {
+        full_status,
         plan,
         status,
         missing,
@@ -223,7 +226,7 @@ pub fn write(
     let index = index(
         cfg,
         full,
-        &status_of(full, store, catalog, ctx)?,
+        &prepared.full_status,
         plan,
         &tables_md,
         missing,
@@ -245,15 +248,6 @@ pub fn write(
         missing,
         files,
     })
-}
-
-fn status_of(
-    plan: &Plan,
-    store: &LocalStore,
-    catalog: &dyn StageCatalog,
-    ctx: &RunContext,
-) -> Result<Vec<NodeStatus>> {
-    Ok(Engine::new(plan, store, catalog, ctx).status(&RunOptions::default())?)
 }
 
 /// The index: what was made from what, by what, where.

@@ -29,15 +29,19 @@ pub fn collect(prepared: &Prepared, store: &LocalStore) -> Result<Value> {
             Ok(read_parquet(&store.blob_path(&o.digest))?)
         };
         let (rf, tf) = (frame(files::RUNS_PARQUET)?, frame(files::TIDY_PARQUET)?);
-        let id = |df: &bsce_tables::polars::prelude::DataFrame, i: usize| -> Result<String> {
-            Ok(format!(
-                "{}|{}|{}|{}",
-                strings(df, "order")?[i],
-                strings(df, "setting")?[i],
-                strings(df, "method")?[i],
-                ints(df, "seed")?[i]
-            ))
+        // A run's identity in a frame, one key per row (columns read once).
+        let ids = |df: &bsce_tables::polars::prelude::DataFrame| -> Result<Vec<String>> {
+            let (o, s, m, seed) = (
+                strings(df, "order")?,
+                strings(df, "setting")?,
+                strings(df, "method")?,
+                ints(df, "seed")?,
+            );
+            Ok((0..df.height())
+                .map(|i| format!("{}|{}|{}|{}", o[i], s[i], m[i], seed[i]))
+                .collect())
         };
+        let (run_ids, task_ids) = (ids(&rf)?, ids(&tf)?);
         // Per run: identity, then per classifier its metrics and tasks.
         let mut by_run: BTreeMap<String, Value> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
@@ -57,7 +61,7 @@ pub fn collect(prepared: &Prepared, store: &LocalStore) -> Result<Value> {
             bools(&rf, "bsce")?,
         );
         for i in 0..rf.height() {
-            let k = id(&rf, i)?;
+            let k = run_ids[i].clone();
             let e = by_run.entry(k.clone()).or_insert_with(|| {
                 order.push(k.clone());
                 json!({"experiment": exp, "dataset": dataset[i], "order": ord[i], "setting": set[i],
@@ -84,7 +88,7 @@ pub fn collect(prepared: &Prepared, store: &LocalStore) -> Result<Value> {
             .map(|c| floats(&tf, c))
             .collect::<Result<_, _>>()?;
         for i in 0..tf.height() {
-            let Some(e) = by_run.get_mut(&id(&tf, i)?) else {
+            let Some(e) = by_run.get_mut(&task_ids[i]) else {
                 continue;
             };
             let tasks = e["tasks"].as_array_mut().expect("an array");

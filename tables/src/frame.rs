@@ -33,11 +33,19 @@ pub fn read_parquet(path: &Path) -> Result<DataFrame> {
         .map_err(|e| StageError::invalid(path, format!("not a readable Parquet frame: {e}")))
 }
 
+/// Column `name` of `df`, cast to `dtype` when given; errors name the column.
+fn column(df: &DataFrame, name: &str, dtype: Option<&DataType>) -> Result<Column> {
+    let fail = |e| polars_error(&format!("column {name}"), e);
+    let c = df.column(name).map_err(fail)?;
+    match dtype {
+        Some(t) => c.cast(t).map_err(fail),
+        None => Ok(c.clone()),
+    }
+}
+
 /// The string column `name` as owned values (a null reads as "").
 pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>> {
-    let c = df
-        .column(name)
-        .map_err(|e| polars_error(&format!("column {name}"), e))?;
+    let c = column(df, name, None)?;
     let s = c
         .str()
         .map_err(|e| polars_error(&format!("column {name}"), e))?;
@@ -48,12 +56,7 @@ pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>> {
 
 /// The float column `name` (nulls kept).
 pub fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
-    let c = df
-        .column(name)
-        .map_err(|e| polars_error(&format!("column {name}"), e))?;
-    let c = c
-        .cast(&DataType::Float64)
-        .map_err(|e| polars_error(&format!("column {name}"), e))?;
+    let c = column(df, name, Some(&DataType::Float64))?;
     let s = c
         .f64()
         .map_err(|e| polars_error(&format!("column {name}"), e))?;
@@ -62,12 +65,7 @@ pub fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
 
 /// The integer column `name` (nulls read as 0).
 pub fn ints(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
-    let c = df
-        .column(name)
-        .map_err(|e| polars_error(&format!("column {name}"), e))?;
-    let c = c
-        .cast(&DataType::Int64)
-        .map_err(|e| polars_error(&format!("column {name}"), e))?;
+    let c = column(df, name, Some(&DataType::Int64))?;
     let s = c
         .i64()
         .map_err(|e| polars_error(&format!("column {name}"), e))?;
@@ -75,9 +73,7 @@ pub fn ints(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
 }
 
 pub fn bools(df: &DataFrame, name: &str) -> Result<Vec<bool>> {
-    let c = df
-        .column(name)
-        .map_err(|e| polars_error(&format!("column {name}"), e))?;
+    let c = column(df, name, None)?;
     let s = c
         .bool()
         .map_err(|e| polars_error(&format!("column {name}"), e))?;
