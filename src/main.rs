@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use bsce_pipeline::catalog::Runner;
 use bsce_pipeline::config::{self, Config};
 use bsce_pipeline::exec::{CancelToken, Engine, EngineError, NodeStatus, RunContext, RunOptions};
+use bsce_pipeline::key::DirtyReason;
 use bsce_pipeline::maintenance;
 use bsce_pipeline::plan::Plan;
 use bsce_pipeline::store::locate;
@@ -387,8 +388,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 // never leaves a new store behind.
                 let scratch = tempdir()?;
                 let s = LocalStore::open(&scratch.0)?;
-                let engine = Engine::new(&plan, &s, &catalog, &ctx);
-                engine.status(&opts)?;
+                Engine::new(&plan, &s, &catalog, &ctx).check_sources()?;
             }
             let created = LocalStore::open_existing(&root).is_none();
             let store = LocalStore::open(&root)?;
@@ -637,7 +637,17 @@ fn print_status(
     let status = engine.status(opts)?;
     let mut rows = Vec::new();
     let (mut cached, mut to_run) = (0, 0);
+    let mut missing = Vec::new();
     for (node, st) in plan.nodes.iter().zip(&status) {
+        if let NodeStatus::ToRun { reasons, .. } = st {
+            for r in reasons {
+                if let DirtyReason::SourceMissing { name, path } = r {
+                    missing.push(
+                        serde_json::json!({"stage": node.label, "source": name, "path": path}),
+                    );
+                }
+            }
+        }
         match st {
             NodeStatus::Cached { key, .. } => {
                 cached += 1;
@@ -664,13 +674,28 @@ fn print_status(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "stages": plan.nodes.len(), "cached": cached, "to_run": to_run,
-                "executed": 0, "failed": 0, "dry_run": dry_run, "nodes": rows}))?
+                "executed": 0, "failed": 0, "dry_run": dry_run,
+                "missing_sources": missing, "nodes": rows}))?
         );
     } else {
         println!(
             "{} stages: {cached} cached, {to_run} to run",
             plan.nodes.len()
         );
+        if !missing.is_empty() {
+            println!(
+                "{} source(s) missing; `run` needs them (or a `url` and `sha256` to download):",
+                missing.len()
+            );
+            for m in &missing {
+                println!(
+                    "  {}: {} {}",
+                    m["stage"].as_str().unwrap_or_default(),
+                    m["source"].as_str().unwrap_or_default(),
+                    m["path"].as_str().unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1264,7 +1264,15 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
         .run(t.dir.path(), &["run", "t.yaml", "--jobs", "1", "--json"])
         .ok();
     let all = executed_of(&first);
-    assert_eq!(all.len(), 1 + 1 + 1 + 2 * 3 * 2, "{all:?}");
+    // prepare, order, tasks, 2 methods x 3 tasks x (train, evaluate), and
+    // the experiment's aggregate and plot.
+    assert_eq!(all.len(), 1 + 1 + 1 + 2 * 3 * 2 + 2, "{all:?}");
+    let results: Vec<String> = all
+        .iter()
+        .filter(|l| l.starts_with("aggregate/") || l.starts_with("plot/"))
+        .cloned()
+        .collect();
+    assert_eq!(results, ["aggregate/e", "plot/e/s"]);
 
     // (a) A comment and a unit test in the loss code: nothing reruns.
     scratch.edit(
@@ -1298,6 +1306,8 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
         let label = n["label"].as_str().unwrap();
         if label.starts_with("train/") && label.contains("/lucir/") {
             assert_eq!(n["reasons"][0], "code of stage train changed", "{n}");
+        } else if results.iter().any(|r| r == label) {
+            assert_eq!(n["state"], "to-run", "the tables read LUCIR's results: {n}");
         } else if !label.contains("/lucir/") {
             assert_eq!(n["state"], "cached", "{n}");
         }
@@ -1309,14 +1319,19 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
     );
     let expected: Vec<String> = all
         .iter()
-        .filter(|l| l.contains("/lucir/") && (l.starts_with("train/") || !l.ends_with("/t0")))
+        .filter(|l| {
+            l.contains("/lucir/") && (l.starts_with("train/") || !l.ends_with("/t0"))
+                || results.contains(l)
+        })
         .cloned()
         .collect();
     assert_eq!(rerun, expected);
 
     // (c) A log message of the training loop: every train stage reruns,
     // gives byte-identical models (CPU, deterministic, seeds from identity),
-    // and every evaluation is served by early cutoff.
+    // and every evaluation is served by early cutoff. The training logs
+    // carry new wall-clock times, which the aggregate reads (train hours),
+    // so the result stages rerun too.
     scratch.edit(
         "train/src/stage/train.rs",
         "\"iterations (epoch {}/{})\"",
@@ -1330,10 +1345,10 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
     let rerun = executed_of(&r);
     let trains: Vec<String> = all
         .iter()
-        .filter(|l| l.starts_with("train/"))
+        .filter(|l| l.starts_with("train/") || results.contains(l))
         .cloned()
         .collect();
-    assert_eq!(rerun, trains, "only the train stages rerun");
+    assert_eq!(rerun, trains, "only the train and result stages rerun");
     assert_eq!(r.json()["cached"], all.len() - trains.len());
 
     // A source file that no digest covers and no exemption names fails the
@@ -1687,10 +1702,44 @@ fn paper_config_plans_without_any_dataset_and_names_missing_sources() {
                 "{cfg}: no {kind} stage in\n{dag}"
             );
         }
-        if cfg.ends_with("paper.yaml") {
-            continue; // status needs the image folders (see the closing note of issue 9)
-        }
         let store = p.path(&format!("store-{}", cfg.replace('/', "-")));
+        if cfg.ends_with("paper.yaml") {
+            // No ImageNet here: status names the missing folder, run refuses.
+            let st = p.run(&["status", path, "--store", store.to_str().unwrap()]);
+            assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
+            assert!(
+                st.stdout
+                    .contains("to-run   prepare/imagenet: source root is missing: ")
+                    && st.stdout.contains("2 source(s) missing")
+                    && st.stdout.contains("to-run   prepare/cifar100: new stage"),
+                "{}",
+                st.stdout
+            );
+            let j = p
+                .run(&["status", path, "--store", store.to_str().unwrap(), "--json"])
+                .ok()
+                .json();
+            let missing: Vec<&str> = j["missing_sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["stage"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                missing,
+                ["prepare/imagenet", "prepare/imagenet_subset"],
+                "{}",
+                j["missing_sources"]
+            );
+            let run = p.run(&["run", path, "--store", store.to_str().unwrap()]);
+            assert_eq!(run.code, 2, "{}", run.stderr);
+            assert!(
+                run.stderr.contains("data/imagenet: cannot read source"),
+                "{}",
+                run.stderr
+            );
+            continue;
+        }
         let status = p.run(&["status", path, "--store", store.to_str().unwrap()]);
         assert_eq!(status.code, 0, "{cfg}: {}{}", status.stdout, status.stderr);
         assert!(

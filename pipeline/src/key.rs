@@ -179,6 +179,12 @@ pub enum DirtyReason {
     NotInStore {
         failed: bool,
     },
+    /// A source the config names is neither on disk nor downloadable, so
+    /// the stage has no key yet.
+    SourceMissing {
+        name: String,
+        path: std::path::PathBuf,
+    },
 }
 
 impl fmt::Display for DirtyReason {
@@ -206,6 +212,9 @@ impl fmt::Display for DirtyReason {
             }
             DirtyReason::NotInStore { failed: false } => {
                 write!(f, "result was removed from the store")
+            }
+            DirtyReason::SourceMissing { name, path } => {
+                write!(f, "source {name} is missing: {}", path.display())
             }
         }
     }

@@ -104,6 +104,9 @@ pub struct Engine<'a> {
 struct Sources {
     digests: BTreeMap<String, Digest>,
     locations: BTreeMap<String, job::SourceLocation>,
+    /// Sources that are neither on disk nor downloadable: name -> the path
+    /// the config gives. `status` reports them; `run` refuses to start.
+    missing: BTreeMap<String, PathBuf>,
 }
 
 impl<'a> Engine<'a> {
@@ -123,6 +126,28 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Every source digested and checked against its `sha256`, or the
+    /// first one that is missing as an error: what `run` needs before it
+    /// starts (status reports missing sources instead).
+    pub fn check_sources(&self) -> Result<(), EngineError> {
+        self.present_sources().map(drop)
+    }
+
+    fn present_sources(&self) -> Result<Vec<Sources>, EngineError> {
+        let sources = self.resolve_sources()?;
+        if let Some((_, path)) = sources.iter().flat_map(|s| &s.missing).next() {
+            return Err(SourceError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file or directory",
+                ),
+            }
+            .into());
+        }
+        Ok(sources)
+    }
+
     fn resolve_sources(&self) -> Result<Vec<Sources>, EngineError> {
         let digester = SourceDigester::new(self.store.state_dir(), self.store.tmp_dir());
         let mut out = Vec::with_capacity(self.plan.nodes.len());
@@ -130,6 +155,7 @@ impl<'a> Engine<'a> {
             let mut s = Sources {
                 digests: BTreeMap::new(),
                 locations: BTreeMap::new(),
+                missing: BTreeMap::new(),
             };
             for src in &node.sources {
                 let local = src.path.as_ref().filter(|p| p.exists());
@@ -170,15 +196,9 @@ impl<'a> Engine<'a> {
                         )
                     }
                     (None, ..) => {
-                        let path = src.path.clone().unwrap_or_default();
-                        return Err(SourceError::Io {
-                            path,
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                "no such file or directory",
-                            ),
-                        }
-                        .into());
+                        s.missing
+                            .insert(src.name.clone(), src.path.clone().unwrap_or_default());
+                        continue;
                     }
                 };
                 s.digests.insert(src.name.clone(), digest);
@@ -276,7 +296,20 @@ impl<'a> Engine<'a> {
             let node = &self.plan.nodes[id];
             let (record, pending) = self.key_record(node, &sources[id], &outputs);
             let forced = opts.forces(&node.label);
-            let st = if pending.is_empty() {
+            let st = if !sources[id].missing.is_empty() {
+                // No key without the source's digest; what it feeds waits.
+                NodeStatus::ToRun {
+                    key: None,
+                    reasons: sources[id]
+                        .missing
+                        .iter()
+                        .map(|(name, path)| DirtyReason::SourceMissing {
+                            name: name.clone(),
+                            path: path.clone(),
+                        })
+                        .collect(),
+                }
+            } else if pending.is_empty() {
                 let key = record.key();
                 match self.store.get_usable_action(&key)? {
                     Some(rec) if !forced => {
@@ -294,7 +327,8 @@ impl<'a> Engine<'a> {
                     reasons: self.reasons(node, &record, &pending, forced)?,
                 }
             };
-            let seed = pending.is_empty().then(|| self.seed(node, &record));
+            let seed = (pending.is_empty() && sources[id].missing.is_empty())
+                .then(|| self.seed(node, &record));
             out[id] = Some(Explained {
                 status: st,
                 record,
@@ -330,7 +364,7 @@ impl<'a> Engine<'a> {
     ) -> Result<RunSummary, EngineError> {
         let start = Instant::now();
         let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
-        let sources = self.resolve_sources()?;
+        let sources = self.present_sources()?;
         self.store.clean_stale_tmp();
         let n = self.plan.nodes.len();
         let mut summary = RunSummary::default();
