@@ -125,6 +125,11 @@ fn draw<DB: DrawingBackend>(
         .y_desc(format!("top-1 accuracy (%), {}", classifier.to_uppercase()))
         .axis_desc_style(("sans-serif", 20))
         .label_style(("sans-serif", 16))
+        // Classes seen are whole numbers; accuracy needs no decimals at
+        // this scale.
+        .x_labels(((x1 - x0) as usize + 1).clamp(2, 11))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(e)?;
