@@ -27,7 +27,7 @@ pub fn order(command: OrderCommand) -> Result<ExitCode> {
     if list {
         for n in named_order_names() {
             let o = named_order(n).expect("listed");
-            println!("{n:<22} {} classes  {}", o.classes.len(), o.description);
+            out!("{n:<22} {} classes  {}", o.classes.len(), o.description);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -76,7 +76,7 @@ pub fn order(command: OrderCommand) -> Result<ExitCode> {
             .into())
         }
     };
-    println!("{}", serde_json::to_string(&order)?);
+    out!("{}", serde_json::to_string(&order)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -91,20 +91,20 @@ pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&scratch);
     let report = report?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("path:     {}", path.display());
-        println!("format:   {}", report["format"].as_str().unwrap_or("?"));
-        println!(
+        out!("path:     {}", path.display());
+        out!("format:   {}", report["format"].as_str().unwrap_or("?"));
+        out!(
             "digest:   sha256:{}",
             report["digest"].as_str().unwrap_or("?")
         );
-        println!("classes:  {}", report["classes"]);
+        out!("classes:  {}", report["classes"]);
         if let Some(shape) = report.get("image_size") {
-            println!("images:   {shape}");
+            out!("images:   {shape}");
         }
-        println!("train:    {} images", report["train"]);
-        println!("test:     {} images", report["test"]);
+        out!("train:    {} images", report["train"]);
+        out!("test:     {} images", report["test"]);
         if let Some(names) = report["class_names"].as_array() {
             let shown: Vec<&str> = names.iter().take(8).filter_map(|v| v.as_str()).collect();
             let more = if names.len() > 8 {
@@ -112,7 +112,7 @@ pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
             } else {
                 String::new()
             };
-            println!("names:    {}{more}", shown.join(", "));
+            out!("names:    {}{more}", shown.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)

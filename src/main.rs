@@ -6,6 +6,46 @@
 //! sources); 3 store problem (corrupt blobs found, unreadable records);
 //! 130 interrupted.
 
+/// Stdout for everything a command prints, in place of `println!`: a closed
+/// reader (`bsce-pipe status CONFIG | head -1`) turns further output off
+/// instead of panicking, and `main` then exits 141. Closed stderr is
+/// ignored everywhere (progress is best-effort), which is why SIGPIPE is
+/// not simply restored: a signal cannot tell the two apart.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::out_fmt(format_args!($($arg)*), true)
+    };
+}
+macro_rules! out_raw {
+    ($($arg:tt)*) => {
+        $crate::out_fmt(format_args!($($arg)*), false)
+    };
+}
+
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn out_fmt(args: std::fmt::Arguments, newline: bool) {
+    if stdout_closed() {
+        return;
+    }
+    let mut o = std::io::stdout().lock();
+    let r = if newline {
+        writeln!(o, "{args}")
+    } else {
+        write!(o, "{args}")
+    }
+    .and_then(|()| o.flush());
+    if r.is_err() {
+        // Broken pipe or any other write error: the output is gone either
+        // way; the command still finishes (locks, temp dirs) cleanly.
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 mod inspect;
 mod report;
 mod reporter;
@@ -166,10 +206,16 @@ enum DagFormat {
 
 #[derive(Subcommand)]
 enum CacheCommand {
-    /// Re-hash every blob; move corrupt ones to quarantine/.
+    /// Re-hash every blob and read every record; move corrupt blobs and
+    /// unreadable records to quarantine/; report action records whose
+    /// blobs are missing.
     Verify {
         #[command(flatten)]
         store: StoreArgs,
+        /// Also move the action records whose blobs are missing to
+        /// quarantine/records/ (the next run recomputes them either way).
+        #[arg(long)]
+        repair: bool,
         #[arg(long)]
         json: bool,
     },
@@ -247,6 +293,16 @@ impl std::error::Error for StoreBusy {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let code = run_cli(cli);
+    if stdout_closed() {
+        // The reader went away (`| head`): the conventional status of a
+        // writer killed by SIGPIPE, after every destructor has run.
+        return ExitCode::from(141);
+    }
+    code
+}
+
+fn run_cli(cli: Cli) -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -368,6 +424,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 plan,
                 root,
             } = load(&config, &store)?;
+            check_force(&plan, &force)?;
             let opts = RunOptions {
                 jobs: jobs.unwrap_or_else(default_jobs),
                 gpus,
@@ -422,7 +479,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 print_report(&r, &config, false);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                out!("{}", serde_json::to_string_pretty(&summary)?);
             }
             Ok(if summary.interrupted {
                 ExitCode::from(130)
@@ -461,7 +518,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let prepared = report::prepare(&cfg, &plan, &store, &catalog, &ctx, default_jobs())?;
             let results = results::collect(&prepared, &store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&results)?);
+                out!("{}", serde_json::to_string_pretty(&results)?);
             } else {
                 results::print_summary(&results);
             }
@@ -484,7 +541,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let out = out.unwrap_or_else(|| report::default_out_dir(&cfg));
             let r = report::write(&cfg, &plan, &store, &catalog, &ctx, &out, default_jobs())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print_report(&r, &config, true);
             }
@@ -511,7 +568,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Dag { config, format } => {
             let cfg = load_config(&config, &catalog())?;
             let plan = Plan::from_config(&cfg);
-            print!(
+            out_raw!(
                 "{}",
                 match format {
                     DagFormat::Text => plan.render_text(),
@@ -546,7 +603,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             for f in files {
                 let (d, _) = bsce_pipeline::digest::Digest::of_file(&f)
                     .map_err(|e| BadInput(format!("{}: {e}", f.display())))?;
-                println!("{d}  {}", f.display());
+                out!("{d}  {}", f.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -653,7 +710,7 @@ fn print_status(
                 cached += 1;
                 rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": "cached", "key": key.to_hex()}));
                 if !json {
-                    println!("cached   {}", node.label);
+                    out!("cached   {}", node.label);
                 }
             }
             NodeStatus::ToRun { key, reasons } => {
@@ -664,13 +721,13 @@ fn print_status(
                     "key": key.map(|k| k.to_hex()), "reasons": why}),
                 );
                 if !json {
-                    println!("to-run   {}: {}", node.label, why.join("; "));
+                    out!("to-run   {}: {}", node.label, why.join("; "));
                 }
             }
         }
     }
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "stages": plan.nodes.len(), "cached": cached, "to_run": to_run,
@@ -678,17 +735,17 @@ fn print_status(
                 "missing_sources": missing, "nodes": rows}))?
         );
     } else {
-        println!(
+        out!(
             "{} stages: {cached} cached, {to_run} to run",
             plan.nodes.len()
         );
         if !missing.is_empty() {
-            println!(
+            out!(
                 "{} source(s) missing; `run` needs them (or a `url` and `sha256` to download):",
                 missing.len()
             );
             for m in &missing {
-                println!(
+                out!(
                     "  {}: {} {}",
                     m["stage"].as_str().unwrap_or_default(),
                     m["source"].as_str().unwrap_or_default(),
@@ -698,6 +755,31 @@ fn print_status(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every `--force` value names a stage of the plan (a label, a prefix
+/// ending in '/', or 'all'); one that names none is a typo, not a no-op.
+fn check_force(plan: &Plan, force: &[String]) -> Result<()> {
+    for f in force {
+        let hits = f == "all"
+            || plan
+                .nodes
+                .iter()
+                .any(|n| n.label == *f || (f.ends_with('/') && n.label.starts_with(f.as_str())));
+        if !hits {
+            let labels = plan.nodes.iter().map(|n| n.label.as_str());
+            let hint = config::did_you_mean(f, labels)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_else(|| {
+                    "; `status CONFIG` lists every label (a prefix must end in '/')".into()
+                });
+            return Err(BadInput(format!(
+                "--force {f}: no stage of this config has that label{hint}"
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `explain CONFIG LABEL`: reads the store, writes nothing.
@@ -741,10 +823,10 @@ fn explain(
             "params": e.record.params, "inputs": e.record.inputs, "pending": e.pending,
             "libraries": e.record.libraries, "seed": e.seed,
         });
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        out!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{} [{}], run by {}{}",
         node.label,
         node.kind,
@@ -756,16 +838,16 @@ fn explain(
         }
     );
     match key {
-        Some(k) => println!("key      {k}"),
-        None => println!("key      not known until its inputs are rebuilt"),
+        Some(k) => out!("key      {k}"),
+        None => out!("key      not known until its inputs are rebuilt"),
     }
     if reasons.is_empty() {
-        println!("state    {state}");
+        out!("state    {state}");
     } else {
-        println!("state    {state}: {}", reasons.join("; "));
+        out!("state    {state}: {}", reasons.join("; "));
     }
     if let Some(seed) = e.seed {
-        println!(
+        out!(
             "seed     {seed} (from params and {} inputs; never from code)",
             if spec.seed_inputs.is_empty() {
                 "no".to_string()
@@ -774,22 +856,22 @@ fn explain(
             }
         );
     }
-    println!("outputs  {}", spec.outputs.join(", "));
-    println!(
+    out!("outputs  {}", spec.outputs.join(", "));
+    out!(
         "code     {} = token streams of {} files (comments, formatting and tests left out):",
         e.record.code_digest,
         files.len()
     );
     for (f, d) in &files {
-        println!("  {f}  {}", &d[..12]);
+        out!("  {f}  {}", &d[..12]);
     }
-    println!("params   {}", serde_json::to_string(&e.record.params)?);
-    println!("inputs");
+    out!("params   {}", serde_json::to_string(&e.record.params)?);
+    out!("inputs");
     for (name, d) in &e.record.inputs {
-        println!("  {name}  {d}");
+        out!("  {name}  {d}");
     }
     for (name, from) in &e.pending {
-        println!("  {name}  (rebuilt by {from})");
+        out!("  {name}  (rebuilt by {from})");
     }
     if !e.record.libraries.is_empty() {
         let libs: Vec<String> = e
@@ -798,7 +880,7 @@ fn explain(
             .iter()
             .map(|(n, v)| format!("{n} {v}"))
             .collect();
-        println!("libraries {}", libs.join(", "));
+        out!("libraries {}", libs.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -829,24 +911,56 @@ fn tempdir() -> Result<TempDir> {
 
 fn cache(command: CacheCommand) -> Result<ExitCode> {
     match command {
-        CacheCommand::Verify { store, json } => {
+        CacheCommand::Verify {
+            store,
+            repair,
+            json,
+        } => {
             let store = found_store(&store)?;
-            let r = maintenance::verify(&store)?;
+            let r = maintenance::verify(&store, repair)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{} blobs, {} bytes verified", r.blobs, r.bytes);
+                out!(
+                    "{} blobs, {} bytes verified; {} records read",
+                    r.blobs,
+                    r.bytes,
+                    r.records
+                );
                 for (d, to) in &r.quarantined {
-                    println!("corrupt  {d} -> {to}");
+                    out!("corrupt  blob {d} -> {to}");
                 }
-                if !r.quarantined.is_empty() {
-                    println!(
-                        "{} corrupt blobs quarantined; the stages that made them will rerun",
-                        r.quarantined.len()
+                for (from, to) in &r.bad_records {
+                    out!("corrupt  record {from} -> {to}");
+                }
+                for d in &r.dangling {
+                    out!(
+                        "dangling {} ({}): missing blob {}{}",
+                        d.record,
+                        d.label,
+                        d.missing.join(", "),
+                        if r.repaired {
+                            "; moved to quarantine/records/"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if !r.quarantined.is_empty() || !r.bad_records.is_empty() {
+                    out!(
+                        "{} corrupt blobs and {} unreadable records quarantined; the stages that made them will rerun",
+                        r.quarantined.len(),
+                        r.bad_records.len()
+                    );
+                }
+                if !r.dangling.is_empty() && !r.repaired {
+                    out!(
+                        "{} action records name missing blobs (their stages rerun); `cache verify --repair` moves them away",
+                        r.dangling.len()
                     );
                 }
             }
-            Ok(if r.quarantined.is_empty() {
+            Ok(if r.clean() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)
@@ -906,11 +1020,14 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
 
             let r = maintenance::gc(&store, &keys)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!(
+                out!(
                     "kept {} results; removed {} results and {} blobs ({} bytes)",
-                    r.kept_actions, r.removed_actions, r.removed_blobs, r.freed_bytes
+                    r.kept_actions,
+                    r.removed_actions,
+                    r.removed_blobs,
+                    r.freed_bytes
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -919,15 +1036,15 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
             let store = found_store(&store)?;
             let r = maintenance::du(&store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{:<10} {:>8} {:>14}", "kind", "results", "bytes");
+                out!("{:<10} {:>8} {:>14}", "kind", "results", "bytes");
                 for (kind, u) in &r.kinds {
-                    println!("{kind:<10} {:>8} {:>14}", u.actions, u.bytes);
+                    out!("{kind:<10} {:>8} {:>14}", u.actions, u.bytes);
                 }
-                println!("{:<10} {:>8} {:>14}", "logs", "", r.logs_bytes);
-                println!("{:<10} {:>8} {:>14}", "unused", "", r.unreferenced_bytes);
-                println!("{:<10} {:>8} {:>14}", "total", "", r.total_bytes);
+                out!("{:<10} {:>8} {:>14}", "logs", "", r.logs_bytes);
+                out!("{:<10} {:>8} {:>14}", "unused", "", r.unreferenced_bytes);
+                out!("{:<10} {:>8} {:>14}", "total", "", r.total_bytes);
             }
             Ok(ExitCode::SUCCESS)
         }

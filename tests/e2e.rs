@@ -439,7 +439,7 @@ fn verify_quarantines_a_corrupt_blob_and_its_stage_reruns() {
     let v = p.run(&["cache", "verify", "--store", ".bsce"]);
     assert_eq!(v.code, 3, "{}", v.stdout);
     assert!(
-        v.stdout.contains(&format!("corrupt  {digest}")),
+        v.stdout.contains(&format!("corrupt  blob {digest}")),
         "{}",
         v.stdout
     );
@@ -599,7 +599,7 @@ fn a_failing_stage_is_reported_recorded_and_never_cached() {
     // Not cached: the next run tries again and says why.
     let st = p.status("c.yaml");
     let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
-    assert_eq!(c.2, vec!["new stage"]);
+    assert_eq!(c.2, vec!["same inputs failed last time"]);
     let r = p.run(&["run", "c.yaml", "--json"]);
     assert_eq!(r.code, 1);
     assert_eq!(r.json()["failed"], 1);
@@ -1751,4 +1751,201 @@ fn paper_config_plans_without_any_dataset_and_names_missing_sources() {
             status.stdout
         );
     }
+}
+
+/// Action records of the store, by label.
+fn action_files(p: &Project) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(p.store().join("ac")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            out.push((v["label"].as_str().unwrap().to_string(), e.into_path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_damaged_record_is_a_miss_with_one_warning_and_verify_finds_and_repairs() {
+    let p = Project::new();
+    p.write("c.yaml", SMALL);
+    let first = p.run(&["run", "c.yaml", "--json"]).ok().json();
+    let all = executed(&first);
+    let records = action_files(&p);
+    let (order_label, order_record) = records
+        .iter()
+        .find(|(l, _)| l.starts_with("order/"))
+        .unwrap()
+        .clone();
+    // A truncated action record and a garbage label record.
+    let bytes = std::fs::read(&order_record).unwrap();
+    std::fs::write(&order_record, &bytes[..bytes.len() / 2]).unwrap();
+    let label_file = walkdir::WalkDir::new(p.store().join("labels"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_type().is_file())
+        .unwrap()
+        .into_path();
+    std::fs::write(&label_file, b"\x00garbage").unwrap();
+
+    let r = p.run(&["run", "c.yaml", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let warnings: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: store record"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one warning per damaged file:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&order_record.display().to_string())
+            && r.stderr.contains(&label_file.display().to_string()),
+        "the warnings name the files:\n{}",
+        r.stderr
+    );
+    let rerun = executed(&r.json());
+    assert!(rerun.contains(&order_label), "{rerun:?}");
+    assert!(rerun.len() < all.len(), "{rerun:?}");
+    // Repaired for good: the next run is quiet and does nothing.
+    let again = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert!(!again.stderr.contains("warning"), "{}", again.stderr);
+    assert_eq!(again.json()["executed"], 0);
+    let v = p.run(&["cache", "verify"]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+
+    // `cache verify` reads records too: a damaged one is exit 3 and named;
+    // a record whose blob is gone is reported, and `--repair` moves it.
+    let tasks: Vec<(String, PathBuf)> = action_files(&p)
+        .into_iter()
+        .filter(|(l, _)| l.starts_with("tasks/"))
+        .collect();
+    let task_record = tasks[0].1.clone();
+    let (tasks_label, dangling) = tasks[1].clone();
+    std::fs::write(&task_record, b"{\"key\": ").unwrap();
+    let rec: Value = serde_json::from_slice(&std::fs::read(&dangling).unwrap()).unwrap();
+    let (_, out) = rec["outputs"].as_object().unwrap().iter().next().unwrap();
+    let hex = out["digest"].as_str().unwrap();
+    std::fs::remove_file(p.store().join("cas").join(&hex[..2]).join(&hex[2..])).unwrap();
+    let v = p.run(&["cache", "verify"]);
+    assert_eq!(v.code, 3, "{}{}", v.stdout, v.stderr);
+    assert!(
+        v.stdout
+            .contains(&format!("corrupt  record {}", task_record.display()))
+            && v.stdout
+                .contains(&format!("dangling {} ({tasks_label})", dangling.display()))
+            && v.stdout.contains("--repair"),
+        "{}",
+        v.stdout
+    );
+    let v = p.run(&["cache", "verify", "--repair", "--json"]);
+    assert_eq!(v.code, 3, "{}", v.stderr);
+    assert_eq!(v.json()["repaired"], true);
+    assert!(!dangling.exists());
+    let v = p.run(&["cache", "verify"]);
+    assert_eq!(v.code, 0, "repaired: {}{}", v.stdout, v.stderr);
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert!(executed(&r.json()).contains(&tasks_label));
+}
+
+#[test]
+fn printing_commands_end_quietly_on_a_closed_pipe() {
+    // The paper config's dag and status are far longer than a pipe buffer.
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/paper.yaml");
+    let p = Project::new();
+    let store = format!("--store {}", p.path("store").display());
+    for (args, extra) in [("dag", ""), ("status", store.as_str())] {
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; \"{BIN}\" {args} \"{}\" {extra} | head -1",
+                cfg.display(),
+            ))
+            .current_dir(p.dir.path())
+            .output()
+            .unwrap();
+        let code = o.status.code().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(code == 0 || code == 141, "{args}: exit {code}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    }
+}
+
+#[test]
+fn a_force_label_that_names_no_stage_is_an_error_with_a_suggestion() {
+    let p = Project::new();
+    p.write("c.yaml", SMALL);
+    let r = p.run(&["run", "c.yaml", "--force", "prepare/synt"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--force prepare/synt: no stage of this config has that label")
+            && r.stderr.contains("did you mean `prepare/synth`?"),
+        "{}",
+        r.stderr
+    );
+    assert!(!p.store().exists(), "nothing ran, no store");
+    // A prefix ending in '/' and `all` name stages.
+    p.run(&["run", "c.yaml", "--force", "order/", "--force", "all"])
+        .ok();
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_prepare_names_enospc_and_records_the_failure() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let p = Project::new();
+    let mnt = p.path("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount -t tmpfs failed");
+    let _guard = Tmpfs(mnt.clone());
+    // About 7 MB of images into a 1 MiB store.
+    p.write(
+        "c.yaml",
+        &SMALL.replace(
+            "synthetic: {classes: 6, train_per_class: 20, test_per_class: 5, image_size: 8, seed: 1}",
+            "synthetic: {classes: 6, train_per_class: 400, test_per_class: 20, image_size: 32, seed: 1}",
+        ),
+    );
+    let store = mnt.join("store");
+    let r = p.run(&["run", "c.yaml", "--store", store.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("No space left on device") && !r.stderr.contains("panicked"),
+        "{}",
+        r.stderr
+    );
+    let failures: Vec<_> = std::fs::read_dir(store.join("failed")).unwrap().collect();
+    assert_eq!(failures.len(), 1, "the failure is recorded");
+    let st = p
+        .run(&["status", "c.yaml", "--store", store.to_str().unwrap()])
+        .ok();
+    assert!(
+        st.stdout.contains("same inputs failed last time"),
+        "{}",
+        st.stdout
+    );
 }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::store::{LocalStore, StoreError};
+use crate::store::local::read_json;
+use crate::store::{ActionRecord, FailureRecord, LabelRecord, LocalStore, StoreError};
 
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -13,12 +14,39 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Digest the blob is filed under -> where it was moved.
     pub quarantined: BTreeMap<String, String>,
+    /// Record files read (action, label and failure records).
+    pub records: usize,
+    /// Unreadable record -> where it was moved.
+    pub bad_records: BTreeMap<String, String>,
+    /// Action records naming a blob the store does not hold (a miss at the
+    /// next run; `--repair` moves them away).
+    pub dangling: Vec<Dangling>,
+    /// Whether `--repair` moved the dangling records away.
+    pub repaired: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Dangling {
+    pub record: String,
+    pub label: String,
+    pub missing: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Nothing corrupt, unreadable or dangling was found.
+    pub fn clean(&self) -> bool {
+        self.quarantined.is_empty() && self.bad_records.is_empty() && self.dangling.is_empty()
+    }
 }
 
 /// Re-hashes every blob; a blob whose content does not match its name is
-/// moved to `quarantine/`, which makes every action using it a miss.
-pub fn verify(store: &LocalStore) -> Result<VerifyReport, StoreError> {
+/// moved to `quarantine/`, which makes every action using it a miss. Then
+/// reads every record: an unreadable one is moved to `quarantine/records/`;
+/// an action record whose outputs or log are not all in the store is
+/// reported, and with `repair` moved there too.
+pub fn verify(store: &LocalStore, repair: bool) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
+    let mut present = BTreeSet::new();
     for (digest, path) in store.blobs()? {
         let (actual, size) = Digest::of_file(&path).map_err(|e| StoreError::io(&path, e))?;
         report.blobs += 1;
@@ -28,8 +56,53 @@ pub fn verify(store: &LocalStore) -> Result<VerifyReport, StoreError> {
             report
                 .quarantined
                 .insert(digest.to_hex(), to.display().to_string());
+        } else {
+            present.insert(digest);
         }
     }
+    let ac = store.root().join("ac");
+    let labels = store.root().join("labels");
+    for path in store.record_files()? {
+        report.records += 1;
+        let parsed = if path.starts_with(&ac) {
+            read_json::<ActionRecord>(&path).map(|r| r.map(Some))
+        } else if path.starts_with(&labels) {
+            read_json::<LabelRecord>(&path).map(|r| r.map(|_| None))
+        } else {
+            read_json::<FailureRecord>(&path).map(|r| r.map(|_| None))
+        };
+        match parsed {
+            Err(StoreError::BadRecord { .. }) => {
+                let to = store.quarantine_record(&path)?;
+                report
+                    .bad_records
+                    .insert(path.display().to_string(), to.display().to_string());
+            }
+            Err(e) => return Err(e),
+            Ok(Some(Some(rec))) => {
+                let missing: Vec<String> = rec
+                    .outputs
+                    .values()
+                    .map(|o| o.digest)
+                    .chain(rec.provenance.log)
+                    .filter(|d| !present.contains(d))
+                    .map(|d| d.to_hex())
+                    .collect();
+                if !missing.is_empty() {
+                    if repair {
+                        store.quarantine_record(&path)?;
+                    }
+                    report.dangling.push(Dangling {
+                        record: path.display().to_string(),
+                        label: rec.label,
+                        missing,
+                    });
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    report.repaired = repair && !report.dangling.is_empty();
     Ok(report)
 }
 

@@ -219,10 +219,12 @@ fn run_child(
     let pid = child.id() as i32;
     let stdout = child.stdout.take().expect("piped");
     let stage_prov: Arc<Mutex<BTreeMap<String, serde_json::Value>>> = Arc::default();
+    let child_error: Arc<Mutex<Option<String>>> = Arc::default();
     let reader = {
         let tx = tx.clone();
         let label = run.node.label.clone();
         let prov = Arc::clone(&stage_prov);
+        let child_error = Arc::clone(&child_error);
         std::thread::spawn(move || {
             let mut log = log_for_stdout;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -237,6 +239,11 @@ fn run_child(
                     }
                     Ok(ChildMessage::Provenance { key, value }) => {
                         prov.lock().expect("not poisoned").insert(key, value);
+                    }
+                    Ok(ChildMessage::Error { message }) => {
+                        let _ = writeln!(log, "error: {message}");
+                        *child_error.lock().expect("not poisoned") =
+                            Some(format!("error: {message}"));
                     }
                     Err(_) => {
                         let _ = writeln!(log, "{line}");
@@ -302,7 +309,18 @@ fn run_child(
         return Ok(Outcome::Interrupted);
     }
     let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    let log_entry = store.insert_bytes(&log_bytes).map_err(|e| e.to_string())?;
+    if !exited_ok {
+        // A failed stage's partial outputs are of no use; removing them
+        // first gives the failure record room on a disk the stage filled.
+        make_writable(&out_dir);
+        let _ = fs::remove_dir_all(&out_dir);
+    }
+    // The log is kept when it can be; a full disk must not hide the error.
+    let log_entry = match store.insert_bytes(&log_bytes) {
+        Ok(e) => Some(e),
+        Err(_) if !exited_ok => None,
+        Err(e) => return Err(e.to_string()),
+    };
     let provenance = Provenance {
         tool_version: engine.ctx.tool_version.clone(),
         git_commit: engine.ctx.git_commit.clone(),
@@ -312,7 +330,7 @@ fn run_child(
         started_unix_ms: started_ms,
         wall_seconds,
         peak_rss_kib: usage.ru_maxrss.max(0) as u64,
-        log: Some(log_entry.digest),
+        log: log_entry.map(|e| e.digest),
         stage: std::mem::take(&mut *stage_prov.lock().expect("not poisoned")),
     };
     if !exited_ok {
@@ -321,11 +339,16 @@ fn run_child(
         } else {
             format!("exited with status {}", libc::WEXITSTATUS(status))
         };
-        let last = log_tail
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
+        // The stage's own error, sent over its stdout pipe, reaches us even
+        // when its log (on the store's disk) could not be written.
+        let reported = child_error.lock().expect("not poisoned").take();
+        let last = reported.as_deref().unwrap_or_else(|| {
+            log_tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+        });
         let error = if last.is_empty() {
             how
         } else {

@@ -64,6 +64,12 @@ pub enum ChildMessage {
         key: String,
         value: Value,
     },
+    /// Why the stage failed, sent just before it exits with status 1: the
+    /// pipe reaches the scheduler even when the stage's log cannot be
+    /// written (a full disk).
+    Error {
+        message: String,
+    },
 }
 
 /// What a stage uses to talk to the scheduler.
@@ -93,6 +99,12 @@ impl ChildReporter {
             done,
             total,
             unit: unit.into(),
+        });
+    }
+
+    pub fn error(&self, message: &str) {
+        self.send(&ChildMessage::Error {
+            message: message.into(),
         });
     }
 

@@ -265,6 +265,10 @@ impl<'a> Engine<'a> {
             return Ok(vec![DirtyReason::Forced]);
         }
         let Some(last) = self.store.get_label(&node.label)? else {
+            // Never succeeded; it may have failed on these very inputs.
+            if pending.is_empty() && self.store.get_failure(&record.key())?.is_some() {
+                return Ok(vec![DirtyReason::NotInStore { failed: true }]);
+            }
             return Ok(vec![DirtyReason::NewStage]);
         };
         let reasons = diff_records(&last.key_record, record, pending);

@@ -116,7 +116,7 @@ impl LocalStore {
     }
 
     pub fn get_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
-        read_json(&self.action_path(key))
+        self.read_record(&self.action_path(key))
     }
 
     /// An action is a hit only if every output blob is still present.
@@ -144,7 +144,7 @@ impl LocalStore {
         let mut out = Vec::new();
         for path in files_under(&self.root.join("ac"))? {
             if path.extension().is_some_and(|e| e == "json") {
-                if let Some(rec) = read_json::<ActionRecord>(&path)? {
+                if let Some(rec) = self.read_record::<ActionRecord>(&path)? {
                     out.push(rec);
                 }
             }
@@ -192,7 +192,7 @@ impl LocalStore {
     }
 
     pub fn get_label(&self, label: &str) -> Result<Option<LabelRecord>> {
-        read_json(&self.label_path(label))
+        self.read_record(&self.label_path(label))
     }
 
     pub fn put_label(&self, rec: &LabelRecord) -> Result<()> {
@@ -206,7 +206,7 @@ impl LocalStore {
     }
 
     pub fn get_failure(&self, key: &Digest) -> Result<Option<FailureRecord>> {
-        read_json(&self.failure_path(key))
+        self.read_record(&self.failure_path(key))
     }
 
     pub fn put_failure(&self, rec: &FailureRecord) -> Result<()> {
@@ -227,6 +227,54 @@ impl LocalStore {
         self.root
             .join("locks")
             .join(format!("{}.lock", key.to_hex()))
+    }
+
+    /// A record that cannot be parsed (truncated, garbage, another
+    /// version's fields) is a miss, never an error: it is moved to
+    /// `quarantine/records/` with one warning naming both paths, so the
+    /// stage reruns and writes a good one. Records are only ever replaced
+    /// by rename, so a damaged one is damage from outside, not a write in
+    /// progress.
+    fn read_record<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        match read_json(path) {
+            Err(StoreError::BadRecord { path, message }) => {
+                match self.quarantine_record(&path) {
+                    Ok(to) => eprintln!(
+                        "warning: store record {} is unreadable ({message}); moved to {}, its stage counts as not run",
+                        path.display(),
+                        to.display()
+                    ),
+                    Err(e) => eprintln!(
+                        "warning: store record {} is unreadable ({message}) and could not be moved away ({e}); its stage counts as not run",
+                        path.display()
+                    ),
+                }
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Moves a damaged record out of the way (see [`Self::read_record`]).
+    pub fn quarantine_record(&self, path: &Path) -> Result<PathBuf> {
+        let to = record_quarantine_path(&self.root, path);
+        let dir = to.parent().expect("has a parent");
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        fs::rename(path, &to).map_err(|e| StoreError::io(path, e))?;
+        Ok(to)
+    }
+
+    /// Every record file (`ac/`, `labels/`, `failed/`), for `cache verify`.
+    pub fn record_files(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for d in ["ac", "labels", "failed"] {
+            out.extend(
+                files_under(&self.root.join(d))?
+                    .into_iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "json")),
+            );
+        }
+        Ok(out)
     }
 
     fn write_json<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<()> {
@@ -273,7 +321,8 @@ pub fn make_writable(dir: &Path) {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+/// Reads a JSON record; `Ok(None)` when the file does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -284,6 +333,14 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::io(path, e)),
     }
+}
+
+/// Where a damaged record under `root` goes: `quarantine/records/` plus its
+/// path below the store root with `/` as `_` (`ac_ab_cdef....json`).
+fn record_quarantine_path(root: &Path, path: &Path) -> PathBuf {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let flat = rel.to_string_lossy().replace('/', "_");
+    root.join("quarantine").join("records").join(flat)
 }
 
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -8,6 +8,7 @@ mod prepare;
 mod tasks;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -38,12 +39,17 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
     let job = match StageJob::read(job_path) {
         Ok(j) => j,
         Err(e) => {
-            eprintln!("error: reading job {}: {e}", job_path.display());
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: reading job {}: {e}",
+                job_path.display()
+            );
             return ExitCode::from(2);
         }
     };
     let Some((_, run)) = table.iter().find(|(k, _)| *k == job.kind) else {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "error: stage kind {} runs in {}, not {}",
             job.kind,
             job.kind.spec().runner.binary(),
@@ -51,10 +57,13 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
         );
         return ExitCode::from(2);
     };
-    match run(&job, &ChildReporter::default()) {
+    let reporter = ChildReporter::default();
+    match run(&job, &reporter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Over the pipe, not the log: on a full disk the log write
+            // fails (and eprintln! would panic on it).
+            reporter.error(&e.to_string());
             ExitCode::from(1)
         }
     }
