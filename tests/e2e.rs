@@ -1949,3 +1949,36 @@ fn a_full_disk_during_prepare_names_enospc_and_records_the_failure() {
         st.stdout
     );
 }
+
+#[test]
+fn cache_gc_in_a_loop_during_a_run_never_breaks_the_run() {
+    let p = Project::new();
+    p.write("c.yaml", REPORTED);
+    let mut run = p.spawn(&["run", "c.yaml", "--json"]);
+    let mut refused = 0;
+    while run.try_wait().unwrap().is_none() {
+        let gc = p.run(&["cache", "gc", "--keep", "c.yaml"]);
+        if gc.stderr.contains("no bsce-pipe store here") {
+            continue; // the run has not created its store yet
+        }
+        if gc.code != 0 {
+            assert!(
+                gc.stderr.contains("is in use by a running"),
+                "{}",
+                gc.stderr
+            );
+            refused += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(refused > 0, "gc never met the running run");
+    // Nothing the run made was collected: a second run does nothing.
+    let again = p.run(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(again["executed"], 0, "{again}");
+}
