@@ -483,6 +483,18 @@ fn assert_bad_input(config: &str, expected: &[&str]) {
 }
 
 #[test]
+fn an_impossible_synthetic_size_is_rejected_with_the_limit_named() {
+    assert_bad_input(
+        &SMALL.replace("train_per_class: 20", "train_per_class: 4000000000"),
+        &[
+            "datasets.synth.synthetic",
+            "6 classes x 4000000005 images x 8x8x3 bytes",
+            "limited to 16 GiB",
+        ],
+    );
+}
+
+#[test]
 fn bad_inputs_are_one_clear_error_and_write_nothing() {
     // Unknown key, with its position and a suggestion.
     assert_bad_input(

@@ -405,6 +405,25 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             if !(4..=512).contains(&s.image_size) {
                 return Err(cx.err(format!("{at}.image_size"), "must be between 4 and 512"));
             }
+            // The stage builds the whole set in memory; a size past this is
+            // a typo, caught here instead of as an allocation failure.
+            const SYNTHETIC_LIMIT: u64 = 16 << 30;
+            let images = s.classes as u64 * (s.train_per_class as u64 + s.test_per_class as u64);
+            let bytes = images * (s.image_size as u64).pow(2) * 3;
+            if bytes > SYNTHETIC_LIMIT {
+                return Err(cx.err(
+                    at,
+                    format!(
+                        "{} classes x {} images x {}x{}x3 bytes is {:.1} GiB; a synthetic dataset is limited to {} GiB",
+                        s.classes,
+                        s.train_per_class as u64 + s.test_per_class as u64,
+                        s.image_size,
+                        s.image_size,
+                        bytes as f64 / (1u64 << 30) as f64,
+                        SYNTHETIC_LIMIT >> 30
+                    ),
+                ));
+            }
             DatasetDef {
                 name: name.into(),
                 classes: Some(s.classes),
