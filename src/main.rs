@@ -59,7 +59,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use bsce_pipeline::catalog::Runner;
 use bsce_pipeline::config::{self, Config};
-use bsce_pipeline::exec::{CancelToken, Engine, EngineError, NodeStatus, RunContext, RunOptions};
+use bsce_pipeline::exec::{
+    force_names, CancelToken, Engine, EngineError, NodeStatus, RunContext, RunOptions,
+};
 use bsce_pipeline::key::DirtyReason;
 use bsce_pipeline::maintenance;
 use bsce_pipeline::plan::Plan;
@@ -699,9 +701,7 @@ fn print_status(
         if let NodeStatus::ToRun { reasons, .. } = st {
             for r in reasons {
                 if let DirtyReason::SourceMissing { name, path } = r {
-                    missing.push(
-                        serde_json::json!({"stage": node.label, "source": name, "path": path}),
-                    );
+                    missing.push((&node.label, name, path));
                 }
             }
         }
@@ -732,7 +732,9 @@ fn print_status(
             serde_json::to_string_pretty(&serde_json::json!({
                 "stages": plan.nodes.len(), "cached": cached, "to_run": to_run,
                 "executed": 0, "failed": 0, "dry_run": dry_run,
-                "missing_sources": missing, "nodes": rows}))?
+                "missing_sources": missing.iter().map(|(stage, source, path)| serde_json::json!(
+                    {"stage": stage, "source": source, "path": path})).collect::<Vec<_>>(),
+                "nodes": rows}))?
         );
     } else {
         out!(
@@ -744,13 +746,8 @@ fn print_status(
                 "{} source(s) missing; `run` needs them (or a `url` and `sha256` to download):",
                 missing.len()
             );
-            for m in &missing {
-                out!(
-                    "  {}: {} {}",
-                    m["stage"].as_str().unwrap_or_default(),
-                    m["source"].as_str().unwrap_or_default(),
-                    m["path"].as_str().unwrap_or_default()
-                );
+            for (stage, source, path) in &missing {
+                out!("  {stage}: {source} {}", path.display());
             }
         }
     }
@@ -761,18 +758,12 @@ fn print_status(
 /// ending in '/', or 'all'); one that names none is a typo, not a no-op.
 fn check_force(plan: &Plan, force: &[String]) -> Result<()> {
     for f in force {
-        let hits = f == "all"
-            || plan
-                .nodes
-                .iter()
-                .any(|n| n.label == *f || (f.ends_with('/') && n.label.starts_with(f.as_str())));
-        if !hits {
-            let labels = plan.nodes.iter().map(|n| n.label.as_str());
-            let hint = config::did_you_mean(f, labels)
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_else(|| {
-                    "; `status CONFIG` lists every label (a prefix must end in '/')".into()
-                });
+        if !plan.nodes.iter().any(|n| force_names(f, &n.label)) {
+            let hint = label_hint(
+                plan,
+                f,
+                "; `status CONFIG` lists every label (a prefix must end in '/')",
+            );
             return Err(BadInput(format!(
                 "--force {f}: no stage of this config has that label{hint}"
             ))
@@ -780,6 +771,14 @@ fn check_force(plan: &Plan, force: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "; did you mean `L`?" for the plan's label nearest to `label`, or
+/// `otherwise` when none is near.
+fn label_hint(plan: &Plan, label: &str, otherwise: &str) -> String {
+    config::did_you_mean(label, plan.nodes.iter().map(|n| n.label.as_str()))
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_else(|| otherwise.into())
 }
 
 /// `explain CONFIG LABEL`: reads the store, writes nothing.
@@ -792,10 +791,7 @@ fn explain(
 ) -> Result<ExitCode> {
     use bsce_pipeline::catalog::StageCatalog;
     let Some(id) = plan.nodes.iter().position(|n| n.label == label) else {
-        let labels = plan.nodes.iter().map(|n| n.label.as_str());
-        let hint = config::did_you_mean(label, labels)
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_else(|| "; `status CONFIG` lists every label".into());
+        let hint = label_hint(plan, label, "; `status CONFIG` lists every label");
         return Err(BadInput(format!("no stage labelled `{label}` in this config{hint}")).into());
     };
     let (store, _scratch) = read_only_store(root)?;

@@ -85,10 +85,14 @@ pub struct RunOptions {
 
 impl RunOptions {
     fn forces(&self, label: &str) -> bool {
-        self.force.iter().any(|f| {
-            f == "all" || f == label || (f.ends_with('/') && label.starts_with(f.as_str()))
-        })
+        self.force.iter().any(|f| force_names(f, label))
     }
+}
+
+/// Whether one `--force` value (a label, a prefix ending in '/', or 'all')
+/// names the stage `label`.
+pub fn force_names(force: &str, label: &str) -> bool {
+    force == "all" || force == label || (force.ends_with('/') && label.starts_with(force))
 }
 
 pub struct Engine<'a> {
