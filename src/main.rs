@@ -942,6 +942,16 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                         }
                     );
                 }
+                for i in &r.invalidated {
+                    let inputs: Vec<String> =
+                        i.inputs.iter().map(|(n, d)| format!("{n} ({d})")).collect();
+                    out!(
+                        "invalid  {} ({}): read corrupt {}; moved to quarantine/records/, it reruns",
+                        i.record,
+                        i.label,
+                        inputs.join(", ")
+                    );
+                }
                 if !r.quarantined.is_empty() || !r.bad_records.is_empty() {
                     out!(
                         "{} corrupt blobs and {} unreadable records quarantined; the stages that made them will rerun",

@@ -185,7 +185,7 @@ pub fn write(
             .outputs
             .get(file)
             .with_context(|| format!("{} has no output {file}", rec.label))?;
-        Ok(store.blob_path(&o.digest))
+        Ok(store.intact_blob_path(o, &format!("{file} of {}", rec.label))?)
     };
     for (exp, n) in &plan.aggregates {
         if let Some(rec) = record(*n) {

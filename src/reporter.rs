@@ -130,6 +130,23 @@ impl Reporter for TerminalReporter {
                 }
                 self.tick();
             }
+            RunEvent::Requeued {
+                label,
+                message,
+                producers,
+            } => {
+                if let Some(bar) = self.bars.remove(label) {
+                    bar.finish_and_clear();
+                }
+                let names: Vec<&str> = producers.iter().map(|(l, _)| l.as_str()).collect();
+                self.line(format!(
+                    "warning: {label}: {message}; recomputing {} first",
+                    names.join(", ")
+                ));
+                if let Some(o) = &self.overall {
+                    o.set_position(o.position().saturating_sub(producers.len() as u64));
+                }
+            }
             RunEvent::Skipped { label, because } => {
                 self.line(format!("skipped  {label} (input {because} failed)"));
                 self.tick();

@@ -26,7 +26,8 @@ pub fn collect(prepared: &Prepared, store: &LocalStore) -> Result<Value> {
                 .outputs
                 .get(f)
                 .with_context(|| format!("{} has no {f}", rec.label))?;
-            Ok(read_parquet(&store.blob_path(&o.digest))?)
+            let path = store.intact_blob_path(o, &format!("{f} of {}", rec.label))?;
+            Ok(read_parquet(&path)?)
         };
         let (rf, tf) = (frame(files::RUNS_PARQUET)?, frame(files::TIDY_PARQUET)?);
         // A run's identity in a frame, one key per row (columns read once).

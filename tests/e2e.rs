@@ -446,7 +446,10 @@ fn verify_quarantines_a_corrupt_blob_and_its_stage_reruns() {
     let st = p.status("c.yaml");
     let b = st.iter().find(|s| s.0 == "order/synth/b").unwrap();
     assert_eq!(b.1, "to-run");
-    assert_eq!(b.2, vec!["stored outputs are missing"]);
+    assert_eq!(
+        b.2,
+        vec!["output order.json changed on disk after it was stored (quarantined)"]
+    );
     let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(executed(&j), labels(&["order/synth/b"]));
     let v = p
@@ -1996,4 +1999,223 @@ fn cache_gc_in_a_loop_during_a_run_never_breaks_the_run() {
     // Nothing the run made was collected: a second run does nothing.
     let again = p.run(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(again["executed"], 0, "{again}");
+}
+
+/// The stored blob of `file` in the action record of `label`.
+fn blob_of(store: &Path, label: &str, file: &str) -> PathBuf {
+    let rec = find_action(store, label);
+    let d = rec["outputs"][file]["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{label} has no output {file}"))
+        .to_string();
+    store.join("cas").join(&d[..2]).join(&d[2..])
+}
+
+/// Flips one byte of a stored blob the way a user could (make it writable,
+/// write, make it read-only, `touch -d` the old mtime back): the size and
+/// the mtime stay as they were; only the ctime moves.
+fn flip_byte_keeping_size_and_mtime(blob: &Path, at: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let before = std::fs::metadata(blob).unwrap();
+    std::fs::set_permissions(blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(blob).unwrap();
+    bytes[at] ^= 0x5a;
+    std::fs::write(blob, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(blob).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    std::fs::set_permissions(blob, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let after = std::fs::metadata(blob).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+}
+
+/// Every evaluation's `eval.json` digest, by label.
+fn evaluations(store: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(store.join("ac")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            if v["key_record"]["kind"] == "evaluate" {
+                out.insert(
+                    v["label"].as_str().unwrap().to_string(),
+                    v["outputs"]["eval.json"]["digest"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+const TAMPERED: &str = r#"
+datasets:
+  synth:
+    synthetic: {classes: 6, train_per_class: 40, test_per_class: 20, image_size: 16, seed: 5}
+orders:
+  a: {numpy_seed: 1993}
+settings:
+  s2: {base: 2, increment: 2}
+methods:
+  ce: {preset: finetune, memory: {per_class: 5}}
+  bsce: {extends: ce, bsce: true}
+recipes:
+  r: {epochs: EPOCHS, batch_size: 32, lr: 0.05, schedule: cosine}
+experiments:
+  e: {dataset: synth, orders: [a], settings: [s2], methods: [METHODS], recipe: r, network: tiny}
+"#;
+
+fn tampered(epochs: u32, methods: &str) -> String {
+    TAMPERED
+        .replace("EPOCHS", &epochs.to_string())
+        .replace("METHODS", methods)
+}
+
+#[test]
+fn a_dataset_blob_changed_behind_the_store_is_never_consumed_and_results_match_a_clean_store() {
+    let p = Project::new();
+    p.write("c.yaml", &tampered(2, "ce"));
+    p.run(&["run", "c.yaml"]).ok();
+    let blob = blob_of(&p.store(), "prepare/synth", "train.images");
+    let good = std::fs::read(&blob).unwrap();
+    flip_byte_keeping_size_and_mtime(&blob, 4000);
+    // Before anything reads it, status sees it and says why.
+    let st = p.status("c.yaml");
+    let prep = st.iter().find(|s| s.0 == "prepare/synth").unwrap();
+    assert_eq!(prep.1, "to-run", "{st:?}");
+    assert_eq!(
+        prep.2,
+        vec!["output train.images changed on disk after it was stored (quarantined)"]
+    );
+    // Add a method: the dataset is remade before the new stages read it.
+    p.write("c.yaml", &tampered(2, "ce, bsce"));
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    let ran = executed(&r.json());
+    assert!(ran.contains(&"prepare/synth".to_string()), "{ran:?}");
+    assert!(
+        !r.stderr.contains("warning:"),
+        "status already quarantined it: {}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&blob).unwrap(), good, "the blob was remade");
+    let clean = Project::new();
+    clean.write("c.yaml", &tampered(2, "ce, bsce"));
+    clean.run(&["run", "c.yaml"]).ok();
+    let (got, want) = (evaluations(&p.store()), evaluations(&clean.store()));
+    // ce and bsce share the base task: five evaluations.
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got, want, "results differ from a clean store's");
+    let v = p.run(&["cache", "verify", "--json"]).ok().json();
+    assert_eq!(v["quarantined"].as_object().unwrap().len(), 0, "{v}");
+
+    // An edited evaluation is never printed: its run is listed as missing.
+    let j = p.run(&["results", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["runs"].as_array().unwrap().len(), 2, "{j}");
+    flip_byte_keeping_size_and_mtime(
+        &blob_of(&p.store(), "evaluate/synth/a/ce/seed0/s2/t2", "eval.json"),
+        20,
+    );
+    let r = p.run(&["results", "c.yaml", "--json"]).ok();
+    assert!(
+        r.stderr
+            .contains("warning: eval.json of evaluate/synth/a/ce/seed0/s2/t2"),
+        "{}",
+        r.stderr
+    );
+    let j = r.json();
+    assert_eq!(j["runs"].as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(
+        j["missing"],
+        serde_json::json!([{"run": "e/a/s2/ce/seed0", "tasks": [2]}])
+    );
+}
+
+#[test]
+fn a_blob_changed_while_a_stage_reads_it_is_not_kept_and_its_producer_reruns() {
+    let p = Project::new();
+    // Long enough a base training to change its dataset while it runs.
+    p.write("c.yaml", &tampered(40, "ce"));
+    let mut child = p.spawn(&["run", "c.yaml", "--json", "--jobs", "1"]);
+    let seen = wait_for(&mut child, |s| {
+        s.contains("run      train/synth/a/ce/seed0/b2/t0")
+    });
+    let blob = blob_of(&p.store(), "prepare/synth", "train.images");
+    flip_byte_keeping_size_and_mtime(&blob, 4000);
+    let out = child.wait_with_output().unwrap();
+    let stderr = format!("{seen}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: train/synth/a/ce/seed0/b2/t0: input dataset/train.images")
+            && stderr.contains("changed on disk after it was stored")
+            && stderr.contains("recomputing prepare/synth first"),
+        "{stderr}"
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Counted once each, though the dataset and the base training ran twice.
+    assert_eq!(j["executed"], 11, "{j}");
+    assert_eq!(j["stages"], 11, "{j}");
+    let clean = Project::new();
+    clean.write("c.yaml", &tampered(40, "ce"));
+    // The same threads per stage: float sums depend on them.
+    clean.run(&["run", "c.yaml", "--jobs", "1"]).ok();
+    assert_eq!(evaluations(&p.store()), evaluations(&clean.store()));
+}
+
+#[test]
+fn verify_invalidates_results_computed_from_a_corruption_no_stamp_could_see() {
+    let p = Project::new();
+    p.write("c.yaml", &tampered(2, "ce"));
+    p.run(&["run", "c.yaml"]).ok();
+    // Bit rot under the filesystem: the content changes, the stamp the
+    // store recorded does not (simulated by recording the new stamp).
+    let label = "order/synth/a";
+    let blob = blob_of(&p.store(), label, "order.json");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = bytes.iter().position(|b| b.is_ascii_digit()).unwrap();
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&blob, &bytes).unwrap();
+    }
+    let meta = std::fs::metadata(&blob).unwrap();
+    for e in walkdir::WalkDir::new(p.store().join("ac")) {
+        let e = e.unwrap();
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let mut v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        if v["label"] == label {
+            use std::os::unix::fs::MetadataExt;
+            v["outputs"]["order.json"]["stamp"] = serde_json::json!({
+                "ino": meta.ino(),
+                "size": meta.size(),
+                "mtime_ns": meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                "ctime_ns": meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            });
+            std::fs::write(e.path(), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        }
+    }
+    // `run` trusts an unchanged stamp: this is what verify is for.
+    assert!(p.status("c.yaml").iter().all(|s| s.1 == "cached"));
+    let v = p.run(&["cache", "verify"]);
+    assert_eq!(v.code, 3, "{}", v.stdout);
+    assert!(
+        v.stdout.contains("invalid  ") && v.stdout.contains("(tasks/synth/a/s2): read corrupt"),
+        "{}",
+        v.stdout
+    );
+    // The order and every stage that read it rerun; nothing else does.
+    let r = p.run(&["run", "c.yaml", "--json"]).ok().json();
+    let ran = executed(&r);
+    assert!(ran.contains(&label.to_string()), "{ran:?}");
+    assert!(ran.contains(&"tasks/synth/a/s2".to_string()), "{ran:?}");
+    assert!(!ran.contains(&"prepare/synth".to_string()), "{ran:?}");
+    assert_eq!(
+        p.run(&["cache", "verify", "--json"]).ok().json()["invalidated"],
+        serde_json::json!([])
+    );
 }

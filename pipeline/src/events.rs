@@ -45,6 +45,15 @@ pub enum RunEvent {
         error: String,
         log_tail: String,
     },
+    /// An input of `label` changed on disk after it was stored: the blob
+    /// was quarantined, `label`'s result (if it ran) was not kept, and the
+    /// stages that made the input (label, whether it had been served from
+    /// the store in this run) run again first.
+    Requeued {
+        label: String,
+        message: String,
+        producers: Vec<(String, bool)>,
+    },
     /// Not run because an input failed.
     Skipped {
         label: String,
@@ -89,6 +98,17 @@ impl RunSummary {
             RunEvent::Failed { label, error, .. } => {
                 self.failed += 1;
                 self.failed_labels.insert(label.clone(), error.clone());
+            }
+            RunEvent::Requeued { producers, .. } => {
+                // Each producer is counted again when it finishes.
+                for (label, was_cached) in producers {
+                    if *was_cached {
+                        self.cached = self.cached.saturating_sub(1);
+                    } else if let Some(i) = self.executed_labels.iter().rposition(|l| l == label) {
+                        self.executed_labels.remove(i);
+                        self.executed = self.executed.saturating_sub(1);
+                    }
+                }
             }
             RunEvent::Skipped { .. } => self.skipped += 1,
             RunEvent::Interrupted => self.interrupted = true,

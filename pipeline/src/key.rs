@@ -174,6 +174,11 @@ pub enum DirtyReason {
     /// quarantined or collected), or the last record equals the current one
     /// but its result is gone.
     OutputsMissing,
+    /// The record of the same key exists but these outputs changed on
+    /// disk after they were stored and were quarantined.
+    OutputsCorrupt {
+        files: Vec<String>,
+    },
     /// The same inputs were seen before but their result is not in the store
     /// (collected, or the earlier attempt failed).
     NotInStore {
@@ -207,6 +212,11 @@ impl fmt::Display for DirtyReason {
                 write!(f, "input {input} is rebuilt by {upstream}")
             }
             DirtyReason::OutputsMissing => write!(f, "stored outputs are missing"),
+            DirtyReason::OutputsCorrupt { files } => write!(
+                f,
+                "output {} changed on disk after it was stored (quarantined)",
+                files.join(", ")
+            ),
             DirtyReason::NotInStore { failed: true } => {
                 write!(f, "same inputs failed last time")
             }

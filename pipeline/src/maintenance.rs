@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::store::local::read_json;
+use crate::store::records::Stamp;
 use crate::store::{ActionRecord, FailureRecord, LabelRecord, LocalStore, StoreError};
 
 #[derive(Debug, Default, Serialize)]
@@ -21,6 +22,10 @@ pub struct VerifyReport {
     /// Action records naming a blob the store does not hold (a miss at the
     /// next run; `--repair` moves them away).
     pub dangling: Vec<Dangling>,
+    /// Results computed from a blob found corrupt without its stamp having
+    /// moved: the stages that read it ran on bad bytes, so their records
+    /// were moved to `quarantine/records/` and they rerun.
+    pub invalidated: Vec<Invalidated>,
     /// Whether `--repair` moved the dangling records away.
     pub repaired: bool,
 }
@@ -32,36 +37,41 @@ pub struct Dangling {
     pub missing: Vec<String>,
 }
 
+#[derive(Debug, Serialize)]
+pub struct Invalidated {
+    pub record: String,
+    pub label: String,
+    /// The inputs it read that were corrupt (input name -> digest).
+    pub inputs: BTreeMap<String, String>,
+}
+
 impl VerifyReport {
     /// Nothing corrupt, unreadable or dangling was found.
     pub fn clean(&self) -> bool {
-        self.quarantined.is_empty() && self.bad_records.is_empty() && self.dangling.is_empty()
+        self.quarantined.is_empty()
+            && self.bad_records.is_empty()
+            && self.dangling.is_empty()
+            && self.invalidated.is_empty()
     }
 }
 
-/// Re-hashes every blob; a blob whose content does not match its name is
-/// moved to `quarantine/`, which makes every action using it a miss. Then
-/// reads every record: an unreadable one is moved to `quarantine/records/`;
-/// an action record whose outputs or log are not all in the store is
-/// reported, and with `repair` moved there too.
+/// Reads every record, then re-hashes every blob.
+///
+/// - An unreadable record is moved to `quarantine/records/`.
+/// - A blob whose content does not match its name is moved to
+///   `quarantine/`, which makes every action that made it a miss.
+/// - If that blob's stamp is still one its records hold (or a record has
+///   none), the change was invisible to `run`'s stamp checks, so stages
+///   may have read the bad bytes: every action record that read it is
+///   moved away too, and those stages rerun. A blob whose stamp moved was
+///   changed after the last stage that checked it, so its readers stand.
+/// - An action record whose outputs or log are not all in the store is
+///   reported, and with `repair` moved away.
 pub fn verify(store: &LocalStore, repair: bool) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let mut present = BTreeSet::new();
-    for (digest, path) in store.blobs()? {
-        let (actual, size) = Digest::of_file(&path).map_err(|e| StoreError::io(&path, e))?;
-        report.blobs += 1;
-        report.bytes += size;
-        if actual != digest {
-            let to = store.quarantine(&digest)?;
-            report
-                .quarantined
-                .insert(digest.to_hex(), to.display().to_string());
-        } else {
-            present.insert(digest);
-        }
-    }
     let ac = store.root().join("ac");
     let labels = store.root().join("labels");
+    let mut actions: Vec<(std::path::PathBuf, ActionRecord)> = Vec::new();
     for path in store.record_files()? {
         report.records += 1;
         let parsed = if path.starts_with(&ac) {
@@ -79,27 +89,71 @@ pub fn verify(store: &LocalStore, repair: bool) -> Result<VerifyReport, StoreErr
                     .insert(path.display().to_string(), to.display().to_string());
             }
             Err(e) => return Err(e),
-            Ok(Some(Some(rec))) => {
-                let missing: Vec<String> = rec
-                    .outputs
-                    .values()
-                    .map(|o| o.digest)
-                    .chain(rec.provenance.log)
-                    .filter(|d| !present.contains(d))
-                    .map(|d| d.to_hex())
-                    .collect();
-                if !missing.is_empty() {
-                    if repair {
-                        store.quarantine_record(&path)?;
-                    }
-                    report.dangling.push(Dangling {
-                        record: path.display().to_string(),
-                        label: rec.label,
-                        missing,
-                    });
-                }
-            }
+            Ok(Some(Some(rec))) => actions.push((path, rec)),
             Ok(_) => {}
+        }
+    }
+    // The stamps records hold per blob; None where one holds no stamp.
+    let mut stamps: BTreeMap<Digest, Vec<Option<Stamp>>> = BTreeMap::new();
+    for (_, rec) in &actions {
+        for o in rec.outputs.values() {
+            stamps.entry(o.digest).or_default().push(o.stamp);
+        }
+    }
+    let mut present = BTreeSet::new();
+    let mut unseen: BTreeSet<Digest> = BTreeSet::new();
+    for (digest, path) in store.blobs()? {
+        let stamp = std::fs::metadata(&path).map(|m| Stamp::of(&m)).ok();
+        let (actual, size) = Digest::of_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        report.blobs += 1;
+        report.bytes += size;
+        if actual != digest {
+            let held = stamps.get(&digest).map(Vec::as_slice).unwrap_or(&[]);
+            if held.iter().any(|s| s.is_none() || *s == stamp) {
+                unseen.insert(digest);
+            }
+            let to = store.quarantine(&digest)?;
+            report
+                .quarantined
+                .insert(digest.to_hex(), to.display().to_string());
+        } else {
+            present.insert(digest);
+        }
+    }
+    for (path, rec) in actions {
+        let bad: BTreeMap<String, String> = rec
+            .key_record
+            .inputs
+            .iter()
+            .filter(|(_, d)| unseen.contains(d))
+            .map(|(name, d)| (name.clone(), d.to_hex()))
+            .collect();
+        if !bad.is_empty() {
+            store.quarantine_record(&path)?;
+            report.invalidated.push(Invalidated {
+                record: path.display().to_string(),
+                label: rec.label,
+                inputs: bad,
+            });
+            continue;
+        }
+        let missing: Vec<String> = rec
+            .outputs
+            .values()
+            .map(|o| o.digest)
+            .chain(rec.provenance.log)
+            .filter(|d| !present.contains(d))
+            .map(|d| d.to_hex())
+            .collect();
+        if !missing.is_empty() {
+            if repair {
+                store.quarantine_record(&path)?;
+            }
+            report.dangling.push(Dangling {
+                record: path.display().to_string(),
+                label: rec.label,
+                missing,
+            });
         }
     }
     report.repaired = repair && !report.dangling.is_empty();

@@ -24,7 +24,7 @@ use crate::key::{DirtyReason, KeyRecord};
 use crate::plan::{NodeId, PlanNode};
 use crate::registry::Runner;
 use crate::store::atomic::temp_name;
-use crate::store::local::make_writable;
+use crate::store::local::{make_writable, BlobCheck};
 use crate::store::lock::FileLock;
 use crate::store::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance};
 
@@ -41,8 +41,15 @@ pub(crate) struct StageRun<'a> {
     pub seed: u64,
     pub threads: usize,
     pub sources: BTreeMap<String, SourceLocation>,
-    /// Input name -> (file, digest of the upstream output).
-    pub inputs: Vec<(String, Vec<(String, Option<Digest>)>)>,
+    /// Per input: its name, the node that made it, and each file with the
+    /// upstream output entry (digest and stamp).
+    pub inputs: Vec<StageInput>,
+}
+
+pub(crate) struct StageInput {
+    pub name: String,
+    pub producer: NodeId,
+    pub files: Vec<(String, Option<OutputEntry>)>,
 }
 
 pub(crate) enum WorkerMessage {
@@ -71,6 +78,13 @@ pub(crate) enum Outcome {
     Failed {
         error: String,
         log_tail: String,
+    },
+    /// An input blob changed on disk (before the stage started, or while
+    /// it ran): it is quarantined, nothing was recorded, and `producers`
+    /// must run again first.
+    InputChanged {
+        message: String,
+        producers: Vec<NodeId>,
     },
     Interrupted,
 }
@@ -133,6 +147,10 @@ fn execute(
             });
         }
     }
+    // Never feed a consumer a blob that changed since it was stored.
+    if let Some(changed) = check_inputs(engine, &run)? {
+        return Ok(changed);
+    }
     let _ = tx.send(WorkerMessage::Event(RunEvent::Started {
         label: label.clone(),
         key: run.key,
@@ -159,16 +177,18 @@ fn run_child(
     let out_dir = work.join("out");
     fs::create_dir_all(&out_dir).map_err(|e| io(&out_dir, e))?;
     let mut inputs = BTreeMap::new();
-    for (name, files) in &run.inputs {
-        let dir = work.join("in").join(name);
+    for input in &run.inputs {
+        let dir = work.join("in").join(&input.name);
         fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        for (file, digest) in files {
-            let digest = digest.ok_or_else(|| format!("input {name}/{file} has no digest"))?;
+        for (file, entry) in &input.files {
+            let entry = entry
+                .as_ref()
+                .ok_or_else(|| format!("input {}/{file} has no digest", input.name))?;
             let link = dir.join(file);
-            std::os::unix::fs::symlink(store.blob_path(&digest), &link)
+            std::os::unix::fs::symlink(store.blob_path(&entry.digest), &link)
                 .map_err(|e| io(&link, e))?;
         }
-        inputs.insert(name.clone(), dir);
+        inputs.insert(input.name.clone(), dir);
     }
     let job = StageJob {
         kind: run.node.kind,
@@ -356,6 +376,10 @@ fn run_child(
         };
         return Ok(fail(engine, run, error, log_tail, provenance));
     }
+    // An input changed while the stage read it: its result is not kept.
+    if let Some(changed) = check_inputs(engine, run)? {
+        return Ok(changed);
+    }
     let outputs = match ingest(engine, run.node.kind, &out_dir) {
         Ok(o) => o,
         Err(error) => return Ok(fail(engine, run, error, log_tail, provenance)),
@@ -381,6 +405,43 @@ fn run_child(
         outputs,
         wall_seconds,
     })
+}
+
+/// Checks every input blob against the stamp its producer's record holds
+/// (re-hashing only one whose stamp moved). A changed blob is quarantined
+/// and named, with the nodes that must remake it.
+fn check_inputs(engine: &Engine, run: &StageRun) -> Result<Option<Outcome>, String> {
+    let mut messages = Vec::new();
+    let mut producers = Vec::new();
+    for input in &run.inputs {
+        for (file, entry) in &input.files {
+            let Some(entry) = entry else { continue };
+            let what = match engine.store.check_blob(entry).map_err(|e| e.to_string())? {
+                BlobCheck::Intact | BlobCheck::Restamped(_) => continue,
+                BlobCheck::Missing => "is no longer in the store".to_string(),
+                BlobCheck::Corrupt {
+                    actual,
+                    quarantined,
+                } => format!(
+                    "changed on disk after it was stored (now hashes to {}; moved to {})",
+                    actual.short(),
+                    quarantined.display()
+                ),
+            };
+            messages.push(format!(
+                "input {}/{file} (blob {}) {what}",
+                input.name,
+                entry.digest.short()
+            ));
+            if !producers.contains(&input.producer) {
+                producers.push(input.producer);
+            }
+        }
+    }
+    Ok((!messages.is_empty()).then(|| Outcome::InputChanged {
+        message: messages.join("; "),
+        producers,
+    }))
 }
 
 /// Moves every file of `out/` into the CAS. A stage writes exactly the

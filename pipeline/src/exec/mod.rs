@@ -36,6 +36,10 @@ pub use cancel::CancelToken;
 pub use context::RunContext;
 use gpus::GpuPool;
 
+/// Rounds a run gives stages whose inputs changed on disk before it
+/// fails them (each round recomputes the changed inputs first).
+const MAX_REQUEUE_ROUNDS: usize = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -280,7 +284,16 @@ impl<'a> Engine<'a> {
             return Ok(reasons);
         }
         let key = record.key();
-        if self.store.get_action(&key)?.is_some() {
+        if let Some(rec) = self.store.get_action(&key)? {
+            let files: Vec<String> = rec
+                .outputs
+                .iter()
+                .filter(|(_, o)| self.store.is_quarantined(&o.digest))
+                .map(|(f, _)| f.clone())
+                .collect();
+            if !files.is_empty() {
+                return Ok(vec![DirtyReason::OutputsCorrupt { files }]);
+            }
             return Ok(vec![DirtyReason::OutputsMissing]);
         }
         let failed = self.store.get_failure(&key)?.is_some();
@@ -438,212 +451,297 @@ impl<'a> Engine<'a> {
         };
         let mut running = 0usize;
         let mut stop_launching = false;
+        // Whether a done node was served from the store (for requeues).
+        let mut from_cache = vec![false; n];
+        // Stages whose input changed on disk: (stage, its producers).
+        let mut requeued: Vec<(NodeId, Vec<NodeId>)> = Vec::new();
+        let mut rounds = 0usize;
 
         // Marks `id` done and queues the users whose last input it was.
+        // Only waiting users count it: after a requeue, a node that is
+        // done again may have users that already ran.
         let finish = |id: NodeId,
+                      state: &[State],
                       missing: &mut Vec<usize>,
                       ready: &mut BinaryHeap<Reverse<(usize, NodeId)>>| {
             for &u in &users[id] {
-                missing[u] -= 1;
-                if missing[u] == 0 {
-                    ready.push(Reverse((rank[u], u)));
+                if state[u] == State::Waiting {
+                    missing[u] -= 1;
+                    if missing[u] == 0 {
+                        ready.push(Reverse((rank[u], u)));
+                    }
                 }
             }
         };
 
         std::thread::scope(|scope| -> Result<(), EngineError> {
+            // Rounds: the first runs the plan; a later one only what waits
+            // on a requeued producer, started once the previous round has
+            // drained (so no stage is running while the counts are rebuilt).
             loop {
-                if cancel.is_cancelled() && !stop_launching {
-                    stop_launching = true;
-                    emit(RunEvent::Interrupted, &mut summary);
-                }
-                // Resolve every ready node: served from the store, or to run.
-                while !stop_launching {
-                    let Some(Reverse((_, id))) = ready.pop() else {
-                        break;
-                    };
-                    let node = &self.plan.nodes[id];
-                    let (record, pending) = self.key_record(node, &sources[id], &outputs);
-                    debug_assert!(pending.is_empty());
-                    let key = record.key();
-                    let forced = opts.forces(&node.label);
-                    if !forced {
-                        if let Some(rec) = self.store.get_usable_action(&key)? {
-                            outputs[id] = Some(rec.outputs.clone());
-                            state[id] = State::Done;
-                            emit(
-                                RunEvent::Cached {
-                                    label: node.label.clone(),
-                                    key,
-                                    saved_seconds: rec.provenance.wall_seconds,
-                                },
-                                &mut summary,
-                            );
-                            finish(id, &mut missing, &mut ready);
-                            continue;
-                        }
+                loop {
+                    if cancel.is_cancelled() && !stop_launching {
+                        stop_launching = true;
+                        emit(RunEvent::Interrupted, &mut summary);
                     }
-                    resolved.insert(id, (record, key, forced));
-                    runnable.push(Reverse((rank[id], id)));
-                }
-                // Launch what the job slots (and GPU slots) allow. A GPU
-                // stage without room waits in its own queue; CPU stages
-                // behind it go on.
-                while !stop_launching && running < jobs {
-                    let gpu_first = gpus.enabled()
-                        && gpu_waiting
-                            .front()
-                            .is_some_and(|(id, ..)| gpus.peek(self.plan.nodes[*id].kind));
-                    let next = if gpu_first {
-                        gpu_waiting.pop_front()
-                    } else {
-                        runnable.pop().map(|Reverse((_, id))| {
-                            let (record, key, forced) =
-                                resolved.remove(&id).expect("resolved before runnable");
-                            (id, record, key, forced)
-                        })
-                    };
-                    let Some((id, record, key, forced)) = next else {
-                        break;
-                    };
-                    let node = &self.plan.nodes[id];
-                    let slot = if node.kind.spec().needs_gpu && gpus.enabled() {
-                        match gpus.acquire(node.kind) {
-                            Some(s) => Some(s),
-                            None => {
-                                gpu_waiting.push_back((id, record, key, forced));
+                    // Resolve every ready node: served from the store, or to run.
+                    while !stop_launching {
+                        let Some(Reverse((_, id))) = ready.pop() else {
+                            break;
+                        };
+                        let node = &self.plan.nodes[id];
+                        let (record, pending) = self.key_record(node, &sources[id], &outputs);
+                        debug_assert!(pending.is_empty());
+                        let key = record.key();
+                        let forced = opts.forces(&node.label);
+                        if !forced {
+                            if let Some(rec) = self.store.get_usable_action(&key)? {
+                                outputs[id] = Some(rec.outputs.clone());
+                                state[id] = State::Done;
+                                from_cache[id] = true;
+                                emit(
+                                    RunEvent::Cached {
+                                        label: node.label.clone(),
+                                        key,
+                                        saved_seconds: rec.provenance.wall_seconds,
+                                    },
+                                    &mut summary,
+                                );
+                                finish(id, &state, &mut missing, &mut ready);
                                 continue;
                             }
                         }
-                    } else {
-                        None
-                    };
-                    let reasons = self.reasons(node, &record, &BTreeMap::new(), forced)?;
-                    let seed = self.seed(node, &record);
-                    let work = child::StageRun {
-                        id,
-                        node,
-                        record,
-                        key,
-                        reasons,
-                        forced,
-                        device: slot.map(|s| s.device()).unwrap_or_else(|| "cpu".into()),
-                        gpu: slot,
-                        seed,
-                        threads: threads_per_stage,
-                        sources: sources[id].locations.clone(),
-                        inputs: node
-                            .inputs
-                            .iter()
-                            .map(|i| {
-                                let files = i
-                                    .files
-                                    .iter()
-                                    .map(|f| {
-                                        let d = outputs[i.node]
-                                            .as_ref()
-                                            .and_then(|o| o.get(f))
-                                            .map(|e| e.digest);
-                                        (f.clone(), d)
-                                    })
-                                    .collect();
-                                (i.name.clone(), files)
+                        resolved.insert(id, (record, key, forced));
+                        runnable.push(Reverse((rank[id], id)));
+                    }
+                    // Launch what the job slots (and GPU slots) allow. A GPU
+                    // stage without room waits in its own queue; CPU stages
+                    // behind it go on.
+                    while !stop_launching && running < jobs {
+                        let gpu_first = gpus.enabled()
+                            && gpu_waiting
+                                .front()
+                                .is_some_and(|(id, ..)| gpus.peek(self.plan.nodes[*id].kind));
+                        let next = if gpu_first {
+                            gpu_waiting.pop_front()
+                        } else {
+                            runnable.pop().map(|Reverse((_, id))| {
+                                let (record, key, forced) =
+                                    resolved.remove(&id).expect("resolved before runnable");
+                                (id, record, key, forced)
                             })
-                            .collect(),
-                    };
-                    state[id] = State::Running;
-                    running += 1;
-                    let tx = tx.clone();
-                    let engine = &*self;
-                    let cancel = cancel.clone();
-                    scope.spawn(move || child::run_stage(engine, work, &cancel, tx));
-                }
-                if running == 0 && (stop_launching || (ready.is_empty() && runnable.is_empty())) {
-                    break;
-                }
-                // With nothing running every GPU is free, so nothing waits.
-                debug_assert!(running > 0 || gpu_waiting.is_empty());
-                let Ok(msg) = rx.recv() else { break };
-                match msg {
-                    // Workers stop their own children; this only wakes us.
-                    child::WorkerMessage::Cancel => {}
-                    child::WorkerMessage::Event(e) => emit(e, &mut summary),
-                    child::WorkerMessage::Done { id, gpu, result } => {
-                        running -= 1;
-                        if let Some(slot) = gpu {
-                            gpus.release(slot);
-                        }
-                        let label = self.plan.nodes[id].label.clone();
-                        match result {
-                            child::Outcome::Executed {
-                                key,
-                                outputs: out,
-                                wall_seconds,
-                            } => {
-                                outputs[id] = Some(out);
-                                state[id] = State::Done;
-                                emit(
-                                    RunEvent::Finished {
-                                        label,
-                                        key,
-                                        wall_seconds,
-                                    },
-                                    &mut summary,
-                                );
-                                finish(id, &mut missing, &mut ready);
+                        };
+                        let Some((id, record, key, forced)) = next else {
+                            break;
+                        };
+                        let node = &self.plan.nodes[id];
+                        let slot = if node.kind.spec().needs_gpu && gpus.enabled() {
+                            match gpus.acquire(node.kind) {
+                                Some(s) => Some(s),
+                                None => {
+                                    gpu_waiting.push_back((id, record, key, forced));
+                                    continue;
+                                }
                             }
-                            child::Outcome::CachedByOther {
-                                key,
-                                outputs: out,
-                                saved_seconds,
-                            } => {
-                                outputs[id] = Some(out);
-                                state[id] = State::Done;
-                                emit(
-                                    RunEvent::Cached {
-                                        label,
-                                        key,
-                                        saved_seconds,
-                                    },
-                                    &mut summary,
-                                );
-                                finish(id, &mut missing, &mut ready);
+                        } else {
+                            None
+                        };
+                        let reasons = self.reasons(node, &record, &BTreeMap::new(), forced)?;
+                        let seed = self.seed(node, &record);
+                        let work = child::StageRun {
+                            id,
+                            node,
+                            record,
+                            key,
+                            reasons,
+                            forced,
+                            device: slot.map(|s| s.device()).unwrap_or_else(|| "cpu".into()),
+                            gpu: slot,
+                            seed,
+                            threads: threads_per_stage,
+                            sources: sources[id].locations.clone(),
+                            inputs: node
+                                .inputs
+                                .iter()
+                                .map(|i| child::StageInput {
+                                    name: i.name.clone(),
+                                    producer: i.node,
+                                    files: i
+                                        .files
+                                        .iter()
+                                        .map(|f| {
+                                            let e = outputs[i.node].as_ref().and_then(|o| o.get(f));
+                                            (f.clone(), e.cloned())
+                                        })
+                                        .collect(),
+                                })
+                                .collect(),
+                        };
+                        state[id] = State::Running;
+                        running += 1;
+                        let tx = tx.clone();
+                        let engine = &*self;
+                        let cancel = cancel.clone();
+                        scope.spawn(move || child::run_stage(engine, work, &cancel, tx));
+                    }
+                    if running == 0 && (stop_launching || (ready.is_empty() && runnable.is_empty()))
+                    {
+                        break;
+                    }
+                    // With nothing running every GPU is free, so nothing waits.
+                    debug_assert!(running > 0 || gpu_waiting.is_empty());
+                    let Ok(msg) = rx.recv() else { break };
+                    match msg {
+                        // Workers stop their own children; this only wakes us.
+                        child::WorkerMessage::Cancel => {}
+                        child::WorkerMessage::Event(e) => emit(e, &mut summary),
+                        child::WorkerMessage::Done { id, gpu, result } => {
+                            running -= 1;
+                            if let Some(slot) = gpu {
+                                gpus.release(slot);
                             }
-                            child::Outcome::Failed { error, log_tail } => {
-                                state[id] = State::Failed;
-                                emit(
-                                    RunEvent::Failed {
-                                        label: label.clone(),
-                                        error,
-                                        log_tail,
-                                    },
-                                    &mut summary,
-                                );
-                                // Everything downstream is skipped, once each.
-                                let mut stack = vec![id];
-                                while let Some(f) = stack.pop() {
-                                    for &u in &users[f] {
-                                        if state[u] == State::Waiting {
-                                            state[u] = State::Failed;
-                                            emit(
-                                                RunEvent::Skipped {
-                                                    label: self.plan.nodes[u].label.clone(),
-                                                    because: self.plan.nodes[f].label.clone(),
-                                                },
-                                                &mut summary,
-                                            );
-                                            stack.push(u);
+                            let label = self.plan.nodes[id].label.clone();
+                            match result {
+                                child::Outcome::Executed {
+                                    key,
+                                    outputs: out,
+                                    wall_seconds,
+                                } => {
+                                    outputs[id] = Some(out);
+                                    state[id] = State::Done;
+                                    emit(
+                                        RunEvent::Finished {
+                                            label,
+                                            key,
+                                            wall_seconds,
+                                        },
+                                        &mut summary,
+                                    );
+                                    finish(id, &state, &mut missing, &mut ready);
+                                }
+                                child::Outcome::CachedByOther {
+                                    key,
+                                    outputs: out,
+                                    saved_seconds,
+                                } => {
+                                    outputs[id] = Some(out);
+                                    state[id] = State::Done;
+                                    from_cache[id] = true;
+                                    emit(
+                                        RunEvent::Cached {
+                                            label,
+                                            key,
+                                            saved_seconds,
+                                        },
+                                        &mut summary,
+                                    );
+                                    finish(id, &state, &mut missing, &mut ready);
+                                }
+                                child::Outcome::Failed { error, log_tail } => {
+                                    state[id] = State::Failed;
+                                    emit(
+                                        RunEvent::Failed {
+                                            label: label.clone(),
+                                            error,
+                                            log_tail,
+                                        },
+                                        &mut summary,
+                                    );
+                                    // Everything downstream is skipped, once each.
+                                    let mut stack = vec![id];
+                                    while let Some(f) = stack.pop() {
+                                        for &u in &users[f] {
+                                            if state[u] == State::Waiting {
+                                                state[u] = State::Failed;
+                                                emit(
+                                                    RunEvent::Skipped {
+                                                        label: self.plan.nodes[u].label.clone(),
+                                                        because: self.plan.nodes[f].label.clone(),
+                                                    },
+                                                    &mut summary,
+                                                );
+                                                stack.push(u);
+                                            }
                                         }
                                     }
+                                    if !opts.keep_going {
+                                        stop_launching = true;
+                                    }
                                 }
-                                if !opts.keep_going {
-                                    stop_launching = true;
+                                child::Outcome::InputChanged { message, producers } => {
+                                    // Waits for its producers' second round.
+                                    state[id] = State::Waiting;
+                                    emit(
+                                        RunEvent::Requeued {
+                                            label,
+                                            message,
+                                            producers: producers
+                                                .iter()
+                                                .map(|&p| {
+                                                    (
+                                                        self.plan.nodes[p].label.clone(),
+                                                        from_cache[p],
+                                                    )
+                                                })
+                                                .collect(),
+                                        },
+                                        &mut summary,
+                                    );
+                                    requeued.push((id, producers));
                                 }
-                            }
-                            child::Outcome::Interrupted => {
-                                state[id] = State::Failed;
+                                child::Outcome::Interrupted => {
+                                    state[id] = State::Failed;
+                                }
                             }
                         }
+                    }
+                }
+                if requeued.is_empty() || stop_launching {
+                    break;
+                }
+                rounds += 1;
+                for (id, producers) in std::mem::take(&mut requeued) {
+                    if rounds > MAX_REQUEUE_ROUNDS {
+                        // The store keeps changing under us: give up on it.
+                        state[id] = State::Failed;
+                        emit(
+                            RunEvent::Failed {
+                                label: self.plan.nodes[id].label.clone(),
+                                error: format!(
+                                "its inputs changed on disk in {MAX_REQUEUE_ROUNDS} rounds in a \
+                                 row; is something writing into the store?"
+                            ),
+                                log_tail: String::new(),
+                            },
+                            &mut summary,
+                        );
+                        continue;
+                    }
+                    for p in producers {
+                        state[p] = State::Waiting;
+                        outputs[p] = None;
+                        from_cache[p] = false;
+                    }
+                }
+                // Recount what each waiting node still needs; queue the ready.
+                for id in 0..n {
+                    if state[id] != State::Waiting {
+                        continue;
+                    }
+                    let mut ups: Vec<NodeId> = self.plan.nodes[id]
+                        .inputs
+                        .iter()
+                        .map(|i| i.node)
+                        .filter(|&u| state[u] != State::Done)
+                        .collect();
+                    ups.sort_unstable();
+                    ups.dedup();
+                    missing[id] = ups.len();
+                    if ups.iter().any(|&u| state[u] == State::Failed) {
+                        continue;
+                    }
+                    if missing[id] == 0 {
+                        ready.push(Reverse((rank[id], id)));
                     }
                 }
             }

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::atomic::{sync_dir, temp_name, write_atomic};
-use super::records::{ActionRecord, FailureRecord, LabelRecord, OutputEntry};
+use super::records::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Stamp};
 use super::StoreError;
 use crate::digest::Digest;
 
@@ -21,6 +21,22 @@ const DIRS: [&str; 8] = [
     "tmp",
     "quarantine",
 ];
+
+/// What [`LocalStore::check_blob`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BlobCheck {
+    /// Its stamp is the recorded one.
+    Intact,
+    /// Its stamp had changed, its content had not: this is its new stamp.
+    Restamped(Stamp),
+    /// Not in the store (collected, or quarantined by another check).
+    Missing,
+    /// Its content no longer matches its name; it was moved here.
+    Corrupt {
+        actual: Digest,
+        quarantined: PathBuf,
+    },
+}
 
 #[derive(Clone, Debug)]
 pub struct LocalStore {
@@ -71,17 +87,21 @@ impl LocalStore {
     /// blob with short content.
     pub fn insert_file(&self, path: &Path) -> Result<OutputEntry> {
         let (digest, size) = Digest::of_file(path).map_err(|e| StoreError::io(path, e))?;
-        self.insert_file_as(path, digest, size)?;
-        Ok(OutputEntry { digest, size })
+        let stamp = self.insert_file_as(path, digest)?;
+        Ok(OutputEntry {
+            digest,
+            size,
+            stamp: Some(stamp),
+        })
     }
 
-    /// Inserts a file whose digest the caller has just computed.
-    pub fn insert_file_as(&self, path: &Path, digest: Digest, _size: u64) -> Result<()> {
+    /// Inserts a file whose digest the caller has just computed, and
+    /// returns the stored blob's stamp. A blob already stored under that
+    /// name is replaced: the new file's content was just hashed, the old
+    /// one's may have changed since, so the store heals itself on every
+    /// insert. (A reader holding the old file open keeps reading it.)
+    pub fn insert_file_as(&self, path: &Path, digest: Digest) -> Result<Stamp> {
         let dest = self.blob_path(&digest);
-        if dest.is_file() {
-            let _ = fs::remove_file(path);
-            return Ok(());
-        }
         let parent = dest.parent().expect("blob has a parent");
         fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
         let f = fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
@@ -90,21 +110,85 @@ impl LocalStore {
             .map_err(|e| StoreError::io(path, e))?;
         fs::rename(path, &dest).map_err(|e| StoreError::io(&dest, e))?;
         sync_dir(parent).map_err(|e| StoreError::io(parent, e))?;
-        Ok(())
+        // Stat after the rename: renaming moves the ctime.
+        let meta = fs::metadata(&dest).map_err(|e| StoreError::io(&dest, e))?;
+        Ok(Stamp::of(&meta))
     }
 
     pub fn insert_bytes(&self, bytes: &[u8]) -> Result<OutputEntry> {
         let digest = Digest::of_bytes(bytes);
-        let dest = self.blob_path(&digest);
-        if !dest.is_file() {
-            let tmp = temp_name(&self.tmp_dir(), "blob");
-            fs::write(&tmp, bytes).map_err(|e| StoreError::io(&tmp, e))?;
-            self.insert_file_as(&tmp, digest, bytes.len() as u64)?;
+        let tmp = temp_name(&self.tmp_dir(), "blob");
+        if let Err(e) = fs::write(&tmp, bytes) {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io(&tmp, e));
         }
+        let stamp = self.insert_file_as(&tmp, digest)?;
         Ok(OutputEntry {
             digest,
             size: bytes.len() as u64,
+            stamp: Some(stamp),
         })
+    }
+
+    /// Whether the blob `entry` names is intact, without reading it when
+    /// its stamp is the one `entry` recorded. Otherwise it is re-hashed: a
+    /// match gives the new stamp; a mismatch moves the blob to
+    /// `quarantine/`, so nothing can read it again and every action that
+    /// made it is a miss.
+    pub fn check_blob(&self, entry: &OutputEntry) -> Result<BlobCheck> {
+        let path = self.blob_path(&entry.digest);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BlobCheck::Missing),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        let now = Stamp::of(&meta);
+        if entry.stamp == Some(now) {
+            return Ok(BlobCheck::Intact);
+        }
+        let (actual, _) = match Digest::of_file(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BlobCheck::Missing),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        // Stat again: what was hashed must be what the new stamp names.
+        let after = fs::metadata(&path).map(|m| Stamp::of(&m)).ok();
+        if actual == entry.digest && after == Some(now) {
+            return Ok(BlobCheck::Restamped(now));
+        }
+        if actual == entry.digest {
+            // Changed while we read it: judge it again from the start.
+            return self.check_blob(&OutputEntry {
+                stamp: None,
+                ..entry.clone()
+            });
+        }
+        match self.quarantine(&entry.digest) {
+            Ok(to) => Ok(BlobCheck::Corrupt {
+                actual,
+                quarantined: to,
+            }),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(BlobCheck::Missing)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The path of the blob `entry` names, once [`Self::check_blob`] finds
+    /// it intact; for readers outside stages (`results`, `report`). `what`
+    /// names it in the error (`table.md of render/...`).
+    pub fn intact_blob_path(&self, entry: &OutputEntry, what: &str) -> Result<PathBuf> {
+        let changed = |quarantined| StoreError::BlobChanged {
+            what: what.to_string(),
+            digest: entry.digest.short(),
+            quarantined,
+        };
+        match self.check_blob(entry)? {
+            BlobCheck::Intact | BlobCheck::Restamped(_) => Ok(self.blob_path(&entry.digest)),
+            BlobCheck::Missing => Err(changed(None)),
+            BlobCheck::Corrupt { quarantined, .. } => Err(changed(Some(quarantined))),
+        }
     }
 
     fn action_path(&self, key: &Digest) -> PathBuf {
@@ -119,11 +203,44 @@ impl LocalStore {
         self.read_record(&self.action_path(key))
     }
 
-    /// An action is a hit only if every output blob is still present.
+    /// An action is a hit only if every output blob is present and intact
+    /// ([`Self::check_blob`]). A changed blob is quarantined with one
+    /// warning and the action is a miss; re-hashed intact blobs get their
+    /// new stamps written back, so each is hashed once.
     pub fn get_usable_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
-        Ok(self
-            .get_action(key)?
-            .filter(|rec| rec.outputs.values().all(|o| self.has_blob(&o.digest))))
+        let Some(mut rec) = self.get_action(key)? else {
+            return Ok(None);
+        };
+        let mut restamped = false;
+        for (file, entry) in rec.outputs.iter_mut() {
+            match self.check_blob(entry)? {
+                BlobCheck::Intact => {}
+                BlobCheck::Restamped(stamp) => {
+                    entry.stamp = Some(stamp);
+                    restamped = true;
+                }
+                BlobCheck::Missing => return Ok(None),
+                BlobCheck::Corrupt {
+                    actual,
+                    quarantined,
+                } => {
+                    eprintln!(
+                        "warning: {file} of {} (blob {}) changed on disk after it was stored \
+                         (its content now hashes to {}); moved to {}, so the stage is no longer cached",
+                        rec.label,
+                        entry.digest.short(),
+                        actual.short(),
+                        quarantined.display()
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+        if restamped {
+            // Best effort: without it the blob is only hashed again.
+            let _ = self.put_action(&rec);
+        }
+        Ok(Some(rec))
     }
 
     pub fn put_action(&self, rec: &ActionRecord) -> Result<()> {
@@ -182,6 +299,11 @@ impl LocalStore {
         let to = self.root.join("quarantine").join(d.to_hex());
         fs::rename(&from, &to).map_err(|e| StoreError::io(&from, e))?;
         Ok(to)
+    }
+
+    /// Whether a blob of this name was quarantined (and not stored since).
+    pub fn is_quarantined(&self, d: &Digest) -> bool {
+        !self.has_blob(d) && self.root.join("quarantine").join(d.to_hex()).is_file()
     }
 
     fn label_path(&self, label: &str) -> PathBuf {
@@ -374,10 +496,114 @@ mod tests {
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o444
         );
-        // Inserting the same content again is a no-op.
+        // Inserting the same content again replaces the blob (new stamp).
         let again = store.insert_bytes(b"hello").unwrap();
-        assert_eq!(again, e);
+        assert_eq!((again.digest, again.size), (e.digest, e.size));
+        assert_ne!(again.stamp, None);
         assert_eq!(store.blobs().unwrap().len(), 1);
+        assert_eq!(store.check_blob(&again).unwrap(), BlobCheck::Intact);
+    }
+
+    /// Writes `bytes` over the blob as a user could (chmod, write, then
+    /// `touch -d` back to the old mtime): same size, same mtime.
+    fn tamper(path: &Path, bytes: &[u8]) {
+        let before = fs::metadata(path).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).unwrap();
+        let f = fs::File::options().write(true).open(path).ok();
+        let mtime = before.modified().unwrap();
+        match f {
+            Some(f) => f.set_modified(mtime).unwrap(),
+            None => fs::File::open(path).unwrap().set_modified(mtime).unwrap(),
+        }
+        let after = fs::metadata(path).unwrap();
+        assert_eq!(
+            (after.len(), after.modified().unwrap()),
+            (before.len(), mtime)
+        );
+    }
+
+    #[test]
+    fn a_blob_changed_behind_the_store_is_caught_by_its_stamp_and_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let e = store.insert_bytes(b"hello").unwrap();
+        let path = store.blob_path(&e.digest);
+        tamper(&path, b"jello");
+        match store.check_blob(&e).unwrap() {
+            BlobCheck::Corrupt {
+                actual,
+                quarantined,
+            } => {
+                assert_eq!(actual, Digest::of_bytes(b"jello"));
+                assert_eq!(fs::read(quarantined).unwrap(), b"jello");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert!(!path.exists());
+        assert_eq!(store.check_blob(&e).unwrap(), BlobCheck::Missing);
+        let err = store
+            .intact_blob_path(&e, "eval.json of eval/x")
+            .unwrap_err();
+        assert!(err.to_string().contains("eval.json of eval/x"), "{err}");
+    }
+
+    #[test]
+    fn a_moved_stamp_with_the_same_content_is_rehashed_once_and_restamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let e = store.insert_bytes(b"hello").unwrap();
+        let path = store.blob_path(&e.digest);
+        tamper(&path, b"hello");
+        let BlobCheck::Restamped(stamp) = store.check_blob(&e).unwrap() else {
+            panic!("expected a new stamp");
+        };
+        let fresh = OutputEntry {
+            stamp: Some(stamp),
+            ..e.clone()
+        };
+        assert_eq!(store.check_blob(&fresh).unwrap(), BlobCheck::Intact);
+        // A record without a stamp (older versions) is hashed, not trusted.
+        let old = OutputEntry { stamp: None, ..e };
+        assert!(matches!(
+            store.check_blob(&old).unwrap(),
+            BlobCheck::Restamped(_)
+        ));
+    }
+
+    #[test]
+    fn a_usable_action_needs_intact_outputs_and_keeps_new_stamps() {
+        use crate::key::KeyRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let e = store.insert_bytes(b"model").unwrap();
+        let rec = ActionRecord {
+            key: Digest::of_bytes(b"key"),
+            label: "train/x".into(),
+            key_record: KeyRecord {
+                kind: "train".into(),
+                key_version: 1,
+                code_digest: String::new(),
+                params: serde_json::Value::Null,
+                inputs: Default::default(),
+                libraries: Default::default(),
+            },
+            outputs: [("model.ot".to_string(), e.clone())].into(),
+            provenance: Default::default(),
+        };
+        store.put_action(&rec).unwrap();
+        assert!(store.get_usable_action(&rec.key).unwrap().is_some());
+        // Same bytes written again: hashed once, the record takes the stamp.
+        tamper(&store.blob_path(&e.digest), b"model");
+        let got = store.get_usable_action(&rec.key).unwrap().unwrap();
+        let stored = store.get_action(&rec.key).unwrap().unwrap();
+        assert_eq!(got.outputs, stored.outputs);
+        assert_ne!(stored.outputs["model.ot"].stamp, e.stamp);
+        // Other bytes: a miss, and the blob is out of the CAS.
+        tamper(&store.blob_path(&e.digest), b"mode!");
+        assert!(store.get_usable_action(&rec.key).unwrap().is_none());
+        assert!(!store.has_blob(&e.digest));
     }
 
     #[test]

@@ -48,6 +48,18 @@ pub enum StoreError {
         actual: String,
         from: String,
     },
+    #[error(
+        "{what} (blob {digest}) {}; run `bsce-pipe run` on the config to recompute it",
+        match .quarantined {
+            Some(q) => format!("changed on disk after it was stored and was moved to {}", q.display()),
+            None => "is no longer in the store".to_string(),
+        }
+    )]
+    BlobChanged {
+        what: String,
+        digest: String,
+        quarantined: Option<PathBuf>,
+    },
     #[error("remote cache {url}: {message}")]
     Remote { url: String, message: String },
 }

@@ -12,6 +12,39 @@ use crate::key::KeyRecord;
 pub struct OutputEntry {
     pub digest: Digest,
     pub size: u64,
+    /// The blob file's stat stamp when this record last knew it intact.
+    /// Absent in records of older versions: the blob is then re-hashed
+    /// once at its next use and the stamp filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<Stamp>,
+}
+
+/// What `stat` says of a stored blob: a blob whose stamp is unchanged is
+/// taken as intact without reading it; any other is re-hashed before use.
+/// Every write to a file, and every `chmod`, `touch` or rename of it,
+/// moves its ctime, which no user tool can set back, so a change made
+/// through the filesystem cannot keep the stamp. (Bit rot below the
+/// filesystem can: that is what `cache verify` is for.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stamp {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Stamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// What running a stage produced. Everything outside `key_record` and
