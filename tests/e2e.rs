@@ -2219,3 +2219,70 @@ fn verify_invalidates_results_computed_from_a_corruption_no_stamp_could_see() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_small_image_folder_trains_at_its_own_size_and_a_crop_above_it_is_refused() {
+    let p = Project::new();
+    for (split, n) in [("train", 6), ("val", 3)] {
+        for (wnid, rgb) in [("n01", [200u8, 30, 30]), ("n02", [30, 200, 30])] {
+            let dir = p.path(&format!("tree/{split}/{wnid}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_pixel(40 + 3 * i, 36, image::Rgb(rgb));
+                img.save(dir.join(format!("img{i}.JPEG"))).unwrap();
+            }
+        }
+    }
+    let config = |folder: &str| {
+        format!(
+            "datasets:\n  small: {{image_folder: {{root: tree, {folder}}}}}\norders:\n  o: {{explicit: [1, 0]}}\n\
+             settings:\n  s: {{base: 1, increment: 1, steps: 1}}\nmethods:\n  ce: {{preset: finetune, memory: {{per_class: 2}}}}\n\
+             recipes:\n  r: {{epochs: 1, batch_size: 4, lr: 0.01}}\n\
+             experiments:\n  e: {{dataset: small, orders: [o], settings: [s], methods: [ce], recipe: r, network: tiny}}\n"
+        )
+    };
+    // 32-px images and no crop: training and evaluation crop 32, not 224.
+    p.write("c.yaml", &config("size: 32"));
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["failed"], 0, "{}", r.stderr);
+    let train = find_action(&p.store(), "train/small/o/ce/seed0/b1/t0");
+    assert_eq!(train["key_record"]["params"]["crop"], 32, "{train}");
+    assert!(
+        find_action(&p.store(), "evaluate/small/o/ce/seed0/s/t1")["outputs"]["eval.json"]
+            .is_object()
+    );
+    // A crop larger than the prepared images is caught at resolution.
+    p.write("c.yaml", &config("size: 32, crop: 48"));
+    let r = p.run(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("datasets.small.image_folder.crop")
+            && r.stderr.contains("is 48; expected 8..=32"),
+        "{}",
+        r.stderr
+    );
+    // At ImageNet's size the crop is ImageNet's, and the key has no crop.
+    p.write("c.yaml", &config("size: 256"));
+    let j = p
+        .run(&[
+            "explain",
+            "c.yaml",
+            "train/small/o/ce/seed0/b1/t0",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(j["params"]["augment"], "imagenet", "{}", j["params"]);
+    assert_eq!(j["params"].get("crop"), None, "{}", j["params"]);
+    p.write("c.yaml", &config("size: 256, crop: 192"));
+    let j = p
+        .run(&[
+            "explain",
+            "c.yaml",
+            "train/small/o/ce/seed0/b1/t0",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(j["params"]["crop"], 192, "{}", j["params"]);
+}

@@ -56,6 +56,10 @@ pub struct Recipe {
     pub gamma: f64,
 }
 
+/// The crop of the `imagenet` augmentation (RandomResizedCrop(224) for
+/// training, the central 224 window for evaluation).
+pub const IMAGENET_CROP: u32 = 224;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
@@ -67,6 +71,11 @@ pub struct TrainParams {
     pub recipe: Recipe,
     pub network: String,
     pub augment: String,
+    /// The augmentation's crop, where the dataset's differs from it (an
+    /// image folder with `crop:` other than 224). Absent otherwise, so the
+    /// keys of every other stage stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<u32>,
     pub seed: u64,
     pub deterministic: bool,
 }

@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::key::canonical_json;
 use crate::params::{
     AggregateParams, AggregateRun, EvalParams, MethodParams, OrderParams, PlotParams, RenderParams,
-    TasksParams, TrainParams,
+    TasksParams, TrainParams, IMAGENET_CROP,
 };
 use crate::registry::files;
 
@@ -328,6 +328,7 @@ fn prepare_node(name: &str, source: &DatasetSource) -> PlanNode {
             val,
             subset,
             size,
+            crop: _,
         } => {
             let mut sources = vec![SourceInput {
                 name: "root".into(),
@@ -501,6 +502,12 @@ impl Builder {
                         recipe: recipe.clone(),
                         network: variant_name(&network),
                         augment: augmentation(&ds.source, m.preset).into(),
+                        crop: match &ds.source {
+                            DatasetSource::ImageFolder { crop, .. } if *crop != IMAGENET_CROP => {
+                                Some(*crop)
+                            }
+                            _ => None,
+                        },
                         seed,
                         deterministic: exp.deterministic,
                     };

@@ -80,8 +80,8 @@ impl AugmentSpec {
             brightness: 0.0,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
-            random_resized_crop: Some(224),
-            center_crop: Some(224),
+            random_resized_crop: Some(i64::from(bsce_pipeline::params::IMAGENET_CROP)),
+            center_crop: Some(i64::from(bsce_pipeline::params::IMAGENET_CROP)),
         }
     }
 

@@ -49,8 +49,10 @@ pub fn net_spec(name: &str) -> Result<NetSpec> {
     })
 }
 
-pub fn augment_spec(name: &str) -> Result<AugmentSpec> {
-    Ok(match name {
+/// The augmentation `name`, with its crop replaced by `crop` when given
+/// (an image folder whose images are smaller than ImageNet's).
+pub fn augment_spec(name: &str, crop: Option<u32>) -> Result<AugmentSpec> {
+    let mut spec = match name {
         "cifar_podnet" => AugmentSpec::cifar_podnet(),
         "cifar_lucir" => AugmentSpec::cifar_lucir(),
         "imagenet" => AugmentSpec::imagenet(),
@@ -60,7 +62,18 @@ pub fn augment_spec(name: &str) -> Result<AugmentSpec> {
                 format!("unknown augmentation {other:?}"),
             ))
         }
-    })
+    };
+    if let Some(c) = crop {
+        if spec.random_resized_crop.is_none() {
+            return Err(StageError::param(
+                "crop",
+                format!("is {c}, but augmentation {name:?} takes no crop size"),
+            ));
+        }
+        spec.random_resized_crop = Some(i64::from(c));
+        spec.center_crop = Some(i64::from(c));
+    }
+    Ok(spec)
 }
 
 /// The classifier each preset uses (cil-protocols.md section 2).

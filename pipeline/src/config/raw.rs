@@ -95,6 +95,11 @@ pub struct RawImageFolder {
     /// to `size x size`.
     #[serde(default = "default_image_size")]
     pub size: u32,
+    /// The training crop (RandomResizedCrop) and evaluation centre crop, in
+    /// pixels. Default: 224 (ImageNet's) where `size` allows it, else
+    /// `size`, so small images train at their own size.
+    #[serde(default)]
+    pub crop: Option<u32>,
 }
 
 fn default_train_dir() -> String {

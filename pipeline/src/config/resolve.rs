@@ -11,6 +11,7 @@ use super::raw::*;
 use super::{did_you_mean, ConfigError};
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
+use crate::params::IMAGENET_CROP;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -65,6 +66,8 @@ pub enum DatasetSource {
         val: ValDef,
         subset: Option<PathBuf>,
         size: u32,
+        /// Training and evaluation crop (never above `size`).
+        crop: u32,
     },
 }
 
@@ -462,6 +465,17 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             if !(8..=1024).contains(&f.size) {
                 return Err(cx.err(format!("{at}.size"), "must be between 8 and 1024"));
             }
+            let crop = f.crop.unwrap_or(IMAGENET_CROP.min(f.size));
+            if !(8..=f.size).contains(&crop) {
+                return Err(cx.err(
+                    format!("{at}.crop"),
+                    format!(
+                        "is {crop}; expected 8..={} (the crop is cut from the prepared \
+                         {0}x{0} images, `size`)",
+                        f.size
+                    ),
+                ));
+            }
             DatasetDef {
                 name: name.into(),
                 classes: None,
@@ -490,6 +504,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                     },
                     subset: f.subset.as_deref().map(|p| cx.relative(p)),
                     size: f.size,
+                    crop,
                 },
             }
         }

@@ -81,7 +81,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         .iter()
         .map(|&i| pos[labels[i] as usize] as i64)
         .collect();
-    let aug = augment_spec(&info.augment)?;
+    let aug = augment_spec(&info.augment, info.crop)?;
     let raw = uses_raw_features(info.preset);
     let means = Tensor::from_slice(&memory.class_means.concat())
         .view([seen as i64, -1])

@@ -26,6 +26,9 @@ pub struct ModelInfo {
     pub preset: Preset,
     pub network: String,
     pub augment: String,
+    /// The augmentation's crop where the dataset's differs from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<u32>,
     pub head: HeadSpec,
     /// Classes added by each task, in order: rebuilds the head's blocks.
     pub blocks: Vec<i64>,

@@ -51,7 +51,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let hwc = (meta.height as i64, meta.width as i64, meta.channels as i64);
     let pos = positions(&order.classes, meta.num_classes());
     let labels = ds.labels(SplitName::Train);
-    let aug = augment_spec(&p.augment)?;
+    let aug = augment_spec(&p.augment, p.crop)?;
     aug.validate(hwc)?;
     let preset = p.method.preset;
 
@@ -69,6 +69,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 preset,
                 network: p.network.clone(),
                 augment: p.augment.clone(),
+                crop: p.crop,
                 head: head_spec(preset),
                 blocks: vec![],
                 classes: vec![],
