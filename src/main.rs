@@ -323,7 +323,14 @@ fn run_cli(cli: Cli) -> ExitCode {
                 return ExitCode::from(3);
             }
             eprintln!("error: {e:#}");
-            ExitCode::from(3)
+            // 3 is the store's; anything else (a report folder that cannot
+            // be written, an internal error) is 1, as a failed stage.
+            let store = e.chain().any(|c| {
+                c.downcast_ref::<bsce_pipeline::store::StoreError>()
+                    .is_some()
+                    || matches!(c.downcast_ref::<EngineError>(), Some(EngineError::Store(_)))
+            });
+            ExitCode::from(if store { 3 } else { 1 })
         }
     }
 }
@@ -483,13 +490,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if json {
                 out!("{}", serde_json::to_string_pretty(&summary)?);
             }
-            Ok(if summary.interrupted {
-                ExitCode::from(130)
-            } else if summary.failed > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(ExitCode::from(summary.exit_code()))
         }
         Command::Status {
             config,

@@ -118,6 +118,7 @@ impl Reporter for TerminalReporter {
                 label,
                 error,
                 log_tail,
+                ..
             } => {
                 if let Some(bar) = self.bars.remove(label) {
                     bar.finish_and_clear();

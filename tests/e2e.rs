@@ -593,9 +593,11 @@ fn a_failing_stage_is_reported_recorded_and_never_cached() {
         "datasets:\n  c:\n    cifar100: {path: broken.tar.gz}\n  s:\n    synthetic: {classes: 4, train_per_class: 5, test_per_class: 1, image_size: 8}\norders:\n  o: {numpy_seed: 0}\nsettings:\n  t: {base: 2, increment: 1}\nexperiments:\n  e: {dataset: c, orders: [o], settings: [t]}\n  f: {dataset: s, orders: [o], settings: [t]}\n",
     );
     let r = p.run(&["run", "c.yaml", "--json", "--keep-going", "--jobs", "1"]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    // The archive is bad input, as a bad config is: exit 2.
+    assert_eq!(r.code, 2, "{}", r.stderr);
     let j = r.json();
     assert_eq!(j["failed"], 1);
+    assert_eq!(j["failed_on_input"], 1);
     assert_eq!(j["skipped"], 2);
     assert_eq!(j["executed"], 3);
     assert!(
@@ -616,7 +618,7 @@ fn a_failing_stage_is_reported_recorded_and_never_cached() {
     let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
     assert_eq!(c.2, vec!["same inputs failed last time"]);
     let r = p.run(&["run", "c.yaml", "--json"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert_eq!(r.json()["failed"], 1);
 }
 
@@ -1095,7 +1097,7 @@ fn an_image_folder_tree_is_inspected_prepared_and_ordered() {
             .replace("[1, 0]", "[2, 1, 0]"),
     );
     let r = p.run(&["run", "c.yaml", "--json"]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("FAILED   order/inet/o"), "{}", r.stderr);
     assert!(r.stderr.contains("the dataset has 2"), "{}", r.stderr);
 }
@@ -2285,4 +2287,28 @@ fn a_small_image_folder_trains_at_its_own_size_and_a_crop_above_it_is_refused() 
         .ok()
         .json();
     assert_eq!(j["params"]["crop"], 192, "{}", j["params"]);
+}
+
+#[test]
+fn exit_codes_follow_the_readme_table() {
+    let p = Project::new();
+    p.write("c.yaml", SMALL);
+    // Bad input: 2, before a store exists.
+    assert_eq!(p.run(&["run", "missing.yaml"]).code, 2);
+    assert_eq!(p.run(&["run", "c.yaml", "--jobs", "0"]).code, 2);
+    assert!(!p.store().exists());
+    p.run(&["run", "c.yaml"]).ok();
+    // An error outside the store (a report folder that cannot be made):
+    // 1, not the store's 3.
+    p.write("file", "not a folder");
+    let r = p.run(&["report", "c.yaml", "--out", "file/sub"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("file/sub"), "{}", r.stderr);
+    // The store's problems: 3.
+    let blob = blob_of(&p.store(), "order/synth/a", "order.json");
+    flip_byte_keeping_size_and_mtime(&blob, 1);
+    assert_eq!(p.run(&["cache", "verify"]).code, 3);
+    // Its record now names a missing blob until --repair moves it away.
+    assert_eq!(p.run(&["cache", "verify", "--repair"]).code, 3);
+    assert_eq!(p.run(&["cache", "verify"]).code, 0);
 }

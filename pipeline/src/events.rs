@@ -43,6 +43,8 @@ pub enum RunEvent {
     Failed {
         label: String,
         error: String,
+        /// The stage's input was at fault, not the stage.
+        bad_input: bool,
         log_tail: String,
     },
     /// An input of `label` changed on disk after it was stored: the blob
@@ -81,6 +83,25 @@ pub struct RunSummary {
     pub saved_seconds: f64,
     pub executed_labels: Vec<String>,
     pub failed_labels: BTreeMap<String, String>,
+    /// Of `failed`, those whose input was at fault (a bad archive, a
+    /// checksum mismatch): when they are all of them, the exit is 2.
+    pub failed_on_input: usize,
+}
+
+impl RunSummary {
+    /// The exit status the README promises: 130 interrupted, 1 a stage
+    /// failed, 2 every failure was bad input, 0 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        if self.interrupted {
+            130
+        } else if self.failed > 0 && self.failed_on_input == self.failed {
+            2
+        } else if self.failed > 0 {
+            1
+        } else {
+            0
+        }
+    }
 }
 
 impl RunSummary {
@@ -95,8 +116,14 @@ impl RunSummary {
                 self.executed += 1;
                 self.executed_labels.push(label.clone());
             }
-            RunEvent::Failed { label, error, .. } => {
+            RunEvent::Failed {
+                label,
+                error,
+                bad_input,
+                ..
+            } => {
                 self.failed += 1;
+                self.failed_on_input += usize::from(*bad_input);
                 self.failed_labels.insert(label.clone(), error.clone());
             }
             RunEvent::Requeued { producers, .. } => {

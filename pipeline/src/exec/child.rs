@@ -77,6 +77,8 @@ pub(crate) enum Outcome {
     },
     Failed {
         error: String,
+        /// The stage said its input is at fault ([`ChildMessage::Error`]).
+        bad_input: bool,
         log_tail: String,
     },
     /// An input blob changed on disk (before the stage started, or while
@@ -99,6 +101,7 @@ pub(crate) fn run_stage(
     let gpu = run.gpu;
     let result = execute(engine, run, cancel, &tx).unwrap_or_else(|error| Outcome::Failed {
         error,
+        bad_input: false,
         log_tail: String::new(),
     });
     let _ = tx.send(WorkerMessage::Done { id, gpu, result });
@@ -239,7 +242,7 @@ fn run_child(
     let pid = child.id() as i32;
     let stdout = child.stdout.take().expect("piped");
     let stage_prov: Arc<Mutex<BTreeMap<String, serde_json::Value>>> = Arc::default();
-    let child_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let child_error: Arc<Mutex<Option<(String, bool)>>> = Arc::default();
     let reader = {
         let tx = tx.clone();
         let label = run.node.label.clone();
@@ -260,10 +263,10 @@ fn run_child(
                     Ok(ChildMessage::Provenance { key, value }) => {
                         prov.lock().expect("not poisoned").insert(key, value);
                     }
-                    Ok(ChildMessage::Error { message }) => {
+                    Ok(ChildMessage::Error { message, bad_input }) => {
                         let _ = writeln!(log, "error: {message}");
                         *child_error.lock().expect("not poisoned") =
-                            Some(format!("error: {message}"));
+                            Some((format!("error: {message}"), bad_input));
                     }
                     Err(_) => {
                         let _ = writeln!(log, "{line}");
@@ -362,7 +365,8 @@ fn run_child(
         // The stage's own error, sent over its stdout pipe, reaches us even
         // when its log (on the store's disk) could not be written.
         let reported = child_error.lock().expect("not poisoned").take();
-        let last = reported.as_deref().unwrap_or_else(|| {
+        let bad_input = reported.as_ref().is_some_and(|r| r.1);
+        let last = reported.as_ref().map(|r| r.0.as_str()).unwrap_or_else(|| {
             log_tail
                 .lines()
                 .rev()
@@ -374,7 +378,7 @@ fn run_child(
         } else {
             format!("{how}: {last}")
         };
-        return Ok(fail(engine, run, error, log_tail, provenance));
+        return Ok(fail(engine, run, error, bad_input, log_tail, provenance));
     }
     // An input changed while the stage read it: its result is not kept.
     if let Some(changed) = check_inputs(engine, run)? {
@@ -382,7 +386,7 @@ fn run_child(
     }
     let outputs = match ingest(engine, run.node.kind, &out_dir) {
         Ok(o) => o,
-        Err(error) => return Ok(fail(engine, run, error, log_tail, provenance)),
+        Err(error) => return Ok(fail(engine, run, error, false, log_tail, provenance)),
     };
     let record = ActionRecord {
         key: run.key,
@@ -490,6 +494,7 @@ fn fail(
     engine: &Engine,
     run: &StageRun,
     error: String,
+    bad_input: bool,
     log_tail: String,
     provenance: Provenance,
 ) -> Outcome {
@@ -500,7 +505,11 @@ fn fail(
         log_tail: log_tail.clone(),
         provenance,
     });
-    Outcome::Failed { error, log_tail }
+    Outcome::Failed {
+        error,
+        bad_input,
+        log_tail,
+    }
 }
 
 fn tail(bytes: &[u8], lines: usize) -> String {

@@ -69,6 +69,11 @@ pub enum ChildMessage {
     /// written (a full disk).
     Error {
         message: String,
+        /// The stage's input is at fault (a bad archive, a checksum
+        /// mismatch, a parameter the data cannot satisfy), not the stage:
+        /// the run exits 2, as for a bad config.
+        #[serde(default)]
+        bad_input: bool,
     },
 }
 
@@ -102,9 +107,10 @@ impl ChildReporter {
         });
     }
 
-    pub fn error(&self, message: &str) {
+    pub fn error(&self, message: &str, bad_input: bool) {
         self.send(&ChildMessage::Error {
             message: message.into(),
+            bad_input,
         });
     }
 

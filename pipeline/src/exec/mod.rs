@@ -637,12 +637,17 @@ impl<'a> Engine<'a> {
                                     );
                                     finish(id, &state, &mut missing, &mut ready);
                                 }
-                                child::Outcome::Failed { error, log_tail } => {
+                                child::Outcome::Failed {
+                                    error,
+                                    bad_input,
+                                    log_tail,
+                                } => {
                                     state[id] = State::Failed;
                                     emit(
                                         RunEvent::Failed {
                                             label: label.clone(),
                                             error,
+                                            bad_input,
                                             log_tail,
                                         },
                                         &mut summary,
@@ -711,6 +716,7 @@ impl<'a> Engine<'a> {
                                 "its inputs changed on disk in {MAX_REQUEUE_ROUNDS} rounds in a \
                                  row; is something writing into the store?"
                             ),
+                                bad_input: false,
                                 log_tail: String::new(),
                             },
                             &mut summary,

@@ -63,7 +63,13 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
         Err(e) => {
             // Over the pipe, not the log: on a full disk the log write
             // fails (and eprintln! would panic on it).
-            reporter.error(&e.to_string());
+            let bad_input = matches!(
+                e,
+                crate::StageError::InvalidInput { .. }
+                    | crate::StageError::ChecksumMismatch { .. }
+                    | crate::StageError::InvalidParam { .. }
+            );
+            reporter.error(&e.to_string(), bad_input);
             ExitCode::from(1)
         }
     }
