@@ -33,8 +33,8 @@ pub enum SourceError {
 
 #[derive(Serialize, Deserialize, PartialEq)]
 struct StatEntry {
-    /// For a file: size, mtime, inode. For a tree: digest of the listing of
-    /// (relative path, size, mtime, inode) of every file.
+    /// For a file: size, mtime, inode, ctime. For a tree: digest of the
+    /// listing of (relative path, size, mtime, inode, ctime) of every file.
     stamp: String,
     digest: Digest,
 }
@@ -85,12 +85,16 @@ impl SourceDigester {
 
 fn file_stamp(path: &Path) -> std::io::Result<String> {
     let m = fs::metadata(path)?;
+    // The ctime too: `touch -d` can set an mtime back, nothing can set a
+    // ctime back, so an edit through the filesystem always moves the stamp.
     Ok(format!(
-        "{}:{}.{}:{}",
+        "{}:{}.{}:{}:{}.{}",
         m.len(),
         m.mtime(),
         m.mtime_nsec(),
-        m.ino()
+        m.ino(),
+        m.ctime(),
+        m.ctime_nsec()
     ))
 }
 
@@ -219,5 +223,17 @@ mod tests {
         assert_eq!(d.digest(&f, false).unwrap(), Digest::of_bytes(b"v1"));
         fs::write(&f, b"v2-longer").unwrap();
         assert_eq!(d.digest(&f, false).unwrap(), Digest::of_bytes(b"v2-longer"));
+        // Same size, mtime set back (`touch -d`): the ctime still moved.
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&f, b"v3-longer").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(&f).unwrap().modified().unwrap(), mtime);
+        assert_eq!(d.digest(&f, false).unwrap(), Digest::of_bytes(b"v3-longer"));
     }
 }
