@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up bsce-pipe on a Debian machine: the project-local Python venv with
 # PyPI torch==2.13.0 (libtorch for tch, numpy for the order tests) and the
-# release build, and pdflatex (Debian texlive) for the LaTeX test. Reuses caches kept outside the clone when they exist:
+# release build, pdflatex (Debian texlive) for the LaTeX test and nginx for
+# the HTTP remote cache tests. Reuses caches kept outside the clone when they exist:
 #   $BSCE_CACHE (default ~/.cache/bsce-pipe)/torch-2.13.0   the venv
 #   $BSCE_CACHE/target                                      cargo's target dir
 # Usage: scripts/setup.sh [--run CONFIG]
@@ -29,6 +30,22 @@ if ! command -v pdflatex >/dev/null; then
       texlive-latex-base texlive-latex-recommended >/dev/null
   else
     say "pdflatex not found: the LaTeX test needs it (apt-get install texlive-latex-base texlive-latex-recommended)"
+  fi
+fi
+
+# nginx with WebDAV, for the tests of the HTTP remote cache (Bazel's HTTP
+# cache protocol: GET/PUT/HEAD). The tests start their own nginx on
+# 127.0.0.1 with a config of their own; nothing is enabled system-wide.
+if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing nginx-light and libnginx-mod-http-dav-ext (the HTTP remote cache tests)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      nginx-light libnginx-mod-http-dav-ext >/dev/null
+    # Debian starts the packaged server; the tests run their own.
+    { command -v service >/dev/null && service nginx stop; } >/dev/null 2>&1 || true
+  else
+    say "nginx not found: the HTTP remote tests need it (apt-get install nginx-light libnginx-mod-http-dav-ext)"
   fi
 fi
 

@@ -65,9 +65,10 @@ use bsce_pipeline::exec::{
 use bsce_pipeline::key::DirtyReason;
 use bsce_pipeline::maintenance;
 use bsce_pipeline::plan::Plan;
+use bsce_pipeline::store::layered::only_in_remote;
 use bsce_pipeline::store::locate;
 use bsce_pipeline::store::lock::FileLock;
-use bsce_pipeline::store::LocalStore;
+use bsce_pipeline::store::{Layered, LocalStore, RemoteMode, Store};
 use bsce_stages::stage::Catalog;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -91,6 +92,14 @@ struct StoreArgs {
     /// .bsce above the config (or the working folder), else a new .bsce at the project root]
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Remote cache shared between machines [env BSCE_REMOTE; default: the config's
+    /// store.remote]: file:///path, http(s)://host/prefix (Bazel's HTTP cache layout),
+    /// s3://bucket/prefix (AWS_* variables; AWS_ENDPOINT_URL for other S3 servers)
+    #[arg(long, env = "BSCE_REMOTE", hide_env_values = true)]
+    remote: Option<String>,
+    /// Pull from the remote, never push [env BSCE_REMOTE_READ_ONLY]
+    #[arg(long, env = "BSCE_REMOTE_READ_ONLY")]
+    remote_read_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -225,6 +234,24 @@ enum CacheCommand {
     Gc {
         #[arg(long, required = true, num_args = 1..)]
         keep: Vec<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload every stage of CONFIG that is in the local store to the
+    /// remote: blobs first (those it lacks), each action record last.
+    Push {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download every stage of CONFIG that the remote has and the local
+    /// store lacks (each blob verified), without running anything.
+    Pull {
+        config: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long)]
@@ -371,6 +398,50 @@ fn load(config: &Path, store: &StoreArgs) -> Result<Loaded> {
     })
 }
 
+/// `local` with the remote the flags, the environment or the config name
+/// layered over it; `local` alone without one.
+fn with_remote(
+    local: LocalStore,
+    args: &StoreArgs,
+    cfg: Option<&Config>,
+) -> Result<Box<dyn Store>> {
+    let url = args
+        .remote
+        .clone()
+        .or_else(|| cfg.and_then(|c| c.remote.clone()));
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(Box::new(local));
+    };
+    let remote = bsce_pipeline::store::remote::open(&url)
+        .map_err(|e| BadInput(format!("--remote / BSCE_REMOTE / store.remote: {e}")))?;
+    let read_only = args.remote_read_only || cfg.is_some_and(|c| c.remote_read_only);
+    let mode = if read_only {
+        RemoteMode::ReadOnly
+    } else {
+        RemoteMode::ReadWrite
+    };
+    Ok(Box::new(Layered::new(local, remote, mode)))
+}
+
+/// The last line's remote part: what moved, or nothing without a remote.
+fn transfer_line(store: &dyn Store) -> Option<String> {
+    let (remote, t) = (store.remote()?, store.transfer_stats()?);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    Some(format!(
+        "remote {remote}: pulled {} stages ({:.1} MiB), pushed {} stages ({} blobs, {:.1} MiB){}",
+        t.pulled_actions,
+        mib(t.pulled_bytes),
+        t.pushed_actions,
+        t.pushed_blobs,
+        mib(t.pushed_bytes),
+        if t.refused > 0 {
+            format!(", refused {}", t.refused)
+        } else {
+            String::new()
+        }
+    ))
+}
+
 /// The store rule for a command that reads `cfg`.
 fn config_store(args: &StoreArgs, cfg: &Config) -> locate::StoreChoice {
     locate::choose(
@@ -441,9 +512,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 stages_per_gpu_kind: cfg.stages_per_gpu.clone(),
                 keep_going,
                 force,
+                fetch: false,
             };
             if dry_run {
-                return print_status(&plan, &root, &catalog, &opts, json, true);
+                return print_status(&plan, &root, &catalog, &opts, json, true, &store, &cfg);
             }
             if jobs == Some(0) {
                 return Err(BadInput("--jobs must be at least 1".into()).into());
@@ -457,18 +529,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Engine::new(&plan, &s, &catalog, &ctx).check_sources()?;
             }
             let created = LocalStore::open_existing(&root).is_none();
-            let store = LocalStore::open(&root)?;
+            let local = LocalStore::open(&root)?;
             if created {
                 let _ = writeln!(
                     std::io::stderr(),
                     "created store {}",
-                    store.root().display()
+                    local.root().display()
                 );
             }
-            let _in_use = hold_store(&store)?;
+            let _in_use = hold_store(&local)?;
+            let store = with_remote(local, &store, Some(&cfg))?;
+            let store = store.as_ref();
             let cancel = CancelToken::new();
             cancel_on_signals(&cancel)?;
-            let engine = Engine::new(&plan, &store, &catalog, &ctx);
+            let engine = Engine::new(&plan, store, &catalog, &ctx);
             let mut reporter = reporter::TerminalReporter::new(false);
             let summary = engine.run(&opts, &cancel, &mut reporter)?;
             drop(reporter);
@@ -482,13 +556,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "{} executed, {} from cache, {} failed, {} skipped in {:.2}s; the cache saved {:.1}s of compute{nothing}",
                 summary.executed, summary.cached, summary.failed, summary.skipped, summary.wall_seconds, summary.saved_seconds
             );
+            if let Some(line) = transfer_line(store) {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
             if !summary.interrupted && !plan.runs.is_empty() {
                 let out = report::default_out_dir(&cfg);
-                let r = report::write(&cfg, &plan, &store, &catalog, &ctx, &out, opts.jobs)?;
+                let r = report::write(&cfg, &plan, store, &catalog, &ctx, &out, opts.jobs)?;
                 print_report(&r, &config, false);
             }
             if json {
-                out!("{}", serde_json::to_string_pretty(&summary)?);
+                let mut j = serde_json::to_value(&summary)?;
+                if let Some(t) = store.transfer_stats() {
+                    j["remote"] = serde_json::to_value(t)?;
+                }
+                out!("{}", serde_json::to_string_pretty(&j)?);
             }
             Ok(ExitCode::from(summary.exit_code()))
         }
@@ -501,9 +582,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 catalog,
                 plan,
                 root,
-                ..
+                cfg,
             } = load(&config, &store)?;
-            print_status(&plan, &root, &catalog, &RunOptions::default(), json, false)
+            let opts = RunOptions::default();
+            print_status(&plan, &root, &catalog, &opts, json, false, &store, &cfg)
         }
         Command::Results {
             config,
@@ -518,8 +600,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 _in_use,
                 ctx,
             ) = load_existing(&config, &store)?;
-            let prepared = report::prepare(&cfg, &plan, &store, &catalog, &ctx, default_jobs())?;
-            let results = results::collect(&prepared, &store)?;
+            let prepared =
+                report::prepare(&cfg, &plan, store.as_ref(), &catalog, &ctx, default_jobs())?;
+            let results = results::collect(&prepared, store.as_ref())?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&results)?);
             } else {
@@ -542,7 +625,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ctx,
             ) = load_existing(&config, &store)?;
             let out = out.unwrap_or_else(|| report::default_out_dir(&cfg));
-            let r = report::write(&cfg, &plan, &store, &catalog, &ctx, &out, default_jobs())?;
+            let r = report::write(
+                &cfg,
+                &plan,
+                store.as_ref(),
+                &catalog,
+                &ctx,
+                &out,
+                default_jobs(),
+            )?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -564,9 +655,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 catalog,
                 plan,
                 root,
-                ..
+                cfg,
             } = load(&config, &store)?;
-            explain(&plan, &root, &catalog, &label, json)
+            explain(&plan, &root, &catalog, &label, json, &store, &cfg)
         }
         Command::Dag { config, format } => {
             let cfg = load_config(&config, &catalog())?;
@@ -618,11 +709,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// run context: what `results` and `report` start from.
 fn load_existing(
     config: &Path,
-    store: &StoreArgs,
-) -> Result<(Loaded, LocalStore, FileLock, RunContext)> {
-    let loaded = load(config, store)?;
-    let store = existing_store(&loaded.root)?;
-    let held = hold_store(&store)?;
+    args: &StoreArgs,
+) -> Result<(Loaded, Box<dyn Store>, FileLock, RunContext)> {
+    let loaded = load(config, args)?;
+    let local = existing_store(&loaded.root)?;
+    let held = hold_store(&local)?;
+    let store = with_remote(local, args, Some(&loaded.cfg))?;
     Ok((loaded, store, held, run_context()?))
 }
 
@@ -690,10 +782,13 @@ fn print_status(
     opts: &RunOptions,
     json: bool,
     dry_run: bool,
+    args: &StoreArgs,
+    cfg: &Config,
 ) -> Result<ExitCode> {
-    let (store, _scratch) = read_only_store(root)?;
+    let (local, _scratch) = read_only_store(root)?;
+    let store = with_remote(local, args, Some(cfg))?;
     let ctx = run_context()?;
-    let engine = Engine::new(plan, &store, catalog, &ctx);
+    let engine = Engine::new(plan, store.as_ref(), catalog, &ctx);
     let status = engine.status(opts)?;
     let mut rows = Vec::new();
     let (mut cached, mut to_run) = (0, 0);
@@ -707,11 +802,17 @@ fn print_status(
             }
         }
         match st {
-            NodeStatus::Cached { key, .. } => {
+            NodeStatus::Cached { key, record } => {
                 cached += 1;
-                rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": "cached", "key": key.to_hex()}));
+                // In the remote only: the next run pulls it.
+                let state = if only_in_remote(record) {
+                    "remote"
+                } else {
+                    "cached"
+                };
+                rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": state, "key": key.to_hex()}));
                 if !json {
-                    out!("cached   {}", node.label);
+                    out!("{state:<8} {}", node.label);
                 }
             }
             NodeStatus::ToRun { key, reasons } => {
@@ -789,15 +890,18 @@ fn explain(
     catalog: &Catalog,
     label: &str,
     json: bool,
+    args: &StoreArgs,
+    cfg: &Config,
 ) -> Result<ExitCode> {
     use bsce_pipeline::catalog::StageCatalog;
     let Some(id) = plan.nodes.iter().position(|n| n.label == label) else {
         let hint = label_hint(plan, label, "; `status CONFIG` lists every label");
         return Err(BadInput(format!("no stage labelled `{label}` in this config{hint}")).into());
     };
-    let (store, _scratch) = read_only_store(root)?;
+    let (local, _scratch) = read_only_store(root)?;
+    let store = with_remote(local, args, Some(cfg))?;
     let ctx = run_context()?;
-    let engine = Engine::new(plan, &store, catalog, &ctx);
+    let engine = Engine::new(plan, store.as_ref(), catalog, &ctx);
     let e = engine.explain(&RunOptions::default())?.swap_remove(id);
     let node = &plan.nodes[id];
     let spec = node.kind.spec();
@@ -973,6 +1077,16 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+        CacheCommand::Push {
+            config,
+            store,
+            json,
+        } => sync(&config, &store, true, json),
+        CacheCommand::Pull {
+            config,
+            store,
+            json,
+        } => sync(&config, &store, false, json),
         CacheCommand::Gc { keep, store, json } => {
             let catalog = catalog();
             let ctx = run_context()?;
@@ -1056,6 +1170,103 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `cache push` and `cache pull`: the config's stages against its remote.
+fn sync(config: &Path, args: &StoreArgs, push: bool, json: bool) -> Result<ExitCode> {
+    let loaded = load(config, args)?;
+    let url = args
+        .remote
+        .clone()
+        .or_else(|| loaded.cfg.remote.clone())
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            BadInput(format!(
+                "cache {} needs a remote: --remote URL, BSCE_REMOTE, or store.remote in {}",
+                if push { "push" } else { "pull" },
+                config.display()
+            ))
+        })?;
+    let remote = bsce_pipeline::store::remote::open(&url).map_err(BadInput)?;
+    let local = if push {
+        existing_store(&loaded.root)?
+    } else {
+        LocalStore::open(&loaded.root)?
+    };
+    let _in_use = hold_store(&local)?;
+    let ctx = run_context()?;
+    let mut pushed = Vec::new();
+    let mut missing = Vec::new();
+    let layered = Layered::new(local.clone(), remote, RemoteMode::ReadWrite);
+    let status = if push {
+        // What this store holds, as a run would find it; each pushed.
+        let status = Engine::new(&loaded.plan, &local, &loaded.catalog, &ctx)
+            .status(&RunOptions::default())?;
+        for (node, st) in loaded.plan.nodes.iter().zip(&status) {
+            match st {
+                NodeStatus::Cached { record, .. } => {
+                    if layered.push(record) {
+                        pushed.push(node.label.clone());
+                        if !json {
+                            let _ = writeln!(std::io::stderr(), "pushed   {}", node.label);
+                        }
+                    } else if layered.is_down() {
+                        break;
+                    }
+                }
+                NodeStatus::ToRun { .. } => missing.push(node.label.clone()),
+            }
+        }
+        status
+    } else {
+        let opts = RunOptions {
+            fetch: true,
+            ..RunOptions::default()
+        };
+        let status = Engine::new(&loaded.plan, &layered, &loaded.catalog, &ctx).status(&opts)?;
+        for (node, st) in loaded.plan.nodes.iter().zip(&status) {
+            match st {
+                NodeStatus::Cached { record, .. }
+                    if record.provenance.stage.contains_key("pulled_from") =>
+                {
+                    pushed.push(node.label.clone())
+                }
+                NodeStatus::Cached { .. } => {}
+                NodeStatus::ToRun { .. } => missing.push(node.label.clone()),
+            }
+        }
+        status
+    };
+    let t = layered.stats();
+    if json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "remote": layered.remote(), "stages": status.len(),
+                if push { "pushed" } else { "pulled" }: pushed,
+                "not_available": missing, "transfer": t,
+                "remote_unavailable": layered.is_down(),
+            }))?
+        );
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}; {} of {} stages {}",
+            transfer_line(&layered).unwrap_or_default(),
+            missing.len(),
+            status.len(),
+            if push {
+                "are not in the local store"
+            } else {
+                "are in neither store"
+            }
+        );
+    }
+    Ok(if layered.is_down() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn existing_store(root: &Path) -> Result<LocalStore> {

@@ -26,7 +26,7 @@ use bsce_pipeline::exec::{CancelToken, Engine, NodeStatus, RunContext, RunOption
 use bsce_pipeline::plan::{Plan, RunRef};
 use bsce_pipeline::registry::files;
 use bsce_pipeline::store::records::ActionRecord;
-use bsce_pipeline::store::LocalStore;
+use bsce_pipeline::store::Store;
 use serde::Serialize;
 
 use crate::reporter::TerminalReporter;
@@ -109,7 +109,7 @@ impl Prepared {
 pub fn prepare(
     cfg: &Config,
     full: &Plan,
-    store: &LocalStore,
+    store: &dyn Store,
     catalog: &dyn StageCatalog,
     ctx: &RunContext,
     jobs: usize,
@@ -170,7 +170,7 @@ pub fn prepare(
 pub fn write(
     cfg: &Config,
     full: &Plan,
-    store: &LocalStore,
+    store: &dyn Store,
     catalog: &dyn StageCatalog,
     ctx: &RunContext,
     out_dir: &Path,
@@ -185,7 +185,9 @@ pub fn write(
             .outputs
             .get(file)
             .with_context(|| format!("{} has no output {file}", rec.label))?;
-        Ok(store.intact_blob_path(o, &format!("{file} of {}", rec.label))?)
+        Ok(store
+            .local()
+            .intact_blob_path(o, &format!("{file} of {}", rec.label))?)
     };
     for (exp, n) in &plan.aggregates {
         if let Some(rec) = record(*n) {

@@ -8,14 +8,14 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use bsce_pipeline::registry::files;
-use bsce_pipeline::store::LocalStore;
+use bsce_pipeline::store::Store;
 use bsce_tables::frame::{bools, floats, ints, read_parquet, strings};
 
 use crate::report::Prepared;
 
 /// One entry per complete run (dataset x order x setting x method x seed x
 /// classifier metrics, tasks in order), then the runs not in the store.
-pub fn collect(prepared: &Prepared, store: &LocalStore) -> Result<Value> {
+pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
     let mut runs: Vec<Value> = Vec::new();
     for (exp, n) in &prepared.plan.aggregates {
         let Some(rec) = prepared.record(*n) else {
@@ -26,7 +26,9 @@ pub fn collect(prepared: &Prepared, store: &LocalStore) -> Result<Value> {
                 .outputs
                 .get(f)
                 .with_context(|| format!("{} has no {f}", rec.label))?;
-            let path = store.intact_blob_path(o, &format!("{f} of {}", rec.label))?;
+            let path = store
+                .local()
+                .intact_blob_path(o, &format!("{f} of {}", rec.label))?;
             Ok(read_parquet(&path)?)
         };
         let (rf, tf) = (frame(files::RUNS_PARQUET)?, frame(files::TIDY_PARQUET)?);

@@ -19,6 +19,8 @@ fn bsce(bin: &Path, dir: &Path, args: &[&str]) -> Command {
     c.args(args)
         .current_dir(dir)
         .env_remove("BSCE_STORE")
+        .env_remove("BSCE_REMOTE")
+        .env_remove("BSCE_REMOTE_READ_ONLY")
         .env_remove("BSCE_PIPE_CODE_SALT");
     c
 }
@@ -2311,4 +2313,396 @@ fn exit_codes_follow_the_readme_table() {
     // Its record now names a missing blob until --repair moves it away.
     assert_eq!(p.run(&["cache", "verify", "--repair"]).code, 3);
     assert_eq!(p.run(&["cache", "verify"]).code, 0);
+}
+
+// ---- Remote caches ---------------------------------------------------------
+
+const SHARED: &str = r#"
+datasets:
+  synth:
+    synthetic: {classes: 6, train_per_class: 30, test_per_class: 10, image_size: 12, seed: 3}
+orders:
+  a: {numpy_seed: 1993}
+settings:
+  s2: {base: 2, increment: 2}
+methods:
+  ce: {preset: finetune, memory: {per_class: 4}}
+  bsce: {extends: ce, bsce: true}
+recipes:
+  r: {epochs: 2, batch_size: 16, lr: 0.05}
+experiments:
+  e: {dataset: synth, orders: [a], settings: [s2], methods: [ce, bsce], recipe: r, network: tiny}
+tables:
+  acc: {caption: "Synthetic", experiments: [e], columns: [setting], time_column: true}
+"#;
+
+/// Every action record of a remote directory has all its blobs there.
+fn assert_remote_consistent(remote: &Path) -> usize {
+    let mut records = 0;
+    for e in std::fs::read_dir(remote.join("ac")).unwrap() {
+        let path = e.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".tmp")
+        {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (f, o) in v["outputs"].as_object().unwrap() {
+            let d = o["digest"].as_str().unwrap();
+            assert!(
+                remote.join("cas").join(d).is_file(),
+                "{}: output {f} ({d}) is not in the remote",
+                v["label"]
+            );
+            assert!(
+                o.get("stamp").is_none(),
+                "a machine's stamp was shared: {o}"
+            );
+        }
+        records += 1;
+    }
+    records
+}
+
+fn table_of(p: &Project) -> String {
+    std::fs::read_to_string(p.path("reports/c/tables/acc.md")).unwrap()
+}
+
+#[test]
+fn a_second_machine_pulls_everything_from_a_file_remote_and_runs_nothing() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let a = Project::new();
+    a.write("c.yaml", SHARED);
+    let ra = a.run(&["run", "c.yaml", "--json", "--remote", &url]).ok();
+    let ja = ra.json();
+    let stages = ja["stages"].as_u64().unwrap();
+    assert_eq!(ja["remote"]["pushed_actions"], stages, "{ja}");
+    assert_eq!(assert_remote_consistent(remote.path()) as u64, stages);
+    // Machine B: its own folder and store; the remote from the environment.
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let st = b
+        .run_env(&["status", "c.yaml"], &[("BSCE_REMOTE", &url)])
+        .ok();
+    assert!(
+        st.stdout.contains("remote   prepare/synth") && !st.stdout.contains("to-run"),
+        "{}",
+        st.stdout
+    );
+    let rb = b
+        .run_env(&["run", "c.yaml", "--json"], &[("BSCE_REMOTE", &url)])
+        .ok();
+    let jb = rb.json();
+    assert_eq!(jb["executed"], 0, "{}", rb.stderr);
+    assert_eq!(jb["remote"]["pulled_actions"], stages, "{jb}");
+    assert!(
+        rb.stderr
+            .contains(&format!("remote {url}: pulled {stages} stages")),
+        "{}",
+        rb.stderr
+    );
+    assert_eq!(table_of(&a), table_of(&b));
+    assert_eq!(evaluations(&a.store()), evaluations(&b.store()));
+    // Pulled records say where they came from and where they were made.
+    let rec = find_action(&b.store(), "prepare/synth");
+    assert_eq!(rec["provenance"]["stage"]["pulled_from"], url.as_str());
+    assert!(rec["provenance"]["host"].is_string());
+    // B's store is whole; a second run does nothing at all.
+    b.run(&["cache", "verify"]).ok();
+    let again = b
+        .run_env(&["run", "c.yaml", "--json"], &[("BSCE_REMOTE", &url)])
+        .ok()
+        .json();
+    assert_eq!(
+        (
+            again["executed"].clone(),
+            again["remote"]["pulled_actions"].clone()
+        ),
+        (0.into(), 0.into())
+    );
+}
+
+#[test]
+fn a_corrupt_blob_or_a_hostile_record_in_the_remote_never_reaches_the_local_store() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let a = Project::new();
+    a.write("c.yaml", SHARED);
+    a.run(&["run", "c.yaml", "--remote", &url]).ok();
+    // Corrupt the order's blob on the server, and make the tasks record
+    // name an output outside its stage's (a path traversal).
+    let order = find_action(&a.store(), "order/synth/a");
+    let d = order["outputs"]["order.json"]["digest"].as_str().unwrap();
+    let blob = remote.path().join("cas").join(d);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[2] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let tasks = find_action(&a.store(), "tasks/synth/a/s2");
+    let key = tasks["key"].as_str().unwrap();
+    let mut hostile = tasks.clone();
+    hostile["outputs"]["../../../escape"] = hostile["outputs"]["tasks.json"].clone();
+    std::fs::write(
+        remote.path().join("ac").join(key),
+        serde_json::to_vec(&hostile).unwrap(),
+    )
+    .unwrap();
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let r = b
+        .run(&[
+            "run",
+            "c.yaml",
+            "--json",
+            "--remote",
+            &url,
+            "--remote-read-only",
+        ])
+        .ok();
+    assert!(
+        r.stderr.contains("arrived as") && r.stderr.contains("refused"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("that stage kind tasks does not declare"),
+        "{}",
+        r.stderr
+    );
+    let ran = executed(&r.json());
+    assert!(ran.contains(&"order/synth/a".to_string()), "{ran:?}");
+    assert!(ran.contains(&"tasks/synth/a/s2".to_string()), "{ran:?}");
+    // Nothing bad landed: the store verifies, nothing escaped, results match.
+    b.run(&["cache", "verify"]).ok();
+    assert!(!b.dir.path().parent().unwrap().join("escape").exists());
+    assert_eq!(table_of(&a), table_of(&b));
+    // Read-only: B pushed nothing, so the server still holds the bad blob.
+    assert_ne!(
+        std::fs::read(&blob).unwrap(),
+        std::fs::read(blob_of(&b.store(), "order/synth/a", "order.json")).unwrap()
+    );
+}
+
+#[test]
+fn an_unreachable_remote_is_one_warning_and_the_run_computes_locally() {
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SHARED}store: {{remote: \"http://127.0.0.1:9/cache\"}}\n"),
+    );
+    let start = std::time::Instant::now();
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["failed"], 0);
+    assert_eq!(
+        r.stderr
+            .matches("remote cache http://127.0.0.1:9/cache is unavailable")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(start.elapsed().as_secs() < 120);
+    // A remote that is not a URL is bad input, named.
+    p.write(
+        "c.yaml",
+        &format!("{SHARED}store: {{remote: \"ftp://x\"}}\n"),
+    );
+    let r = p.run(&["status", "c.yaml"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("store.remote") && r.stderr.contains("not a remote cache URL"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn two_machines_pushing_one_config_at_once_leave_a_consistent_remote() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let (a, b) = (Project::new(), Project::new());
+    for p in [&a, &b] {
+        p.write("c.yaml", SHARED);
+    }
+    let ca = a.spawn(&["run", "c.yaml", "--remote", &url]);
+    let cb = b.spawn(&["run", "c.yaml", "--remote", &url]);
+    for c in [ca, cb] {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let n = assert_remote_consistent(remote.path());
+    assert!(n > 0);
+    // A third machine trains and evaluates nothing. A and B both trained,
+    // and their logs differ in wall times, so the remote may hold A's log
+    // for one task and B's for the next: the result stages that read the
+    // logs may then rerun (in milliseconds), nothing else.
+    let c = Project::new();
+    c.write("c.yaml", SHARED);
+    let j = c
+        .run(&["run", "c.yaml", "--json", "--remote", &url])
+        .ok()
+        .json();
+    let ran = executed(&j);
+    assert!(
+        ran.iter().all(|l| ["aggregate/", "render/", "plot/"]
+            .iter()
+            .any(|k| l.starts_with(k))),
+        "{j}"
+    );
+}
+
+#[test]
+fn cache_push_and_pull_sync_a_config_explicitly() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let a = Project::new();
+    a.write("c.yaml", SHARED);
+    a.run(&["run", "c.yaml"]).ok();
+    assert!(!remote.path().join("ac").exists(), "no remote was named");
+    let j = a
+        .run(&["cache", "push", "c.yaml", "--remote", &url, "--json"])
+        .ok()
+        .json();
+    let n = j["pushed"].as_array().unwrap().len();
+    assert_eq!(n as u64, j["stages"].as_u64().unwrap(), "{j}");
+    assert_eq!(assert_remote_consistent(remote.path()), n);
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let j = b
+        .run(&["cache", "pull", "c.yaml", "--remote", &url, "--json"])
+        .ok()
+        .json();
+    assert_eq!(j["pulled"].as_array().unwrap().len(), n, "{j}");
+    assert_eq!(j["not_available"], serde_json::json!([]));
+    let st = b.status("c.yaml");
+    assert!(st.iter().all(|s| s.1 == "cached"), "{st:?}");
+    // Without a remote, push is bad input that says where to name one.
+    let r = a.run(&["cache", "push", "c.yaml"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("needs a remote"), "{}", r.stderr);
+}
+
+/// An nginx serving WebDAV PUT on 127.0.0.1 from a folder of its own, as a
+/// Bazel-style HTTP cache; killed when dropped. scripts/setup.sh installs
+/// nginx.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx not found: scripts/setup.sh installs nginx-light (the HTTP remote tests need it)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let conf = format!(
+            "user root;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    root {d}/data;\n\
+             location / {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw group:r all:r; }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "-p",
+                &d.to_string(),
+                "-c",
+                &format!("{d}/nginx.conf"),
+                "-g",
+                "daemon off;",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Nginx { child, port, dir }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/cache", self.port)
+    }
+    /// A fast shutdown (SIGTERM): the master stops its workers too (a
+    /// SIGKILL would leave them serving).
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn machines_share_through_nginx_webdav_and_a_server_stopped_mid_run_is_not_fatal() {
+    let mut server = Nginx::start();
+    let url = server.url();
+    let a = Project::new();
+    a.write("c.yaml", SHARED);
+    let ja = a
+        .run(&["run", "c.yaml", "--json", "--remote", &url])
+        .ok()
+        .json();
+    assert_eq!(ja["remote"]["pushed_actions"], ja["stages"], "{ja}");
+    assert_eq!(
+        assert_remote_consistent(&server.dir.path().join("data/cache")) as u64,
+        ja["stages"].as_u64().unwrap()
+    );
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let jb = b
+        .run(&["run", "c.yaml", "--json", "--remote", &url])
+        .ok()
+        .json();
+    assert_eq!(jb["executed"], 0, "{jb}");
+    assert_eq!(table_of(&a), table_of(&b));
+
+    // Machine C adds a method while the server goes away mid-run: one
+    // warning, the rest computed locally, the run succeeds.
+    let c = Project::new();
+    c.write("c.yaml", &SHARED.replace("recipe: r,", "recipe: r2,").replace(
+        "recipes:\n  r: {epochs: 2, batch_size: 16, lr: 0.05}",
+        "recipes:\n  r: {epochs: 2, batch_size: 16, lr: 0.05}\n  r2: {epochs: 30, batch_size: 16, lr: 0.05}",
+    ));
+    let mut child = c.spawn(&["run", "c.yaml", "--json", "--remote", &url, "--jobs", "1"]);
+    let seen = wait_for(&mut child, |s| s.contains("run      train/"));
+    server.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = format!("{seen}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.matches("is unavailable").count() == 1, "{stderr}");
+    c.run(&["cache", "verify"]).ok();
 }

@@ -363,4 +363,11 @@ pub struct RawStore {
     /// `--store` and `BSCE_STORE` override it.
     #[serde(default)]
     pub path: Option<String>,
+    /// A remote cache: `file:///path`, `http(s)://host/prefix`,
+    /// `s3://bucket/prefix`. `--remote` and `BSCE_REMOTE` override it.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// Pull from the remote, never push.
+    #[serde(default)]
+    pub remote_read_only: bool,
 }

@@ -26,6 +26,9 @@ pub struct Config {
     pub tables: BTreeMap<String, TableDef>,
     /// From the config's `store.path`, relative to the config; None = default.
     pub store_path: Option<PathBuf>,
+    /// `store.remote`, checked to be a remote URL; `--remote` overrides.
+    pub remote: Option<String>,
+    pub remote_read_only: bool,
     /// `stages_per_gpu:` per stage kind (GPU kinds only, each at least 1).
     pub stages_per_gpu: BTreeMap<crate::registry::StageKind, u32>,
 }
@@ -376,6 +379,15 @@ pub fn resolve(
         evaluation,
         tables,
         store_path: raw.store.path.map(|p| cx.relative(&p)),
+        remote: match raw.store.remote {
+            Some(url) => {
+                crate::store::remote::check_url(&url)
+                    .map_err(|why| cx.err("store.remote".to_string(), why))?;
+                Some(url)
+            }
+            None => None,
+        },
+        remote_read_only: raw.store.remote_read_only,
         stages_per_gpu,
     })
 }

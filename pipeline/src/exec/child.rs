@@ -113,7 +113,7 @@ fn execute(
     cancel: &CancelToken,
     tx: &Sender<WorkerMessage>,
 ) -> Result<Outcome, String> {
-    let store = engine.store;
+    let store = engine.store.local();
     let label = run.node.label.clone();
     let lock_path = store.lock_path(&run.key);
     let lock = match FileLock::try_exclusive(&lock_path)
@@ -139,8 +139,10 @@ fn execute(
         }
     };
     if !run.forced {
-        if let Some(rec) = store
-            .get_usable_action(&run.key)
+        // Another process may have made it, or the remote has it.
+        if let Some(rec) = engine
+            .store
+            .lookup(&run.key, true)
             .map_err(|e| e.to_string())?
         {
             return Ok(Outcome::CachedByOther {
@@ -175,7 +177,7 @@ fn run_child(
     cancel: &CancelToken,
     tx: &Sender<WorkerMessage>,
 ) -> Result<Outcome, String> {
-    let store = engine.store;
+    let store = engine.store.local();
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let out_dir = work.join("out");
     fs::create_dir_all(&out_dir).map_err(|e| io(&out_dir, e))?;
@@ -395,7 +397,10 @@ fn run_child(
         outputs: outputs.clone(),
         provenance,
     };
-    store.put_action(&record).map_err(|e| e.to_string())?;
+    engine
+        .store
+        .put_action(&record)
+        .map_err(|e| e.to_string())?;
     store
         .put_label(&LabelRecord {
             label: run.node.label.clone(),
@@ -420,7 +425,12 @@ fn check_inputs(engine: &Engine, run: &StageRun) -> Result<Option<Outcome>, Stri
     for input in &run.inputs {
         for (file, entry) in &input.files {
             let Some(entry) = entry else { continue };
-            let what = match engine.store.check_blob(entry).map_err(|e| e.to_string())? {
+            let what = match engine
+                .store
+                .local()
+                .check_blob(entry)
+                .map_err(|e| e.to_string())?
+            {
                 BlobCheck::Intact | BlobCheck::Restamped(_) => continue,
                 BlobCheck::Missing => "is no longer in the store".to_string(),
                 BlobCheck::Corrupt {
@@ -475,6 +485,7 @@ fn ingest(
         }
         let e = engine
             .store
+            .local()
             .insert_file(&entry.path())
             .map_err(|e| e.to_string())?;
         outputs.insert(name, e);
@@ -498,7 +509,7 @@ fn fail(
     log_tail: String,
     provenance: Provenance,
 ) -> Outcome {
-    let _ = engine.store.put_failure(&FailureRecord {
+    let _ = engine.store.local().put_failure(&FailureRecord {
         key: run.key,
         label: run.node.label.clone(),
         error: error.clone(),

@@ -31,7 +31,7 @@ use crate::events::{Reporter, RunEvent, RunSummary};
 use crate::key::{diff_records, DirtyReason, KeyRecord, KEY_VERSION};
 use crate::plan::{NodeId, Plan, PlanNode};
 use crate::sources::{SourceDigester, SourceError};
-use crate::store::{ActionRecord, LocalStore, OutputEntry, StoreError};
+use crate::store::{ActionRecord, OutputEntry, Store, StoreError};
 pub use cancel::CancelToken;
 pub use context::RunContext;
 use gpus::GpuPool;
@@ -85,6 +85,9 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Labels (or label prefixes ending in `/`) to rerun even if cached.
     pub force: Vec<String>,
+    /// `status`/`explain` with a remote: download what the remote has
+    /// (`cache pull`) instead of only reading its records.
+    pub fetch: bool,
 }
 
 impl RunOptions {
@@ -101,7 +104,7 @@ pub fn force_names(force: &str, label: &str) -> bool {
 
 pub struct Engine<'a> {
     pub plan: &'a Plan,
-    pub store: &'a LocalStore,
+    pub store: &'a dyn Store,
     pub catalog: &'a dyn StageCatalog,
     pub ctx: &'a RunContext,
     /// Where downloads without a configured path land.
@@ -121,7 +124,7 @@ impl<'a> Engine<'a> {
     /// An engine over `store`; downloads land in the store's `downloads/`.
     pub fn new(
         plan: &'a Plan,
-        store: &'a LocalStore,
+        store: &'a dyn Store,
         catalog: &'a dyn StageCatalog,
         ctx: &'a RunContext,
     ) -> Self {
@@ -130,7 +133,7 @@ impl<'a> Engine<'a> {
             store,
             catalog,
             ctx,
-            downloads: store.root().join("downloads"),
+            downloads: store.local().root().join("downloads"),
         }
     }
 
@@ -157,7 +160,8 @@ impl<'a> Engine<'a> {
     }
 
     fn resolve_sources(&self) -> Result<Vec<Sources>, EngineError> {
-        let digester = SourceDigester::new(self.store.state_dir(), self.store.tmp_dir());
+        let local = self.store.local();
+        let digester = SourceDigester::new(local.state_dir(), local.tmp_dir());
         let mut out = Vec::with_capacity(self.plan.nodes.len());
         for node in &self.plan.nodes {
             let mut s = Sources {
@@ -272,9 +276,10 @@ impl<'a> Engine<'a> {
         if forced {
             return Ok(vec![DirtyReason::Forced]);
         }
-        let Some(last) = self.store.get_label(&node.label)? else {
+        let local = self.store.local();
+        let Some(last) = local.get_label(&node.label)? else {
             // Never succeeded; it may have failed on these very inputs.
-            if pending.is_empty() && self.store.get_failure(&record.key())?.is_some() {
+            if pending.is_empty() && local.get_failure(&record.key())?.is_some() {
                 return Ok(vec![DirtyReason::NotInStore { failed: true }]);
             }
             return Ok(vec![DirtyReason::NewStage]);
@@ -284,11 +289,11 @@ impl<'a> Engine<'a> {
             return Ok(reasons);
         }
         let key = record.key();
-        if let Some(rec) = self.store.get_action(&key)? {
+        if let Some(rec) = local.get_action(&key)? {
             let files: Vec<String> = rec
                 .outputs
                 .iter()
-                .filter(|(_, o)| self.store.is_quarantined(&o.digest))
+                .filter(|(_, o)| local.is_quarantined(&o.digest))
                 .map(|(f, _)| f.clone())
                 .collect();
             if !files.is_empty() {
@@ -296,7 +301,7 @@ impl<'a> Engine<'a> {
             }
             return Ok(vec![DirtyReason::OutputsMissing]);
         }
-        let failed = self.store.get_failure(&key)?.is_some();
+        let failed = local.get_failure(&key)?.is_some();
         Ok(vec![DirtyReason::NotInStore { failed }])
     }
 
@@ -332,7 +337,7 @@ impl<'a> Engine<'a> {
                 }
             } else if pending.is_empty() {
                 let key = record.key();
-                match self.store.get_usable_action(&key)? {
+                match self.store.lookup(&key, opts.fetch)? {
                     Some(rec) if !forced => {
                         outputs[id] = Some(rec.outputs.clone());
                         NodeStatus::Cached { key, record: rec }
@@ -386,7 +391,7 @@ impl<'a> Engine<'a> {
         let start = Instant::now();
         let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
         let sources = self.present_sources()?;
-        self.store.clean_stale_tmp();
+        self.store.local().clean_stale_tmp();
         let n = self.plan.nodes.len();
         let mut summary = RunSummary::default();
         let mut emit = |e: RunEvent, summary: &mut RunSummary| {
@@ -495,7 +500,9 @@ impl<'a> Engine<'a> {
                         let key = record.key();
                         let forced = opts.forces(&node.label);
                         if !forced {
-                            if let Some(rec) = self.store.get_usable_action(&key)? {
+                            // Local only: a remote lookup is a round trip, made
+                            // by a worker slot (below) so lookups overlap.
+                            if let Some(rec) = self.store.local().get_usable_action(&key)? {
                                 outputs[id] = Some(rec.outputs.clone());
                                 state[id] = State::Done;
                                 from_cache[id] = true;

@@ -18,15 +18,18 @@
 //!
 //! `cas` + `ac` mirror Bazel's remote cache split, so a remote backend (a
 //! shared directory, an HTTP cache, S3) is the same two maps behind
-//! [`remote::RemoteCache`], layered under the local store by the executor.
+//! [`remote::RemoteCache`], layered under the local store by [`Layered`].
+//! Everything outside the store module reaches a store through [`Store`].
 
 pub mod atomic;
+pub mod layered;
 pub mod local;
 pub mod locate;
 pub mod lock;
 pub mod records;
 pub mod remote;
 
+pub use layered::{Layered, RemoteMode, Store, TransferStats};
 pub use local::LocalStore;
 pub use records::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance};
 

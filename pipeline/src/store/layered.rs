@@ -1,0 +1,380 @@
+//! The store seam: [`Store`] is what the engine, `results`, `report` and
+//! maintenance use; [`LocalStore`] is one, [`Layered`] (local + remote)
+//! the other. Labels, failure records, locks and work folders are always
+//! local ([`Store::local`]).
+//!
+//! A remote is consulted only on a local miss, and never trusted: a remote
+//! record must parse, hash to the key it is filed under, and name only the
+//! outputs its stage kind declares, with sizes below [`MAX_BLOB_BYTES`];
+//! every blob is hashed on arrival before it enters the local store. A
+//! remote that fails degrades to misses with one warning: a run never
+//! fails because of its remote.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::atomic::temp_name;
+use super::local::BlobCheck;
+use super::remote::{RemoteCache, RemoteError};
+use super::{ActionRecord, LabelRecord, LocalStore, OutputEntry, StoreError};
+use crate::digest::Digest;
+use crate::registry::StageKind;
+
+/// No stage output is larger than this (a prepared ImageNet is ~250 GB).
+pub const MAX_BLOB_BYTES: u64 = 4 << 40;
+
+pub trait Store: Send + Sync {
+    /// The local layer: labels, failures, locks, work folders, blobs.
+    fn local(&self) -> &LocalStore;
+    /// An action whose outputs are intact. Local first; on a miss, from
+    /// the remote: with `fetch`, its blobs are downloaded and verified into
+    /// the local store; without (`status`), the checked remote record is
+    /// returned as it is, to plan with.
+    fn lookup(&self, key: &Digest, fetch: bool) -> Result<Option<ActionRecord>, StoreError>;
+    /// Records a computed action locally, then shares it.
+    fn put_action(&self, rec: &ActionRecord) -> Result<(), StoreError>;
+    /// The remote, as messages show it.
+    fn remote(&self) -> Option<String> {
+        None
+    }
+    /// What moved to and from the remote so far.
+    fn transfer_stats(&self) -> Option<TransferStats> {
+        None
+    }
+}
+
+impl Store for LocalStore {
+    fn local(&self) -> &LocalStore {
+        self
+    }
+    fn lookup(&self, key: &Digest, _fetch: bool) -> Result<Option<ActionRecord>, StoreError> {
+        self.get_usable_action(key)
+    }
+    fn put_action(&self, rec: &ActionRecord) -> Result<(), StoreError> {
+        LocalStore::put_action(self, rec)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteMode {
+    ReadWrite,
+    /// Pulls, never pushes (`--remote-read-only`).
+    ReadOnly,
+}
+
+/// What a layered store moved, for the run's last line and `--json`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TransferStats {
+    pub pulled_actions: usize,
+    pub pulled_bytes: u64,
+    pub pushed_actions: usize,
+    pub pushed_blobs: usize,
+    pub pushed_bytes: u64,
+    /// Remote records or blobs refused (bad, corrupt, traversal...).
+    pub refused: usize,
+}
+
+pub struct Layered {
+    local: LocalStore,
+    remote: Box<dyn RemoteCache>,
+    mode: RemoteMode,
+    /// Set at the first transport failure: no more calls this run.
+    down: AtomicBool,
+    stats: Mutex<TransferStats>,
+}
+
+impl Layered {
+    pub fn new(local: LocalStore, remote: Box<dyn RemoteCache>, mode: RemoteMode) -> Self {
+        Layered {
+            local,
+            remote,
+            mode,
+            down: AtomicBool::new(false),
+            stats: Mutex::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TransferStats {
+        self.stats.lock().expect("not poisoned").clone()
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// One warning for the whole run when the remote stops answering.
+    fn failed(&self, e: RemoteError) {
+        match e {
+            RemoteError::Unavailable(m) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "warning: remote cache {} is unavailable ({m}); going on without it",
+                        self.remote.describe()
+                    );
+                }
+            }
+            RemoteError::Rejected(m) => self.refused(&m),
+        }
+    }
+
+    fn refused(&self, message: &str) {
+        self.stats.lock().expect("not poisoned").refused += 1;
+        eprintln!(
+            "warning: remote cache {}: {message}; treated as a miss",
+            self.remote.describe()
+        );
+    }
+
+    /// The remote's record for `key`, checked: `None` for a miss or a
+    /// record this store refuses (with a warning saying why).
+    fn remote_record(&self, key: &Digest) -> Option<ActionRecord> {
+        if self.is_down() {
+            return None;
+        }
+        let bytes = match self.remote.get_action(key) {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                self.failed(e);
+                return None;
+            }
+        };
+        match check_record(key, &bytes) {
+            Ok(rec) => Some(rec),
+            Err(why) => {
+                self.refused(&format!("record ac/{} {why}", key.to_hex()));
+                None
+            }
+        }
+    }
+
+    /// Downloads and verifies one blob into the local store.
+    fn fetch_blob(&self, entry: &OutputEntry) -> Result<Option<OutputEntry>, StoreError> {
+        let local = &self.local;
+        if local.has_blob(&entry.digest) {
+            // Hashed once here; its stamp goes into the new record.
+            let unstamped = OutputEntry {
+                stamp: None,
+                ..entry.clone()
+            };
+            if let BlobCheck::Restamped(s) = local.check_blob(&unstamped)? {
+                return Ok(Some(OutputEntry {
+                    stamp: Some(s),
+                    ..entry.clone()
+                }));
+            }
+        }
+        let tmp = temp_name(&local.tmp_dir(), "pull");
+        let got = self.remote.get_blob(&entry.digest, &tmp, entry.size);
+        let cleanup = || {
+            let _ = std::fs::remove_file(&tmp);
+        };
+        match got {
+            Ok(true) => {}
+            Ok(false) => {
+                cleanup();
+                self.refused(&format!(
+                    "blob cas/{} is missing though a record names it",
+                    entry.digest.to_hex()
+                ));
+                return Ok(None);
+            }
+            Err(e) => {
+                cleanup();
+                self.failed(e);
+                return Ok(None);
+            }
+        }
+        let (actual, size) = Digest::of_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        if actual != entry.digest || size != entry.size {
+            cleanup();
+            self.refused(&format!(
+                "blob cas/{} arrived as {} bytes hashing to {}; refused",
+                entry.digest.to_hex(),
+                size,
+                actual.to_hex()
+            ));
+            return Ok(None);
+        }
+        let stamp = local.insert_file_as(&tmp, actual)?;
+        self.stats.lock().expect("not poisoned").pulled_bytes += size;
+        Ok(Some(OutputEntry {
+            digest: actual,
+            size,
+            stamp: Some(stamp),
+        }))
+    }
+
+    /// Pulls `rec` (checked) into the local store: every output, then the
+    /// log if the remote has it, then the record and the label.
+    fn pull(&self, mut rec: ActionRecord) -> Result<Option<ActionRecord>, StoreError> {
+        for entry in rec.outputs.values_mut() {
+            match self.fetch_blob(entry)? {
+                Some(e) => *entry = e,
+                None => return Ok(None),
+            }
+        }
+        if let Some(log) = rec.provenance.log {
+            let e = OutputEntry {
+                digest: log,
+                size: MAX_RECORD_LOG,
+                stamp: None,
+            };
+            let have = self.local.has_blob(&log) || {
+                let tmp = temp_name(&self.local.tmp_dir(), "pull");
+                let ok = matches!(self.remote.get_blob(&log, &tmp, e.size), Ok(true))
+                    && Digest::of_file(&tmp).is_ok_and(|(d, _)| d == log)
+                    && self.local.insert_file_as(&tmp, log).is_ok();
+                let _ = std::fs::remove_file(&tmp);
+                ok
+            };
+            if !have {
+                rec.provenance.log = None;
+            }
+        }
+        rec.provenance.stage.insert(
+            "pulled_from".into(),
+            serde_json::Value::String(self.remote.describe()),
+        );
+        self.local.put_action(&rec)?;
+        self.local.put_label(&LabelRecord {
+            label: rec.label.clone(),
+            key: rec.key,
+            key_record: rec.key_record.clone(),
+        })?;
+        self.stats.lock().expect("not poisoned").pulled_actions += 1;
+        Ok(Some(rec))
+    }
+
+    /// Uploads a local action: its blobs first (those the remote lacks),
+    /// the record last, so no reader sees a record before its blobs.
+    /// Returns whether it reached the remote.
+    pub fn push(&self, rec: &ActionRecord) -> bool {
+        if self.mode == RemoteMode::ReadOnly || self.is_down() {
+            return false;
+        }
+        let blobs = rec
+            .outputs
+            .values()
+            .map(|o| o.digest)
+            .chain(rec.provenance.log);
+        for d in blobs {
+            let path = self.local.blob_path(&d);
+            let r = self.remote.has_blob(&d).and_then(|has| {
+                if has {
+                    return Ok(false);
+                }
+                self.remote.put_blob(&d, &path).map(|()| true)
+            });
+            match r {
+                Ok(true) => {
+                    let mut s = self.stats.lock().expect("not poisoned");
+                    s.pushed_blobs += 1;
+                    s.pushed_bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.failed(e);
+                    return false;
+                }
+            }
+        }
+        // Stamps are this machine's; where it was pulled from is not news.
+        let mut shared = rec.clone();
+        for o in shared.outputs.values_mut() {
+            o.stamp = None;
+        }
+        shared.provenance.stage.remove("pulled_from");
+        let mut bytes = serde_json::to_vec_pretty(&shared).expect("records serialise");
+        bytes.push(b'\n');
+        match self.remote.put_action(&rec.key, &bytes) {
+            Ok(()) => {
+                self.stats.lock().expect("not poisoned").pushed_actions += 1;
+                true
+            }
+            Err(e) => {
+                self.failed(e);
+                false
+            }
+        }
+    }
+}
+
+/// Logs are capped like records.
+const MAX_RECORD_LOG: u64 = 256 << 20;
+
+impl Store for Layered {
+    fn local(&self) -> &LocalStore {
+        &self.local
+    }
+
+    fn lookup(&self, key: &Digest, fetch: bool) -> Result<Option<ActionRecord>, StoreError> {
+        if let Some(rec) = self.local.get_usable_action(key)? {
+            return Ok(Some(rec));
+        }
+        let Some(rec) = self.remote_record(key) else {
+            return Ok(None);
+        };
+        if !fetch {
+            let mut rec = rec;
+            rec.provenance
+                .stage
+                .insert(IN_REMOTE.into(), serde_json::Value::Bool(true));
+            return Ok(Some(rec));
+        }
+        self.pull(rec)
+    }
+
+    fn put_action(&self, rec: &ActionRecord) -> Result<(), StoreError> {
+        self.local.put_action(rec)?;
+        self.push(rec);
+        Ok(())
+    }
+
+    fn remote(&self) -> Option<String> {
+        Some(self.remote.describe())
+    }
+
+    fn transfer_stats(&self) -> Option<TransferStats> {
+        Some(self.stats())
+    }
+}
+
+/// Marks a record [`Store::lookup`] read from the remote without fetching.
+pub const IN_REMOTE: &str = "in_remote";
+
+/// Whether `rec` is only in the remote (read by a lookup without fetch).
+pub fn only_in_remote(rec: &ActionRecord) -> bool {
+    rec.provenance.stage.contains_key(IN_REMOTE)
+}
+
+/// A remote record is accepted only if it parses, hashes to its key, and
+/// names only outputs its kind declares, with sane sizes.
+pub fn check_record(key: &Digest, bytes: &[u8]) -> Result<ActionRecord, String> {
+    let mut rec: ActionRecord =
+        serde_json::from_slice(bytes).map_err(|e| format!("is not an action record ({e})"))?;
+    if rec.key != *key || rec.key_record.key() != *key {
+        return Err("does not hash to the key it is filed under".into());
+    }
+    let kind = StageKind::parse(&rec.key_record.kind)
+        .ok_or_else(|| format!("names an unknown stage kind {:?}", rec.key_record.kind))?;
+    let declared = kind.spec().outputs;
+    for (name, o) in &rec.outputs {
+        if !declared.contains(&name.as_str()) {
+            return Err(format!(
+                "names an output {name:?} that stage kind {kind} does not declare"
+            ));
+        }
+        if o.size > MAX_BLOB_BYTES {
+            return Err(format!("declares {name} as {} bytes", o.size));
+        }
+    }
+    if let Some(missing) = declared.iter().find(|f| !rec.outputs.contains_key(**f)) {
+        return Err(format!("lacks the output {missing}"));
+    }
+    // Another machine's stamps mean nothing here.
+    for o in rec.outputs.values_mut() {
+        o.stamp = None;
+    }
+    Ok(rec)
+}
