@@ -49,6 +49,16 @@ if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
   fi
 fi
 
+# s3s-fs, the S3-compatible server the S3 remote tests start on 127.0.0.1
+# (built from crates.io once, about 5 minutes, into the shared cache; newer
+# s3s-fs versions need a newer Rust than this toolchain).
+S3S_ROOT="$CACHE/s3s-fs"
+if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
+  say "building s3s-fs 0.14.1 into $S3S_ROOT (the S3 remote tests; about 5 minutes, once)"
+  CARGO_TARGET_DIR="$CACHE/s3s-build" cargo install --quiet --locked s3s-fs@0.14.1 \
+    --features binary --root "$S3S_ROOT"
+fi
+
 # The venv: a symlink .venv -> the shared cache, so every clone reuses one
 # 4.7 GB install. A half-finished install is never taken as done: the marker
 # file is written last.

@@ -2706,3 +2706,125 @@ fn machines_share_through_nginx_webdav_and_a_server_stopped_mid_run_is_not_fatal
     assert!(stderr.matches("is unavailable").count() == 1, "{stderr}");
     c.run(&["cache", "verify"]).ok();
 }
+
+/// An S3-compatible server (s3s-fs, which scripts/setup.sh installs under
+/// $BSCE_CACHE/s3s-fs) on 127.0.0.1 with one bucket; killed when dropped.
+struct S3Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let cache = std::env::var("BSCE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bsce-pipe")
+            });
+        let bin = std::env::var("BSCE_S3S_FS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| cache.join("s3s-fs/bin/s3s-fs"));
+        assert!(
+            bin.is_file(),
+            "{} not found: scripts/setup.sh installs s3s-fs (the S3 remote tests need it)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lab")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "AKTEST", "--secret-key", "SKTEST"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed().as_secs() < 10, "s3s-fs did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        S3Server {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "AKTEST".into()),
+            ("AWS_SECRET_ACCESS_KEY", "SKTEST".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn machines_share_through_an_s3_server_including_multipart_blobs() {
+    let server = S3Server::start();
+    let env = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // A prepared dataset of about 18 MB: uploaded in 8 MiB parts.
+    let config = "datasets:\n  big:\n    synthetic: {classes: 6, train_per_class: 1000, test_per_class: 10, image_size: 32, seed: 2}\n\
+                  orders:\n  a: {numpy_seed: 1}\nsettings:\n  s: {base: 2, increment: 2}\n\
+                  experiments:\n  e: {dataset: big, orders: [a], settings: [s]}\n";
+    let url = "s3://lab/bsce";
+    let a = Project::new();
+    a.write("c.yaml", config);
+    let ja = a
+        .run_env(&["run", "c.yaml", "--json", "--remote", url], &env)
+        .ok()
+        .json();
+    assert_eq!(ja["remote"]["pushed_actions"], 3, "{ja}");
+    assert!(
+        ja["remote"]["pushed_bytes"].as_u64().unwrap() > 16 << 20,
+        "{ja}"
+    );
+    let b = Project::new();
+    b.write("c.yaml", config);
+    let rb = b
+        .run_env(&["run", "c.yaml", "--json", "--remote", url], &env)
+        .ok();
+    let jb = rb.json();
+    assert_eq!(jb["executed"], 0, "{}", rb.stderr);
+    assert_eq!(jb["remote"]["pulled_actions"], 3, "{jb}");
+    let big =
+        |p: &Project| std::fs::read(blob_of(&p.store(), "prepare/big", "train.images")).unwrap();
+    assert_eq!(big(&a), big(&b));
+    b.run(&["cache", "verify"]).ok();
+    // Wrong credentials: a warning, and the run computes locally.
+    let c = Project::new();
+    c.write("c.yaml", config);
+    let mut bad = env.clone();
+    bad[1] = ("AWS_SECRET_ACCESS_KEY", "wrong");
+    let rc = c
+        .run_env(&["run", "c.yaml", "--json", "--remote", url], &bad)
+        .ok();
+    assert_eq!(rc.json()["executed"], 3);
+    assert!(
+        rc.stderr.contains("warning: remote cache s3://lab/bsce"),
+        "{}",
+        rc.stderr
+    );
+    assert!(
+        !rc.stderr.contains("wrong") && !rc.stdout.contains("wrong"),
+        "a secret was printed"
+    );
+}

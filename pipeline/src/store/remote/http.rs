@@ -199,7 +199,6 @@ mod tests {
 
     #[test]
     fn credentials_never_show_in_descriptions() {
-        std::env::remove_var("BSCE_REMOTE_TOKEN");
         let r = HttpRemote::new("https://alice:s3cret@cache.example:8080/bsce/").unwrap();
         assert_eq!(r.describe(), "https://cache.example:8080/bsce");
         assert_eq!(redact("https://alice:s3cret@h/p"), "https://h/p");
