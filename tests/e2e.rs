@@ -2805,6 +2805,12 @@ fn machines_share_through_an_s3_server_including_multipart_blobs() {
     let jb = rb.json();
     assert_eq!(jb["executed"], 0, "{}", rb.stderr);
     assert_eq!(jb["remote"]["pulled_actions"], 3, "{jb}");
+    // Large transfers show their progress.
+    assert!(
+        rb.stderr.contains("pull     blob ") && rb.stderr.contains("MiB/s)"),
+        "{}",
+        rb.stderr
+    );
     let big =
         |p: &Project| std::fs::read(blob_of(&p.store(), "prepare/big", "train.images")).unwrap();
     assert_eq!(big(&a), big(&b));

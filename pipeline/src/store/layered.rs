@@ -165,7 +165,9 @@ impl Layered {
             }
         }
         let tmp = temp_name(&local.tmp_dir(), "pull");
+        let shown = Transfer::start("pull", entry.size, &entry.digest, &self.remote.describe());
         let got = self.remote.get_blob(&entry.digest, &tmp, entry.size);
+        shown.end(got.is_ok());
         let cleanup = || {
             let _ = std::fs::remove_file(&tmp);
         };
@@ -264,7 +266,11 @@ impl Layered {
                 if has {
                     return Ok(false);
                 }
-                self.remote.put_blob(&d, &path).map(|()| true)
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let shown = Transfer::start("push", size, &d, &self.remote.describe());
+                let r = self.remote.put_blob(&d, &path).map(|()| true);
+                shown.end(r.is_ok());
+                r
             });
             match r {
                 Ok(true) => {
@@ -296,6 +302,45 @@ impl Layered {
                 self.failed(e);
                 false
             }
+        }
+    }
+}
+
+/// Transfers from this size on are shown as they start and end (small
+/// ones are summed up in the run's last line).
+pub const SHOWN_FROM_BYTES: u64 = 16 << 20;
+
+/// The progress of one large transfer, on stderr.
+struct Transfer {
+    start: Option<std::time::Instant>,
+    size: u64,
+}
+
+impl Transfer {
+    fn start(verb: &str, size: u64, d: &Digest, remote: &str) -> Transfer {
+        if size < SHOWN_FROM_BYTES {
+            return Transfer { start: None, size };
+        }
+        eprintln!(
+            "{verb}     blob {} ({:.1} MiB) {} {remote} ...",
+            d.short(),
+            size as f64 / (1 << 20) as f64,
+            if verb == "pull" { "from" } else { "to" }
+        );
+        Transfer {
+            start: Some(std::time::Instant::now()),
+            size,
+        }
+    }
+
+    fn end(self, ok: bool) {
+        if let (Some(t), true) = (self.start, ok) {
+            let s = t.elapsed().as_secs_f64();
+            eprintln!(
+                "         ... {:.1} MiB in {s:.1}s ({:.0} MiB/s)",
+                self.size as f64 / (1 << 20) as f64,
+                self.size as f64 / (1 << 20) as f64 / s.max(1e-6)
+            );
         }
     }
 }
