@@ -1223,16 +1223,17 @@ fn sync(config: &Path, args: &StoreArgs, push: bool, json: bool) -> Result<ExitC
             fetch: true,
             ..RunOptions::default()
         };
+        // Pulled = cached now, not cached locally before.
+        let before = Engine::new(&loaded.plan, &local, &loaded.catalog, &ctx)
+            .status(&RunOptions::default())?;
         let status = Engine::new(&loaded.plan, &layered, &loaded.catalog, &ctx).status(&opts)?;
-        for (node, st) in loaded.plan.nodes.iter().zip(&status) {
-            match st {
-                NodeStatus::Cached { record, .. }
-                    if record.provenance.stage.contains_key("pulled_from") =>
-                {
+        for ((node, st), was) in loaded.plan.nodes.iter().zip(&status).zip(&before) {
+            match (st, was) {
+                (NodeStatus::Cached { .. }, NodeStatus::ToRun { .. }) => {
                     pushed.push(node.label.clone())
                 }
-                NodeStatus::Cached { .. } => {}
-                NodeStatus::ToRun { .. } => missing.push(node.label.clone()),
+                (NodeStatus::Cached { .. }, _) => {}
+                (NodeStatus::ToRun { .. }, _) => missing.push(node.label.clone()),
             }
         }
         status

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use super::atomic::temp_name;
 use super::local::BlobCheck;
+use super::records::Stamp;
 use super::remote::{RemoteCache, RemoteError};
 use super::{ActionRecord, LabelRecord, LocalStore, OutputEntry, StoreError};
 use crate::digest::Digest;
@@ -164,47 +165,56 @@ impl Layered {
                 }));
             }
         }
-        let tmp = temp_name(&local.tmp_dir(), "pull");
-        let shown = Transfer::start("pull", entry.size, &entry.digest, &self.remote.describe());
-        let got = self.remote.get_blob(&entry.digest, &tmp, entry.size);
-        shown.end(got.is_ok());
-        let cleanup = || {
-            let _ = std::fs::remove_file(&tmp);
+        let refused = |what: String| {
+            self.refused(&format!("blob cas/{} {what}", entry.digest.to_hex()));
+            Ok(None)
         };
-        match got {
-            Ok(true) => {}
-            Ok(false) => {
-                cleanup();
-                self.refused(&format!(
-                    "blob cas/{} is missing though a record names it",
-                    entry.digest.to_hex()
-                ));
-                return Ok(None);
-            }
-            Err(e) => {
-                cleanup();
-                self.failed(e);
-                return Ok(None);
-            }
-        }
-        let (actual, size) = Digest::of_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-        if actual != entry.digest || size != entry.size {
-            cleanup();
-            self.refused(&format!(
-                "blob cas/{} arrived as {} bytes hashing to {}; refused",
-                entry.digest.to_hex(),
+        match self.download(&entry.digest, entry.size, true)? {
+            Fetched::Stored { size, stamp } if size == entry.size => Ok(Some(OutputEntry {
+                digest: entry.digest,
                 size,
+                stamp: Some(stamp),
+            })),
+            Fetched::Stored { size, .. } => refused(format!(
+                "is {size} bytes, not the {} its record declares; refused",
+                entry.size
+            )),
+            Fetched::Missing => refused("is missing though a record names it".into()),
+            Fetched::Corrupt { size, actual } => refused(format!(
+                "arrived as {size} bytes hashing to {}; refused",
                 actual.to_hex()
-            ));
-            return Ok(None);
+            )),
+            Fetched::Failed(e) => {
+                self.failed(e);
+                Ok(None)
+            }
         }
-        let stamp = local.insert_file_as(&tmp, actual)?;
-        self.stats.lock().expect("not poisoned").pulled_bytes += size;
-        Ok(Some(OutputEntry {
-            digest: actual,
-            size,
-            stamp: Some(stamp),
-        }))
+    }
+
+    /// Streams one blob of at most `max` bytes (`known`: its declared
+    /// size, shown for large ones) from the remote into the local store,
+    /// hashed on arrival: only bytes that hash to `digest` are stored.
+    fn download(&self, digest: &Digest, max: u64, known: bool) -> Result<Fetched, StoreError> {
+        let tmp = temp_name(&self.local.tmp_dir(), "pull");
+        let shown_size = if known { max } else { 0 };
+        let shown = Transfer::start("pull", shown_size, digest, &self.remote.describe());
+        let got = self.remote.get_blob(digest, &tmp, max);
+        shown.end(got.is_ok());
+        let result = match got {
+            Ok(true) => match Digest::of_file(&tmp) {
+                Ok((actual, size)) if actual == *digest => {
+                    let stamp = self.local.insert_file_as(&tmp, actual)?;
+                    self.stats.lock().expect("not poisoned").pulled_bytes += size;
+                    return Ok(Fetched::Stored { size, stamp });
+                }
+                Ok((actual, size)) => Fetched::Corrupt { size, actual },
+                Err(e) => return Err(StoreError::io(&tmp, e)),
+            },
+            Ok(false) => Fetched::Missing,
+            Err(e) => Fetched::Failed(e),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        Ok(result)
     }
 
     /// Pulls `rec` (checked) into the local store: every output, then the
@@ -216,26 +226,23 @@ impl Layered {
                 None => return Ok(None),
             }
         }
+        // The log is provenance, not a result: without it the record stands.
         if let Some(log) = rec.provenance.log {
-            let e = OutputEntry {
-                digest: log,
-                size: MAX_RECORD_LOG,
-                stamp: None,
-            };
-            let have = self.local.has_blob(&log) || {
-                let tmp = temp_name(&self.local.tmp_dir(), "pull");
-                let ok = matches!(self.remote.get_blob(&log, &tmp, e.size), Ok(true))
-                    && Digest::of_file(&tmp).is_ok_and(|(d, _)| d == log)
-                    && self.local.insert_file_as(&tmp, log).is_ok();
-                let _ = std::fs::remove_file(&tmp);
-                ok
-            };
+            let have = self.local.has_blob(&log)
+                || match self.download(&log, MAX_RECORD_LOG, false)? {
+                    Fetched::Stored { .. } => true,
+                    Fetched::Failed(e) => {
+                        self.failed(e);
+                        false
+                    }
+                    Fetched::Missing | Fetched::Corrupt { .. } => false,
+                };
             if !have {
                 rec.provenance.log = None;
             }
         }
         rec.provenance.stage.insert(
-            "pulled_from".into(),
+            PULLED_FROM.into(),
             serde_json::Value::String(self.remote.describe()),
         );
         self.local.put_action(&rec)?;
@@ -290,7 +297,7 @@ impl Layered {
         for o in shared.outputs.values_mut() {
             o.stamp = None;
         }
-        shared.provenance.stage.remove("pulled_from");
+        shared.provenance.stage.remove(PULLED_FROM);
         let mut bytes = serde_json::to_vec_pretty(&shared).expect("records serialise");
         bytes.push(b'\n');
         match self.remote.put_action(&rec.key, &bytes) {
@@ -384,6 +391,17 @@ impl Store for Layered {
         Some(self.stats())
     }
 }
+
+/// What [`Layered::download`] got.
+enum Fetched {
+    Stored { size: u64, stamp: Stamp },
+    Missing,
+    Corrupt { size: u64, actual: Digest },
+    Failed(RemoteError),
+}
+
+/// The provenance key of a pulled record: the remote it came from.
+pub const PULLED_FROM: &str = "pulled_from";
 
 /// Marks a record [`Store::lookup`] read from the remote without fetching.
 pub const IN_REMOTE: &str = "in_remote";

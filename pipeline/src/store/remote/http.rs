@@ -70,6 +70,16 @@ impl HttpRemote {
         }
     }
 
+    /// GET `url` as-is (no transparent decompression: the bytes must hash
+    /// to their name); `None` on a 404.
+    fn get(&self, url: &str) -> RemoteResult<Option<ureq::http::Response<ureq::Body>>> {
+        let resp = self
+            .with_auth(self.agent.get(url).header("Accept-Encoding", "identity"))
+            .call()
+            .map_err(|e| transport(url, e))?;
+        Ok(self.status(url, resp.status().as_u16())?.map(|()| resp))
+    }
+
     /// A response status as this layer's result: 2xx `Some`, 404 `None`.
     fn status(&self, url: &str, status: u16) -> RemoteResult<Option<()>> {
         match status {
@@ -120,13 +130,9 @@ impl RemoteCache for HttpRemote {
 
     fn get_action(&self, key: &Digest) -> RemoteResult<Option<Vec<u8>>> {
         let url = self.url("ac", key);
-        let mut resp = self
-            .with_auth(self.agent.get(&url).header("Accept-Encoding", "identity"))
-            .call()
-            .map_err(|e| transport(&url, e))?;
-        if self.status(&url, resp.status().as_u16())?.is_none() {
+        let Some(mut resp) = self.get(&url)? else {
             return Ok(None);
-        }
+        };
         let bytes = resp
             .body_mut()
             .with_config()
@@ -163,13 +169,9 @@ impl RemoteCache for HttpRemote {
 
     fn get_blob(&self, digest: &Digest, dest: &Path, max_bytes: u64) -> RemoteResult<bool> {
         let url = self.url("cas", digest);
-        let mut resp = self
-            .with_auth(self.agent.get(&url).header("Accept-Encoding", "identity"))
-            .call()
-            .map_err(|e| transport(&url, e))?;
-        if self.status(&url, resp.status().as_u16())?.is_none() {
+        let Some(mut resp) = self.get(&url)? else {
             return Ok(false);
-        }
+        };
         let mut reader = resp
             .body_mut()
             .with_config()

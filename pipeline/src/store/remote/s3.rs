@@ -79,6 +79,15 @@ impl S3Remote {
         }
     }
 
+    /// GET `p`; `None` when the object does not exist.
+    async fn get(&self, p: &ObjectPath) -> RemoteResult<Option<object_store::GetResult>> {
+        match self.store.get(p).await {
+            Ok(r) => Ok(Some(r)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(p, e)),
+        }
+    }
+
     fn err(&self, what: &ObjectPath, e: object_store::Error) -> RemoteError {
         let msg = format!(
             "{}/{what}: {e}",
@@ -101,10 +110,8 @@ impl RemoteCache for S3Remote {
     fn get_action(&self, key: &Digest) -> RemoteResult<Option<Vec<u8>>> {
         let p = self.path("ac", key);
         self.rt.block_on(async {
-            let r = match self.store.get(&p).await {
-                Ok(r) => r,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(self.err(&p, e)),
+            let Some(r) = self.get(&p).await? else {
+                return Ok(None);
             };
             if r.meta.size > MAX_RECORD_BYTES {
                 return Err(RemoteError::Rejected(format!(
@@ -143,10 +150,8 @@ impl RemoteCache for S3Remote {
         use std::io::Write;
         let p = self.path("cas", digest);
         self.rt.block_on(async {
-            let r = match self.store.get(&p).await {
-                Ok(r) => r,
-                Err(object_store::Error::NotFound { .. }) => return Ok(false),
-                Err(e) => return Err(self.err(&p, e)),
+            let Some(r) = self.get(&p).await? else {
+                return Ok(false);
             };
             if r.meta.size > max_bytes {
                 return Err(RemoteError::Rejected(format!(
