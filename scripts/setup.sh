@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up bsce-pipe on a Debian machine: the project-local Python venv with
 # PyPI torch==2.13.0 (libtorch for tch, numpy for the order tests) and the
-# release build, pdflatex (Debian texlive) for the LaTeX test and nginx for
-# the HTTP remote cache tests. Reuses caches kept outside the clone when they exist:
+# release build, pdflatex (Debian texlive) for the LaTeX test, nginx for
+# the HTTP remote cache tests, Slurm and munge for the Slurm executor tests. Reuses caches kept outside the clone when they exist:
 #   $BSCE_CACHE (default ~/.cache/bsce-pipe)/torch-2.13.0   the venv
 #   $BSCE_CACHE/target                                      cargo's target dir
 # Usage: scripts/setup.sh [--run CONFIG]
@@ -46,6 +46,22 @@ if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
     { command -v service >/dev/null && service nginx stop; } >/dev/null 2>&1 || true
   else
     say "nginx not found: the HTTP remote tests need it (apt-get install nginx-light libnginx-mod-http-dav-ext)"
+  fi
+fi
+
+# Slurm (slurmctld, slurmd, the client commands) and munge, for the tests of
+# the Slurm executor: scripts/slurm-cluster.sh starts a private single-node
+# cluster from them; nothing is enabled system-wide.
+if ! command -v slurmctld >/dev/null && ! [ -x /usr/sbin/slurmctld ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing slurmctld, slurmd, slurm-client and munge (the Slurm executor tests)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      slurmctld slurmd slurm-client munge >/dev/null
+    # Debian may start the packaged daemons; the tests run their own.
+    { command -v service >/dev/null && for s in slurmd slurmctld; do service "$s" stop; done; } >/dev/null 2>&1 || true
+  else
+    say "slurmctld not found: the Slurm tests need it (apt-get install slurmctld slurmd slurm-client munge)"
   fi
 fi
 

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
+# The Slurm tests start a private single-node cluster (scripts/slurm-cluster.sh);
+# it is stopped when the tests end.
+trap 'bash scripts/slurm-cluster.sh stop' EXIT
 cargo test --workspace --release --locked "$@"
 # Last and alone: the end-to-end test that builds a scratch checkout with
 # edited sources in the shared target dir (code digests, per-checkout

@@ -50,6 +50,7 @@ mod inspect;
 mod report;
 mod reporter;
 mod results;
+mod slurm_cli;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -130,6 +131,20 @@ enum Command {
         /// Print a machine-readable summary on stdout
         #[arg(long)]
         json: bool,
+        /// Where stages run [default: the config's executor.use, else local]: `local` (child
+        /// processes here) or `slurm` (one sbatch job per stage, the DAG submitted at once)
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorArg>,
+        /// With the Slurm executor: return once every job is submitted (`status` shows their
+        /// queue states, `cancel` cancels them)
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Cancel the queued and running Slurm jobs of CONFIG's runs (scancel).
+    Cancel {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List every stage as cached or to-run, with the reason.
     Status {
@@ -206,6 +221,20 @@ enum Command {
     /// Internal: run one stage (the scheduler starts this as a child).
     #[command(hide = true)]
     ExecStage { job: PathBuf },
+    /// Internal: the body of a Slurm job: run stage N (LABEL) of a submitted
+    /// run, its inputs from the store, unless the store has it.
+    #[command(hide = true)]
+    ExecNode {
+        run_dir: PathBuf,
+        n: usize,
+        label: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ExecutorArg {
+    Local,
+    Slurm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -497,6 +526,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             dry_run,
             force,
             json,
+            executor,
+            detach,
         } => {
             let Loaded {
                 catalog,
@@ -505,6 +536,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 root,
             } = load(&config, &store)?;
             check_force(&plan, &force)?;
+            let slurm = match executor {
+                Some(e) => e == ExecutorArg::Slurm,
+                None => cfg.executor == config::ExecutorName::Slurm,
+            };
+            if slurm && !gpus.is_empty() {
+                return Err(BadInput(
+                    "--gpus is for the local executor; under Slurm a stage kind asks for GPUs \
+                     with executor.slurm.kinds.<kind>.gres (e.g. train: {gres: \"gpu:1\"})"
+                        .into(),
+                )
+                .into());
+            }
+            if detach && !slurm {
+                return Err(BadInput(
+                    "--detach needs the Slurm executor (--executor slurm or executor.use: slurm)"
+                        .into(),
+                )
+                .into());
+            }
             let opts = RunOptions {
                 jobs: jobs.unwrap_or_else(default_jobs),
                 gpus,
@@ -538,13 +588,30 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let _in_use = hold_store(&local)?;
+            let remote_env = slurm_cli::remote_env(&store);
             let store = with_remote(local, &store, Some(&cfg))?;
             let store = store.as_ref();
             let cancel = CancelToken::new();
             cancel_on_signals(&cancel)?;
             let engine = Engine::new(&plan, store, &catalog, &ctx);
             let mut reporter = reporter::TerminalReporter::new(false);
-            let summary = engine.run(&opts, &cancel, &mut reporter)?;
+            let summary = if slurm {
+                match slurm_cli::run(
+                    &engine,
+                    &cfg,
+                    &opts,
+                    &ctx,
+                    remote_env,
+                    detach,
+                    &cancel,
+                    &mut reporter,
+                )? {
+                    Some(s) => s,
+                    None => return Ok(ExitCode::SUCCESS),
+                }
+            } else {
+                engine.run(&opts, &cancel, &mut reporter)?
+            };
             drop(reporter);
             let nothing = if summary.executed == 0 && summary.failed == 0 {
                 " (nothing to do)"
@@ -702,6 +769,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::ExecStage { job } => exec_stage(&job),
+        Command::ExecNode { run_dir, n, label } => slurm_cli::exec_node(&run_dir, n, &label),
+        Command::Cancel { config, store } => {
+            let Loaded { cfg, root, .. } = load(&config, &store)?;
+            slurm_cli::cancel(&root, &cfg)
+        }
     }
 }
 
@@ -790,6 +862,8 @@ fn print_status(
     let ctx = run_context()?;
     let engine = Engine::new(plan, store.as_ref(), catalog, &ctx);
     let status = engine.status(opts)?;
+    // Stages a Slurm run of this config has queued or running.
+    let live = slurm_cli::live_jobs(root, cfg);
     let mut rows = Vec::new();
     let (mut cached, mut to_run) = (0, 0);
     let mut missing = Vec::new();
@@ -813,6 +887,16 @@ fn print_status(
                 rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": state, "key": key.to_hex()}));
                 if !json {
                     out!("{state:<8} {}", node.label);
+                }
+            }
+            NodeStatus::ToRun { key, .. } if live.contains_key(&node.label) => {
+                to_run += 1;
+                let (job, q) = &live[&node.label];
+                let (state, detail) = slurm_cli::describe(job, q);
+                rows.push(serde_json::json!({"label": node.label, "kind": node.kind, "state": state,
+                    "key": key.map(|k| k.to_hex()), "slurm": {"job": job, "state": q.state, "node": q.node, "reason": q.reason}}));
+                if !json {
+                    out!("{state:<8} {}: {detail}", node.label);
                 }
             }
             NodeStatus::ToRun { key, reasons } => {

@@ -153,6 +153,19 @@ impl Reporter for TerminalReporter {
                 self.tick();
             }
             RunEvent::Interrupted => self.line("interrupted: stopping running stages".into()),
+            RunEvent::Submitted { label, job, after } => {
+                if after.is_empty() {
+                    self.line(format!("submit   {label} as slurm job {job}"));
+                } else {
+                    self.line(format!(
+                        "submit   {label} as slurm job {job}, after {}",
+                        after.join(", ")
+                    ));
+                }
+            }
+            RunEvent::JobStarted { label, job, node } => {
+                self.line(format!("start    {label} (slurm job {job} on {node})"));
+            }
         }
     }
 }

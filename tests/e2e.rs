@@ -2834,3 +2834,428 @@ fn machines_share_through_an_s3_server_including_multipart_blobs() {
         "a secret was printed"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The Slurm executor, against a real single-node cluster (munged, slurmctld,
+// slurmd from Debian) that scripts/slurm-cluster.sh starts once per machine.
+
+/// The cluster's SLURM_CONF, started if it is not up.
+fn slurm_cluster() -> String {
+    static UP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    UP.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the test cluster did not start:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
+}
+
+impl Project {
+    /// `bsce-pipe ARGS` with the test cluster's SLURM_CONF.
+    fn slurm(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[("SLURM_CONF", &slurm_cluster())])
+    }
+    fn slurm_run_dirs(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.store().join("slurm"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// The jobs of a Slurm run folder: label -> (job id, the jobs it waited
+/// for, its outcome file if it wrote one).
+fn slurm_jobs(
+    run_dir: &Path,
+) -> std::collections::BTreeMap<String, (String, Vec<String>, Option<Value>)> {
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("run.json")).unwrap()).unwrap();
+    run["jobs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(label, j)| {
+            let n = j["n"].as_u64().unwrap();
+            let outcome = std::fs::read(run_dir.join(format!("outcomes/{n}.json")))
+                .ok()
+                .map(|b| serde_json::from_slice::<Value>(&b).unwrap());
+            let after = j["after"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            (
+                label.clone(),
+                (j["id"].as_str().unwrap().to_string(), after, outcome),
+            )
+        })
+        .collect()
+}
+
+/// The live (queued or running) jobs named `name`, by `squeue`.
+fn live_slurm_jobs(name: &str) -> Vec<String> {
+    let out = Command::new("squeue")
+        .args(["--noheader", "--name", name, "--format=%i %T"])
+        .env("SLURM_CONF", slurm_cluster())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn wait_until_no_live_jobs(name: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let live = live_slurm_jobs(name);
+        if live.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "jobs of {name} still live: {live:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results() {
+    let quickstart = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml"),
+    )
+    .unwrap();
+    // The same config, once on this machine and once through Slurm. Each
+    // Slurm job uses the one CPU Slurm gives it, as each stage of a local
+    // run with two jobs on two cores does: CPU results are bit-identical
+    // for equal thread counts.
+    let local = Project::new();
+    local.write("q.yaml", &quickstart);
+    local.run(&["run", "q.yaml", "--jobs", "2"]).ok();
+    let p = Project::new();
+    p.write("q.yaml", &quickstart);
+    let r = p
+        .slurm(&["run", "q.yaml", "--executor", "slurm", "--json"])
+        .ok();
+    let j = r.json();
+    let stages = j["stages"].as_u64().unwrap();
+    assert_eq!(j["executed"], stages, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("submit   prepare/synth10 as slurm job "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("start    "), "{}", r.stderr);
+    // Every job started after each job it depends on had finished.
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 1);
+    let jobs = slurm_jobs(&dirs[0]);
+    assert_eq!(jobs.len() as u64, stages);
+    let by_id: std::collections::BTreeMap<&str, &Value> = jobs
+        .values()
+        .map(|(id, _, o)| {
+            (
+                id.as_str(),
+                o.as_ref().expect("every job wrote its outcome"),
+            )
+        })
+        .collect();
+    let mut dependent = 0;
+    for (label, (_, after, outcome)) in &jobs {
+        let o = outcome.as_ref().unwrap();
+        assert_eq!(o["outcome"], "executed", "{label}: {o}");
+        for a in after {
+            dependent += 1;
+            let up = by_id[a.as_str()];
+            assert!(
+                up["written_ms"].as_u64().unwrap() <= o["job_started_ms"].as_u64().unwrap(),
+                "{label} started before its input job {a} ended"
+            );
+        }
+    }
+    assert!(
+        dependent >= stages as usize - 2,
+        "the DAG's edges are job dependencies"
+    );
+    // Same numbers as the local run (the tables differ only in their
+    // training-time column), the report written, job ids in provenance.
+    assert_eq!(evaluations(&p.store()), evaluations(&local.store()));
+    assert!(p.path("reports/q/tables/quickstart.md").is_file());
+    let rec = find_action(&p.store(), "prepare/synth10");
+    assert_eq!(
+        rec["provenance"]["stage"]["slurm_job_id"].as_str().unwrap(),
+        jobs["prepare/synth10"].0
+    );
+    // A second run submits nothing and leaves no run folder.
+    let again = p
+        .slurm(&["run", "q.yaml", "--executor", "slurm", "--json"])
+        .ok();
+    let j = again.json();
+    assert_eq!(
+        (j["executed"].clone(), j["cached"].clone()),
+        (0.into(), stages.into())
+    );
+    assert!(!again.stderr.contains("submit "), "{}", again.stderr);
+    assert_eq!(p.slurm_run_dirs().len(), 1);
+}
+
+#[test]
+fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run() {
+    let p = Project::new();
+    p.write("broken.tar.gz", "this is not a gzip archive");
+    p.write(
+        "c.yaml",
+        "datasets:\n  c:\n    cifar100: {path: broken.tar.gz}\n  s:\n    synthetic: {classes: 4, train_per_class: 5, test_per_class: 1, image_size: 8}\norders:\n  o: {numpy_seed: 0}\nsettings:\n  t: {base: 2, increment: 1}\nexperiments:\n  e: {dataset: c, orders: [o], settings: [t]}\n  f: {dataset: s, orders: [o], settings: [t]}\nexecutor:\n  use: slurm\n  slurm: {poll_seconds: 0.5, cpus: 1}\n",
+    );
+    let r = p.slurm(&["run", "c.yaml", "--json"]);
+    // The archive is bad input, as under the local executor: exit 2.
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(
+        (
+            j["failed"].clone(),
+            j["skipped"].clone(),
+            j["executed"].clone()
+        ),
+        (1.into(), 2.into(), 3.into()),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("FAILED   prepare/c: slurm job "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("broken.tar.gz"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("skipped  order/c/o (input prepare/c failed)"),
+        "{}",
+        r.stderr
+    );
+    // Its dependants were cancelled by Slurm, never started; the failure
+    // is recorded in the store as under the local executor.
+    let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
+    assert!(
+        jobs["order/c/o"].2.is_none(),
+        "a dependant of a failed job ran"
+    );
+    let st = p.status("c.yaml");
+    let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
+    assert_eq!(c.2, vec!["same inputs failed last time"]);
+}
+
+#[test]
+fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.5, cpus: 1}}\n"),
+    );
+    // Detached: submit, see the queue in status, cancel.
+    let r = p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    assert!(r.stderr.contains("submitted "), "{}", r.stderr);
+    let dirs = p.slurm_run_dirs();
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
+    let name = format!("bsce-{}", run["run_id"].as_str().unwrap());
+    let st = p.slurm(&["status", "c.yaml"]).ok();
+    assert!(
+        st.stdout.contains("queued   ") || st.stdout.contains("running  "),
+        "{}",
+        st.stdout
+    );
+    assert!(st.stdout.contains("slurm job "), "{}", st.stdout);
+    let c = p.slurm(&["cancel", "c.yaml"]).ok();
+    assert!(c.stderr.contains("cancelled "), "{}", c.stderr);
+    wait_until_no_live_jobs(&name);
+    let st = p.slurm(&["status", "c.yaml"]).ok();
+    assert!(!st.stdout.contains("slurm job"), "{}", st.stdout);
+    let c = p.slurm(&["cancel", "c.yaml"]).ok();
+    assert!(
+        c.stderr.contains("no queued or running slurm jobs"),
+        "{}",
+        c.stderr
+    );
+    // Attached: Ctrl-C cancels the run's jobs and exits 130.
+    let mut child = p
+        .cmd(&["run", "c.yaml", "--force", "all"])
+        .env("SLURM_CONF", slurm_cluster())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&mut child, |s| s.contains("submit   tasks/"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 2);
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(dirs[1].join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["cancelled"], true);
+    wait_until_no_live_jobs(&format!("bsce-{}", run["run_id"].as_str().unwrap()));
+}
+
+#[test]
+fn slurm_refuses_bad_resources_and_missing_commands_before_submitting_anything() {
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SMALL}executor:\n  use: slurm\n  slurm:\n    kinds:\n      tasks: {{partition: nosuchpartition}}\n"),
+    );
+    let r = p.slurm(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("sbatch refuses the resources of executor.slurm.kinds.tasks")
+            && r.stderr.contains("--partition=nosuchpartition")
+            && r.stderr.contains("invalid partition"),
+        "{}",
+        r.stderr
+    );
+    assert!(p.slurm_run_dirs().is_empty(), "nothing is submitted");
+    // No Slurm commands on this machine.
+    p.write("d.yaml", &format!("{SMALL}executor: {{use: slurm}}\n"));
+    let r = p.run_env(&["run", "d.yaml"], &[("PATH", "/nonexistent")]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`sbatch` not found on PATH"),
+        "{}",
+        r.stderr
+    );
+    // A value that is no Slurm value is a config error, with its key.
+    p.write(
+        "e.yaml",
+        &format!("{SMALL}executor:\n  slurm: {{mem: \"16 G\"}}\n"),
+    );
+    let r = p.run(&["run", "e.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("executor.slurm.mem"), "{}", r.stderr);
+    // --detach without Slurm.
+    let r = p.run(&["run", "c.yaml", "--executor", "local", "--detach"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// Requeues the running job of `label` as a node failure does, and makes
+/// it eligible at once (Slurm holds a requeued job back for a while).
+fn requeue_running_job(p: &Project, label: &str) {
+    let conf = slurm_cluster();
+    let scontrol = |args: &[&str]| {
+        Command::new("scontrol")
+            .args(args)
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap()
+    };
+    let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
+    let id = jobs[label].0.clone();
+    let out = scontrol(&["requeue", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let show =
+            String::from_utf8_lossy(&scontrol(&["-o", "show", "job", &id]).stdout).into_owned();
+        if show.contains("JobState=PENDING") {
+            let out = scontrol(&["update", &format!("JobId={id}"), "StartTime=now"]);
+            if out.status.success() {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "job {id} was not requeued: {show}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
+    let config = |retries: u32| {
+        format!(
+            "datasets:\n  synth:\n    synthetic: {{classes: 4, train_per_class: 100, test_per_class: 5, image_size: 16, seed: 3}}\n\
+             orders:\n  a: {{numpy_seed: 1993}}\nsettings:\n  s2: {{base: 2, increment: 2}}\n\
+             methods:\n  ce: {{preset: finetune, memory: {{per_class: 4}}}}\n\
+             recipes:\n  r: {{epochs: 40, batch_size: 16, lr: 0.05}}\n\
+             experiments:\n  e: {{dataset: synth, orders: [a], settings: [s2], methods: [ce], recipe: r, network: tiny}}\n\
+             executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1, max_retries: {retries}}}\n"
+        )
+    };
+    for retries in [1u32, 0] {
+        let p = Project::new();
+        p.write("c.yaml", &config(retries));
+        let mut child = p
+            .cmd(&["run", "c.yaml", "--json"])
+            .env("SLURM_CONF", slurm_cluster())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let seen = wait_for(&mut child, |s| s.contains("start    train/"));
+        let label = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("start    "))
+            .find(|l| l.starts_with("train/"))
+            .and_then(|l| l.split(" (").next())
+            .unwrap()
+            .to_string();
+        requeue_running_job(&p, &label);
+        let out = child.wait_with_output().unwrap();
+        let r: Run = out.into();
+        let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
+        let outcome = jobs[&label].2.clone().unwrap();
+        assert_eq!(outcome["restarts"], 1, "{outcome}");
+        if retries == 1 {
+            // Started again under the same job id, and finished.
+            let r = r.ok();
+            assert_eq!(r.json()["failed"], 0);
+            assert_eq!(outcome["outcome"], "executed", "{outcome}");
+            let rec = find_action(&p.store(), &label);
+            assert_eq!(rec["provenance"]["stage"]["slurm_restarts"], "1");
+            assert_eq!(
+                rec["provenance"]["stage"]["slurm_job_id"],
+                jobs[&label].0.as_str()
+            );
+        } else {
+            assert_eq!(r.code, 1, "{}", r.stderr);
+            assert!(
+                r.stderr.contains(&format!(
+                    "FAILED   {label}: slurm job {}: lost 1 times (node failure or requeue); \
+                     executor.slurm.max_retries is 0",
+                    jobs[&label].0
+                )),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+}

@@ -62,6 +62,19 @@ pub enum RunEvent {
         because: String,
     },
     Interrupted,
+    /// Handed to the batch system as `job`, to start after the jobs in
+    /// `after` succeed.
+    Submitted {
+        label: String,
+        job: String,
+        after: Vec<String>,
+    },
+    /// Its batch job started on `node`.
+    JobStarted {
+        label: String,
+        job: String,
+        node: String,
+    },
 }
 
 pub trait Reporter {
@@ -139,7 +152,11 @@ impl RunSummary {
             }
             RunEvent::Skipped { .. } => self.skipped += 1,
             RunEvent::Interrupted => self.interrupted = true,
-            RunEvent::Waiting { .. } | RunEvent::Started { .. } | RunEvent::Progress { .. } => {}
+            RunEvent::Waiting { .. }
+            | RunEvent::Started { .. }
+            | RunEvent::Progress { .. }
+            | RunEvent::Submitted { .. }
+            | RunEvent::JobStarted { .. } => {}
         }
     }
 }

@@ -7,7 +7,7 @@ pub mod presets;
 pub mod raw;
 pub mod resolve;
 
-pub use raw::{Classifier, MemorySelection, MethodPreset, Network};
+pub use raw::{Classifier, ExecutorName, MemorySelection, MethodPreset, Network};
 pub use resolve::{
     Config, DatasetDef, DatasetSource, Experiment, MethodDef, OrderDef, SettingDef, TableDef,
     ValDef, DEFAULT_LATEX_TEMPLATE, DEFAULT_MARKDOWN_TEMPLATE,

@@ -32,6 +32,64 @@ pub struct RawConfig {
     /// N; default 1, or `--stages-per-gpu`).
     #[serde(default)]
     pub stages_per_gpu: BTreeMap<String, u32>,
+    /// Where stages run: this machine (default) or Slurm jobs.
+    #[serde(default)]
+    pub executor: RawExecutor,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorName {
+    #[default]
+    Local,
+    Slurm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecutor {
+    /// `local` (default) or `slurm`; `--executor` overrides.
+    #[serde(default, rename = "use")]
+    pub use_: ExecutorName,
+    #[serde(default)]
+    pub slurm: Option<RawSlurm>,
+}
+
+/// `executor.slurm`: what every job asks of `sbatch`, per-kind overrides,
+/// and how jobs are followed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlurm {
+    #[serde(default)]
+    pub partition: Option<String>,
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub mem: Option<String>,
+    #[serde(default)]
+    pub time: Option<String>,
+    #[serde(default)]
+    pub gres: Option<String>,
+    #[serde(default)]
+    pub extra: Vec<String>,
+    /// Stage kind -> resources that replace the ones above for it.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, crate::exec::slurm::SlurmResources>,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: f64,
+    #[serde(default)]
+    pub node_store: Option<String>,
+}
+
+fn default_max_retries() -> u32 {
+    2
+}
+fn default_poll_seconds() -> f64 {
+    2.0
 }
 
 /// A dataset source: exactly one of the fields (`synthetic: {...}`).

@@ -31,6 +31,10 @@ pub struct Config {
     pub remote_read_only: bool,
     /// `stages_per_gpu:` per stage kind (GPU kinds only, each at least 1).
     pub stages_per_gpu: BTreeMap<crate::registry::StageKind, u32>,
+    /// `executor.use`; `--executor` overrides.
+    pub executor: ExecutorName,
+    /// `executor.slurm` (defaults when absent).
+    pub slurm: crate::exec::slurm::SlurmSettings,
 }
 
 /// A table of the report: its declaration and its templates' text.
@@ -356,6 +360,7 @@ pub fn resolve(
         }
         stages_per_gpu.insert(kind, n);
     }
+    let slurm = resolve_slurm(&cx, raw.executor.slurm)?;
     let evaluation = crate::params::EvaluationParams {
         classifiers: raw
             .evaluation
@@ -389,6 +394,99 @@ pub fn resolve(
         },
         remote_read_only: raw.store.remote_read_only,
         stages_per_gpu,
+        executor: raw.executor.use_,
+        slurm,
+    })
+}
+
+fn resolve_slurm(
+    cx: &Ctx,
+    raw: Option<RawSlurm>,
+) -> Result<crate::exec::slurm::SlurmSettings, ConfigError> {
+    use crate::exec::slurm::{SlurmResources, SlurmSettings};
+    let Some(raw) = raw else {
+        return Ok(SlurmSettings::default());
+    };
+    let check = |at: &str, r: &SlurmResources| -> Result<(), ConfigError> {
+        if r.cpus == Some(0) {
+            return Err(cx.err(format!("{at}.cpus"), "must be at least 1"));
+        }
+        for (field, v) in [
+            ("partition", &r.partition),
+            ("account", &r.account),
+            ("mem", &r.mem),
+            ("time", &r.time),
+            ("gres", &r.gres),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v.chars().any(char::is_whitespace) {
+                    return Err(cx.err(
+                        format!("{at}.{field}"),
+                        format!("`{v}` is not a Slurm value (expected one word, e.g. gpu:1, 16G, 2-00:00:00)"),
+                    ));
+                }
+            }
+        }
+        if let Some((i, e)) = r
+            .extra
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !e.starts_with('-'))
+        {
+            return Err(cx.err(
+                format!("{at}.extra[{i}]"),
+                format!("`{e}` is not an sbatch option (expected --name=value)"),
+            ));
+        }
+        Ok(())
+    };
+    let defaults = SlurmResources {
+        partition: raw.partition,
+        account: raw.account,
+        cpus: raw.cpus,
+        mem: raw.mem,
+        time: raw.time,
+        gres: raw.gres,
+        extra: raw.extra,
+    };
+    check("executor.slurm", &defaults)?;
+    let mut kinds = BTreeMap::new();
+    for (name, r) in raw.kinds {
+        let at = format!("executor.slurm.kinds.{name}");
+        let Some(kind) = crate::registry::StageKind::parse(&name) else {
+            let all: Vec<&str> = crate::registry::STAGES.iter().map(|s| s.name).collect();
+            let hint = did_you_mean(&name, all.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(cx.err(
+                at,
+                format!(
+                    "`{name}` is not a stage kind (those are {}){hint}",
+                    all.join(", ")
+                ),
+            ));
+        };
+        check(&at, &r)?;
+        kinds.insert(kind, r);
+    }
+    if !(raw.poll_seconds > 0.0 && raw.poll_seconds <= 3600.0) {
+        return Err(cx.err(
+            "executor.slurm.poll_seconds",
+            format!(
+                "{} is out of range (expected more than 0, at most 3600)",
+                raw.poll_seconds
+            ),
+        ));
+    }
+    if raw.max_retries > 100 {
+        return Err(cx.err("executor.slurm.max_retries", "must be at most 100"));
+    }
+    Ok(SlurmSettings {
+        defaults,
+        kinds,
+        max_retries: raw.max_retries,
+        poll_seconds: raw.poll_seconds,
+        node_store: raw.node_store.filter(|s| !s.is_empty()),
     })
 }
 

@@ -1,20 +1,17 @@
-//! One stage run: lock its key, run `bsce-pipe exec-stage` as a child
-//! process in a private work folder, ingest its outputs into the store,
-//! record the action. A crash or OOM kills the child, not the run; nothing
+//! One stage run: lock its key, prepare a private work folder, hand it to
+//! the engine's [`super::executor::StageExecutor`], ingest its outputs
+//! into the store, record the action. A crash or OOM kills the child, not the run; nothing
 //! reaches the store until every output is hashed and synced.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cancel::CancelToken;
 use super::context::unix_ms;
+use super::executor::{ExecError, ExitHow, Prepared, Resources, StageExit};
 use super::gpus::GpuSlot;
 use super::job::{ChildMessage, SourceLocation, StageJob};
 use super::Engine;
@@ -100,7 +97,7 @@ pub(crate) fn run_stage(
     let id = run.id;
     let gpu = run.gpu;
     let result = execute(engine, run, cancel, &tx).unwrap_or_else(|error| Outcome::Failed {
-        error,
+        error: error.to_string(),
         bad_input: false,
         log_tail: String::new(),
     });
@@ -112,39 +109,36 @@ fn execute(
     run: StageRun,
     cancel: &CancelToken,
     tx: &Sender<WorkerMessage>,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ExecError> {
     let store = engine.store.local();
     let label = run.node.label.clone();
     let lock_path = store.lock_path(&run.key);
-    let lock = match FileLock::try_exclusive(&lock_path)
-        .map_err(|e| format!("{}: {e}", lock_path.display()))?
-    {
-        Some(l) => l,
-        None => {
-            let _ = tx.send(WorkerMessage::Event(RunEvent::Waiting {
-                label: label.clone(),
-            }));
-            // Another process holds the key's lock: polled, since an flock
-            // wait cannot be cancelled. Rare (two runs of one config), and
-            // bounded by the number of running stages, not the DAG.
-            loop {
-                if cancel.is_cancelled() {
-                    return Ok(Outcome::Interrupted);
+    let lock =
+        match FileLock::try_exclusive(&lock_path).map_err(|e| ExecError::io(&lock_path, e))? {
+            Some(l) => l,
+            None => {
+                let _ = tx.send(WorkerMessage::Event(RunEvent::Waiting {
+                    label: label.clone(),
+                }));
+                // Another process holds the key's lock: polled, since an flock
+                // wait cannot be cancelled. Rare (two runs of one config), and
+                // bounded by the number of running stages, not the DAG.
+                loop {
+                    if cancel.is_cancelled() {
+                        return Ok(Outcome::Interrupted);
+                    }
+                    if let Some(l) = FileLock::try_exclusive(&lock_path)
+                        .map_err(|e| ExecError::io(&lock_path, e))?
+                    {
+                        break l;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                if let Some(l) = FileLock::try_exclusive(&lock_path).map_err(|e| e.to_string())? {
-                    break l;
-                }
-                std::thread::sleep(Duration::from_millis(50));
             }
-        }
-    };
+        };
     if !run.forced {
         // Another process may have made it, or the remote has it.
-        if let Some(rec) = engine
-            .store
-            .lookup(&run.key, true)
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(rec) = engine.store.lookup(&run.key, true)? {
             return Ok(Outcome::CachedByOther {
                 key: run.key,
                 outputs: rec.outputs,
@@ -163,35 +157,60 @@ fn execute(
         device: run.device.clone(),
     }));
     let work = temp_name(&store.tmp_dir(), "work");
-    let result = run_child(engine, &run, &work, cancel, tx);
+    let result = prepare(engine, &run, &work).and_then(|prepared| {
+        let res = Resources {
+            exe: match run.node.kind.spec().runner {
+                Runner::Torch => engine.ctx.torch_exe.clone(),
+                Runner::Pipe => engine.ctx.exe.clone(),
+            },
+            threads: run.threads,
+        };
+        let started_ms = unix_ms();
+        let start = Instant::now();
+        let on_message = |m: ChildMessage| {
+            if let ChildMessage::Progress { done, total, unit } = m {
+                let _ = tx.send(WorkerMessage::Event(RunEvent::Progress {
+                    label: label.clone(),
+                    done,
+                    total,
+                    unit,
+                }));
+            }
+        };
+        let exit = engine.executor.run(&prepared, &res, cancel, &on_message)?;
+        finish(
+            engine,
+            &run,
+            &prepared,
+            exit,
+            started_ms,
+            start.elapsed().as_secs_f64(),
+        )
+    });
     make_writable(&work);
     let _ = fs::remove_dir_all(&work);
     drop(lock);
     result
 }
 
-fn run_child(
-    engine: &Engine,
-    run: &StageRun,
-    work: &Path,
-    cancel: &CancelToken,
-    tx: &Sender<WorkerMessage>,
-) -> Result<Outcome, String> {
+/// The stage's work folder: its inputs linked in from the store, an empty
+/// `out/`, and `job.json`, all the child reads.
+fn prepare(engine: &Engine, run: &StageRun, work: &Path) -> Result<Prepared, ExecError> {
     let store = engine.store.local();
-    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let out_dir = work.join("out");
-    fs::create_dir_all(&out_dir).map_err(|e| io(&out_dir, e))?;
+    fs::create_dir_all(&out_dir).map_err(|e| ExecError::io(&out_dir, e))?;
     let mut inputs = BTreeMap::new();
     for input in &run.inputs {
         let dir = work.join("in").join(&input.name);
-        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        fs::create_dir_all(&dir).map_err(|e| ExecError::io(&dir, e))?;
         for (file, entry) in &input.files {
-            let entry = entry
-                .as_ref()
-                .ok_or_else(|| format!("input {}/{file} has no digest", input.name))?;
+            let entry = entry.as_ref().ok_or_else(|| ExecError::InputUnknown {
+                input: input.name.clone(),
+                file: file.clone(),
+            })?;
             let link = dir.join(file);
             std::os::unix::fs::symlink(store.blob_path(&entry.digest), &link)
-                .map_err(|e| io(&link, e))?;
+                .map_err(|e| ExecError::io(&link, e))?;
         }
         inputs.insert(input.name.clone(), dir);
     }
@@ -210,142 +229,49 @@ fn run_child(
         &job_path,
         serde_json::to_vec_pretty(&job).expect("serialises"),
     )
-    .map_err(|e| io(&job_path, e))?;
-    let log_path = work.join("log.txt");
-    let log = fs::File::create(&log_path).map_err(|e| io(&log_path, e))?;
-    let log_for_stdout = log.try_clone().map_err(|e| io(&log_path, e))?;
+    .map_err(|e| ExecError::io(&job_path, e))?;
+    Ok(Prepared {
+        label: run.node.label.clone(),
+        dir: work.to_path_buf(),
+        job: job_path,
+        log: work.join("log.txt"),
+        out_dir,
+    })
+}
 
-    let started_ms = unix_ms();
-    let start = Instant::now();
-    let exe = match run.node.kind.spec().runner {
-        Runner::Torch => &engine.ctx.torch_exe,
-        Runner::Pipe => &engine.ctx.exe,
-    };
-    let mut cmd = Command::new(exe);
-    cmd.arg("exec-stage")
-        .arg(&job_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .env("RAYON_NUM_THREADS", run.threads.to_string())
-        .env("OMP_NUM_THREADS", run.threads.to_string())
-        // The child gets its own process group so a terminal Ctrl-C reaches
-        // the scheduler only; the scheduler then stops the children itself.
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it makes the kernel kill the child
-    // if the scheduler dies, so no orphan keeps computing.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| io(exe, e))?;
-    let pid = child.id() as i32;
-    let stdout = child.stdout.take().expect("piped");
-    let stage_prov: Arc<Mutex<BTreeMap<String, serde_json::Value>>> = Arc::default();
-    let child_error: Arc<Mutex<Option<(String, bool)>>> = Arc::default();
-    let reader = {
-        let tx = tx.clone();
-        let label = run.node.label.clone();
-        let prov = Arc::clone(&stage_prov);
-        let child_error = Arc::clone(&child_error);
-        std::thread::spawn(move || {
-            let mut log = log_for_stdout;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<ChildMessage>(&line) {
-                    Ok(ChildMessage::Progress { done, total, unit }) => {
-                        let _ = tx.send(WorkerMessage::Event(RunEvent::Progress {
-                            label: label.clone(),
-                            done,
-                            total,
-                            unit,
-                        }));
-                    }
-                    Ok(ChildMessage::Provenance { key, value }) => {
-                        prov.lock().expect("not poisoned").insert(key, value);
-                    }
-                    Ok(ChildMessage::Error { message, bad_input }) => {
-                        let _ = writeln!(log, "error: {message}");
-                        *child_error.lock().expect("not poisoned") =
-                            Some((format!("error: {message}"), bad_input));
-                    }
-                    Err(_) => {
-                        let _ = writeln!(log, "{line}");
-                    }
-                }
-            }
-        })
-    };
-
-    // Cancellation kills the child; the pid stays registered until the
-    // child is a zombie we have not reaped, so a kill never reaches a
-    // recycled pid.
-    let live: Arc<Mutex<Option<i32>>> = Arc::new(Mutex::new(Some(pid)));
-    let _on_cancel = {
-        let live = Arc::clone(&live);
-        cancel.on_cancel(move || {
-            if let Some(pid) = *live.lock().expect("not poisoned") {
-                // SAFETY: signalling our own un-reaped child.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        })
-    };
-    // Block until the child exits, without reaping it.
-    loop {
-        // SAFETY: zeroed siginfo is a valid out-parameter; pid is our child.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(format!("waiting for stage process {pid}: {e}"));
-        }
-    }
-    *live.lock().expect("not poisoned") = None;
-    // wait4 instead of Child::wait: it also returns the child's peak RSS.
-    let mut status: libc::c_int = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our exited, un-reaped child; the pointers are valid.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if rc != pid {
-        return Err(format!(
-            "reaping stage process {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let interrupted =
-        cancel.is_cancelled() && !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-    let _ = reader.join();
-    let wall_seconds = start.elapsed().as_secs_f64();
-    let log_bytes = fs::read(&log_path).unwrap_or_default();
+/// After the stage ended: its log and outputs into the store, then the
+/// action record (or the failure record).
+fn finish(
+    engine: &Engine,
+    run: &StageRun,
+    prepared: &Prepared,
+    exit: StageExit,
+    started_ms: u64,
+    wall_seconds: f64,
+) -> Result<Outcome, ExecError> {
+    let store = engine.store.local();
+    let log_bytes = fs::read(&prepared.log).unwrap_or_default();
     let log_tail = tail(&log_bytes, 20);
-    if interrupted {
+    if exit.how == ExitHow::Cancelled {
         return Ok(Outcome::Interrupted);
     }
-    let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let exited_ok = exit.how == ExitHow::Success;
     if !exited_ok {
         // A failed stage's partial outputs are of no use; removing them
         // first gives the failure record room on a disk the stage filled.
-        make_writable(&out_dir);
-        let _ = fs::remove_dir_all(&out_dir);
+        make_writable(&prepared.out_dir);
+        let _ = fs::remove_dir_all(&prepared.out_dir);
     }
     // The log is kept when it can be; a full disk must not hide the error.
     let log_entry = match store.insert_bytes(&log_bytes) {
         Ok(e) => Some(e),
         Err(_) if !exited_ok => None,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
+    let mut stage = exit.provenance;
+    for (k, v) in &engine.ctx.batch {
+        stage.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
     let provenance = Provenance {
         tool_version: engine.ctx.tool_version.clone(),
         git_commit: engine.ctx.git_commit.clone(),
@@ -354,27 +280,26 @@ fn run_child(
         run_id: engine.ctx.run_id.clone(),
         started_unix_ms: started_ms,
         wall_seconds,
-        peak_rss_kib: usage.ru_maxrss.max(0) as u64,
+        peak_rss_kib: exit.peak_rss_kib,
         log: log_entry.map(|e| e.digest),
-        stage: std::mem::take(&mut *stage_prov.lock().expect("not poisoned")),
+        stage,
     };
     if !exited_ok {
-        let how = if libc::WIFSIGNALED(status) {
-            format!("killed by signal {}", libc::WTERMSIG(status))
-        } else {
-            format!("exited with status {}", libc::WEXITSTATUS(status))
-        };
+        let how = exit.how.describe();
         // The stage's own error, sent over its stdout pipe, reaches us even
         // when its log (on the store's disk) could not be written.
-        let reported = child_error.lock().expect("not poisoned").take();
-        let bad_input = reported.as_ref().is_some_and(|r| r.1);
-        let last = reported.as_ref().map(|r| r.0.as_str()).unwrap_or_else(|| {
-            log_tail
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-        });
+        let bad_input = exit.error.as_ref().is_some_and(|r| r.1);
+        let last = exit
+            .error
+            .as_ref()
+            .map(|r| r.0.as_str())
+            .unwrap_or_else(|| {
+                log_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+            });
         let error = if last.is_empty() {
             how
         } else {
@@ -386,7 +311,7 @@ fn run_child(
     if let Some(changed) = check_inputs(engine, run)? {
         return Ok(changed);
     }
-    let outputs = match ingest(engine, run.node.kind, &out_dir) {
+    let outputs = match ingest(engine, run.node.kind, &prepared.out_dir) {
         Ok(o) => o,
         Err(error) => return Ok(fail(engine, run, error, false, log_tail, provenance)),
     };
@@ -397,17 +322,12 @@ fn run_child(
         outputs: outputs.clone(),
         provenance,
     };
-    engine
-        .store
-        .put_action(&record)
-        .map_err(|e| e.to_string())?;
-    store
-        .put_label(&LabelRecord {
-            label: run.node.label.clone(),
-            key: run.key,
-            key_record: run.record.clone(),
-        })
-        .map_err(|e| e.to_string())?;
+    engine.store.put_action(&record)?;
+    store.put_label(&LabelRecord {
+        label: run.node.label.clone(),
+        key: run.key,
+        key_record: run.record.clone(),
+    })?;
     store.clear_failure(&run.key);
     Ok(Outcome::Executed {
         key: run.key,
@@ -419,18 +339,13 @@ fn run_child(
 /// Checks every input blob against the stamp its producer's record holds
 /// (re-hashing only one whose stamp moved). A changed blob is quarantined
 /// and named, with the nodes that must remake it.
-fn check_inputs(engine: &Engine, run: &StageRun) -> Result<Option<Outcome>, String> {
+fn check_inputs(engine: &Engine, run: &StageRun) -> Result<Option<Outcome>, ExecError> {
     let mut messages = Vec::new();
     let mut producers = Vec::new();
     for input in &run.inputs {
         for (file, entry) in &input.files {
             let Some(entry) = entry else { continue };
-            let what = match engine
-                .store
-                .local()
-                .check_blob(entry)
-                .map_err(|e| e.to_string())?
-            {
+            let what = match engine.store.local().check_blob(entry)? {
                 BlobCheck::Intact | BlobCheck::Restamped(_) => continue,
                 BlobCheck::Missing => "is no longer in the store".to_string(),
                 BlobCheck::Corrupt {
@@ -523,7 +438,8 @@ fn fail(
     }
 }
 
-fn tail(bytes: &[u8], lines: usize) -> String {
+/// The last `lines` lines of `bytes`, as text.
+pub(crate) fn tail(bytes: &[u8], lines: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -1,6 +1,7 @@
 //! Ambient state, read once at the edge of a run: never seen by stages,
 //! never part of a key, recorded in provenance.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Clone, Debug)]
@@ -14,6 +15,9 @@ pub struct RunContext {
     /// Its sibling that links libtorch, for training and evaluation stages.
     pub torch_exe: PathBuf,
     pub cpus: usize,
+    /// The batch system's names for this process (`slurm_job_id`,
+    /// `slurm_node`...), recorded in the provenance of what it computes.
+    pub batch: BTreeMap<String, String>,
 }
 
 impl RunContext {
@@ -34,6 +38,7 @@ impl RunContext {
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            batch: BTreeMap::new(),
         })
     }
 }

@@ -4,7 +4,10 @@
 //! |-------------|--------------------------------------------------------------|
 //! | [`context`] | ambient state read once per run (host, binary, commit)        |
 //! | [`job`]     | the job file and stdout protocol of a stage's child process   |
-//! | [`child`]   | launching one stage as a child and ingesting its outputs      |
+//! | [`child`]   | one stage: lock, prepare its work folder, run it, ingest      |
+//! | [`executor`] | the executor seam: launch a prepared stage, say how it ended |
+//! | [`node`]    | one stage alone, its inputs from the store (a Slurm job's body) |
+//! | [`slurm`]   | the whole DAG as Slurm jobs: submit, watch, cancel            |
 //! | [`cancel`]  | the cancellation token a run is given                          |
 //! | [`gpus`]    | GPU slots, shared by N stages when asked                        |
 //!
@@ -16,8 +19,11 @@
 pub mod cancel;
 pub mod child;
 pub mod context;
+pub mod executor;
 pub mod gpus;
 pub mod job;
+pub mod node;
+pub mod slurm;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -48,6 +54,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the plan has a cycle through: {}", .0.join(", "))]
     Cycle(Vec<String>),
+    #[error(transparent)]
+    Slurm(#[from] slurm::SlurmError),
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +115,8 @@ pub struct Engine<'a> {
     pub store: &'a dyn Store,
     pub catalog: &'a dyn StageCatalog,
     pub ctx: &'a RunContext,
+    /// What launches a prepared stage (here, a child process).
+    pub executor: &'a dyn executor::StageExecutor,
     /// Where downloads without a configured path land.
     pub downloads: PathBuf,
 }
@@ -133,6 +143,7 @@ impl<'a> Engine<'a> {
             store,
             catalog,
             ctx,
+            executor: &executor::LocalExecutor,
             downloads: store.local().root().join("downloads"),
         }
     }
@@ -368,6 +379,51 @@ impl<'a> Engine<'a> {
             .collect())
     }
 
+    /// Everything one stage run needs, its inputs taken from `outputs`.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_run(
+        &self,
+        id: NodeId,
+        record: KeyRecord,
+        forced: bool,
+        device: String,
+        threads: usize,
+        sources: &Sources,
+        outputs: &[Option<BTreeMap<String, OutputEntry>>],
+    ) -> Result<child::StageRun<'a>, EngineError> {
+        let node = &self.plan.nodes[id];
+        let reasons = self.reasons(node, &record, &BTreeMap::new(), forced)?;
+        Ok(child::StageRun {
+            id,
+            node,
+            key: record.key(),
+            seed: self.seed(node, &record),
+            record,
+            reasons,
+            forced,
+            device,
+            gpu: None,
+            threads,
+            sources: sources.locations.clone(),
+            inputs: node
+                .inputs
+                .iter()
+                .map(|i| child::StageInput {
+                    name: i.name.clone(),
+                    producer: i.node,
+                    files: i
+                        .files
+                        .iter()
+                        .map(|f| {
+                            let e = outputs[i.node].as_ref().and_then(|o| o.get(f));
+                            (f.clone(), e.cloned())
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
     /// The seed a stage's randomness starts from: its identity (kind,
     /// params, and the digests of the inputs its registry row names), never
     /// its code digest.
@@ -490,10 +546,9 @@ impl<'a> Engine<'a> {
                         emit(RunEvent::Interrupted, &mut summary);
                     }
                     // Resolve every ready node: served from the store, or to run.
-                    while !stop_launching {
-                        let Some(Reverse((_, id))) = ready.pop() else {
-                            break;
-                        };
+                    while let Some(Reverse((_, id))) =
+                        (!stop_launching).then(|| ready.pop()).flatten()
+                    {
                         let node = &self.plan.nodes[id];
                         let (record, pending) = self.key_record(node, &sources[id], &outputs);
                         debug_assert!(pending.is_empty());
@@ -553,37 +608,17 @@ impl<'a> Engine<'a> {
                         } else {
                             None
                         };
-                        let reasons = self.reasons(node, &record, &BTreeMap::new(), forced)?;
-                        let seed = self.seed(node, &record);
-                        let work = child::StageRun {
+                        let device = slot.map(|s| s.device()).unwrap_or_else(|| "cpu".into());
+                        let mut work = self.stage_run(
                             id,
-                            node,
                             record,
-                            key,
-                            reasons,
                             forced,
-                            device: slot.map(|s| s.device()).unwrap_or_else(|| "cpu".into()),
-                            gpu: slot,
-                            seed,
-                            threads: threads_per_stage,
-                            sources: sources[id].locations.clone(),
-                            inputs: node
-                                .inputs
-                                .iter()
-                                .map(|i| child::StageInput {
-                                    name: i.name.clone(),
-                                    producer: i.node,
-                                    files: i
-                                        .files
-                                        .iter()
-                                        .map(|f| {
-                                            let e = outputs[i.node].as_ref().and_then(|o| o.get(f));
-                                            (f.clone(), e.cloned())
-                                        })
-                                        .collect(),
-                                })
-                                .collect(),
-                        };
+                            device,
+                            threads_per_stage,
+                            &sources[id],
+                            &outputs,
+                        )?;
+                        work.gpu = slot;
                         state[id] = State::Running;
                         running += 1;
                         let tx = tx.clone();
