@@ -188,6 +188,9 @@ pub fn exec_node(run_dir: &Path, n: usize, label: &str) -> Result<ExitCode> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    // An outcome left by an earlier attempt of this job (requeued after a
+    // node failure) must not be read as this attempt's.
+    let _ = std::fs::remove_file(dir.outcome(n));
     let mut stage_started_ms = job_started_ms;
     let result = if restarts > run.max_retries {
         NodeResult::Failed {
@@ -220,6 +223,11 @@ pub fn exec_node(run_dir: &Path, n: usize, label: &str) -> Result<ExitCode> {
     };
     println!("{line}");
     let code = result.exit_code();
+    if result == NodeResult::Interrupted {
+        // Cancelled, or requeued: Slurm (and a later attempt) says which;
+        // an outcome here would be read as the job's last word.
+        return Ok(ExitCode::from(code));
+    }
     dir.write_outcome(
         n,
         &JobOutcome {

@@ -617,6 +617,8 @@ impl<'a> Engine<'a> {
         let mut pending: BTreeMap<&str, &Job> =
             run.jobs.iter().map(|(l, j)| (l.as_str(), j)).collect();
         let mut started: BTreeMap<&str, ()> = BTreeMap::new();
+        // Jobs seen ended without an outcome once: looked at again.
+        let mut unsure: std::collections::BTreeSet<&str> = Default::default();
         // Wakes the wait between polls when the run is cancelled.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let _waker = {
@@ -664,10 +666,18 @@ impl<'a> Engine<'a> {
                             summary,
                         );
                     }
-                    Some(q) if is_live(&q.state) => {}
-                    // Ended (or forgotten by squeue): the outcome file says
-                    // how, else Slurm does.
-                    _ => ended.push(label),
+                    Some(q) if is_live(&q.state) => {
+                        unsure.remove(label);
+                    }
+                    // Ended: its outcome file says how. Without one, it may
+                    // be between two attempts (requeued): it counts as
+                    // ended when two polls in a row and Slurm itself say so.
+                    _ if dir.outcome(job.n).exists() => ended.push(label),
+                    _ if unsure.insert(label) => {}
+                    _ => match final_state(&job.id) {
+                        Some((state, _)) if is_live(&state) => {}
+                        _ => ended.push(label),
+                    },
                 }
             }
             for label in ended {
