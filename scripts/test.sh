@@ -9,6 +9,12 @@ source scripts/env.sh
 # it is stopped when the tests end.
 trap 'bash scripts/slurm-cluster.sh stop' EXIT
 cargo test --workspace --release --locked "$@"
+# The prepared GPU check (scripts/gpu-check.sh) keeps working: its CPU
+# variant, end to end (about a minute).
+gpu_out="$(mktemp -d)"
+bash scripts/gpu-check.sh "$gpu_out" --cpu > "$gpu_out/stdout.txt" ||
+  { cat "$gpu_out/summary.md" "$gpu_out/stdout.txt" >&2; exit 1; }
+rm -rf "$gpu_out"
 # Last and alone: the end-to-end test that builds a scratch checkout with
 # edited sources in the shared target dir (code digests, per-checkout
 # binaries). It leaves this checkout's target/ binaries untouched, but the
