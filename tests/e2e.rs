@@ -3259,3 +3259,65 @@ fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
         }
     }
 }
+
+#[test]
+fn without_a_shared_store_slurm_jobs_share_results_through_the_remote() {
+    // The jobs' store is node-local (here a folder of its own), over a
+    // remote cache; the submitter's store gets what its report needs.
+    let remote = tempfile::tempdir().unwrap();
+    let node = tempfile::tempdir().unwrap();
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!(
+            "{SHARED}store:\n  remote: file://{}\nexecutor:\n  use: slurm\n  slurm: {{poll_seconds: 0.5, cpus: 1, node_store: \"{}/$BSCE_TEST_NODE\"}}\n",
+            remote.path().display(),
+            node.path().display()
+        ),
+    );
+    let r = p
+        .run_env(
+            &["run", "c.yaml", "--json"],
+            &[
+                ("SLURM_CONF", &slurm_cluster()),
+                ("BSCE_TEST_NODE", "scratch"),
+            ],
+        )
+        .ok();
+    let j = r.json();
+    let stages = j["stages"].as_u64().unwrap();
+    assert_eq!(j["executed"], stages, "{}", r.stderr);
+    // Every stage was computed in the node store ($VAR expanded in the
+    // job) and pushed to the remote.
+    let node_store = node.path().join("scratch");
+    assert_eq!(
+        evaluations(&node_store).len(),
+        5,
+        "t0 shared, t1 and t2 per method"
+    );
+    assert_eq!(assert_remote_consistent(remote.path()) as u64, stages);
+    // What the submitter's store holds, its report pulled: nothing there
+    // was computed by the submitter.
+    for e in walkdir::WalkDir::new(p.store().join("ac")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            assert!(
+                v["provenance"]["stage"]["pulled_from"].is_string(),
+                "{} was not pulled",
+                v["label"]
+            );
+        }
+    }
+    assert!(table_of(&p).contains("bsce"), "{}", table_of(&p));
+    // Another machine pulls everything and runs nothing.
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let url = format!("file://{}", remote.path().display());
+    let jb = b
+        .run(&["run", "c.yaml", "--json", "--remote", &url])
+        .ok()
+        .json();
+    assert_eq!(jb["executed"], 0);
+    assert_eq!(evaluations(&b.store()), evaluations(&node_store));
+}
