@@ -43,7 +43,8 @@ impl RunContext {
     }
 }
 
-fn hostname() -> String {
+/// This machine's name (`gethostname`).
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
     // when it fits.

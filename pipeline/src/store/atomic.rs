@@ -9,10 +9,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh name under `tmp_dir`, unique across processes and threads.
+/// A fresh name under `tmp_dir`, unique across processes, threads and
+/// hosts: `<pid>-<host tag>-<ns>-<n>.<tag>`. The host tag tells whose pid
+/// it is when several machines share a store (Slurm jobs on NFS), so
+/// [`super::LocalStore::clean_stale_tmp`] never judges another node's
+/// process by a local pid.
 pub fn temp_name(tmp_dir: &Path, tag: &str) -> std::path::PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    tmp_dir.join(format!("{}-{}-{n}.{tag}", std::process::id(), nanos()))
+    tmp_dir.join(format!(
+        "{}-{}-{}-{n}.{tag}",
+        std::process::id(),
+        host_tag(),
+        nanos()
+    ))
+}
+
+/// This host's tag in temp names: 8 hex digits of its name's sha256.
+pub fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let host = crate::exec::context::hostname();
+        crate::digest::Digest::of_bytes(host.as_bytes()).to_hex()[..8].to_string()
+    })
 }
 
 fn nanos() -> u128 {

@@ -415,7 +415,14 @@ impl LocalStore {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
+            let mut fields = name.split('-');
+            let pid: Option<i32> = fields.next().and_then(|p| p.parse().ok());
+            // Another host's process: its pid means nothing here. (Names
+            // without a host tag, 8 hex digits, predate it: this host's.)
+            let host = fields.next().filter(|h| h.len() == 8);
+            if host.is_some_and(|h| h != super::atomic::host_tag()) {
+                continue;
+            }
             let alive = pid.is_some_and(|pid| {
                 // SAFETY: signal 0 only checks that the process exists.
                 pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0
@@ -617,8 +624,20 @@ mod tests {
         fs::create_dir_all(dead.join("out")).unwrap();
         let mine = temp_name(&store.tmp_dir(), "part");
         fs::write(&mine, b"x").unwrap();
+        // A dead pid of this host in today's naming: removed too.
+        let dead_here = store.tmp_dir().join(format!(
+            "2147483632-{}-1-0.work",
+            crate::store::atomic::host_tag()
+        ));
+        fs::create_dir_all(&dead_here).unwrap();
+        // The same pid on another host sharing the store: left alone, it
+        // may be a live job on that node.
+        let other_host = store.tmp_dir().join("2147483632-0badc0de-1-0.work");
+        fs::create_dir_all(other_host.join("out")).unwrap();
         store.clean_stale_tmp();
         assert!(!dead.exists());
+        assert!(!dead_here.exists());
         assert!(mine.exists());
+        assert!(other_host.exists());
     }
 }
