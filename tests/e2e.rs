@@ -563,6 +563,26 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
         "datasets:\n  c:\n    cifar100: {path: x}\norders:\n  o: {named: podnet_cifar100_9}\nsettings:\n  s: {base: 50, increment: 10}\nexperiments:\n  e: {dataset: c, orders: [o], settings: [s]}\n",
         &["orders.o.named", "unknown order `podnet_cifar100_9`; did you mean `podnet_cifar100_0`?"],
     );
+    // Stage kinds named as config keys.
+    assert_bad_input(
+        &format!("{SMALL}stages_per_gpu: {{trian: 2}}\n"),
+        &[
+            "stages_per_gpu.trian",
+            "is not a stage kind that runs on a GPU (those are train, evaluate); did you mean `train`?",
+        ],
+    );
+    assert_bad_input(
+        &format!("{SMALL}executor:\n  slurm:\n    kinds: {{evaluat: {{cpus: 2}}}}\n"),
+        &[
+            "executor.slurm.kinds.evaluat",
+            "is not a stage kind (those are ",
+            "did you mean `evaluate`?",
+        ],
+    );
+    assert_bad_input(
+        &format!("{SMALL}executor:\n  slurm: {{poll_seconds: 0}}\n"),
+        &["executor.slurm.poll_seconds", "expected more than 0"],
+    );
 }
 
 #[test]
@@ -3320,4 +3340,49 @@ fn without_a_shared_store_slurm_jobs_share_results_through_the_remote() {
         .json();
     assert_eq!(jb["executed"], 0);
     assert_eq!(evaluations(&b.store()), evaluations(&node_store));
+}
+
+#[test]
+fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_at_once() {
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1}}\n"),
+    );
+    // Both submitted before either has run anything: every stage has a
+    // job in each run, and the per-key locks decide who computes it.
+    p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 2);
+    for d in &dirs {
+        let run: Value =
+            serde_json::from_slice(&std::fs::read(d.join("run.json")).unwrap()).unwrap();
+        wait_until_no_live_jobs(&format!("bsce-{}", run["run_id"].as_str().unwrap()));
+    }
+    let (a, b) = (slurm_jobs(&dirs[0]), slurm_jobs(&dirs[1]));
+    assert_eq!(a.len(), b.len());
+    let mut cached_in_b = 0;
+    for (label, (_, _, oa)) in &a {
+        let oa = oa.as_ref().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ob = b[label].2.as_ref().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut both = [oa.as_str(), ob.as_str()];
+        both.sort();
+        assert_eq!(
+            both,
+            ["cached", "executed"],
+            "{label}: computed once, found once"
+        );
+        cached_in_b += usize::from(ob == "cached");
+    }
+    assert!(cached_in_b > 0);
+    // The store holds one record per stage; a third run submits nothing.
+    let j = p.slurm(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed"], 0);
 }

@@ -337,24 +337,9 @@ pub fn resolve(
     let mut stages_per_gpu = BTreeMap::new();
     for (name, &n) in &raw.stages_per_gpu {
         let at = format!("stages_per_gpu.{name}");
-        let gpu_kinds: Vec<&str> = crate::registry::STAGES
-            .iter()
-            .filter(|s| s.needs_gpu)
-            .map(|s| s.name)
-            .collect();
-        let Some(kind) = crate::registry::StageKind::parse(name).filter(|k| k.spec().needs_gpu)
-        else {
-            let hint = did_you_mean(name, gpu_kinds.iter().copied())
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            return Err(cx.err(
-                at,
-                format!(
-                    "`{name}` is not a stage kind that runs on a GPU (those are {}){hint}",
-                    gpu_kinds.join(", ")
-                ),
-            ));
-        };
+        let kind = stage_kind(&cx, &at, name, "a stage kind that runs on a GPU", |s| {
+            s.needs_gpu
+        })?;
         if n == 0 {
             return Err(cx.err(at, "must be at least 1"));
         }
@@ -397,6 +382,37 @@ pub fn resolve(
         executor: raw.executor.use_,
         slurm,
     })
+}
+
+/// The stage kind a config key names (`stages_per_gpu.train`), among the
+/// kinds `fits` accepts; else an error at `at` listing them, with a "did
+/// you mean".
+fn stage_kind(
+    cx: &Ctx,
+    at: &str,
+    name: &str,
+    what: &str,
+    fits: fn(&crate::registry::StageSpec) -> bool,
+) -> Result<crate::registry::StageKind, ConfigError> {
+    let names: Vec<&str> = crate::registry::STAGES
+        .iter()
+        .filter(|s| fits(s))
+        .map(|s| s.name)
+        .collect();
+    crate::registry::StageKind::parse(name)
+        .filter(|k| fits(k.spec()))
+        .ok_or_else(|| {
+            let hint = did_you_mean(name, names.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            cx.err(
+                at.to_string(),
+                format!(
+                    "`{name}` is not {what} (those are {}){hint}",
+                    names.join(", ")
+                ),
+            )
+        })
 }
 
 fn resolve_slurm(
@@ -453,19 +469,7 @@ fn resolve_slurm(
     let mut kinds = BTreeMap::new();
     for (name, r) in raw.kinds {
         let at = format!("executor.slurm.kinds.{name}");
-        let Some(kind) = crate::registry::StageKind::parse(&name) else {
-            let all: Vec<&str> = crate::registry::STAGES.iter().map(|s| s.name).collect();
-            let hint = did_you_mean(&name, all.iter().copied())
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            return Err(cx.err(
-                at,
-                format!(
-                    "`{name}` is not a stage kind (those are {}){hint}",
-                    all.join(", ")
-                ),
-            ));
-        };
+        let kind = stage_kind(cx, &at, &name, "a stage kind", |_| true)?;
         check(&at, &r)?;
         kinds.insert(kind, r);
     }
