@@ -41,7 +41,8 @@ measure() {
     tail -1 "$out.t" > "$out"
   else
     local rc=$?
-    if [ "$rc" = 124 ]; then echo timeout > "$out"; else
+    # 124: cut off at the limit; 137: killed after the grace --kill-after gives.
+    if [ "$rc" = 124 ] || { [ "$rc" = 137 ] && [ "$limit" != 0 ]; }; then echo timeout > "$out"; else
       echo "failed (exit $rc): $*" >&2; tail -5 "$out.err" >&2; exit 1; fi
   fi
 }
