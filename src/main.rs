@@ -1362,6 +1362,7 @@ fn existing_store(root: &Path) -> Result<LocalStore> {
 /// The child side of a stage: run it, report errors on stderr (the log),
 /// exit non-zero on failure.
 fn exec_stage(job_path: &Path) -> Result<ExitCode> {
+    bsce_pipeline::exec::job::die_with_parent();
     let table: Vec<_> = bsce_stages::stage::PIPE_STAGES
         .iter()
         .chain(bsce_tables::RESULT_STAGES)

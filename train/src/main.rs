@@ -63,11 +63,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        ["exec-stage", job] => bsce_stages::stage::exec_stage(
-            Path::new(job),
-            Runner::Torch,
-            bsce_train::router::TORCH_STAGES,
-        ),
+        ["exec-stage", job] => {
+            bsce_pipeline::exec::job::die_with_parent();
+            bsce_stages::stage::exec_stage(
+                Path::new(job),
+                Runner::Torch,
+                bsce_train::router::TORCH_STAGES,
+            )
+        }
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)

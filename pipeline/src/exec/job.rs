@@ -77,6 +77,28 @@ pub enum ChildMessage {
     },
 }
 
+/// The scheduler's pid, given to each stage child in its environment.
+pub const PARENT_PID_VAR: &str = "BSCE_PARENT_PID";
+
+/// Called first by `exec-stage`: the kernel kills this process when the
+/// scheduler that started it dies, and if the scheduler is already gone
+/// (it died between the spawn and this call) the stage ends now.
+pub fn die_with_parent() {
+    let Some(parent) = std::env::var(PARENT_PID_VAR)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: prctl and getppid have no memory-safety preconditions.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+}
+
 /// What a stage uses to talk to the scheduler.
 pub struct ChildReporter {
     out: std::io::Stdout,
