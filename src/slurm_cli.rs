@@ -81,7 +81,7 @@ pub fn run(
         env,
     };
     let mut summary = RunSummary::default();
-    let run = engine.submit_slurm(opts, sub, reporter, &mut summary)?;
+    let run = engine.submit_slurm(&status, sub, reporter, &mut summary)?;
     if detach {
         let _ = writeln!(
             std::io::stderr(),

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::child::tail;
 use super::node::NodeResult;
-use super::{CancelToken, Engine, EngineError, NodeStatus, RunOptions};
+use super::{CancelToken, Engine, EngineError, NodeStatus};
 use crate::events::{Reporter, RunEvent, RunSummary};
 use crate::plan::{NodeId, Plan};
 use crate::registry::StageKind;
@@ -488,14 +488,15 @@ impl<'a> Engine<'a> {
     /// Submits a job for every stage of the plan that is not in the store,
     /// in plan order, each after the jobs of its inputs. All or nothing: a
     /// refused submission cancels the jobs already submitted.
+    /// `status` is [`Engine::status`] of the plan under the run's options
+    /// (the caller has it already, for [`preflight`]).
     pub fn submit_slurm(
         &self,
-        opts: &RunOptions,
+        status: &[NodeStatus],
         mut sub: Submission,
         reporter: &mut dyn Reporter,
         summary: &mut RunSummary,
     ) -> Result<RunFile, EngineError> {
-        let status = self.status(opts)?;
         let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
         let mut emit = |e: RunEvent, summary: &mut RunSummary| {
             summary.record(&e);
@@ -616,7 +617,7 @@ impl<'a> Engine<'a> {
             .collect();
         let mut pending: BTreeMap<&str, &Job> =
             run.jobs.iter().map(|(l, j)| (l.as_str(), j)).collect();
-        let mut started: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut started: std::collections::BTreeSet<&str> = Default::default();
         // Jobs seen ended without an outcome once: looked at again.
         let mut unsure: std::collections::BTreeSet<&str> = Default::default();
         // Wakes the wait between polls when the run is cancelled.
@@ -655,8 +656,8 @@ impl<'a> Engine<'a> {
             let mut ended = Vec::new();
             for (&label, job) in &pending {
                 match states.get(&job.id) {
-                    Some(q) if q.state == "RUNNING" && !started.contains_key(label) => {
-                        started.insert(label, ());
+                    Some(q) if q.state == "RUNNING" && !started.contains(label) => {
+                        started.insert(label);
                         emit(
                             RunEvent::JobStarted {
                                 label: label.to_string(),
