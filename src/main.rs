@@ -52,6 +52,11 @@ mod reporter;
 mod results;
 mod slurm_cli;
 
+/// mimalloc: a no-op run of 100,000 stages spends a third of its time in
+/// the system allocator (bench/scale.sh).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

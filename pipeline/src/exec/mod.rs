@@ -31,6 +31,8 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
 use crate::events::{Reporter, RunEvent, RunSummary};
@@ -45,6 +47,16 @@ use gpus::GpuPool;
 /// Rounds a run gives stages whose inputs changed on disk before it
 /// fails them (each round recomputes the changed inputs first).
 const MAX_REQUEUE_ROUNDS: usize = 3;
+/// Ready nodes looked up in one batch below which the lookup stays on the
+/// scheduler's thread: handing a few to the thread pool costs more than
+/// it saves (a first run finds one or two ready at a time).
+const PARALLEL_LOOKUP_MIN: usize = 32;
+
+/// What the store says about a ready node.
+enum Lookup {
+    Cached { key: Digest, record: ActionRecord },
+    ToRun { record: KeyRecord, key: Digest, forced: bool },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -427,6 +439,33 @@ impl<'a> Engine<'a> {
     /// The seed a stage's randomness starts from: its identity (kind,
     /// params, and the digests of the inputs its registry row names), never
     /// its code digest.
+    /// A ready node's key, and its action record when the local store
+    /// has it with every output intact. Local only: a remote lookup is a
+    /// round trip, made by a worker slot so lookups overlap.
+    fn look_up(
+        &self,
+        id: NodeId,
+        opts: &RunOptions,
+        sources: &[Sources],
+        outputs: &[Option<BTreeMap<String, OutputEntry>>],
+    ) -> Result<Lookup, EngineError> {
+        let node = &self.plan.nodes[id];
+        let (record, pending) = self.key_record(node, &sources[id], outputs);
+        debug_assert!(pending.is_empty());
+        let key = record.key();
+        let forced = opts.forces(&node.label);
+        if !forced {
+            if let Some(found) = self.store.local().get_usable_action(&key)? {
+                return Ok(Lookup::Cached { key, record: found });
+            }
+        }
+        Ok(Lookup::ToRun {
+            record,
+            key,
+            forced,
+        })
+    }
+
     fn seed(&self, node: &PlanNode, record: &KeyRecord) -> u64 {
         record.identity_seed(node.kind.spec().seed_inputs)
     }
@@ -546,35 +585,47 @@ impl<'a> Engine<'a> {
                         emit(RunEvent::Interrupted, &mut summary);
                     }
                     // Resolve every ready node: served from the store, or to run.
-                    while let Some(Reverse((_, id))) =
-                        (!stop_launching).then(|| ready.pop()).flatten()
-                    {
-                        let node = &self.plan.nodes[id];
-                        let (record, pending) = self.key_record(node, &sources[id], &outputs);
-                        debug_assert!(pending.is_empty());
-                        let key = record.key();
-                        let forced = opts.forces(&node.label);
-                        if !forced {
-                            // Local only: a remote lookup is a round trip, made
-                            // by a worker slot (below) so lookups overlap.
-                            if let Some(rec) = self.store.local().get_usable_action(&key)? {
-                                outputs[id] = Some(rec.outputs.clone());
-                                state[id] = State::Done;
-                                from_cache[id] = true;
-                                emit(
-                                    RunEvent::Cached {
-                                        label: node.label.clone(),
-                                        key,
-                                        saved_seconds: rec.provenance.wall_seconds,
-                                    },
-                                    &mut summary,
-                                );
-                                finish(id, &state, &mut missing, &mut ready);
-                                continue;
+                    // The lookups (key, action record, a stat per output) read
+                    // nothing another lookup writes, so a batch of ready nodes
+                    // is looked up on every core; the results are applied in
+                    // plan order, so events and the schedule stay as they were.
+                    while !stop_launching && !ready.is_empty() {
+                        let batch: Vec<NodeId> = std::iter::from_fn(|| ready.pop())
+                            .map(|Reverse((_, id))| id)
+                            .collect();
+                        let lookup = |&id: &NodeId| self.look_up(id, opts, &sources, &outputs);
+                        let looked: Vec<_> = if batch.len() >= PARALLEL_LOOKUP_MIN {
+                            batch.par_iter().map(lookup).collect()
+                        } else {
+                            batch.iter().map(lookup).collect()
+                        };
+                        for (id, found) in batch.into_iter().zip(looked) {
+                            match found? {
+                                Lookup::Cached { key, record } => {
+                                    let node = &self.plan.nodes[id];
+                                    outputs[id] = Some(record.outputs);
+                                    state[id] = State::Done;
+                                    from_cache[id] = true;
+                                    emit(
+                                        RunEvent::Cached {
+                                            label: node.label.clone(),
+                                            key,
+                                            saved_seconds: record.provenance.wall_seconds,
+                                        },
+                                        &mut summary,
+                                    );
+                                    finish(id, &state, &mut missing, &mut ready);
+                                }
+                                Lookup::ToRun {
+                                    record,
+                                    key,
+                                    forced,
+                                } => {
+                                    resolved.insert(id, (record, key, forced));
+                                    runnable.push(Reverse((rank[id], id)));
+                                }
                             }
                         }
-                        resolved.insert(id, (record, key, forced));
-                        runnable.push(Reverse((rank[id], id)));
                     }
                     // Launch what the job slots (and GPU slots) allow. A GPU
                     // stage without room waits in its own queue; CPU stages
