@@ -523,6 +523,35 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
         &format!("{SMALL}    methods: [lucirr]\n    recipe: r\nmethods:\n  lucir: {{preset: lucir}}\nrecipes:\n  r: {{epochs: 1, batch_size: 8, lr: 0.1}}\n"),
         &["experiments.e.methods[0]", "unknown method `lucirr`; did you mean `lucir`?"],
     );
+    // Method options: a fine-tuning the preset lacks, values out of range,
+    // unknown choices (with the key path and, where close, a suggestion).
+    let method = |m: &str| {
+        format!("{SMALL}    methods: [m]\n    recipe: r\nmethods:\n  m: {m}\nrecipes:\n  r: {{epochs: 1, batch_size: 8, lr: 0.1}}\n")
+    };
+    assert_bad_input(
+        &method("{preset: icarl, balanced_finetune: true}"),
+        &["methods.m.balanced_finetune", "only lucir and podnet have a class-balanced fine-tuning; icarl has none"],
+    );
+    assert_bad_input(
+        &method("{preset: podnet, hyper: {pod_flat: -1}}"),
+        &["methods.m.hyper.pod_flat", "is -1; expected a finite number above 0"],
+    );
+    assert_bad_input(
+        &method("{preset: podnet, hyper: {pod_flatt: 1}}"),
+        &["methods.m.hyper.pod_flatt", "did you mean `pod_flat`?"],
+    );
+    assert_bad_input(
+        &method("{preset: podnet, bsce: true, bsce_choices: {nca_prior: sideways}}"),
+        &["methods.m.bsce_choices.nca_prior", "unknown variant `sideways`", "after_scale"],
+    );
+    assert_bad_input(
+        &method("{preset: lucir, finetune: {lr: 0}}"),
+        &["methods.m.finetune.lr", "is 0; expected a positive number"],
+    );
+    assert_bad_input(
+        &method("{preset: podnet_nmee}"),
+        &["methods.m.preset", "podnet_nme"],
+    );
     // A cycle.
     assert_bad_input(
         &format!("{SMALL}methods:\n  a: {{extends: b}}\n  b: {{extends: a, preset: icarl}}\n"),
@@ -1022,8 +1051,10 @@ experiments:
             "{run}"
         );
     }
-    // LUCIR and PODNet fine-tune on balanced memory after each new task,
-    // their BSCE variants do not: the log of task 1 says so.
+    // PODNet fine-tunes on a balanced memory after each new task, its BSCE
+    // variant does not, and neither does LUCIR on a CIFAR-profile dataset
+    // (LUCIR's CIFAR script has no class-balanced fine-tuning): the log of
+    // task 1 says so.
     let log = |label: &str| -> String {
         let rec = find_action(&p.store(), label);
         let d = rec["outputs"]["log.json"]["digest"]
@@ -1032,8 +1063,34 @@ experiments:
             .to_string();
         std::fs::read_to_string(p.store().join("cas").join(&d[..2]).join(&d[2..])).unwrap()
     };
-    assert!(log("train/synth/o/lucir/seed0/s/t1").contains("finetune_epoch"));
-    assert!(!log("train/synth/o/lucir_bsce/seed0/s/t1").contains("finetune_epoch"));
+    assert!(log("train/synth/o/podnet/seed0/s/t1").contains("finetune_epoch"));
+    assert!(!log("train/synth/o/podnet_bsce/seed0/s/t1").contains("finetune_epoch"));
+    assert!(!log("train/synth/o/lucir/seed0/s/t1").contains("finetune_epoch"));
+    // The base task is shared where it computes the same thing: LUCIR with
+    // its BSCE variant (equal counts); not iCaRL (BCE is not BSCE), nor
+    // PODNet here, whose BSCE variant picks its base-task memory at random.
+    let dag = p.run(&["dag", "c.yaml"]).ok().stdout;
+    for (label, shared) in [
+        ("train/synth/o/icarl_bsce/seed0/b3/t0", false),
+        ("train/synth/o/lucir_bsce/seed0/b3/t0", true),
+        ("train/synth/o/podnet_bsce/seed0/b3/t0", false),
+    ] {
+        assert_eq!(!dag.contains(label), shared, "{label} in:\n{dag}");
+    }
+    assert!(log("train/synth/o/icarl_bsce/seed0/b3/t0").contains("\"bsce\""));
+    // Every choice a task read is in its provenance, BSCE choices included.
+    let rec = find_action(&p.store(), "train/synth/o/icarl_bsce/seed0/s/t1");
+    let method = &rec["provenance"]["stage"]["method"];
+    assert_eq!(
+        method["bsce_choices"]["icarl_distillation"],
+        serde_json::json!({"kind": "softmax_kd", "temperature": 2.0, "weight": 1.0}),
+        "{rec}"
+    );
+    assert_eq!(method["features"], "pre_activation");
+    let rec = find_action(&p.store(), "train/synth/o/podnet/seed0/s/t1");
+    let method = &rec["provenance"]["stage"]["method"];
+    assert_eq!(method["hyper"]["pod_spatial"], 3.0, "{rec}");
+    assert_eq!(method["finetune"]["lr"], 0.05, "{rec}");
     assert!(log("train/synth/o/podnet/seed0/s/t1").contains("pod_spatial"));
     assert!(log("train/synth/o/lucir/seed0/s/t1").contains("margin_ranking"));
     // Without memory, old classes keep the NME means of the task that

@@ -1,9 +1,11 @@
 //! The parameters the plan hands each stage kind, typed once and shared by
 //! both sides: the plan serialises them into the job (and the key), the
 //! stage deserialises them. A field added on one side and not the other
-//! fails to compile instead of failing at run time. Data only: no logic
-//! here, so the file is on the registry's NO_OUTPUT_EFFECT list (a change
-//! reaches keys through the params themselves).
+//! fails to compile instead of failing at run time. Data, plus one
+//! function ([`MethodParams::for_task`]) that keeps of a method's fields
+//! exactly those a task's computation reads: the file is on the registry's
+//! NO_OUTPUT_EFFECT list, because whatever it decides reaches keys through
+//! the params themselves.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,11 +18,84 @@ pub enum Preset {
     Podnet,
 }
 
+/// The published settings a dataset's methods follow: the references set
+/// loss weights, fine-tuning and weight decay per dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    Cifar100,
+    Imagenet100,
+    Imagenet1k,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Selection {
     Herding,
     Random,
+}
+
+/// Which pooled features herding, the NME class means and NME
+/// classification use. The classifier's own input is the preset's
+/// (pre-activation for LUCIR and PODNet, post-activation for the linear
+/// heads) whatever this says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureTap {
+    /// Global average pooling of the last block's output before its ReLU:
+    /// what iCaRL (`main_cifar_100_theano.py`, the network's last layer has
+    /// no ReLU), LUCIR (`compute_features.py` on the network without its
+    /// last ReLU) and PODNet (`extract_no_act=True`, inclearn
+    /// `lib/network/basenet.py`) take. The default for every preset.
+    PreActivation,
+    /// Pooling after the ReLU (what this tool used before 2026-12).
+    PostActivation,
+}
+
+/// Where Balanced Softmax's prior log n_c enters PODNet's NCA loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NcaPrior {
+    /// a_c = η(z_c − m) + log n_c: the prior's strength does not ride on
+    /// the learned η, as in standard Balanced Softmax (the default).
+    AfterScale,
+    /// a_c = η(z_c − m + log n_c): the prior scaled with the logits.
+    BeforeScale,
+}
+
+/// iCaRL+BSCE's distillation of the old classes. iCaRL's own loss is
+/// BCE with the old model's sigmoid outputs as targets; BSCE is a softmax
+/// loss, so the paper pairs it with a softmax distillation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum IcarlDistillation {
+    /// `weight * KD(student old logits, teacher logits, T)` (PyCIL
+    /// `models/icarl.py` `_KD_loss`: class sum, batch mean, no T²). The
+    /// default: temperature 2, weight 1, as PyCIL's iCaRL.
+    SoftmaxKd { temperature: f64, weight: f64 },
+    /// iCaRL's own distillation kept beside BSCE: BCE between the sigmoids
+    /// of the old columns and the old model's sigmoids, mean over batch x
+    /// old classes, times `weight`.
+    SigmoidBce { weight: f64 },
+}
+
+/// How BSCE is combined with a method where the paper's text is the only
+/// source (no public code of the BSCE authors; fidelity-review.md). Each
+/// field is present only where the task's computation reads it, so it is
+/// in the key exactly then.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BsceChoices {
+    /// PODNet (every task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nca_prior: Option<NcaPrior>,
+    /// LUCIR, tasks with old classes: whether margin ranking stays beside
+    /// BSCE (default true: BSCE replaces the classification loss only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_ranking: Option<bool>,
+    /// iCaRL, tasks with old classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icarl_distillation: Option<IcarlDistillation>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -32,6 +107,102 @@ pub struct MethodParams {
     pub memory_per_class: Option<usize>,
     pub memory_total: Option<usize>,
     pub selection: Selection,
+    /// Features for herding and NME.
+    pub features: FeatureTap,
+    /// The preset's loss weights and scales, per dataset profile.
+    pub hyper: MethodHyper,
+    /// Class-balanced fine-tuning, where `balanced_finetune` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneSpec>,
+    /// With `bsce`: the choices that apply to this preset and task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bsce_choices: Option<BsceChoices>,
+}
+
+/// Loss weights and classifier scales that the references set per
+/// dataset. Each field is present only for the preset that reads it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodHyper {
+    /// LUCIR: less-forget base, λ = base·sqrt(old/new) (L `run.sh`:
+    /// `--lamda 5` on CIFAR, `--lamda 10` in the ImageNet scripts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub less_forget: Option<f64>,
+    /// PODNet: POD-flat factor, times sqrt(seen/new) (A yaml
+    /// `pod_flat.scheduled_factor`: 1 CIFAR, 10 ImageNet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_flat: Option<f64>,
+    /// PODNet: POD-spatial factor (3 CIFAR, 8 ImageNet, 5 NME config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_spatial: Option<f64>,
+    /// PODNet: the classifier's feature and proxy scaling after
+    /// normalisation (A `CosineClassifier` `scaling`: 1, 3 in the NME
+    /// config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_scaling: Option<f64>,
+    /// PODNet: whether NCA's scale is a learned η (A `postprocessor_config:
+    /// learned_scaling`) or the constant 1 (the NME config has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_scale: Option<bool>,
+    /// PODNet: every gradient element clamped to ±this before the step (A
+    /// `podnet.py` `_train_task`: `torch.clamp(grad, -5., 5.)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_clamp: Option<f64>,
+}
+
+/// Class-balanced fine-tuning after a task's main training. What is
+/// trained, with which loss and BatchNorm mode, is the preset's (see
+/// `train/src/stage/finetune.rs`); these are the numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSpec {
+    pub epochs: u32,
+    pub lr: f64,
+    /// Epochs at which the lr is multiplied by `gamma` (LUCIR: [10]).
+    pub milestones: Vec<u32>,
+    pub gamma: f64,
+}
+
+impl MethodParams {
+    /// The method as task `task` computes it: fields that task cannot read
+    /// are reset, so two methods whose task computes the same thing get
+    /// the same params, hence the same key, and share the stage. This is
+    /// how a method and its +bsce variant share their base model, derived
+    /// rather than decided by the planner:
+    ///
+    /// - balanced fine-tuning runs from task 1 on;
+    /// - on the base task with every class equally frequent
+    ///   (`counts_equal`, known before preparation for CIFAR and synthetic
+    ///   data), log n_c is the same constant on every logit, so BSCE is
+    ///   exactly the softmax loss it replaces: for finetune, LUCIR and
+    ///   PODNet the base task is the plain method's. Not for iCaRL, whose
+    ///   plain loss is BCE, a different computation;
+    /// - a BSCE choice is kept only for the preset it concerns, and
+    ///   distillation and margin-ranking choices only where there are old
+    ///   classes.
+    pub fn for_task(&self, task: usize, counts_equal: bool) -> MethodParams {
+        let mut m = self.clone();
+        let base = task == 0;
+        if base || !m.balanced_finetune {
+            m.balanced_finetune = false;
+            m.finetune = None;
+        }
+        if m.bsce && base && counts_equal && m.preset != Preset::Icarl {
+            m.bsce = false;
+        }
+        m.bsce_choices = match (m.bsce, &self.bsce_choices) {
+            (true, Some(c)) => Some(BsceChoices {
+                nca_prior: c.nca_prior.filter(|_| m.preset == Preset::Podnet),
+                margin_ranking: c.margin_ranking.filter(|_| m.preset == Preset::Lucir && !base),
+                icarl_distillation: c
+                    .icarl_distillation
+                    .filter(|_| m.preset == Preset::Icarl && !base),
+            }),
+            _ => None,
+        }
+        .filter(|c| *c != BsceChoices::default());
+        m
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

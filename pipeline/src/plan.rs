@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::catalog::StageKind;
-use crate::config::{Config, DatasetSource, Experiment, MethodPreset, Network, ValDef};
+use crate::config::{presets, Config, DatasetSource, Experiment, MethodPreset, Network, ValDef};
 use crate::digest::Digest;
 use crate::key::canonical_json;
 use crate::params::{
-    AggregateParams, AggregateRun, EvalParams, MethodParams, OrderParams, PlotParams, RenderParams,
+    AggregateParams, AggregateRun, EvalParams, OrderParams, PlotParams, RenderParams,
     TasksParams, TrainParams, IMAGENET_CROP,
 };
 use crate::registry::files;
@@ -396,8 +396,8 @@ fn variant_name<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Whether every class has the same number of training images, known
-/// before preparation: then BSCE equals CE on the base task, and a method
-/// and its +bsce variant share their task-0 model.
+/// before preparation. A fact about the data: what follows from it for a
+/// task's computation is `MethodParams::for_task`'s to say.
 fn known_balanced(source: &DatasetSource) -> bool {
     matches!(
         source,
@@ -407,6 +407,7 @@ fn known_balanced(source: &DatasetSource) -> bool {
 
 fn default_network(source: &DatasetSource, preset: MethodPreset) -> Network {
     match (source, preset) {
+        (DatasetSource::ImageFolder { .. }, MethodPreset::Podnet) => Network::Resnet18Podnet,
         (DatasetSource::ImageFolder { .. }, _) => Network::Resnet18,
         (_, MethodPreset::Lucir) => Network::Resnet32Lucir,
         _ => Network::Resnet32,
@@ -463,6 +464,7 @@ impl Builder {
             let network = exp
                 .network
                 .unwrap_or_else(|| default_network(&ds.source, m.preset));
+            let method = presets::method_params(m, ds.profile);
             for &seed in &exp.seeds {
                 let run = format!(
                     "{}/{}/{}/seed{}",
@@ -474,7 +476,6 @@ impl Builder {
                 for (t, &end) in ends.iter().enumerate() {
                     let start = if t == 0 { 0 } else { ends[t - 1] };
                     let base_task = t == 0;
-                    let bsce = m.bsce && !(base_task && known_balanced(&ds.source));
                     let scope = if base_task {
                         format!("b{}", setting.base)
                     } else {
@@ -491,14 +492,7 @@ impl Builder {
                         task: t,
                         start: start as usize,
                         end: end as usize,
-                        method: MethodParams {
-                            preset: m.preset,
-                            bsce,
-                            balanced_finetune: m.balanced_finetune && !base_task,
-                            memory_per_class: m.memory_per_class.map(|n| n as usize),
-                            memory_total: m.memory_total.map(|n| n as usize),
-                            selection: m.selection,
-                        },
+                        method: method.for_task(t, known_balanced(&ds.source)),
                         recipe: recipe.clone(),
                         network: variant_name(&network),
                         augment: augmentation(&ds.source, m.preset).into(),

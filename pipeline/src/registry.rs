@@ -244,8 +244,14 @@ pub const STAGES: &[StageSpec] = &[
             by_value: &[
                 ("finetune", &[]),
                 ("icarl", &["train/src/loss/icarl.rs"]),
-                ("lucir", &["train/src/loss/lucir.rs"]),
-                ("podnet", &["train/src/loss/podnet.rs"]),
+                (
+                    "lucir",
+                    &["train/src/loss/lucir.rs", "train/src/stage/finetune.rs"],
+                ),
+                (
+                    "podnet",
+                    &["train/src/loss/podnet.rs", "train/src/stage/finetune.rs"],
+                ),
             ],
         }),
         libraries: &["tch", "torch-sys"],

@@ -3,7 +3,8 @@
 //! typed in `bsce_pipeline::params`, shared with the plan that writes them.
 
 pub use bsce_pipeline::params::{
-    EvalParams, EvaluationParams, MethodParams, Preset, Recipe, Schedule, Selection, TrainParams,
+    EvalParams, EvaluationParams, FinetuneSpec, MethodParams, Preset, Recipe, Schedule, Selection,
+    TrainParams,
 };
 
 use crate::classifier::HeadSpec;
@@ -32,6 +33,7 @@ pub fn net_spec(name: &str) -> Result<NetSpec> {
         "resnet32" => NetSpec::resnet32(),
         "resnet32_lucir" => NetSpec::resnet32_lucir(),
         "resnet18" => NetSpec::resnet18(),
+        "resnet18_podnet" => NetSpec::resnet18_podnet(),
         "tiny" => NetSpec::tiny(),
         // Between tiny and ResNet-32: learns the synthetic quickstart set
         // well in seconds per task on 2 CPU cores.
@@ -76,14 +78,15 @@ pub fn augment_spec(name: &str, crop: Option<u32>) -> Result<AugmentSpec> {
     Ok(spec)
 }
 
-/// The classifier each preset uses (cil-protocols.md section 2).
-pub fn head_spec(preset: Preset) -> HeadSpec {
-    match preset {
+/// The classifier each preset uses (cil-protocols.md section 2), with
+/// PODNet's classifier scaling (1, or 3 in its NME configuration).
+pub fn head_spec(method: &MethodParams) -> HeadSpec {
+    match method.preset {
         Preset::Finetune | Preset::Icarl => HeadSpec::Linear,
         Preset::Lucir => HeadSpec::Cosine,
         Preset::Podnet => HeadSpec::LocalSimilarity {
             proxies: 10,
-            scaling: 1.0,
+            scaling: method.hyper.classifier_scaling.unwrap_or(1.0),
         },
     }
 }

@@ -26,6 +26,14 @@ pub enum Arch {
     /// 7x7 stride-2 stem and 3x3 stride-2 max-pool, four stages of
     /// `w, 2w, 4w, 8w` channels (torchvision's layout, as LUCIR uses).
     ImagenetResnet,
+    /// PODNet's ImageNet ResNet (A `inclearn/convnet/resnet.py` `ResNet`,
+    /// `initial_kernel=3`, `last_relu=False`): a 3x3 stride-1 stem, then
+    /// the 3x3 stride-2 max-pool and the four stages (a 224 input ends at
+    /// 14x14, not 7x7). Within a stage every block but the last applies its
+    /// ReLU; a stage's last block does not, and no ReLU joins two stages
+    /// (`end_relu` is off), so each stage reads the previous one's
+    /// pre-activation output. `last_relu` of the spec is not read.
+    ImagenetResnetPodnet,
 }
 
 /// The shortcut of a block that halves the resolution and doubles the
@@ -101,6 +109,19 @@ impl NetSpec {
         }
     }
 
+    /// ResNet-18 as PODNet's ImageNet `resnet18` (`nf: 64` in its
+    /// ImageNet yaml; shortcut B, zero-initialised residual BatchNorm).
+    pub fn resnet18_podnet() -> NetSpec {
+        NetSpec {
+            arch: Arch::ImagenetResnetPodnet,
+            width: 64,
+            blocks: 2,
+            shortcut: Shortcut::B,
+            last_relu: false,
+            zero_init_residual: true,
+        }
+    }
+
     /// A `resnet32` shrunk to 4 channels and one block per stage, for tests
     /// and the quickstart.
     pub fn tiny() -> NetSpec {
@@ -133,7 +154,7 @@ impl NetSpec {
     fn stages(&self) -> i64 {
         match self.arch {
             Arch::CifarResnet => 3,
-            Arch::ImagenetResnet => 4,
+            Arch::ImagenetResnet | Arch::ImagenetResnetPodnet => 4,
         }
     }
 }
@@ -274,6 +295,7 @@ impl Backbone {
         let stem = match spec.arch {
             Arch::CifarResnet => ConvBn::new(&(p / "stem"), 3, w, 3, 1, 1.0),
             Arch::ImagenetResnet => ConvBn::new(&(p / "stem"), 3, w, 7, 2, 1.0),
+            Arch::ImagenetResnetPodnet => ConvBn::new(&(p / "stem"), 3, w, 3, 1, 1.0),
         };
         let n_stages = spec.stages();
         let mut stages = Vec::new();
@@ -285,7 +307,11 @@ impl Backbone {
                     let last = s + 1 == n_stages && b + 1 == spec.blocks;
                     let path = p / format!("stage{}", s + 1) / format!("block{b}");
                     let c = if b == 0 { c_in } else { c_out };
-                    Block::new(&path, spec, c, c_out, spec.last_relu && !last)
+                    let relu = match spec.arch {
+                        Arch::ImagenetResnetPodnet => b + 1 < spec.blocks,
+                        _ => spec.last_relu && !last,
+                    };
+                    Block::new(&path, spec, c, c_out, relu)
                 })
                 .collect();
             stages.push(stage);
@@ -305,7 +331,7 @@ impl Backbone {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> BackboneOut {
         let mut x = self.stem.forward_t(x, train).relu();
-        if self.arch == Arch::ImagenetResnet {
+        if self.arch != Arch::CifarResnet {
             x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
         let mut attention = Vec::with_capacity(4);
@@ -455,6 +481,32 @@ mod tests {
                 vec![2, 64, 2, 2]
             ]
         );
+    }
+
+    #[test]
+    fn podnet_imagenet_resnet_has_its_stem_and_relu_placement() {
+        let spec = NetSpec {
+            width: 4,
+            ..NetSpec::resnet18_podnet()
+        };
+        let (vs, net) = build(&spec);
+        // A `resnet.py`: conv1 is 3x3 (initial_kernel=3) at stride 1.
+        assert_eq!(vs.variables()["stem.conv.weight"].size(), [4, 3, 3, 3]);
+        // Within each stage the first block applies its ReLU, the last
+        // does not, and nothing joins the stages (end_relu off).
+        for stage in &net.stages {
+            let relus: Vec<bool> = stage.iter().map(|b| b.relu).collect();
+            assert_eq!(relus, vec![true, false]);
+        }
+        // 32 px: stride-1 stem, max-pool to 16, then 16, 8, 4, 2; the
+        // torchvision stem would end at 1.
+        let out = net.forward_t(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false);
+        let sides: Vec<i64> = out.attention.iter().map(|a| a.size()[2]).collect();
+        assert_eq!(sides, vec![16, 8, 4, 2]);
+        assert_eq!(out.raw.size(), [2, 32]);
+        let tv = build(&NetSpec { width: 4, ..NetSpec::resnet18() }).1;
+        let tv_out = tv.forward_t(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false);
+        assert_eq!(tv_out.attention.last().unwrap().size()[2], 1);
     }
 
     #[test]

@@ -1,16 +1,25 @@
-//! Built-in training recipes: each method's published CIFAR-100 and
-//! ImageNet recipe (cil-protocols.md section 2). An experiment may name one
-//! without defining it under `recipes:`; a config's own entry of the same
-//! name wins.
+//! What the references publish, in one place: each method's CIFAR-100 and
+//! ImageNet training recipe (cil-protocols.md section 2), and each preset's
+//! loss weights, scales and class-balanced fine-tuning per dataset profile
+//! ([`method_params`]). An experiment may name a recipe without defining
+//! it under `recipes:`; a config's own entry of the same name wins, and a
+//! method's `hyper:`, `finetune:` and `bsce_choices:` override the
+//! defaults field by field.
 
-use crate::params::{Recipe, Schedule};
+use super::resolve::MethodDef;
+use crate::params::{
+    BsceChoices, FeatureTap, FinetuneSpec, IcarlDistillation, MethodHyper, MethodParams, NcaPrior,
+    Preset, Profile, Recipe, Schedule,
+};
 
-pub const RECIPE_NAMES: [&str; 6] = [
+pub const RECIPE_NAMES: [&str; 8] = [
     "icarl_cifar100",
     "lucir_cifar100",
     "podnet_cifar100",
     "lucir_imagenet",
     "podnet_imagenet",
+    "podnet_imagenet100",
+    "podnet_imagenet1k",
     "icarl_imagenet",
 ];
 
@@ -38,16 +47,257 @@ pub fn recipe(name: &str) -> Option<Recipe> {
         "lucir_cifar100" => r(160, 128, 0.1, 5e-4, Schedule::Multistep, &[80, 120], 0.1),
         "podnet_cifar100" => r(160, 128, 0.1, 5e-4, Schedule::Cosine, &[], 0.1),
         "lucir_imagenet" => r(90, 128, 0.1, 1e-4, Schedule::Multistep, &[30, 60], 0.1),
-        "podnet_imagenet" => r(90, 64, 0.05, 1e-4, Schedule::Cosine, &[], 0.1),
+        // A `options/podnet/podnet_cnn_imagenet100.yaml` (weight decay 5e-4)
+        // and `podnet_cnn_imagenet1000.yaml` (1e-4); `podnet_imagenet` is
+        // the ImageNet-1k one, as before the two were told apart.
+        "podnet_imagenet100" => r(90, 64, 0.05, 5e-4, Schedule::Cosine, &[], 0.1),
+        "podnet_imagenet" | "podnet_imagenet1k" => {
+            r(90, 64, 0.05, 1e-4, Schedule::Cosine, &[], 0.1)
+        }
         // LUCIR's ImageNet recipe, which iCaRL reproductions on ImageNet use.
         "icarl_imagenet" => r(90, 128, 0.1, 1e-4, Schedule::Multistep, &[30, 60], 0.1),
         _ => return None,
     })
 }
 
+/// A method's params for a dataset of `profile`: the preset's published
+/// defaults, with the config's overrides on top. Tasks then keep what they
+/// read ([`MethodParams::for_task`]).
+///
+/// | | CIFAR-100 | ImageNet-100 | ImageNet-1k | source |
+/// |---|---|---|---|---|
+/// | LUCIR less-forget base | 5 | 10 | 10 | L `run.sh`, `--lamda` |
+/// | LUCIR balanced fine-tuning | off | off | 20 epochs, lr 0.01, x0.1 at 10 | L `run_all.sh` runs `cbf_class_incremental_cosine_imagenet.py` for ImageNet-Full only |
+/// | PODNet POD-flat / POD-spatial | 1 / 3 (NME config: 5) | 10 / 8 | 10 / 8 | A `options/podnet/*.yaml` |
+/// | PODNet balanced fine-tuning | 20 epochs, lr 0.05 | 20 epochs, lr 0.01 | 20 epochs, lr 0.01 | A yaml `finetuning_config` |
+/// | PODNet gradient clamp | ±5 | ±5 | ±5 | A `podnet.py` `_train_task` |
+/// | PODNet classifier scaling, learned η | 1, yes (NME config: 3, no) | 1, yes | 1, yes | A yaml |
+pub fn method_params(m: &MethodDef, profile: Profile) -> MethodParams {
+    let imagenet = profile != Profile::Cifar100;
+    let o = &m.hyper;
+    let hyper = match m.preset {
+        Preset::Lucir => MethodHyper {
+            less_forget: Some(o.less_forget.unwrap_or(if imagenet { 10.0 } else { 5.0 })),
+            ..Default::default()
+        },
+        Preset::Podnet => MethodHyper {
+            pod_flat: Some(o.pod_flat.unwrap_or(if imagenet { 10.0 } else { 1.0 })),
+            pod_spatial: Some(o.pod_spatial.unwrap_or(match (imagenet, m.nme_config) {
+                (true, _) => 8.0,
+                (false, true) => 5.0,
+                (false, false) => 3.0,
+            })),
+            classifier_scaling: Some(
+                o.classifier_scaling
+                    .unwrap_or(if m.nme_config { 3.0 } else { 1.0 }),
+            ),
+            learned_scale: Some(o.learned_scale.unwrap_or(!m.nme_config)),
+            gradient_clamp: Some(o.gradient_clamp.unwrap_or(5.0)),
+            ..Default::default()
+        },
+        Preset::Finetune | Preset::Icarl => MethodHyper::default(),
+    };
+    // BSCE variants go without: correcting the old/new bias is their point.
+    let balanced_finetune = m.balanced_finetune.unwrap_or(
+        !m.bsce
+            && match m.preset {
+                Preset::Podnet => true,
+                Preset::Lucir => profile == Profile::Imagenet1k,
+                Preset::Finetune | Preset::Icarl => false,
+            },
+    );
+    let finetune = balanced_finetune.then(|| {
+        let (lr, milestones) = match m.preset {
+            Preset::Lucir => (0.01, vec![10]),
+            _ if imagenet => (0.01, vec![]),
+            _ => (0.05, vec![]),
+        };
+        let f = &m.finetune;
+        FinetuneSpec {
+            epochs: f.epochs.unwrap_or(20),
+            lr: f.lr.unwrap_or(lr),
+            milestones: f.milestones.clone().unwrap_or(milestones),
+            gamma: f.gamma.unwrap_or(0.1),
+        }
+    });
+    let c = &m.bsce_choices;
+    let bsce_choices = m.bsce.then(|| BsceChoices {
+        nca_prior: Some(c.nca_prior.unwrap_or(NcaPrior::AfterScale)),
+        margin_ranking: Some(c.margin_ranking.unwrap_or(true)),
+        icarl_distillation: Some(c.icarl_distillation.unwrap_or(IcarlDistillation::SoftmaxKd {
+            temperature: 2.0,
+            weight: 1.0,
+        })),
+    });
+    MethodParams {
+        preset: m.preset,
+        bsce: m.bsce,
+        balanced_finetune,
+        memory_per_class: m.memory_per_class.map(|n| n as usize),
+        memory_total: m.memory_total.map(|n| n as usize),
+        selection: m.selection,
+        // Each reference's own tap; finetune has none: its classifier's input.
+        features: m.features.unwrap_or(match m.preset {
+            Preset::Finetune => FeatureTap::PostActivation,
+            _ => FeatureTap::PreActivation,
+        }),
+        hyper,
+        finetune,
+        bsce_choices,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn method(preset: Preset, bsce: bool) -> MethodDef {
+        MethodDef {
+            name: "m".into(),
+            preset,
+            nme_config: false,
+            bsce,
+            balanced_finetune: None,
+            finetune: Default::default(),
+            features: None,
+            hyper: MethodHyper::default(),
+            bsce_choices: BsceChoices::default(),
+            memory_per_class: Some(20),
+            memory_total: None,
+            selection: crate::params::Selection::Herding,
+            base_method: "m".into(),
+        }
+    }
+
+    fn json(m: &MethodParams) -> String {
+        serde_json::to_string(m).unwrap()
+    }
+
+    #[test]
+    fn lucir_follows_its_scripts_per_dataset() {
+        // L run.sh: --lamda 5 on CIFAR, 10 on ImageNet; CBF only in
+        // run_all.sh (ImageNet-Full): 20 epochs, lr 0.01, x0.1 at 10.
+        let cifar = method_params(&method(Preset::Lucir, false), Profile::Cifar100);
+        assert_eq!(cifar.hyper.less_forget, Some(5.0));
+        assert!(!cifar.balanced_finetune && cifar.finetune.is_none());
+        let subset = method_params(&method(Preset::Lucir, false), Profile::Imagenet100);
+        assert_eq!(subset.hyper.less_forget, Some(10.0));
+        assert!(!subset.balanced_finetune);
+        let full = method_params(&method(Preset::Lucir, false), Profile::Imagenet1k);
+        assert_eq!(
+            full.finetune,
+            Some(FinetuneSpec {
+                epochs: 20,
+                lr: 0.01,
+                milestones: vec![10],
+                gamma: 0.1
+            })
+        );
+        // A BSCE variant goes without, unless asked.
+        assert!(!method_params(&method(Preset::Lucir, true), Profile::Imagenet1k).balanced_finetune);
+        let mut asked = method(Preset::Lucir, false);
+        asked.balanced_finetune = Some(true);
+        asked.finetune.lr = Some(0.02);
+        let asked = method_params(&asked, Profile::Cifar100);
+        assert_eq!(asked.finetune.unwrap().lr, 0.02);
+    }
+
+    #[test]
+    fn podnet_follows_its_yaml_per_dataset_and_its_nme_config() {
+        let p = |profile, nme| {
+            let mut m = method(Preset::Podnet, false);
+            m.nme_config = nme;
+            method_params(&m, profile)
+        };
+        let cifar = p(Profile::Cifar100, false);
+        assert_eq!(
+            (cifar.hyper.pod_flat, cifar.hyper.pod_spatial),
+            (Some(1.0), Some(3.0))
+        );
+        assert_eq!(cifar.hyper.gradient_clamp, Some(5.0));
+        assert_eq!(cifar.hyper.classifier_scaling, Some(1.0));
+        assert_eq!(cifar.hyper.learned_scale, Some(true));
+        let ft = cifar.finetune.unwrap();
+        assert_eq!((ft.epochs, ft.lr, ft.milestones.len()), (20, 0.05, 0));
+        let imagenet = p(Profile::Imagenet100, false);
+        assert_eq!(
+            (imagenet.hyper.pod_flat, imagenet.hyper.pod_spatial),
+            (Some(10.0), Some(8.0))
+        );
+        assert_eq!(imagenet.finetune.unwrap().lr, 0.01);
+        let nme = p(Profile::Cifar100, true);
+        assert_eq!(nme.hyper.pod_spatial, Some(5.0));
+        assert_eq!(nme.hyper.classifier_scaling, Some(3.0));
+        assert_eq!(nme.hyper.learned_scale, Some(false));
+        // Weight decay: ImageNet-100 5e-4, ImageNet-1k 1e-4.
+        assert_eq!(recipe("podnet_imagenet100").unwrap().weight_decay, 5e-4);
+        assert_eq!(recipe("podnet_imagenet1k").unwrap().weight_decay, 1e-4);
+    }
+
+    #[test]
+    fn herding_features_are_each_references_and_hyper_fields_belong_to_their_preset() {
+        for preset in [Preset::Icarl, Preset::Lucir, Preset::Podnet] {
+            let m = method_params(&method(preset, false), Profile::Cifar100);
+            assert_eq!(m.features, FeatureTap::PreActivation, "{preset:?}");
+        }
+        let f = method_params(&method(Preset::Finetune, false), Profile::Cifar100);
+        assert_eq!(f.features, FeatureTap::PostActivation);
+        assert_eq!(f.hyper, MethodHyper::default());
+        let l = method_params(&method(Preset::Lucir, false), Profile::Cifar100);
+        assert!(l.hyper.pod_flat.is_none() && l.hyper.gradient_clamp.is_none());
+    }
+
+    #[test]
+    fn a_base_task_is_shared_exactly_when_its_computation_is_the_same() {
+        for preset in [Preset::Finetune, Preset::Lucir, Preset::Podnet] {
+            let plain = method_params(&method(preset, false), Profile::Cifar100);
+            let bsce = method_params(&method(preset, true), Profile::Cifar100);
+            assert_eq!(
+                json(&plain.for_task(0, true)),
+                json(&bsce.for_task(0, true)),
+                "{preset:?}: BSCE on equal counts is the plain softmax loss"
+            );
+            assert_ne!(json(&plain.for_task(0, false)), json(&bsce.for_task(0, false)));
+            assert_ne!(json(&plain.for_task(1, true)), json(&bsce.for_task(1, true)));
+        }
+        // iCaRL's plain loss is BCE: never the same as BSCE.
+        let plain = method_params(&method(Preset::Icarl, false), Profile::Cifar100);
+        let bsce = method_params(&method(Preset::Icarl, true), Profile::Cifar100);
+        assert_ne!(json(&plain.for_task(0, true)), json(&bsce.for_task(0, true)));
+        assert!(bsce.for_task(0, true).bsce);
+    }
+
+    #[test]
+    fn bsce_choices_are_in_a_task_exactly_where_it_reads_them() {
+        let choices = |preset, task| {
+            method_params(&method(preset, true), Profile::Cifar100)
+                .for_task(task, false)
+                .bsce_choices
+        };
+        assert_eq!(
+            choices(Preset::Podnet, 0).unwrap().nca_prior,
+            Some(NcaPrior::AfterScale)
+        );
+        assert!(choices(Preset::Lucir, 0).is_none(), "no margin ranking without old classes");
+        assert_eq!(choices(Preset::Lucir, 1).unwrap().margin_ranking, Some(true));
+        assert!(choices(Preset::Icarl, 0).is_none());
+        assert_eq!(
+            choices(Preset::Icarl, 2).unwrap(),
+            BsceChoices {
+                icarl_distillation: Some(IcarlDistillation::SoftmaxKd {
+                    temperature: 2.0,
+                    weight: 1.0
+                }),
+                ..Default::default()
+            }
+        );
+        assert!(choices(Preset::Finetune, 1).is_none());
+        // A choice set in the config replaces the default.
+        let mut m = method(Preset::Podnet, true);
+        m.bsce_choices.nca_prior = Some(NcaPrior::BeforeScale);
+        let p = method_params(&m, Profile::Cifar100).for_task(1, true);
+        assert_eq!(p.bsce_choices.unwrap().nca_prior, Some(NcaPrior::BeforeScale));
+    }
 
     #[test]
     fn every_listed_recipe_exists_and_follows_the_protocol() {

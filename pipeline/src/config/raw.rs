@@ -104,6 +104,12 @@ pub struct RawDataset {
     pub cifar100: Option<RawCifar100>,
     #[serde(default)]
     pub image_folder: Option<RawImageFolder>,
+    /// Which published settings its methods follow: cifar100 |
+    /// imagenet100 | imagenet1k. Default: cifar100 for synthetic and CIFAR
+    /// data; for an image folder imagenet100 with a `subset` list,
+    /// imagenet1k without.
+    #[serde(default)]
+    pub profile: Option<crate::params::Profile>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -224,19 +230,71 @@ pub struct RawMethod {
     #[serde(default)]
     pub extends: Option<String>,
     #[serde(default)]
-    pub preset: Option<MethodPreset>,
+    pub preset: Option<RawPreset>,
     /// Replace the classification loss by Balanced Softmax Cross-Entropy.
     #[serde(default)]
     pub bsce: Option<bool>,
     /// Class-balanced fine-tuning after each task; default: the preset's
-    /// choice, off for BSCE variants.
+    /// choice for the dataset's profile, off for BSCE variants.
     #[serde(default)]
     pub balanced_finetune: Option<bool>,
+    /// Its numbers (epochs, lr, milestones, gamma), field by field over the
+    /// preset's.
+    #[serde(default)]
+    pub finetune: Option<RawFinetune>,
     #[serde(default)]
     pub memory: Option<RawMemory>,
+    /// Features for herding and NME: pre_activation | post_activation.
+    #[serde(default)]
+    pub features: Option<FeatureTap>,
+    /// Loss weights and scales, field by field over the preset's defaults
+    /// for the dataset's profile.
+    #[serde(default)]
+    pub hyper: Option<MethodHyper>,
+    /// How BSCE combines with the preset, field by field over the defaults.
+    #[serde(default)]
+    pub bsce_choices: Option<BsceChoices>,
 }
 
 pub use crate::params::Preset as MethodPreset;
+pub use crate::params::{BsceChoices, FeatureTap, MethodHyper};
+
+/// A preset as a config names it: the four methods, and PODNet's NME
+/// configuration (A `podnet_nme_cifar100.yaml`: classifier scaling 3, no
+/// learned η, POD-spatial 5), which is PODNet with other hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPreset {
+    Finetune,
+    Icarl,
+    Lucir,
+    Podnet,
+    PodnetNme,
+}
+
+impl RawPreset {
+    pub fn preset(self) -> MethodPreset {
+        match self {
+            RawPreset::Finetune => MethodPreset::Finetune,
+            RawPreset::Icarl => MethodPreset::Icarl,
+            RawPreset::Lucir => MethodPreset::Lucir,
+            RawPreset::Podnet | RawPreset::PodnetNme => MethodPreset::Podnet,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFinetune {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milestones: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,7 +367,11 @@ pub enum Network {
     Resnet32,
     /// ResNet-32, LUCIR's variant (shortcut B, last ReLU removed).
     Resnet32Lucir,
+    /// ResNet-18 as torchvision's (LUCIR's ImageNet network).
     Resnet18,
+    /// ResNet-18 as PODNet's ImageNet network (A `convnet/resnet.py`: 3x3
+    /// stride-1 stem, no ReLU at the end of a stage).
+    Resnet18Podnet,
     /// A very small CIFAR-style ResNet (width 4, 1 block per stage) for tests.
     Tiny,
     /// A small CIFAR-style ResNet (width 8, 2 blocks per stage) for the quickstart.

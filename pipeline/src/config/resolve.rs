@@ -11,7 +11,7 @@ use super::raw::*;
 use super::{did_you_mean, ConfigError};
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
-use crate::params::IMAGENET_CROP;
+use crate::params::{IcarlDistillation, Profile, IMAGENET_CROP};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -56,6 +56,7 @@ pub struct DatasetDef {
     pub source: DatasetSource,
     /// Known before preparation for synthetic sets and CIFAR-100.
     pub classes: Option<u32>,
+    pub profile: Profile,
 }
 
 #[derive(Debug, Clone)]
@@ -105,8 +106,16 @@ pub struct SettingDef {
 pub struct MethodDef {
     pub name: String,
     pub preset: MethodPreset,
+    /// PODNet's NME configuration (`preset: podnet_nme`).
+    pub nme_config: bool,
     pub bsce: bool,
-    pub balanced_finetune: bool,
+    /// As the config says; `None`: the preset's default for the profile.
+    pub balanced_finetune: Option<bool>,
+    pub finetune: RawFinetune,
+    pub features: Option<FeatureTap>,
+    /// Overrides of the preset's defaults, field by field.
+    pub hyper: MethodHyper,
+    pub bsce_choices: BsceChoices,
     pub memory_per_class: Option<u32>,
     pub memory_total: Option<u32>,
     pub selection: MemorySelection,
@@ -496,6 +505,7 @@ fn resolve_slurm(
 
 fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, ConfigError> {
     let at = format!("datasets.{name}");
+    let profile = d.profile;
     let one = match (d.synthetic, d.cifar100, d.image_folder) {
         (Some(s), None, None) => Source::Synthetic(s),
         (None, Some(c), None) => Source::Cifar100(c),
@@ -507,7 +517,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             ))
         }
     };
-    Ok(match one {
+    let mut def = match one {
         Source::Synthetic(s) => {
             let at = format!("{at}.synthetic");
             if !(2..=u16::MAX as u32).contains(&s.classes) {
@@ -544,6 +554,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             DatasetDef {
                 name: name.into(),
                 classes: Some(s.classes),
+                profile: Profile::Cifar100,
                 source: DatasetSource::Synthetic(serde_json::to_value(&s).expect("serialises")),
             }
         }
@@ -567,6 +578,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             DatasetDef {
                 name: name.into(),
                 classes: Some(100),
+                profile: Profile::Cifar100,
                 source: DatasetSource::Cifar100 {
                     path: c.path.as_deref().map(|p| cx.relative(p)),
                     url: c.url,
@@ -620,9 +632,16 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                     size: f.size,
                     crop,
                 },
+                profile: Profile::Imagenet1k,
             }
         }
-    })
+    };
+    def.profile = profile.unwrap_or(match &def.source {
+        DatasetSource::ImageFolder { subset: Some(_), .. } => Profile::Imagenet100,
+        DatasetSource::ImageFolder { subset: None, .. } => Profile::Imagenet1k,
+        _ => Profile::Cifar100,
+    });
+    Ok(def)
 }
 
 enum Source {
@@ -709,18 +728,85 @@ fn resolve_methods(
             chain.push(parent);
         }
         let pick = |f: &dyn Fn(&RawMethod) -> Option<Value>| chain.iter().find_map(|n| f(&raw[*n]));
-        let preset: MethodPreset = pick(&|m| m.preset.map(|p| json!(p)))
+        let raw_preset: RawPreset = pick(&|m| m.preset.map(|p| json!(p)))
             .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or_else(|| cx.err(format!("methods.{name}"), "needs a `preset` (finetune, icarl, lucir or podnet), here or in what it extends"))?;
+            .ok_or_else(|| cx.err(format!("methods.{name}"), "needs a `preset` (finetune, icarl, lucir, podnet or podnet_nme), here or in what it extends"))?;
+        let preset = raw_preset.preset();
         let bsce = pick(&|m| m.bsce.map(Value::Bool))
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        // Class-balanced fine-tuning defaults on for the presets that have
-        // it (LUCIR, PODNet) and off for BSCE variants, whose point is to
-        // make it unnecessary.
+        // The default depends on the dataset's profile (the planner's).
         let balanced_finetune = pick(&|m| m.balanced_finetune.map(Value::Bool))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(!bsce && matches!(preset, MethodPreset::Lucir | MethodPreset::Podnet));
+            .and_then(|v| v.as_bool());
+        if balanced_finetune == Some(true)
+            && !matches!(preset, MethodPreset::Lucir | MethodPreset::Podnet)
+        {
+            return Err(cx.err(
+                format!("methods.{name}.balanced_finetune"),
+                format!(
+                    "only lucir and podnet have a class-balanced fine-tuning; {} has none",
+                    json!(raw_preset).as_str().unwrap_or("this preset")
+                ),
+            ));
+        }
+        // Objects merged field by field along the chain, most derived last.
+        let merged = |f: &dyn Fn(&RawMethod) -> Option<Value>| {
+            let mut out = serde_json::Map::new();
+            for n in chain.iter().rev() {
+                if let Some(Value::Object(m)) = f(&raw[*n]) {
+                    out.extend(m);
+                }
+            }
+            Value::Object(out)
+        };
+        let finetune: RawFinetune = serde_json::from_value(merged(&|m| {
+            m.finetune.as_ref().map(|f| json!(f))
+        }))
+        .expect("fields of RawFinetune");
+        if finetune.epochs == Some(0) {
+            return Err(cx.err(format!("methods.{name}.finetune.epochs"), "must be at least 1"));
+        }
+        if let Some(lr) = finetune.lr {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return Err(cx.err(format!("methods.{name}.finetune.lr"), format!("is {lr}; expected a positive number")));
+            }
+        }
+        let hyper: MethodHyper = serde_json::from_value(merged(&|m| {
+            m.hyper.as_ref().map(|h| json!(h))
+        }))
+        .expect("fields of MethodHyper");
+        for (field, v) in [
+            ("less_forget", hyper.less_forget),
+            ("pod_flat", hyper.pod_flat),
+            ("pod_spatial", hyper.pod_spatial),
+            ("classifier_scaling", hyper.classifier_scaling),
+            ("gradient_clamp", hyper.gradient_clamp),
+        ] {
+            if let Some(v) = v {
+                if !(v >= 0.0 && v.is_finite()) || (v == 0.0 && matches!(field, "classifier_scaling" | "gradient_clamp")) {
+                    return Err(cx.err(
+                        format!("methods.{name}.hyper.{field}"),
+                        format!("is {v}; expected a finite number above 0"),
+                    ));
+                }
+            }
+        }
+        let bsce_choices: BsceChoices = serde_json::from_value(merged(&|m| {
+            m.bsce_choices.as_ref().map(|b| json!(b))
+        }))
+        .expect("fields of BsceChoices");
+        if let Some(d) = bsce_choices.icarl_distillation {
+            let (IcarlDistillation::SoftmaxKd { weight, .. } | IcarlDistillation::SigmoidBce { weight }) = d;
+            let bad_t = matches!(d, IcarlDistillation::SoftmaxKd { temperature, .. } if !(temperature > 0.0 && temperature.is_finite()));
+            if bad_t || !(weight >= 0.0 && weight.is_finite()) {
+                return Err(cx.err(
+                    format!("methods.{name}.bsce_choices.icarl_distillation"),
+                    "expects a temperature above 0 and a weight of 0 or more",
+                ));
+            }
+        }
+        let features = pick(&|m| m.features.map(|f| json!(f)))
+            .and_then(|v| serde_json::from_value(v).ok());
         let mem = |f: &dyn Fn(&RawMemory) -> Option<u32>| {
             chain
                 .iter()
@@ -763,8 +849,13 @@ fn resolve_methods(
             MethodDef {
                 name: name.clone(),
                 preset,
+                nme_config: raw_preset == RawPreset::PodnetNme,
                 bsce,
                 balanced_finetune,
+                finetune,
+                features,
+                hyper,
+                bsce_choices,
                 memory_per_class: per_class,
                 memory_total: total,
                 selection,

@@ -5,8 +5,6 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::check_batch;
 
-/// Temperature of the logit distillation of iCaRL+BSCE (PyCIL's `T`).
-pub const KD_TEMPERATURE: f64 = 2.0;
 
 // ---------------------------------------------------------------------------
 // iCaRL: BCE with old-model sigmoid targets (R, A); softmax KD (PyCIL)
@@ -90,4 +88,20 @@ pub fn kd_logits(new_logits: &Tensor, old_logits: &Tensor, temperature: f64) -> 
     -(teacher * student)
         .sum_dim_intlist(1, false, None::<Kind>)
         .mean(None::<Kind>)
+}
+
+/// iCaRL's distillation on its own, for iCaRL+BSCE's `sigmoid_bce` choice:
+/// binary cross-entropy between the sigmoids of the student's old-class
+/// logits and the old model's sigmoids, mean over batch x old classes
+/// (the old-column part of [`icarl_bce`], §6.1). `old_logits` may be wider
+/// than `student_old` (only its first columns are read).
+pub fn sigmoid_distillation(student_old: &Tensor, old_logits: &Tensor) -> Tensor {
+    let size = student_old.size();
+    assert_eq!(size.len(), 2, "sigmoid_distillation: (batch, old classes) logits");
+    let teacher = old_logits
+        .detach()
+        .narrow(1, 0, size[1])
+        .sigmoid()
+        .to_kind(student_old.kind());
+    student_old.binary_cross_entropy_with_logits::<Tensor>(&teacher, None, None, Reduction::Mean)
 }

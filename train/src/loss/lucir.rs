@@ -4,8 +4,8 @@ use tch::{Kind, Tensor};
 
 use super::{check_batch, mean_one_minus_cosine};
 
-/// Base of the adaptive less-forget weight: L's `--lamda 5` on CIFAR.
-pub const LESS_FORGET_BASE: f64 = 5.0;
+// The less-forget base (L's `--lamda`: 5 on CIFAR, 10 on ImageNet) comes
+// with the stage's params (`MethodHyper::less_forget`).
 /// Margin ranking: L's `--K 2` hard negatives, `--dist 0.5` margin.
 pub const MARGIN_RANKING_K: i64 = 2;
 pub const MARGIN: f64 = 0.5;

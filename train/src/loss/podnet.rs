@@ -1,15 +1,15 @@
 //! PODNet's losses (reference A, `losses/base.py` `nca`,
 //! `losses/distillation.py` `pod`).
 
+use bsce_pipeline::params::NcaPrior;
 use tch::{Kind, Tensor};
 
 use super::{check_batch, mean_one_minus_cosine};
 
-/// NCA margin of A's CIFAR config (`nca: margin: 0.6`).
+/// NCA margin of A's configs (`nca: margin: 0.6`, CIFAR and ImageNet).
+/// The POD factors, which differ per dataset, come with the stage's params
+/// (`MethodHyper`, defaults in `pipeline/src/config/presets.rs`).
 pub const NCA_MARGIN: f64 = 0.6;
-/// POD-flat and POD-spatial factors of A's CIFAR config.
-pub const POD_FLAT_FACTOR: f64 = 1.0;
-pub const POD_SPATIAL_FACTOR: f64 = 3.0;
 
 // ---------------------------------------------------------------------------
 // PODNet (reference A, losses/base.py `nca`, losses/distillation.py `pod`)
@@ -45,23 +45,50 @@ pub fn podnet_nca(
     as_coded: bool,
     log_counts: Option<&Tensor>,
 ) -> Tensor {
+    podnet_nca_with_prior(
+        logits,
+        targets,
+        scale,
+        margin,
+        as_coded,
+        log_counts,
+        NcaPrior::AfterScale,
+    )
+}
+
+/// [`podnet_nca`] with the prior's place chosen: `AfterScale` gives
+/// a = η(z − m) + log n_c (the default, [`podnet_nca`]); `BeforeScale`
+/// gives a = η(z − m + log n_c), the prior scaled with the logits by the
+/// learned η. Without a prior the two are the same loss.
+pub fn podnet_nca_with_prior(
+    logits: &Tensor,
+    targets: &Tensor,
+    scale: &Tensor,
+    margin: f64,
+    as_coded: bool,
+    log_counts: Option<&Tensor>,
+    placement: NcaPrior,
+) -> Tensor {
     let (_, classes) = check_batch(logits, targets);
     assert_eq!(scale.numel(), 1, "podnet_nca: the scale η is one number");
     let is_target = targets.one_hot(classes).to_kind(Kind::Bool);
-    let with_prior = |a: Tensor| match log_counts {
-        None => a,
-        Some(log_n) => {
-            assert_eq!(
-                log_n.size(),
-                [classes],
-                "podnet_nca: one log count per class"
-            );
-            a + log_n.to_device(logits.device()).to_kind(logits.kind())
-        }
+    let prior = log_counts.map(|log_n| {
+        assert_eq!(
+            log_n.size(),
+            [classes],
+            "podnet_nca: one log count per class"
+        );
+        log_n.to_device(logits.device()).to_kind(logits.kind())
+    });
+    // `shifted` is z minus the margin, before the scale.
+    let with_prior = |shifted: Tensor| match (&prior, placement) {
+        (None, _) => shifted * scale,
+        (Some(p), NcaPrior::AfterScale) => shifted * scale + p,
+        (Some(p), NcaPrior::BeforeScale) => (shifted + p) * scale,
     };
     let target_column = targets.unsqueeze(1);
     if as_coded {
-        let a = with_prior((logits - margin) * scale);
+        let a = with_prior(logits - margin);
         let a = &a - a.amax([1], true);
         let a_y = a.gather(1, &target_column, false).squeeze_dim(1);
         let denominator = a.masked_fill(&is_target, 0.0);
@@ -77,7 +104,7 @@ pub fn podnet_nca(
             "podnet_nca: the paper's NCA needs a non-target class"
         );
         let target_margin = is_target.to_kind(logits.kind()) * margin;
-        let a = with_prior((logits - target_margin) * scale);
+        let a = with_prior(logits - target_margin);
         let a_y = a.gather(1, &target_column, false).squeeze_dim(1);
         let others = a
             .masked_fill(&is_target, f64::NEG_INFINITY)

@@ -3,6 +3,7 @@
 //! the project venv's torch 2.13.
 
 use super::*;
+use bsce_pipeline::params::NcaPrior;
 
 /// A (rows, columns) f64 tensor.
 pub fn mat(rows: &[&[f64]]) -> Tensor {
@@ -241,6 +242,20 @@ mod icarl {
         let old: &[&[f64]] = &[&[1.0, 0.0], &[0.3, -0.6]];
         let loss = kd_logits(&mat(new), &mat(old), 2.0);
         assert_close(scalar(&loss), hand_kd(new, old, 2.0), 1e-12);
+    }
+
+    #[test]
+    fn sigmoid_distillation_is_bce_on_the_old_columns_with_old_sigmoid_targets() {
+        let student: &[&[f64]] = &[&[0.5, -1.0], &[-0.3, 0.8]];
+        // A wider teacher: only its first two columns are read.
+        let old: &[&[f64]] = &[&[1.0, 0.0, 9.0], &[0.3, -0.6, -9.0]];
+        let targets: Vec<Vec<f64>> = old
+            .iter()
+            .map(|r| r[..2].iter().map(|&x| sigmoid(x)).collect())
+            .collect();
+        let targets: Vec<&[f64]> = targets.iter().map(Vec::as_slice).collect();
+        let loss = crate::loss::icarl::sigmoid_distillation(&mat(student), &mat(old));
+        assert_close(scalar(&loss), hand_bce(student, &targets), 1e-12);
     }
 
     #[test]
@@ -507,6 +522,32 @@ mod podnet {
             None,
         );
         assert_eq!(scalar(&easy), 0.0);
+    }
+
+    #[test]
+    fn nca_prior_before_the_scale_is_scaled_with_the_logits() {
+        // a_c = η(z_c − m + ln n_c): the closed form with η·ln n as prior.
+        let scaled: Vec<f64> = COUNTS.iter().map(|n| ETA * n.ln()).collect();
+        let plain: Vec<f64> = COUNTS.iter().map(|n| n.ln()).collect();
+        for (as_coded, form) in [
+            (true, closed_form as fn(&[&[f64]], &[i64], f64, &[f64]) -> f64),
+            (false, paper_form),
+        ] {
+            let at = |placement| {
+                scalar(&crate::loss::podnet::podnet_nca_with_prior(
+                    &mat(Z),
+                    &labels(&Y),
+                    &eta(),
+                    0.6,
+                    as_coded,
+                    Some(&log_counts()),
+                    placement,
+                ))
+            };
+            assert_close(at(NcaPrior::BeforeScale), form(Z, &Y, 0.6, &scaled), 1e-12);
+            assert_close(at(NcaPrior::AfterScale), form(Z, &Y, 0.6, &plain), 1e-12);
+            assert!((at(NcaPrior::BeforeScale) - at(NcaPrior::AfterScale)).abs() > 1e-3);
+        }
     }
 
     #[test]

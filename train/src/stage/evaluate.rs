@@ -12,6 +12,7 @@ use super::{positions, write_json, Model};
 use crate::data::{augment, gather};
 use crate::memory::nme_scores;
 use crate::method::{augment_spec, uses_raw_features, EvalParams};
+use bsce_pipeline::params::FeatureTap;
 use crate::runtime;
 use crate::{Result, StageError};
 
@@ -83,6 +84,11 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         .collect();
     let aug = augment_spec(&info.augment, info.crop)?;
     let raw = uses_raw_features(info.preset);
+    let tap = info.features.unwrap_or(if raw {
+        FeatureTap::PreActivation
+    } else {
+        FeatureTap::PostActivation
+    });
     let means = Tensor::from_slice(&memory.class_means.concat())
         .view([seen as i64, -1])
         .to(device);
@@ -96,9 +102,10 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 0,
             );
             let out = model.backbone.forward_t(&x, false);
-            let f = if raw { out.raw } else { out.features };
-            cnn.push(model.head.forward(&f).to_device(Device::Cpu));
-            nme.push(nme_scores(&f, &means).to_device(Device::Cpu));
+            let f = if raw { &out.raw } else { &out.features };
+            cnn.push(model.head.forward(f).to_device(Device::Cpu));
+            let g = super::tapped(&out, tap);
+            nme.push(nme_scores(&g, &means).to_device(Device::Cpu));
             reporter.progress(
                 ((b + 1) * BATCH).min(idx.len()) as u64,
                 Some(idx.len() as u64),

@@ -7,6 +7,7 @@
 //! `log.json` (per-epoch losses, lr and time).
 
 pub mod evaluate;
+pub mod finetune;
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,10 @@ pub struct ModelInfo {
     /// Dataset class ids in incremental order (the first `sum(blocks)`
     /// entries of the class order).
     pub classes: Vec<u32>,
+    /// The features herding and NME use; absent in models written before
+    /// the choice existed, which used the classifier's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<bsce_pipeline::params::FeatureTap>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -96,4 +101,17 @@ pub fn positions(order: &[u32], num_classes: usize) -> Vec<usize> {
         }
     }
     pos
+}
+
+/// The pooled features `tap` names (herding, class means and NME, in
+/// training and evaluation alike).
+pub fn tapped(
+    out: &crate::net::BackboneOut,
+    tap: bsce_pipeline::params::FeatureTap,
+) -> tch::Tensor {
+    use bsce_pipeline::params::FeatureTap;
+    match tap {
+        FeatureTap::PreActivation => out.raw.shallow_clone(),
+        FeatureTap::PostActivation => out.features.shallow_clone(),
+    }
 }

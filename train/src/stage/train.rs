@@ -8,12 +8,13 @@ use bsce_stages::order::read_order;
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::{positions, write_json, Memory, Model, ModelInfo};
+use super::{positions, tapped, write_json, Memory, Model, ModelInfo};
 use crate::classifier::HeadSpec;
 use crate::data::{augment, flip_horizontal, gather, substream, AugmentSpec, Batches};
 use crate::loss;
 use crate::memory::{class_mean, herding, random_selection, MemoryBudget};
 use crate::method::{augment_spec, head_spec, uses_raw_features, Preset, Selection, TrainParams};
+use bsce_pipeline::params::{IcarlDistillation, NcaPrior};
 use crate::net::BackboneOut;
 use crate::runtime;
 use crate::{Result, StageError};
@@ -70,9 +71,10 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 network: p.network.clone(),
                 augment: p.augment.clone(),
                 crop: p.crop,
-                head: head_spec(preset),
+                head: head_spec(&p.method),
                 blocks: vec![],
                 classes: vec![],
+                features: Some(p.method.features),
             };
             (Model::build(&info, device)?, None, Memory::default(), info)
         }
@@ -101,10 +103,14 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         counts[target_of(i) as usize] += 1;
     }
     reporter.provenance("class_counts", json!(counts));
+    // Every choice this task's computation reads (hyper-parameters,
+    // fine-tuning, BSCE combination, feature tap), as the plan resolved it.
+    reporter.provenance("method", json!(p.method));
 
     // Grow the head: new classes, imprinted from their mean features where
     // the method does so (LUCIR, PODNet from task 1 on).
     let new = (p.end - p.start) as i64;
+    // The classifier's input, and the features herding and NME use.
     let feature_of = |out: &BackboneOut| {
         if uses_raw_features(preset) {
             out.raw.shallow_clone()
@@ -112,6 +118,9 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             out.features.shallow_clone()
         }
     };
+    let tap = p.method.features;
+    info.features = Some(tap);
+    let memory_feature_of = |out: &BackboneOut| tapped(out, tap);
     let imprint = if p.task > 0 && matches!(preset, Preset::Lucir | Preset::Podnet) {
         let proxies = match info.head {
             HeadSpec::LocalSimilarity { proxies, .. } => proxies,
@@ -154,6 +163,12 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     // Old classes' weights stay as they are in LUCIR and PODNet.
     if matches!(preset, Preset::Lucir | Preset::Podnet) {
         model.head.set_old_blocks_trainable(false);
+    }
+    // PODNet's NME configuration has no learned η: NCA's scale stays 1.
+    if p.method.hyper.learned_scale == Some(false) {
+        if let Some(eta) = model.head.scale() {
+            let _ = eta.set_requires_grad(false);
+        }
     }
 
     let log_counts = loss::log_count_adjustment(&counts, device);
@@ -213,7 +228,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 .fold(Tensor::zeros([], (Kind::Float, device)), |acc, (_, t)| {
                     acc + t
                 });
-            opt.backward_step(&total);
+            sgd_step(&mut opt, &model.vs, &total, p.method.hyper.gradient_clamp);
             for (name, t) in &terms {
                 *sums.entry(name).or_default() += t.double_value(&[]) * batch.indices.len() as f64;
             }
@@ -235,28 +250,43 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         log.push(entry);
     }
 
-    if p.method.balanced_finetune && p.task > 0 {
-        balanced_finetune(
-            &p,
-            job.seed,
-            &mut model,
-            &ds,
-            hwc,
-            &aug,
-            device,
-            &train_idx,
-            &target_of,
-            &feature_of,
-            &mut log,
-        )?;
-    }
-
-    // Memory: exemplars for the new classes, old classes cut to the budget.
+    // Memory budget: m exemplars per class once this task's classes are in.
     let budget = match (p.method.memory_per_class, p.method.memory_total) {
         (_, Some(total)) => Some(MemoryBudget::Total(total)),
         (Some(n), None) => Some(MemoryBudget::PerClass(n)),
         (None, None) => None,
     };
+    if let (true, Some(spec)) = (p.method.balanced_finetune && p.task > 0, &p.method.finetune) {
+        let m = budget.map(|b| b.per_class(p.end)).ok_or_else(|| {
+            StageError::param(
+                "method.balanced_finetune",
+                "needs a memory: its balanced set is m exemplars per class",
+            )
+        })?;
+        super::finetune::run(
+            &super::finetune::Finetune {
+                p: &p,
+                spec,
+                seed: job.seed,
+                ds: &ds,
+                hwc,
+                aug: &aug,
+                device,
+                per_class: m,
+                old_exemplars: &memory.exemplars,
+                counts: &count_tensor,
+                log_counts: &log_counts,
+                feature_of: &feature_of,
+                memory_feature_of: &memory_feature_of,
+                target_of: &target_of,
+                labels,
+            },
+            &mut model,
+            &mut log,
+        )?;
+    }
+
+    // Memory: exemplars for the new classes, old classes cut to the budget.
     if let Some(budget) = budget {
         let m = budget.per_class(p.end);
         for ex in memory.exemplars.values_mut() {
@@ -268,7 +298,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 .collect();
             let chosen = match p.method.selection {
                 Selection::Herding => {
-                    let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &feature_of);
+                    let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &memory_feature_of);
                     herding(&f, m)
                 }
                 Selection::Random => random_selection(idx.len(), m, substream(job.seed, c as u64)),
@@ -300,8 +330,8 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 .filter(|&i| target_of(i) as usize == c)
                 .collect(),
         };
-        let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &feature_of);
-        let ff = extract(&model, &ds, hwc, &idx, &aug, device, true, &feature_of);
+        let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &memory_feature_of);
+        let ff = extract(&model, &ds, hwc, &idx, &aug, device, true, &memory_feature_of);
         means.push(
             Vec::<f32>::try_from(class_mean(&f, Some(&ff)).to_device(Device::Cpu))
                 .unwrap_or_default(),
@@ -319,6 +349,62 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     Ok(())
 }
 
+/// A preset's hyper-parameter, which the plan always sets for it.
+pub(super) fn hyper(value: Option<f64>, name: &str) -> Result<f64> {
+    value.ok_or_else(|| {
+        StageError::param(
+            format!("method.hyper.{name}"),
+            "missing: the plan sets it for this preset",
+        )
+    })
+}
+
+/// PODNet's NCA scale: the learned η, or the constant 1 of its NME
+/// configuration (no post-processor).
+pub(super) fn nca_scale(p: &TrainParams, model: &Model, device: Device) -> Tensor {
+    match (p.method.hyper.learned_scale, model.head.scale()) {
+        (Some(true), Some(eta)) => eta,
+        _ => Tensor::ones([1], (Kind::Float, device)),
+    }
+}
+
+/// The classification term: the preset's softmax loss, or BSCE.
+pub(super) fn classification(
+    p: &TrainParams,
+    model: &Model,
+    logits: &Tensor,
+    y: &Tensor,
+    counts: &Tensor,
+    log_counts: &Tensor,
+) -> (&'static str, Tensor) {
+    let bsce = p.method.bsce;
+    match p.method.preset {
+        Preset::Podnet => {
+            let eta = nca_scale(p, model, logits.device());
+            let placement = p
+                .method
+                .bsce_choices
+                .as_ref()
+                .and_then(|c| c.nca_prior)
+                .unwrap_or(NcaPrior::AfterScale);
+            (
+                "nca",
+                loss::podnet::podnet_nca_with_prior(
+                    logits,
+                    y,
+                    &eta,
+                    loss::podnet::NCA_MARGIN,
+                    true,
+                    bsce.then_some(log_counts),
+                    placement,
+                ),
+            )
+        }
+        _ if bsce => ("bsce", loss::balanced_softmax(logits, y, counts)),
+        _ => ("ce", loss::cross_entropy(logits, y)),
+    }
+}
+
 /// The loss terms of one batch, named for the log.
 #[allow(clippy::too_many_arguments)]
 fn task_loss(
@@ -333,80 +419,101 @@ fn task_loss(
     feature_of: &dyn Fn(&BackboneOut) -> Tensor,
 ) -> Result<Vec<(&'static str, Tensor)>> {
     let bsce = p.method.bsce;
+    let choices = p.method.bsce_choices.clone().unwrap_or_default();
     let (start, end) = (p.start as i64, p.end as i64);
-    let classification = |logits: &Tensor| {
-        if bsce {
-            ("bsce", loss::balanced_softmax(logits, y, counts))
-        } else {
-            ("ce", loss::cross_entropy(logits, y))
-        }
-    };
-    let mut terms = Vec::new();
+    let mut terms = vec![];
     match p.method.preset {
-        Preset::Finetune => terms.push(classification(logits)),
-        Preset::Icarl => match (bsce, old) {
-            (true, Some((_, old_logits))) => {
-                terms.push(classification(logits));
-                terms.push((
-                    "kd",
-                    loss::kd_logits(
-                        &logits.narrow(1, 0, start),
-                        old_logits,
-                        loss::icarl::KD_TEMPERATURE,
+        Preset::Finetune => terms.push(classification(p, model, logits, y, counts, log_counts)),
+        Preset::Icarl if bsce => {
+            terms.push(classification(p, model, logits, y, counts, log_counts));
+            if let Some((_, old_logits)) = old {
+                let student = logits.narrow(1, 0, start);
+                terms.push(match choices.icarl_distillation {
+                    Some(IcarlDistillation::SigmoidBce { weight }) => (
+                        "kd_bce",
+                        loss::icarl::sigmoid_distillation(&student, old_logits) * weight,
                     ),
-                ));
+                    Some(IcarlDistillation::SoftmaxKd {
+                        temperature,
+                        weight,
+                    }) => (
+                        "kd",
+                        loss::kd_logits(&student, old_logits, temperature) * weight,
+                    ),
+                    None => {
+                        return Err(StageError::param(
+                            "method.bsce_choices.icarl_distillation",
+                            "missing: the plan sets it for iCaRL+BSCE after the base task",
+                        ))
+                    }
+                });
             }
-            (true, None) => terms.push(classification(logits)),
-            (false, old) => {
-                terms.push(("bce", loss::icarl_bce(logits, y, old.map(|o| &o.1), start)))
-            }
-        },
+        }
+        Preset::Icarl => {
+            terms.push(("bce", loss::icarl_bce(logits, y, old.map(|o| &o.1), start)))
+        }
         Preset::Lucir => {
-            terms.push(classification(logits));
+            terms.push(classification(p, model, logits, y, counts, log_counts));
             if let Some((old_out, _)) = old {
-                let lambda = loss::lucir_lambda(loss::lucir::LESS_FORGET_BASE, start, end - start);
+                let base = hyper(p.method.hyper.less_forget, "less_forget")?;
+                let lambda = loss::lucir_lambda(base, start, end - start);
                 terms.push((
                     "less_forget",
                     loss::lucir_less_forget(&feature_of(out), &feature_of(old_out), lambda),
                 ));
-                let cos = model.head.similarities(&feature_of(out));
-                terms.push((
-                    "margin_ranking",
-                    loss::lucir_margin_ranking(
-                        &cos,
-                        y,
-                        start,
-                        loss::lucir::MARGIN_RANKING_K,
-                        loss::lucir::MARGIN,
-                    ),
-                ));
+                if !bsce || choices.margin_ranking != Some(false) {
+                    let cos = model.head.similarities(&feature_of(out));
+                    terms.push((
+                        "margin_ranking",
+                        loss::lucir_margin_ranking(
+                            &cos,
+                            y,
+                            start,
+                            loss::lucir::MARGIN_RANKING_K,
+                            loss::lucir::MARGIN,
+                        ),
+                    ));
+                }
             }
         }
         Preset::Podnet => {
-            let eta = model
-                .head
-                .scale()
-                .unwrap_or_else(|| Tensor::ones([], (Kind::Float, logits.device())));
-            let adj = bsce.then_some(log_counts);
-            terms.push((
-                "nca",
-                loss::podnet_nca(logits, y, &eta, loss::podnet::NCA_MARGIN, true, adj),
-            ));
+            terms.push(classification(p, model, logits, y, counts, log_counts));
             if let Some((old_out, _)) = old {
+                let flat = hyper(p.method.hyper.pod_flat, "pod_flat")?;
+                let spatial = hyper(p.method.hyper.pod_spatial, "pod_spatial")?;
                 terms.push((
                     "pod_flat",
-                    loss::pod_flat(&out.raw, &old_out.raw)
-                        * loss::pod_factor(loss::podnet::POD_FLAT_FACTOR, end, end - start),
+                    loss::pod_flat(&out.raw, &old_out.raw) * loss::pod_factor(flat, end, end - start),
                 ));
                 terms.push((
                     "pod_spatial",
                     loss::pod_spatial(&out.attention, &old_out.attention)
-                        * loss::pod_factor(loss::podnet::POD_SPATIAL_FACTOR, end, end - start),
+                        * loss::pod_factor(spatial, end, end - start),
                 ));
             }
         }
     }
     Ok(terms)
+}
+
+/// One SGD step on `loss`, with every gradient element first clamped to
+/// ±`clamp` where the method does so (PODNet: A `podnet.py` `_train_task`
+/// registers `torch.clamp(grad, -5., 5.)` as a hook on every trainable
+/// parameter, so the clamp applies before SGD adds weight decay, as here).
+pub(super) fn sgd_step(opt: &mut nn::Optimizer, vs: &nn::VarStore, loss: &Tensor, clamp: Option<f64>) {
+    opt.zero_grad();
+    loss.backward();
+    if let Some(c) = clamp {
+        tch::no_grad(|| {
+            for v in vs.trainable_variables() {
+                let mut g = v.grad();
+                if g.defined() {
+                    let _ = g.clamp_(-c, c);
+                }
+            }
+        });
+    }
+    opt.step();
 }
 
 fn l2_normalise(x: &Tensor) -> Tensor {
@@ -468,85 +575,32 @@ pub fn extract(
     })
 }
 
-/// Class-balanced fine-tuning of the classifier only (PODNet's 20 epochs
-/// on balanced memory, LUCIR's CBF): every class cut to the smallest
-/// class's count, 1/8 of the recipe's epochs, lr/10.
-#[allow(clippy::too_many_arguments)]
-fn balanced_finetune(
-    p: &TrainParams,
-    job_seed: u64,
-    model: &mut Model,
-    ds: &MappedDataset,
-    hwc: (i64, i64, i64),
-    aug: &AugmentSpec,
-    device: Device,
-    train_idx: &[usize],
-    target_of: &dyn Fn(usize) -> i64,
-    feature_of: &dyn Fn(&BackboneOut) -> Tensor,
-    log: &mut Vec<Value>,
-) -> Result<()> {
-    let mut per_class: Vec<Vec<usize>> = vec![Vec::new(); p.end];
-    for &i in train_idx {
-        per_class[target_of(i) as usize].push(i);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gradient_clamp_applies_before_weight_decay_as_the_reference_hook_does() {
+        let step = |clamp| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let w = vs.root().var("w", &[2], nn::Init::Const(1.0));
+            let mut opt = nn::Sgd {
+                momentum: 0.0,
+                dampening: 0.0,
+                wd: 0.01,
+                nesterov: false,
+            }
+            .build(&vs, 0.1)
+            .unwrap();
+            let loss = (&w * Tensor::from_slice(&[100f32, 1.0])).sum(Kind::Float);
+            sgd_step(&mut opt, &vs, &loss, clamp);
+            Vec::<f32>::try_from(&w).unwrap()
+        };
+        // torch: the hook turns grad [100, 1] into [5, 1]; SGD then adds
+        // wd·w: d = [5.01, 1.01], w = 1 - 0.1·d.
+        let clamped = step(Some(5.0));
+        assert!((clamped[0] - 0.499).abs() < 1e-6 && (clamped[1] - 0.899).abs() < 1e-6, "{clamped:?}");
+        let free = step(None);
+        assert!((free[0] - (1.0 - 0.1 * 100.01)).abs() < 1e-4, "{free:?}");
     }
-    let m = per_class
-        .iter()
-        .map(Vec::len)
-        .filter(|&n| n > 0)
-        .min()
-        .unwrap_or(0);
-    let balanced: Vec<usize> = per_class
-        .iter()
-        .flat_map(|v| v.iter().take(m).copied())
-        .collect();
-    let epochs = (p.recipe.epochs / 8).max(1);
-    let lr = p.recipe.lr / 10.0;
-    let mut opt = nn::Sgd {
-        momentum: p.recipe.momentum,
-        dampening: 0.0,
-        wd: p.recipe.weight_decay,
-        nesterov: false,
-    }
-    .build(&model.vs, lr)
-    .map_err(|e| StageError::Other(format!("optimizer: {e}")))?;
-    // Only the classifier learns: the backbone is frozen for the phase.
-    let backbone: Vec<Tensor> = model
-        .vs
-        .variables()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("backbone."))
-        .map(|(_, v)| v)
-        .collect();
-    for v in &backbone {
-        let _ = v.set_requires_grad(false);
-    }
-    model.head.set_old_blocks_trainable(true);
-    let samples: Vec<(usize, i64)> = balanced.iter().map(|&i| (i, target_of(i))).collect();
-    let mut batches = Batches::new(samples, p.recipe.batch_size as usize, job_seed ^ 0xba1a)?;
-    for epoch in 0..epochs {
-        let started = Instant::now();
-        let mut sum = 0.0;
-        for batch in batches.epoch(epoch as u64) {
-            let x = augment(
-                &gather(ds.images(SplitName::Train), hwc, batch.indices, device),
-                aug,
-                true,
-                batch.augment_seed,
-            );
-            let y = Tensor::from_slice(batch.labels).to(device);
-            let feats = tch::no_grad(|| feature_of(&model.backbone.forward_t(&x, false)));
-            let logits = model.head.forward(&feats);
-            let l = loss::cross_entropy(&logits, &y);
-            opt.backward_step(&l);
-            sum += l.double_value(&[]) * batch.indices.len() as f64;
-        }
-        log.push(
-            json!({"finetune_epoch": epoch, "lr": lr, "ce": sum / balanced.len().max(1) as f64,
-                         "seconds": started.elapsed().as_secs_f64()}),
-        );
-    }
-    for v in &backbone {
-        let _ = v.set_requires_grad(true);
-    }
-    Ok(())
 }
