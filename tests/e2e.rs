@@ -3404,14 +3404,26 @@ fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_
     let p = Project::new();
     p.write(
         "c.yaml",
-        &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1}}\n"),
+        &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1, extra: [--hold]}}\n"),
     );
-    // Both submitted before either has run anything: every stage has a
-    // job in each run, and the per-key locks decide who computes it.
+    // Both submitted before either has run anything (held until both are
+    // in: otherwise the first run's first job may end before the second
+    // run plans): every stage has a job in each run, and the per-key locks
+    // decide who computes it.
     p.slurm(&["run", "c.yaml", "--detach"]).ok();
     p.slurm(&["run", "c.yaml", "--detach"]).ok();
     let dirs = p.slurm_run_dirs();
     assert_eq!(dirs.len(), 2);
+    let mut ids = vec![];
+    for d in &dirs {
+        ids.extend(slurm_jobs(d).values().map(|(id, _, _)| id.to_string()));
+    }
+    let released = Command::new("scontrol")
+        .args(["release", &ids.join(",")])
+        .env("SLURM_CONF", slurm_cluster())
+        .output()
+        .unwrap();
+    assert!(released.status.success(), "{}", String::from_utf8_lossy(&released.stderr));
     for d in &dirs {
         let run: Value =
             serde_json::from_slice(&std::fs::read(d.join("run.json")).unwrap()).unwrap();

@@ -45,7 +45,19 @@ impl Digest {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut buf = [0u8; 64];
+        String::from_utf8(self.hex_bytes(&mut buf).to_vec()).expect("hex is ASCII")
+    }
+
+    /// The 64 lowercase hex digits, written into `buf` without allocating
+    /// (keys and blob paths are made per stage, 100,000 times a run).
+    pub fn hex_bytes<'a>(&self, buf: &'a mut [u8; 64]) -> &'a [u8] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = DIGITS[(b >> 4) as usize];
+            buf[2 * i + 1] = DIGITS[(b & 15) as usize];
+        }
+        &buf[..]
     }
 
     pub fn parse(s: &str) -> Option<Digest> {
@@ -83,16 +95,27 @@ impl fmt::Debug for Digest {
 
 impl Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        let mut buf = [0u8; 64];
+        s.serialize_str(std::str::from_utf8(self.hex_bytes(&mut buf)).expect("hex is ASCII"))
     }
 }
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("{s:?} is not a sha256 digest (64 hex digits)"))
-        })
+        // A visitor, so a record's digests are parsed without a String each.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sha256 digest (64 hex digits)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Digest, E> {
+                Digest::parse(s).ok_or_else(|| {
+                    E::custom(format!("{s:?} is not a sha256 digest (64 hex digits)"))
+                })
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -106,6 +129,17 @@ mod tests {
             Digest::of_bytes(b"abc").to_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn hex_round_trips_through_serde() {
+        let d = Digest::of_bytes(b"abc");
+        assert_eq!(d.to_hex(), hex::encode(d.0));
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{}\"", hex::encode(d.0)));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        let bad = serde_json::from_str::<Digest>("\"abc\"").unwrap_err();
+        assert!(bad.to_string().contains("is not a sha256 digest"), "{bad}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::events::{Reporter, RunEvent, RunSummary};
 use crate::key::{diff_records, DirtyReason, KeyRecord, KEY_VERSION};
 use crate::plan::{NodeId, Plan, PlanNode};
 use crate::sources::{SourceDigester, SourceError};
-use crate::store::{ActionRecord, OutputEntry, Store, StoreError};
+use crate::store::{ActionRecord, CachedAction, OutputEntry, Store, StoreError};
 pub use cancel::CancelToken;
 pub use context::RunContext;
 use gpus::GpuPool;
@@ -54,7 +54,7 @@ const PARALLEL_LOOKUP_MIN: usize = 32;
 
 /// What the store says about a ready node.
 enum Lookup {
-    Cached { key: Digest, record: ActionRecord },
+    Cached { key: Digest, record: CachedAction },
     ToRun { record: KeyRecord, key: Digest, forced: bool },
 }
 
@@ -455,7 +455,7 @@ impl<'a> Engine<'a> {
         let key = record.key();
         let forced = opts.forces(&node.label);
         if !forced {
-            if let Some(found) = self.store.local().get_usable_action(&key)? {
+            if let Some(found) = self.store.local().get_cached(&key)? {
                 return Ok(Lookup::Cached { key, record: found });
             }
         }
@@ -610,7 +610,7 @@ impl<'a> Engine<'a> {
                                         RunEvent::Cached {
                                             label: node.label.clone(),
                                             key,
-                                            saved_seconds: record.provenance.wall_seconds,
+                                            saved_seconds: record.wall_seconds,
                                         },
                                         &mut summary,
                                     );

@@ -1,5 +1,6 @@
 //! The local store: a directory on this machine's filesystem.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,13 @@ pub enum BlobCheck {
     },
 }
 
+/// What a run needs of a stage served from the store.
+#[derive(Clone, Debug)]
+pub struct CachedAction {
+    pub outputs: BTreeMap<String, OutputEntry>,
+    pub wall_seconds: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     root: PathBuf,
@@ -74,8 +82,24 @@ impl LocalStore {
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        let h = d.to_hex();
-        self.root.join("cas").join(&h[..2]).join(&h[2..])
+        self.sharded(d, "cas", "")
+    }
+
+    /// `<root>/<dir>/<first 2 hex digits>/<other 62><ext>`, in one allocation.
+    fn sharded(&self, d: &Digest, dir: &str, ext: &str) -> PathBuf {
+        let mut buf = [0u8; 64];
+        let h = std::str::from_utf8(d.hex_bytes(&mut buf)).expect("hex is ASCII");
+        let root = self.root.as_os_str();
+        let mut p = std::ffi::OsString::with_capacity(root.len() + dir.len() + ext.len() + 68);
+        p.push(root);
+        p.push("/");
+        p.push(dir);
+        p.push("/");
+        p.push(&h[..2]);
+        p.push("/");
+        p.push(&h[2..]);
+        p.push(ext);
+        PathBuf::from(p)
     }
 
     pub fn has_blob(&self, d: &Digest) -> bool {
@@ -194,11 +218,7 @@ impl LocalStore {
     }
 
     fn action_path(&self, key: &Digest) -> PathBuf {
-        let h = key.to_hex();
-        self.root
-            .join("ac")
-            .join(&h[..2])
-            .join(format!("{}.json", &h[2..]))
+        self.sharded(key, "ac", ".json")
     }
 
     pub fn get_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
@@ -243,6 +263,49 @@ impl LocalStore {
             let _ = self.put_action(&rec);
         }
         Ok(Some(rec))
+    }
+
+    /// [`Self::get_usable_action`] for the scheduler's hot path, which
+    /// needs only the outputs and the wall time: when the record parses as
+    /// those and every output's stamp is unchanged, nothing else of it is
+    /// decoded. Anything else (no such fields, a stamp that moved, a
+    /// missing blob) goes through `get_usable_action`, which re-hashes,
+    /// restamps, quarantines and warns as it always does.
+    pub fn get_cached(&self, key: &Digest) -> Result<Option<CachedAction>> {
+        #[derive(serde::Deserialize)]
+        struct Light {
+            outputs: BTreeMap<String, OutputEntry>,
+            provenance: LightProvenance,
+        }
+        #[derive(serde::Deserialize)]
+        struct LightProvenance {
+            wall_seconds: f64,
+        }
+        let path = self.action_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        let full = || {
+            Ok(self.get_usable_action(key)?.map(|r| CachedAction {
+                wall_seconds: r.provenance.wall_seconds,
+                outputs: r.outputs,
+            }))
+        };
+        let Ok(light) = serde_json::from_slice::<Light>(&bytes) else {
+            return full();
+        };
+        for entry in light.outputs.values() {
+            let stamp = fs::metadata(self.blob_path(&entry.digest)).map(|m| Stamp::of(&m));
+            if entry.stamp.is_none() || stamp.ok() != entry.stamp {
+                return full();
+            }
+        }
+        Ok(Some(CachedAction {
+            outputs: light.outputs,
+            wall_seconds: light.provenance.wall_seconds,
+        }))
     }
 
     pub fn put_action(&self, rec: &ActionRecord) -> Result<()> {

@@ -30,7 +30,7 @@ pub mod records;
 pub mod remote;
 
 pub use layered::{Layered, RemoteMode, Store, TransferStats};
-pub use local::LocalStore;
+pub use local::{CachedAction, LocalStore};
 pub use records::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance};
 
 use std::path::PathBuf;
