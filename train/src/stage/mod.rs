@@ -115,3 +115,36 @@ pub fn tapped(
         FeatureTap::PostActivation => out.features.shallow_clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bsce_pipeline::params::FeatureTap;
+
+    #[test]
+    fn the_tap_picks_pre_or_post_activation_pooling() {
+        let raw = tch::Tensor::from_slice(&[-1.0f32, 2.0]).view([1, 2]);
+        let out = crate::net::BackboneOut {
+            features: raw.relu(),
+            raw: raw.shallow_clone(),
+            attention: vec![],
+        };
+        let pre = Vec::<f32>::try_from(tapped(&out, FeatureTap::PreActivation).flatten(0, -1)).unwrap();
+        let post =
+            Vec::<f32>::try_from(tapped(&out, FeatureTap::PostActivation).flatten(0, -1)).unwrap();
+        assert_eq!((pre, post), (vec![-1.0, 2.0], vec![0.0, 2.0]));
+    }
+
+    #[test]
+    fn a_model_written_before_the_tap_existed_still_reads() {
+        let old = r#"{"preset":"lucir","network":"tiny","augment":"cifar_lucir","head":"cosine","blocks":[2],"classes":[0,1]}"#;
+        let info: ModelInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.features, None);
+        let new = serde_json::to_string(&ModelInfo {
+            features: Some(FeatureTap::PreActivation),
+            ..info
+        })
+        .unwrap();
+        assert!(new.contains(r#""features":"pre_activation""#), "{new}");
+    }
+}
