@@ -894,6 +894,84 @@ mod tests {
         assert_eq!(calls, (1..=10).map(|d| (d, 10)).collect::<Vec<_>>());
     }
 
+    /// A tree of textured images in every class and both splits, PNG and
+    /// JPEG, wide and tall, so that a change of any byte would show.
+    fn textured_tree(root: &Path) {
+        train_tree(root);
+        val_folders(root);
+        for i in 0..12u32 {
+            let img = RgbImage::from_fn(37 + i * 5, 29 + i * 3, |x, y| {
+                Rgb([(x * 7 + y) as u8, (x * y + i) as u8, ((y * 13) ^ x) as u8])
+            });
+            let name = match i % 3 {
+                0 => format!("train/n02/t{i:02}.jpg"),
+                1 => format!("train/n03/t{i:02}.png"),
+                _ => format!("val/n01/t{i:02}.JPEG"),
+            };
+            save(&root.join(name), DynamicImage::ImageRgb8(img));
+        }
+    }
+
+    fn file_digests(dir: &Path) -> Vec<(String, String)> {
+        use sha2::{Digest, Sha256};
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let bytes = fs::read(dir.join(&n)).unwrap();
+                (n, hex::encode(Sha256::digest(&bytes)))
+            })
+            .collect()
+    }
+
+    /// The artefact's bytes are pinned: preparation may change how it
+    /// works, never what it writes (the engine's early cutoff and every
+    /// downstream key depend on it).
+    #[test]
+    fn prepared_bytes_match_the_pinned_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        textured_tree(&tree);
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let s = ImageFolderSpec {
+            size: 24,
+            ..spec(&tree)
+        };
+        load(&s).unwrap().write(&out).unwrap();
+        let got = file_digests(&out);
+        let expected: Vec<(String, String)> = [
+            (
+                "meta.json",
+                "3fa9b53a824dc2a6daee03db0625112191701bae7a7ff5eb91a1ba85010bafb4",
+            ),
+            (
+                "test.images",
+                "fe509b5b0946b8794eacc59b66d74f022e92eee40d837db298d7d4b8a637a317",
+            ),
+            (
+                "test.labels",
+                "524bfd8fb7380bed71f6c59ee880fe0bf7a4f90c570eb2205c122841ee095198",
+            ),
+            (
+                "train.images",
+                "d4eebe2cdab3690b2a1b99e3acc0bea49ab9e28906c15c29a2408419062ffbf9",
+            ),
+            (
+                "train.labels",
+                "a89938fa805ad4b7f172beb89c1560d1ca4e6b89165c34124e153459955488e1",
+            ),
+        ]
+        .into_iter()
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect();
+        assert_eq!(got, expected);
+    }
+
     #[test]
     fn output_is_identical_across_runs_and_thread_counts() {
         let dir = tempfile::tempdir().unwrap();
