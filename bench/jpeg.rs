@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bsce_stages::dataset::image_folder::{load_image_folder, ImageFolderSpec};
+use bsce_stages::dataset::image_folder::{prepare_image_folder, ImageFolderSpec};
 
 const CLASSES: usize = 4;
 const PER_CLASS: usize = 60;
@@ -42,8 +42,13 @@ fn main() {
             .num_threads(threads)
             .build()
             .unwrap();
+        let out = dir.path().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
         let t = Instant::now();
-        pool.install(|| load_image_folder(&spec, &|_, _| {}).unwrap());
+        pool.install(|| {
+            prepare_image_folder(&spec, &out, &dir.path().join("resume"), &|_, _| {}).unwrap()
+        });
         images / t.elapsed().as_secs_f64()
     };
     time(1); // warm the page cache
@@ -55,7 +60,7 @@ fn main() {
     let files: Vec<_> = walkdir::WalkDir::new(dir.path())
         .into_iter()
         .flatten()
-        .filter(|e| e.file_type().is_file())
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "JPEG"))
         .map(|e| e.into_path())
         .collect();
     let t = Instant::now();
