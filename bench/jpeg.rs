@@ -97,7 +97,9 @@ fn main() {
     let mut order: Vec<usize> = (0..n).collect();
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for i in (1..n).rev() {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         order.swap(i, (state >> 33) as usize % (i + 1));
     }
     let mut batch = vec![0u8; 128 * bytes];

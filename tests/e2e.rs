@@ -1183,7 +1183,10 @@ fn an_image_folder_larger_than_the_stage_memory_is_prepared_streaming() {
     );
     assert_eq!(rec["provenance"]["stage"]["shards"]["total"], 7 + 1);
     // Nothing is left for a later attempt.
-    assert_eq!(std::fs::read_dir(p.store().join("resume")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(p.store().join("resume")).unwrap().count(),
+        0
+    );
 }
 
 /// Shard lines of the one resume journal in `store`, if there is one.
@@ -1209,7 +1212,10 @@ fn a_killed_image_folder_preparation_resumes_its_finished_shards() {
             child.try_wait().unwrap().is_none(),
             "the run ended before two shards were journalled"
         );
-        assert!(start.elapsed().as_secs() < 120, "no shard journalled in 120 s");
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "no shard journalled in 120 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().unwrap();
@@ -1217,7 +1223,10 @@ fn a_killed_image_folder_preparation_resumes_its_finished_shards() {
     // The stage child dies with its scheduler (parent-death signal).
     std::thread::sleep(std::time::Duration::from_millis(500));
     let done = journalled_shards(&p.store()).unwrap();
-    assert!((2..6).contains(&done), "{done} shards journalled at the kill");
+    assert!(
+        (2..6).contains(&done),
+        "{done} shards journalled at the kill"
+    );
     let st = p.status("c.yaml");
     assert!(
         st.iter().any(|s| s.0 == "prepare/inet" && s.1 == "to-run"),
@@ -1238,11 +1247,25 @@ fn a_killed_image_folder_preparation_resumes_its_finished_shards() {
     let r = p
         .run(&["run", "c.yaml", "--force", "prepare/", "--json"])
         .ok();
-    assert_eq!(executed(&r.json()), labels(&["prepare/inet"]), "{}", r.stderr);
+    assert_eq!(
+        executed(&r.json()),
+        labels(&["prepare/inet"]),
+        "{}",
+        r.stderr
+    );
     let whole = find_action(&p.store(), "prepare/inet");
     assert_eq!(whole["provenance"]["stage"]["shards"]["resumed"], 0);
-    assert_eq!(whole["provenance"]["stage"]["shards"]["decoded_images"], 1040);
-    for f in ["meta.json", "train.images", "train.labels", "test.images", "test.labels"] {
+    assert_eq!(
+        whole["provenance"]["stage"]["shards"]["decoded_images"],
+        1040
+    );
+    for f in [
+        "meta.json",
+        "train.images",
+        "train.labels",
+        "test.images",
+        "test.labels",
+    ] {
         assert_eq!(
             resumed["outputs"][f]["digest"], whole["outputs"][f]["digest"],
             "{f}"

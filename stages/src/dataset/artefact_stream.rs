@@ -138,6 +138,9 @@ mod tests {
         let e = meta_from_labels("x", [2, 1, 3], &ds.classes, &[0, 3], &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("train split: label 3 of image 1 is out of range"), "{e}");
+        assert!(
+            e.contains("train split: label 3 of image 1 is out of range"),
+            "{e}"
+        );
     }
 }

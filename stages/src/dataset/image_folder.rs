@@ -202,7 +202,10 @@ fn prepare_in_shards(
         &test_labels,
     )?;
     let image_bytes = meta.image_bytes();
-    let splits = [(SplitName::Train, &plan.train), (SplitName::Test, &plan.val)];
+    let splits = [
+        (SplitName::Train, &plan.train),
+        (SplitName::Test, &plan.val),
+    ];
     // Shards never straddle splits: (split, first image, images).
     let mut shards = Vec::new();
     for (split, entries) in splits {
@@ -245,7 +248,14 @@ fn prepare_in_shards(
             SplitName::Train => (&plan.train, &outputs[0]),
             SplitName::Test => (&plan.val, &outputs[1]),
         };
-        decode_shard(&entries[first..first + len], first, spec.size, file, path, &on_image)?;
+        decode_shard(
+            &entries[first..first + len],
+            first,
+            spec.size,
+            file,
+            path,
+            &on_image,
+        )?;
         // The shard's bytes reach the disk before the journal vouches
         // for them.
         file.sync_data().map_err(|e| StageError::io(path, e))?;
@@ -1154,8 +1164,14 @@ mod tests {
     fn prepared(s: &ImageFolderSpec, root: &Path, name: &str, shard_len: usize) -> PathBuf {
         let out = root.join(name);
         fs::create_dir_all(&out).unwrap();
-        prepare_in_shards(s, &out, &root.join(format!("{name}.resume")), shard_len, &|_, _| {})
-            .unwrap();
+        prepare_in_shards(
+            s,
+            &out,
+            &root.join(format!("{name}.resume")),
+            shard_len,
+            &|_, _| {},
+        )
+        .unwrap();
         out
     }
 

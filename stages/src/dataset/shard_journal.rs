@@ -211,7 +211,10 @@ mod tests {
         drop(j);
         let j = open(&resume, "fp1");
         assert_eq!((done(&j), j.resumed()), (vec![0, 3], 2));
-        assert_eq!(&fs::read(j.data_path("a.bin")).unwrap()[60..71], b"shard three");
+        assert_eq!(
+            &fs::read(j.data_path("a.bin")).unwrap()[60..71],
+            b"shard three"
+        );
     }
 
     #[test]

@@ -38,9 +38,10 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             // Streamed to disk, not held: the one source that can outgrow
             // memory (ImageNet-1k is 250 GB prepared).
             let spec = image_folder_spec(job, params)?;
-            let report = prepare_image_folder(&spec, &job.out_dir, &job.resume_dir, &|done, total| {
-                reporter.progress(done, Some(total), "images")
-            })?;
+            let report =
+                prepare_image_folder(&spec, &job.out_dir, &job.resume_dir, &|done, total| {
+                    reporter.progress(done, Some(total), "images")
+                })?;
             if report.resumed_shards > 0 {
                 // A plain stdout line goes to the stage's log.
                 let _ = writeln!(
