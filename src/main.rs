@@ -1232,8 +1232,12 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
             if json {
                 out!("{}", serde_json::to_string_pretty(&r)?);
             } else {
+                let partial = match r.removed_partial {
+                    0 => String::new(),
+                    n => format!(", {n} partial stage work folders"),
+                };
                 out!(
-                    "kept {} results; removed {} results and {} blobs ({} bytes)",
+                    "kept {} results; removed {} results and {} blobs{partial} ({} bytes)",
                     r.kept_actions,
                     r.removed_actions,
                     r.removed_blobs,

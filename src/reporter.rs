@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bsce_pipeline::events::{Reporter, RunEvent};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,7 +13,54 @@ pub struct TerminalReporter {
     multi: Option<MultiProgress>,
     overall: Option<ProgressBar>,
     bars: HashMap<String, ProgressBar>,
+    rates: HashMap<String, Rate>,
     quiet_cached: bool,
+}
+
+/// A stage's throughput since its first progress message. A resumed stage
+/// starts at the work its earlier attempt finished, which must count
+/// neither towards its speed nor against its ETA.
+struct Rate {
+    first_done: u64,
+    since: Instant,
+}
+
+/// Below this a rate is noise.
+const RATE_AFTER: Duration = Duration::from_secs(1);
+
+impl Rate {
+    fn new(done: u64, now: Instant) -> Self {
+        Rate {
+            first_done: done,
+            since: now,
+        }
+    }
+
+    /// `" 412 images/s, eta 1:02:03"`, or nothing before [`RATE_AFTER`].
+    fn describe(&self, done: u64, total: Option<u64>, unit: &str, now: Instant) -> String {
+        let elapsed = now.saturating_duration_since(self.since);
+        let work = done.saturating_sub(self.first_done);
+        if elapsed < RATE_AFTER || work == 0 {
+            return String::new();
+        }
+        let per_second = work as f64 / elapsed.as_secs_f64();
+        let mut text = format!("  {per_second:.0} {unit}/s");
+        if let Some(total) = total {
+            let left = total.saturating_sub(done) as f64 / per_second;
+            text.push_str(&format!(", eta {}", clock(left.round() as u64)));
+        }
+        text
+    }
+}
+
+/// `m:ss`, or `h:mm:ss` from an hour.
+fn clock(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
 }
 
 impl TerminalReporter {
@@ -24,6 +71,7 @@ impl TerminalReporter {
             multi,
             overall: None,
             bars: HashMap::new(),
+            rates: HashMap::new(),
             quiet_cached,
         }
     }
@@ -97,9 +145,15 @@ impl Reporter for TerminalReporter {
                 unit,
             } => {
                 if let Some(bar) = self.bars.get(label) {
+                    let now = Instant::now();
+                    let rate = self
+                        .rates
+                        .entry(label.clone())
+                        .or_insert_with(|| Rate::new(*done, now))
+                        .describe(*done, *total, unit, now);
                     match total {
-                        Some(t) => bar.set_message(format!("{done}/{t} {unit}")),
-                        None => bar.set_message(format!("{done} {unit}")),
+                        Some(t) => bar.set_message(format!("{done}/{t} {unit}{rate}")),
+                        None => bar.set_message(format!("{done} {unit}{rate}")),
                     }
                 }
             }
@@ -108,6 +162,7 @@ impl Reporter for TerminalReporter {
                 wall_seconds,
                 ..
             } => {
+                self.rates.remove(label);
                 if let Some(bar) = self.bars.remove(label) {
                     bar.finish_and_clear();
                 }
@@ -120,6 +175,7 @@ impl Reporter for TerminalReporter {
                 log_tail,
                 ..
             } => {
+                self.rates.remove(label);
                 if let Some(bar) = self.bars.remove(label) {
                     bar.finish_and_clear();
                 }
@@ -136,6 +192,7 @@ impl Reporter for TerminalReporter {
                 message,
                 producers,
             } => {
+                self.rates.remove(label);
                 if let Some(bar) = self.bars.remove(label) {
                     bar.finish_and_clear();
                 }
@@ -175,5 +232,30 @@ impl Drop for TerminalReporter {
         if let Some(o) = &self.overall {
             o.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_eta_count_only_this_attempts_work() {
+        let start = Instant::now();
+        let at = |s: f64| start + Duration::from_secs_f64(s);
+        // Resumed at 600 of 1,000 images.
+        let rate = Rate::new(600, start);
+        assert_eq!(rate.describe(650, Some(1000), "images", at(0.5)), "");
+        assert_eq!(
+            rate.describe(700, Some(1000), "images", at(2.0)),
+            "  50 images/s, eta 0:06"
+        );
+        assert_eq!(rate.describe(700, None, "bytes", at(2.0)), "  50 bytes/s");
+        assert_eq!(rate.describe(600, Some(1000), "images", at(9.0)), "");
+        let slow = Rate::new(0, start);
+        assert_eq!(
+            slow.describe(1, Some(10_000), "images", at(1.0)),
+            "  1 images/s, eta 2:46:39"
+        );
     }
 }

@@ -703,6 +703,10 @@ fn gc_keeps_what_listed_configs_reach_and_du_reports_kinds() {
         &SMALL.replace("orders: [a, b]", "orders: [a]"),
     );
     p.run(&["run", "big.yaml"]).ok();
+    // What a killed preparation leaves for its next attempt.
+    let partial = p.store().join("resume").join("ab".repeat(32));
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("train.images"), vec![1u8; 8192]).unwrap();
     let du = p
         .run(&["cache", "du", "--store", ".bsce", "--json"])
         .ok()
@@ -715,6 +719,8 @@ fn gc_keeps_what_listed_configs_reach_and_du_reports_kinds() {
         .json();
     assert_eq!(gc["kept_actions"], 4);
     assert_eq!(gc["removed_actions"], 3);
+    assert_eq!(gc["removed_partial"], 1);
+    assert!(!partial.exists());
     assert!(p.status("small.yaml").iter().all(|s| s.1 == "cached"));
     let du = p
         .run(&["cache", "du", "--store", ".bsce", "--json"])
@@ -1179,6 +1185,149 @@ fn an_image_folder_tree_is_inspected_prepared_and_ordered() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("FAILED   order/inet/o"), "{}", r.stderr);
     assert!(r.stderr.contains("the dataset has 2"), "{}", r.stderr);
+}
+
+/// An ImageNet-layout tree of small textured JPEGs: `classes` folders of
+/// `train` images each, and `val` per class.
+fn write_image_tree(root: &Path, classes: u32, train: u32, val: u32) {
+    for (split, n) in [("train", train), ("val", val)] {
+        for c in 0..classes {
+            let dir = root.join(split).join(format!("n{c:08}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(96, 72, |x, y| {
+                    let v = (x * (c + 3) + y * (i + 5)) ^ (x * y / 7);
+                    image::Rgb([v as u8, (v >> 3) as u8 ^ y as u8, (x + y + c) as u8])
+                });
+                let mut bytes = Vec::new();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
+                    .encode_image(&img)
+                    .unwrap();
+                std::fs::write(dir.join(format!("{split}_{i:05}.JPEG")), bytes).unwrap();
+            }
+        }
+    }
+}
+
+fn image_tree_config(size: u32) -> String {
+    format!(
+        "datasets:\n  inet:\n    image_folder: {{root: tree, size: {size}}}\norders:\n  o: {{explicit: [1, 0, 3, 2]}}\nsettings:\n  s: {{base: 2, increment: 1}}\nexperiments:\n  e: {{dataset: inet, orders: [o], settings: [s]}}\n"
+    )
+}
+
+/// Preparation streams images to disk: the stage's peak memory (the
+/// child's `wait4` maximum RSS, recorded in provenance) stays a fraction
+/// of the artefact it writes. Holding the dataset in memory, as a reader
+/// of small datasets may, needs at least the artefact's size.
+#[test]
+fn an_image_folder_larger_than_the_stage_memory_is_prepared_streaming() {
+    let p = Project::new();
+    // 1,100 images at 256 px: 216 MB of train.images.
+    write_image_tree(&p.path("tree"), 4, 270, 5);
+    p.write("c.yaml", &image_tree_config(256));
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["executed"], 3, "{}", r.stderr);
+    let rec = find_action(&p.store(), "prepare/inet");
+    let artefact = rec["outputs"]["train.images"]["size"].as_u64().unwrap()
+        + rec["outputs"]["test.images"]["size"].as_u64().unwrap();
+    assert_eq!(artefact, 1100 * 256 * 256 * 3);
+    let peak = rec["provenance"]["peak_rss_kib"].as_u64().unwrap() * 1024;
+    assert!(
+        peak > 0 && peak < 64 << 20 && peak < artefact / 3,
+        "prepare peaked at {} MiB of memory for a {} MiB artefact",
+        peak >> 20,
+        artefact >> 20
+    );
+    assert_eq!(rec["provenance"]["stage"]["shards"]["total"], 7 + 1);
+    // Nothing is left for a later attempt.
+    assert_eq!(
+        std::fs::read_dir(p.store().join("resume")).unwrap().count(),
+        0
+    );
+}
+
+/// Shard lines of the one resume journal in `store`, if there is one.
+fn journalled_shards(store: &Path) -> Option<usize> {
+    let dir = std::fs::read_dir(store.join("resume")).ok()?.next()?.ok()?;
+    let text = std::fs::read_to_string(dir.path().join("journal")).ok()?;
+    Some(text.matches('\n').count().saturating_sub(1))
+}
+
+/// A preparation killed halfway (SIGKILL to the run; the stage dies with
+/// it) resumes at its first unjournalled shard: the next run decodes only
+/// the rest, and its artefact is byte-identical to one prepared in one go.
+#[test]
+fn a_killed_image_folder_preparation_resumes_its_finished_shards() {
+    let p = Project::new();
+    // 1,040 images of 196,608 bytes: shards of 170, six train and one val.
+    write_image_tree(&p.path("tree"), 4, 250, 10);
+    p.write("c.yaml", &image_tree_config(256));
+    let mut child = p.spawn(&["run", "c.yaml", "--jobs", "1"]);
+    let start = std::time::Instant::now();
+    while journalled_shards(&p.store()).unwrap_or(0) < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before two shards were journalled"
+        );
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "no shard journalled in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The stage child dies with its scheduler (parent-death signal).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let done = journalled_shards(&p.store()).unwrap();
+    assert!(
+        (2..6).contains(&done),
+        "{done} shards journalled at the kill"
+    );
+    let st = p.status("c.yaml");
+    assert!(
+        st.iter().any(|s| s.0 == "prepare/inet" && s.1 == "to-run"),
+        "{st:?}"
+    );
+
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["executed"], 3, "{}", r.stderr);
+    let resumed = find_action(&p.store(), "prepare/inet");
+    let shards = &resumed["provenance"]["stage"]["shards"];
+    assert_eq!(shards["total"], 7);
+    assert_eq!(shards["resumed"], done as u64);
+    assert_eq!(shards["resumed_images"], done as u64 * 170);
+    assert_eq!(shards["decoded_images"], 1040 - done as u64 * 170);
+    assert!(!p.store().join("resume").read_dir().unwrap().any(|_| true));
+
+    // The same key prepared in one go: same bytes.
+    let r = p
+        .run(&["run", "c.yaml", "--force", "prepare/", "--json"])
+        .ok();
+    assert_eq!(
+        executed(&r.json()),
+        labels(&["prepare/inet"]),
+        "{}",
+        r.stderr
+    );
+    let whole = find_action(&p.store(), "prepare/inet");
+    assert_eq!(whole["provenance"]["stage"]["shards"]["resumed"], 0);
+    assert_eq!(
+        whole["provenance"]["stage"]["shards"]["decoded_images"],
+        1040
+    );
+    for f in [
+        "meta.json",
+        "train.images",
+        "train.labels",
+        "test.images",
+        "test.labels",
+    ] {
+        assert_eq!(
+            resumed["outputs"][f]["digest"], whole["outputs"][f]["digest"],
+            "{f}"
+        );
+    }
 }
 
 #[test]

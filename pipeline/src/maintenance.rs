@@ -165,11 +165,14 @@ pub struct GcReport {
     pub kept_actions: usize,
     pub removed_actions: usize,
     pub removed_blobs: usize,
+    /// Partial work of stages that failed or were killed (`resume/`).
+    pub removed_partial: usize,
     pub freed_bytes: u64,
 }
 
 /// Removes every action record whose key is not in `keep`, then every blob
-/// no kept record references (outputs and logs).
+/// no kept record references (outputs and logs), then every stage's
+/// partial work (gc holds the store exclusively: no stage is running).
 pub fn gc(store: &LocalStore, keep: &BTreeSet<Digest>) -> Result<GcReport, StoreError> {
     let mut report = GcReport::default();
     let mut live: BTreeSet<Digest> = BTreeSet::new();
@@ -190,6 +193,12 @@ pub fn gc(store: &LocalStore, keep: &BTreeSet<Digest>) -> Result<GcReport, Store
             report.removed_blobs += 1;
             report.freed_bytes += size;
         }
+    }
+    for (dir, bytes) in store.resume_dirs()? {
+        crate::store::local::make_writable(&dir);
+        std::fs::remove_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        report.removed_partial += 1;
+        report.freed_bytes += bytes;
     }
     Ok(report)
 }

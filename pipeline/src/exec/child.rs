@@ -139,6 +139,7 @@ fn execute(
     if !run.forced {
         // Another process may have made it, or the remote has it.
         if let Some(rec) = engine.store.lookup(&run.key, true)? {
+            store.remove_resume(&run.key);
             return Ok(Outcome::CachedByOther {
                 key: run.key,
                 outputs: rec.outputs,
@@ -189,6 +190,11 @@ fn execute(
     });
     make_writable(&work);
     let _ = fs::remove_dir_all(&work);
+    // Partial work is kept across failures and kills of this key, and
+    // dropped once its result is stored (still under the key's lock).
+    if let Ok(Outcome::Executed { .. }) = &result {
+        store.remove_resume(&run.key);
+    }
     drop(lock);
     result
 }
@@ -221,6 +227,7 @@ fn prepare(engine: &Engine, run: &StageRun, work: &Path) -> Result<Prepared, Exe
         inputs,
         sources: run.sources.clone(),
         out_dir: out_dir.clone(),
+        resume_dir: store.resume_dir(&run.key),
         seed: run.seed,
         device: run.device.clone(),
     };

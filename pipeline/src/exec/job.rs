@@ -24,6 +24,14 @@ pub struct StageJob {
     /// or where a download must land.
     pub sources: BTreeMap<String, SourceLocation>,
     pub out_dir: PathBuf,
+    /// A folder of this stage key's own that survives a failed or killed
+    /// attempt (`<store>/resume/<key>/`, not created until the stage
+    /// does): a long stage keeps partial work there and the next attempt
+    /// of the same key resumes from it. The engine removes it once the
+    /// key's result is stored; `cache gc` removes all of them. A stage
+    /// must validate what it finds there: the key fixes the inputs, not
+    /// the stage's own bookkeeping.
+    pub resume_dir: PathBuf,
     /// Derived from the stage key: same key, same randomness.
     pub seed: u64,
     /// `cpu` or `cuda:N`.

@@ -12,6 +12,9 @@ use crate::digest::Digest;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Not among the folders made at open: most stores never need it.
+const RESUME_DIR: &str = "resume";
+
 const DIRS: [&str; 8] = [
     "cas",
     "ac",
@@ -79,6 +82,47 @@ impl LocalStore {
     }
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
+    }
+
+    /// Partial work of a stage key, kept across its failed or killed
+    /// attempts ([`crate::exec::job::StageJob::resume_dir`]).
+    pub fn resume_dir(&self, key: &Digest) -> PathBuf {
+        self.root.join(RESUME_DIR).join(key.to_hex())
+    }
+
+    /// Drops a key's partial work (its result is stored, or never will be
+    /// from this work).
+    pub fn remove_resume(&self, key: &Digest) {
+        let dir = self.resume_dir(key);
+        if dir.exists() {
+            make_writable(&dir);
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Every key's partial work, with its size in bytes on disk.
+    pub fn resume_dirs(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let root = self.root.join(RESUME_DIR);
+        let entries = match fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(&root, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| StoreError::io(&root, e))?.path();
+            // Preallocated files are sparse: count the blocks, not the length.
+            let bytes = walkdir::WalkDir::new(&path)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                .sum();
+            out.push((path, bytes));
+        }
+        out.sort();
+        Ok(out)
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -702,5 +746,31 @@ mod tests {
         assert!(!dead_here.exists());
         assert!(mine.exists());
         assert!(other_host.exists());
+    }
+
+    #[test]
+    fn resume_dirs_are_per_key_listed_with_their_disk_use_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.resume_dirs().unwrap(), vec![]);
+        let (a, b) = (Digest::of_bytes(b"a"), Digest::of_bytes(b"b"));
+        let dir_a = store.resume_dir(&a);
+        assert_eq!(dir_a, store.root().join("resume").join(a.to_hex()));
+        fs::create_dir_all(&dir_a).unwrap();
+        fs::write(dir_a.join("journal"), vec![7u8; 10_000]).unwrap();
+        // Preallocated and never written: no blocks, no bytes.
+        fs::File::create(dir_a.join("sparse"))
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        fs::create_dir_all(store.resume_dir(&b)).unwrap();
+        let listed = store.resume_dirs().unwrap();
+        assert_eq!(listed.len(), 2);
+        let used = listed.iter().find(|(p, _)| *p == dir_a).unwrap().1;
+        assert!((10_000..1 << 20).contains(&used), "{used}");
+        store.remove_resume(&a);
+        assert!(!dir_a.exists());
+        assert_eq!(store.resume_dirs().unwrap().len(), 1);
+        store.remove_resume(&a);
     }
 }

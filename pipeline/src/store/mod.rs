@@ -14,6 +14,7 @@
 //! | `locks/store.lock`   | shared by every `run`, exclusive for `cache gc`                |
 //! | `state/`             | source-file digest cache (path, size, mtime, inode -> digest)  |
 //! | `tmp/`               | work and temp files of running processes, named by pid         |
+//! | `resume/<key>/`      | a stage key's partial work, kept across failed and killed attempts; removed once the key is stored and by `cache gc` |
 //! | `quarantine/`        | blobs that failed `cache verify`                               |
 //!
 //! `cas` + `ac` mirror Bazel's remote cache split, so a remote backend (a

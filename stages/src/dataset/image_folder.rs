@@ -1,6 +1,13 @@
 //! ImageNet-style class-folder trees, decoded and resized once into the
 //! canonical artefact so that training never touches a JPEG.
 //!
+//! Preparation streams: each decoded image is written at its offset in the
+//! artefact's preallocated image files, so memory holds one image per
+//! worker thread plus the list of image paths (about 100 bytes per image),
+//! never the dataset (ImageNet-1k at 256 px is 250 GB). The files grow in
+//! shards, each synced and journalled in the engine's resume folder, so a
+//! killed preparation resumes at the first unfinished shard.
+//!
 //! Layout read:
 //!
 //! ```text
@@ -30,14 +37,18 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Cursor, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use crate::dataset::artefact::{Dataset, Split};
+use crate::dataset::artefact::{DatasetMeta, SplitName};
+use crate::dataset::artefact_stream::{meta_from_labels, write_labels_and_meta};
+use crate::dataset::shard_journal::ShardJournal;
 use crate::error::{Result, StageError};
 
 pub const SOURCE_FORMAT: &str = "image-folder";
@@ -126,28 +137,142 @@ pub fn scan(spec: &ImageFolderSpec) -> Result<ScanReport> {
     })
 }
 
-/// Decodes every image once, in parallel. `progress(done, total)` is called
-/// from worker threads after each image; calls may arrive slightly out of
+/// What [`prepare_image_folder`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrepareReport {
+    pub meta: DatasetMeta,
+    pub shards: usize,
+    /// Shards, and their images, found finished by an earlier attempt.
+    pub resumed_shards: usize,
+    pub resumed_images: u64,
+    /// Images decoded by this call.
+    pub decoded_images: u64,
+}
+
+/// Bytes of artefact per shard: each shard is synced and journalled once,
+/// so a kill loses at most this much work, and a sync per 32 MiB costs
+/// little against decoding it.
+const SHARD_BYTES: usize = 32 << 20;
+/// Tiny images still get a shard every this many images.
+const MAX_SHARD_IMAGES: usize = 4096;
+
+/// Images per shard for a given image size.
+pub fn shard_images(size: u32) -> usize {
+    let image_bytes = (size as usize * size as usize * CHANNELS).max(1);
+    (SHARD_BYTES / image_bytes).clamp(1, MAX_SHARD_IMAGES)
+}
+
+/// Decodes every image once, in parallel, straight into the artefact's
+/// files: each image is written at its offset in a preallocated
+/// `<split>.images` under `resume_dir`, so memory holds one image per
+/// worker thread whatever the dataset's size. Work goes in shards of
+/// [`shard_images`]; each finished shard is synced and journalled
+/// ([`ShardJournal`]), and a later call with the same plan decodes only
+/// the shards not yet journalled. At the end the labels and `meta.json`
+/// are written into `out_dir` and the image files moved there.
+///
+/// `progress(done, total)` is called from worker threads after each image,
+/// counting the resumed images as done; calls may arrive slightly out of
 /// order. On failure the error names the first bad file in artefact order,
 /// whichever thread saw it first.
-pub fn load_image_folder(
+pub fn prepare_image_folder(
     spec: &ImageFolderSpec,
+    out_dir: &Path,
+    resume_dir: &Path,
     progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<Dataset> {
+) -> Result<PrepareReport> {
+    prepare_in_shards(spec, out_dir, resume_dir, shard_images(spec.size), progress)
+}
+
+fn prepare_in_shards(
+    spec: &ImageFolderSpec,
+    out_dir: &Path,
+    resume_dir: &Path,
+    shard_len: usize,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<PrepareReport> {
     let plan = Plan::build(spec)?;
+    let labels = |entries: &[Entry]| entries.iter().map(|e| e.label).collect::<Vec<u16>>();
+    let (train_labels, test_labels) = (labels(&plan.train), labels(&plan.val));
+    let meta = meta_from_labels(
+        SOURCE_FORMAT,
+        [spec.size, spec.size, CHANNELS as u32],
+        &plan.classes,
+        &train_labels,
+        &test_labels,
+    )?;
+    let image_bytes = meta.image_bytes();
+    let splits = [
+        (SplitName::Train, &plan.train),
+        (SplitName::Test, &plan.val),
+    ];
+    // Shards never straddle splits: (split, first image, images).
+    let mut shards = Vec::new();
+    for (split, entries) in splits {
+        for first in (0..entries.len()).step_by(shard_len) {
+            shards.push((split, first, shard_len.min(entries.len() - first)));
+        }
+    }
+    let names = splits.map(|(split, _)| split.images_file());
+    let files = [
+        (names[0].as_str(), (plan.train.len() * image_bytes) as u64),
+        (names[1].as_str(), (plan.val.len() * image_bytes) as u64),
+    ];
+    let fingerprint = plan.fingerprint(spec, shard_len);
+    let mut journal = ShardJournal::open(resume_dir, &fingerprint, &files, shards.len())?;
+
     let total = (plan.train.len() + plan.val.len()) as u64;
-    let done = AtomicU64::new(0);
+    let resumed_images: u64 = (0..shards.len())
+        .filter(|&s| journal.is_done(s))
+        .map(|s| shards[s].2 as u64)
+        .sum();
+    let done = AtomicU64::new(resumed_images);
+    if resumed_images > 0 {
+        progress(resumed_images, total);
+    }
     let on_image = || progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-    let train = decode_split(&plan.train, spec.size, &on_image)?;
-    let test = decode_split(&plan.val, spec.size, &on_image)?;
-    Ok(Dataset {
-        source_format: SOURCE_FORMAT.to_string(),
-        height: spec.size,
-        width: spec.size,
-        channels: CHANNELS as u32,
-        classes: plan.classes,
-        train,
-        test,
+    let open = |name: &str| {
+        let path = journal.data_path(name);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map(|f| (f, path.clone()))
+            .map_err(|e| StageError::io(&path, e))
+    };
+    let outputs = [open(&names[0])?, open(&names[1])?];
+    for (shard, &(split, first, len)) in shards.iter().enumerate() {
+        if journal.is_done(shard) {
+            continue;
+        }
+        let (entries, (file, path)) = match split {
+            SplitName::Train => (&plan.train, &outputs[0]),
+            SplitName::Test => (&plan.val, &outputs[1]),
+        };
+        decode_shard(
+            &entries[first..first + len],
+            first,
+            spec.size,
+            file,
+            path,
+            &on_image,
+        )?;
+        // The shard's bytes reach the disk before the journal vouches
+        // for them.
+        file.sync_data().map_err(|e| StageError::io(path, e))?;
+        journal.record(shard)?;
+    }
+    drop(outputs);
+
+    write_labels_and_meta(out_dir, &meta, &train_labels, &test_labels)?;
+    for name in &names {
+        journal.move_out(name, &out_dir.join(name))?;
+    }
+    Ok(PrepareReport {
+        meta,
+        shards: shards.len(),
+        resumed_shards: journal.resumed(),
+        resumed_images,
+        decoded_images: total - resumed_images,
     })
 }
 
@@ -165,6 +290,29 @@ struct Plan {
 }
 
 impl Plan {
+    /// sha256 of everything the prepared bytes depend on besides the
+    /// files' content (which the stage key covers): the size, the shard
+    /// length, the classes and every image's path under the root and
+    /// label, in artefact order. Paths are relative, so a tree moved
+    /// elsewhere still resumes.
+    fn fingerprint(&self, spec: &ImageFolderSpec, shard_len: usize) -> String {
+        let mut h = Sha256::new();
+        h.update(format!("size={} shard={shard_len}\n", spec.size));
+        for c in &self.classes {
+            h.update(c.as_bytes());
+            h.update(b"\n");
+        }
+        for (split, entries) in [("train", &self.train), ("test", &self.val)] {
+            h.update(format!("{split} {}\n", entries.len()));
+            for e in entries {
+                let rel = e.path.strip_prefix(&spec.root).unwrap_or(&e.path);
+                h.update(rel.as_os_str().as_encoded_bytes());
+                h.update(format!("\0{}\n", e.label));
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
     fn build(spec: &ImageFolderSpec) -> Result<Plan> {
         if spec.size == 0 || spec.size > MAX_SIZE {
             return Err(StageError::param(
@@ -496,22 +644,33 @@ fn no_images(folder: &Path) -> StageError {
     StageError::invalid(folder, "holds no images (.jpg, .jpeg or .png files)")
 }
 
-fn decode_split(entries: &[Entry], size: u32, on_image: &(dyn Fn() + Sync)) -> Result<Split> {
+/// Decodes `entries` (images `first..` of their split) in parallel and
+/// writes each at its offset in `file`.
+fn decode_shard(
+    entries: &[Entry],
+    first: usize,
+    size: u32,
+    file: &fs::File,
+    path: &Path,
+    on_image: &(dyn Fn() + Sync),
+) -> Result<()> {
     let image_bytes = size as usize * size as usize * CHANNELS;
-    let mut images = vec![0u8; entries.len() * image_bytes];
     // Images after a known failure are skipped, those before it still run,
     // so the error reported is always the first bad file in artefact order.
     let first_bad = AtomicUsize::new(usize::MAX);
     let failure: Mutex<Option<(usize, StageError)>> = Mutex::new(None);
-    images
-        .par_chunks_mut(image_bytes)
-        .zip(entries.par_iter())
-        .enumerate()
-        .for_each_init(Scratch::default, |scratch, (i, (out, entry))| {
+    entries.par_iter().enumerate().for_each_init(
+        || (Scratch::default(), vec![0u8; image_bytes]),
+        |(scratch, image), (i, entry)| {
             if i > first_bad.load(Ordering::Relaxed) {
                 return;
             }
-            match decode_into(&entry.path, size as usize, scratch, out) {
+            let offset = ((first + i) * image_bytes) as u64;
+            let written = decode_into(&entry.path, size as usize, scratch, image).and_then(|()| {
+                file.write_all_at(image, offset)
+                    .map_err(|e| StageError::io(path, e))
+            });
+            match written {
                 Ok(()) => on_image(),
                 Err(e) => {
                     let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -521,14 +680,12 @@ fn decode_split(entries: &[Entry], size: u32, on_image: &(dyn Fn() + Sync)) -> R
                     }
                 }
             }
-        });
-    if let Some((_, e)) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+        },
+    );
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
-    Ok(Split {
-        images,
-        labels: entries.iter().map(|e| e.label).collect(),
-    })
 }
 
 /// Buffers one worker thread reuses from image to image.
@@ -714,6 +871,7 @@ fn resize_centre_crop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::artefact::{Dataset, MappedDataset, Split};
     use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 
     const SIZE: u32 = 8;
@@ -789,8 +947,30 @@ mod tests {
         }
     }
 
+    /// Prepares into a temporary folder and reads the artefact back.
     fn load(spec: &ImageFolderSpec) -> Result<Dataset> {
-        load_image_folder(spec, &|_, _| {})
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        prepare_image_folder(spec, &out, &dir.path().join("resume"), &|_, _| {})?;
+        Ok(read_back(&out))
+    }
+
+    fn read_back(out: &Path) -> Dataset {
+        let m = MappedDataset::open(out).unwrap();
+        let split = |s: SplitName| Split {
+            images: m.images(s).to_vec(),
+            labels: m.labels(s).to_vec(),
+        };
+        Dataset {
+            source_format: m.meta.source_format.clone(),
+            height: m.meta.height,
+            width: m.meta.width,
+            channels: m.meta.channels,
+            classes: m.meta.classes.clone(),
+            train: split(SplitName::Train),
+            test: split(SplitName::Test),
+        }
     }
 
     fn err(spec: &ImageFolderSpec) -> String {
@@ -885,13 +1065,203 @@ mod tests {
         train_tree(dir.path());
         val_folders(dir.path());
         let calls = Mutex::new(Vec::new());
-        load_image_folder(&spec(dir.path()), &|done, total| {
-            calls.lock().unwrap().push((done, total))
-        })
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        prepare_image_folder(
+            &spec(dir.path()),
+            &out,
+            &dir.path().join("resume"),
+            &|done, total| calls.lock().unwrap().push((done, total)),
+        )
         .unwrap();
         let mut calls = calls.into_inner().unwrap();
         calls.sort();
         assert_eq!(calls, (1..=10).map(|d| (d, 10)).collect::<Vec<_>>());
+    }
+
+    /// A tree of textured images in every class and both splits, PNG and
+    /// JPEG, wide and tall, so that a change of any byte would show.
+    fn textured_tree(root: &Path) {
+        train_tree(root);
+        val_folders(root);
+        for i in 0..12u32 {
+            let img = RgbImage::from_fn(37 + i * 5, 29 + i * 3, |x, y| {
+                Rgb([(x * 7 + y) as u8, (x * y + i) as u8, ((y * 13) ^ x) as u8])
+            });
+            let name = match i % 3 {
+                0 => format!("train/n02/t{i:02}.jpg"),
+                1 => format!("train/n03/t{i:02}.png"),
+                _ => format!("val/n01/t{i:02}.JPEG"),
+            };
+            save(&root.join(name), DynamicImage::ImageRgb8(img));
+        }
+    }
+
+    fn file_digests(dir: &Path) -> Vec<(String, String)> {
+        use sha2::{Digest, Sha256};
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let bytes = fs::read(dir.join(&n)).unwrap();
+                (n, hex::encode(Sha256::digest(&bytes)))
+            })
+            .collect()
+    }
+
+    /// The artefact's bytes are pinned: preparation may change how it
+    /// works, never what it writes (the engine's early cutoff and every
+    /// downstream key depend on it).
+    #[test]
+    fn prepared_bytes_match_the_pinned_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        textured_tree(&tree);
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let s = ImageFolderSpec {
+            size: 24,
+            ..spec(&tree)
+        };
+        let resume = dir.path().join("resume");
+        prepare_image_folder(&s, &out, &resume, &|_, _| {}).unwrap();
+        // The image files moved out; nothing claims them any more.
+        let left: Vec<_> = fs::read_dir(&resume).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        let got = file_digests(&out);
+        let expected: Vec<(String, String)> = [
+            (
+                "meta.json",
+                "3fa9b53a824dc2a6daee03db0625112191701bae7a7ff5eb91a1ba85010bafb4",
+            ),
+            (
+                "test.images",
+                "fe509b5b0946b8794eacc59b66d74f022e92eee40d837db298d7d4b8a637a317",
+            ),
+            (
+                "test.labels",
+                "524bfd8fb7380bed71f6c59ee880fe0bf7a4f90c570eb2205c122841ee095198",
+            ),
+            (
+                "train.images",
+                "d4eebe2cdab3690b2a1b99e3acc0bea49ab9e28906c15c29a2408419062ffbf9",
+            ),
+            (
+                "train.labels",
+                "a89938fa805ad4b7f172beb89c1560d1ca4e6b89165c34124e153459955488e1",
+            ),
+        ]
+        .into_iter()
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect();
+        assert_eq!(got, expected);
+    }
+
+    fn prepared(s: &ImageFolderSpec, root: &Path, name: &str, shard_len: usize) -> PathBuf {
+        let out = root.join(name);
+        fs::create_dir_all(&out).unwrap();
+        prepare_in_shards(
+            s,
+            &out,
+            &root.join(format!("{name}.resume")),
+            shard_len,
+            &|_, _| {},
+        )
+        .unwrap();
+        out
+    }
+
+    /// Train images in artefact order: n01 a, b, deep/c; n02 t00, t03, t06,
+    /// t09, wide; n03 t01, t04, t07, t10, tall, z. In shards of 3, t04 (image
+    /// 9) opens the fourth; the first attempt stops there.
+    fn fail_in_fourth_shard(s: &ImageFolderSpec, out: &Path, resume: &Path) -> Vec<u8> {
+        let bad = s.root.join("train/n03/t04.png");
+        let good = fs::read(&bad).unwrap();
+        fs::write(&bad, b"not a png").unwrap();
+        let e = prepare_in_shards(s, out, resume, 3, &|_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t04.png: cannot decode image"), "{e}");
+        good
+    }
+
+    #[test]
+    fn an_interrupted_preparation_resumes_its_finished_shards_and_writes_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        textured_tree(&tree);
+        let s = ImageFolderSpec {
+            size: 24,
+            ..spec(&tree)
+        };
+        let reference = prepared(&s, dir.path(), "reference", 3);
+        let (out, resume) = (dir.path().join("out"), dir.path().join("resume"));
+        fs::create_dir_all(&out).unwrap();
+        let good = fail_in_fourth_shard(&s, &out, &resume);
+        fs::write(s.root.join("train/n03/t04.png"), good).unwrap();
+
+        let calls = Mutex::new(Vec::new());
+        let report = prepare_in_shards(&s, &out, &resume, 3, &|done, total| {
+            calls.lock().unwrap().push((done, total))
+        })
+        .unwrap();
+        // 14 train images in 5 shards, 8 test images in 3.
+        assert_eq!(
+            (
+                report.shards,
+                report.resumed_shards,
+                report.resumed_images,
+                report.decoded_images
+            ),
+            (8, 3, 9, 13)
+        );
+        // Progress starts from the resumed images, then counts the others.
+        let mut calls = calls.into_inner().unwrap();
+        calls.sort();
+        assert_eq!(calls, (9..=22).map(|d| (d, 22)).collect::<Vec<_>>());
+        assert_eq!(file_digests(&out), file_digests(&reference));
+        // Shard length is a detail: one shard gives the same bytes.
+        assert_eq!(
+            file_digests(&prepared(&s, dir.path(), "one", usize::MAX)),
+            file_digests(&reference)
+        );
+    }
+
+    #[test]
+    fn a_changed_tree_or_size_never_resumes_another_plans_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        textured_tree(&tree);
+        let s = ImageFolderSpec {
+            size: 24,
+            ..spec(&tree)
+        };
+        let (out, resume) = (dir.path().join("out"), dir.path().join("resume"));
+        fs::create_dir_all(&out).unwrap();
+        let good = fail_in_fourth_shard(&s, &out, &resume);
+        fs::write(s.root.join("train/n03/t04.png"), &good).unwrap();
+        // A new first image shifts every later one.
+        save(&tree.join("train/n01/0.png"), solid(9, 9, [1, 2, 3]));
+        let report = prepare_in_shards(&s, &out, &resume, 3, &|_, _| {}).unwrap();
+        assert_eq!((report.resumed_shards, report.decoded_images), (0, 23));
+        assert_eq!(
+            file_digests(&out),
+            file_digests(&prepared(&s, dir.path(), "fresh", 3))
+        );
+
+        fs::remove_dir_all(&out).unwrap();
+        fs::create_dir_all(&out).unwrap();
+        fs::remove_file(tree.join("train/n01/0.png")).unwrap();
+        fail_in_fourth_shard(&s, &out, &resume);
+        fs::write(s.root.join("train/n03/t04.png"), &good).unwrap();
+        let smaller = ImageFolderSpec { size: 16, ..s };
+        let report = prepare_in_shards(&smaller, &out, &resume, 3, &|_, _| {}).unwrap();
+        assert_eq!((report.resumed_shards, report.decoded_images), (0, 22));
+        assert_eq!(read_back(&out), load(&smaller).unwrap());
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The `prepare` stage: a dataset source -> the canonical dataset artefact
 //! (see `dataset::artefact`).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use bsce_pipeline::exec::job::{ChildReporter, SourceLocation, StageJob};
 use serde_json::Value;
 
-use crate::dataset::image_folder::{load_image_folder, ImageFolderSpec, ValSource};
+use crate::dataset::artefact::DatasetMeta;
+use crate::dataset::image_folder::{prepare_image_folder, ImageFolderSpec, ValSource};
 use crate::dataset::synthetic::{generate, SyntheticSpec};
 use crate::dataset::{cifar, download};
 use crate::error::{Result, StageError};
@@ -33,10 +35,36 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             cifar::load_cifar100(&archive)?
         }
         "image_folder" => {
+            // Streamed to disk, not held: the one source that can outgrow
+            // memory (ImageNet-1k is 250 GB prepared).
             let spec = image_folder_spec(job, params)?;
-            load_image_folder(&spec, &|done, total| {
-                reporter.progress(done, Some(total), "images")
-            })?
+            let report =
+                prepare_image_folder(&spec, &job.out_dir, &job.resume_dir, &|done, total| {
+                    reporter.progress(done, Some(total), "images")
+                })?;
+            if report.resumed_shards > 0 {
+                // A plain stdout line goes to the stage's log.
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "resumed {} of {} shards ({} images) from {}; decoded {} images",
+                    report.resumed_shards,
+                    report.shards,
+                    report.resumed_images,
+                    job.resume_dir.display(),
+                    report.decoded_images
+                );
+            }
+            reporter.provenance(
+                "shards",
+                serde_json::json!({
+                    "total": report.shards,
+                    "resumed": report.resumed_shards,
+                    "resumed_images": report.resumed_images,
+                    "decoded_images": report.decoded_images,
+                }),
+            );
+            provenance(&report.meta, reporter);
+            return Ok(());
         }
         other => {
             return Err(StageError::param(
@@ -46,12 +74,16 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         }
     };
     let meta = dataset.write(&job.out_dir)?;
+    provenance(&meta, reporter);
+    Ok(())
+}
+
+fn provenance(meta: &DatasetMeta, reporter: &ChildReporter) {
     reporter.provenance("source_format", Value::String(meta.source_format.clone()));
     reporter.provenance(
         "images",
         serde_json::json!({"train": meta.train_count, "test": meta.test_count, "classes": meta.classes.len()}),
     );
-    Ok(())
 }
 
 /// The path of a source, downloading it first when the config gave a URL
