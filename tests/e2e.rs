@@ -3431,7 +3431,7 @@ fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
             "datasets:\n  synth:\n    synthetic: {{classes: 4, train_per_class: 100, test_per_class: 5, image_size: 16, seed: 3}}\n\
              orders:\n  a: {{numpy_seed: 1993}}\nsettings:\n  s2: {{base: 2, increment: 2}}\n\
              methods:\n  ce: {{preset: finetune, memory: {{per_class: 4}}}}\n\
-             recipes:\n  r: {{epochs: 40, batch_size: 16, lr: 0.05}}\n\
+             recipes:\n  r: {{epochs: 100, batch_size: 16, lr: 0.05}}\n\
              experiments:\n  e: {{dataset: synth, orders: [a], settings: [s2], methods: [ce], recipe: r, network: tiny}}\n\
              executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1, max_retries: {retries}}}\n"
         )
