@@ -1535,11 +1535,15 @@ fn code_edits_rerun_exactly_what_they_change_and_each_checkout_runs_its_own_code
 
     // (b) One numeric constant of LUCIR's loss: LUCIR's train stages rerun
     // with the reason, and what they feed; the base task's model (no old
-    // classes, no margin) is byte-identical, so its evaluation is cut off.
+    // classes, no margin ranking) is byte-identical, so its evaluation is
+    // cut off. A margin of -3, which no cosine gap reaches, switches every
+    // margin-ranking term off: a margin moved a little changes the gradient
+    // only if some sample's gap falls between the two values, which this
+    // tiny run need not have (and K is capped by the one new class).
     scratch.edit(
         "train/src/loss/lucir.rs",
         "pub const MARGIN: f64 = 0.5;",
-        "pub const MARGIN: f64 = 0.4;",
+        "pub const MARGIN: f64 = -3.0;",
     );
     let (ok, out) = scratch.setup();
     assert!(ok, "{out}");
