@@ -530,11 +530,17 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
     };
     assert_bad_input(
         &method("{preset: icarl, balanced_finetune: true}"),
-        &["methods.m.balanced_finetune", "only lucir and podnet have a class-balanced fine-tuning; icarl has none"],
+        &[
+            "methods.m.balanced_finetune",
+            "only lucir and podnet have a class-balanced fine-tuning; icarl has none",
+        ],
     );
     assert_bad_input(
         &method("{preset: podnet, hyper: {pod_flat: -1}}"),
-        &["methods.m.hyper.pod_flat", "is -1; expected a finite number above 0"],
+        &[
+            "methods.m.hyper.pod_flat",
+            "is -1; expected a finite number above 0",
+        ],
     );
     assert_bad_input(
         &method("{preset: podnet, hyper: {pod_flatt: 1}}"),
@@ -542,7 +548,11 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
     );
     assert_bad_input(
         &method("{preset: podnet, bsce: true, bsce_choices: {nca_prior: sideways}}"),
-        &["methods.m.bsce_choices.nca_prior", "unknown variant `sideways`", "after_scale"],
+        &[
+            "methods.m.bsce_choices.nca_prior",
+            "unknown variant `sideways`",
+            "after_scale",
+        ],
     );
     assert_bad_input(
         &method("{preset: lucir, finetune: {lr: 0}}"),
@@ -3576,7 +3586,11 @@ fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_
         .env("SLURM_CONF", slurm_cluster())
         .output()
         .unwrap();
-    assert!(released.status.success(), "{}", String::from_utf8_lossy(&released.stderr));
+    assert!(
+        released.status.success(),
+        "{}",
+        String::from_utf8_lossy(&released.stderr)
+    );
     for d in &dirs {
         let run: Value =
             serde_json::from_slice(&std::fs::read(d.join("run.json")).unwrap()).unwrap();

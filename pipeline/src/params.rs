@@ -193,7 +193,9 @@ impl MethodParams {
         m.bsce_choices = match (m.bsce, &self.bsce_choices) {
             (true, Some(c)) => Some(BsceChoices {
                 nca_prior: c.nca_prior.filter(|_| m.preset == Preset::Podnet),
-                margin_ranking: c.margin_ranking.filter(|_| m.preset == Preset::Lucir && !base),
+                margin_ranking: c
+                    .margin_ranking
+                    .filter(|_| m.preset == Preset::Lucir && !base),
                 icarl_distillation: c
                     .icarl_distillation
                     .filter(|_| m.preset == Preset::Icarl && !base),

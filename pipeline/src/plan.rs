@@ -14,8 +14,8 @@ use crate::config::{presets, Config, DatasetSource, Experiment, MethodPreset, Ne
 use crate::digest::Digest;
 use crate::key::canonical_json;
 use crate::params::{
-    AggregateParams, AggregateRun, EvalParams, OrderParams, PlotParams, RenderParams,
-    TasksParams, TrainParams, IMAGENET_CROP,
+    AggregateParams, AggregateRun, EvalParams, OrderParams, PlotParams, RenderParams, TasksParams,
+    TrainParams, IMAGENET_CROP,
 };
 use crate::registry::files;
 

@@ -500,12 +500,22 @@ mod tests {
         }
         // 32 px: stride-1 stem, max-pool to 16, then 16, 8, 4, 2; the
         // torchvision stem would end at 1.
-        let out = net.forward_t(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false);
+        let out = net.forward_t(
+            &Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)),
+            false,
+        );
         let sides: Vec<i64> = out.attention.iter().map(|a| a.size()[2]).collect();
         assert_eq!(sides, vec![16, 8, 4, 2]);
         assert_eq!(out.raw.size(), [2, 32]);
-        let tv = build(&NetSpec { width: 4, ..NetSpec::resnet18() }).1;
-        let tv_out = tv.forward_t(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false);
+        let tv = build(&NetSpec {
+            width: 4,
+            ..NetSpec::resnet18()
+        })
+        .1;
+        let tv_out = tv.forward_t(
+            &Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)),
+            false,
+        );
         assert_eq!(tv_out.attention.last().unwrap().size()[2], 1);
     }
 

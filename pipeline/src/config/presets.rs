@@ -87,10 +87,11 @@ pub fn method_params(m: &MethodDef, profile: Profile) -> MethodParams {
                 (false, true) => 5.0,
                 (false, false) => 3.0,
             })),
-            classifier_scaling: Some(
-                o.classifier_scaling
-                    .unwrap_or(if m.nme_config { 3.0 } else { 1.0 }),
-            ),
+            classifier_scaling: Some(o.classifier_scaling.unwrap_or(if m.nme_config {
+                3.0
+            } else {
+                1.0
+            })),
             learned_scale: Some(o.learned_scale.unwrap_or(!m.nme_config)),
             gradient_clamp: Some(o.gradient_clamp.unwrap_or(5.0)),
             ..Default::default()
@@ -124,10 +125,13 @@ pub fn method_params(m: &MethodDef, profile: Profile) -> MethodParams {
     let bsce_choices = m.bsce.then(|| BsceChoices {
         nca_prior: Some(c.nca_prior.unwrap_or(NcaPrior::AfterScale)),
         margin_ranking: Some(c.margin_ranking.unwrap_or(true)),
-        icarl_distillation: Some(c.icarl_distillation.unwrap_or(IcarlDistillation::SoftmaxKd {
-            temperature: 2.0,
-            weight: 1.0,
-        })),
+        icarl_distillation: Some(
+            c.icarl_distillation
+                .unwrap_or(IcarlDistillation::SoftmaxKd {
+                    temperature: 2.0,
+                    weight: 1.0,
+                }),
+        ),
     });
     MethodParams {
         preset: m.preset,
@@ -194,7 +198,9 @@ mod tests {
             })
         );
         // A BSCE variant goes without, unless asked.
-        assert!(!method_params(&method(Preset::Lucir, true), Profile::Imagenet1k).balanced_finetune);
+        assert!(
+            !method_params(&method(Preset::Lucir, true), Profile::Imagenet1k).balanced_finetune
+        );
         let mut asked = method(Preset::Lucir, false);
         asked.balanced_finetune = Some(true);
         asked.finetune.lr = Some(0.02);
@@ -257,13 +263,22 @@ mod tests {
                 json(&bsce.for_task(0, true)),
                 "{preset:?}: BSCE on equal counts is the plain softmax loss"
             );
-            assert_ne!(json(&plain.for_task(0, false)), json(&bsce.for_task(0, false)));
-            assert_ne!(json(&plain.for_task(1, true)), json(&bsce.for_task(1, true)));
+            assert_ne!(
+                json(&plain.for_task(0, false)),
+                json(&bsce.for_task(0, false))
+            );
+            assert_ne!(
+                json(&plain.for_task(1, true)),
+                json(&bsce.for_task(1, true))
+            );
         }
         // iCaRL's plain loss is BCE: never the same as BSCE.
         let plain = method_params(&method(Preset::Icarl, false), Profile::Cifar100);
         let bsce = method_params(&method(Preset::Icarl, true), Profile::Cifar100);
-        assert_ne!(json(&plain.for_task(0, true)), json(&bsce.for_task(0, true)));
+        assert_ne!(
+            json(&plain.for_task(0, true)),
+            json(&bsce.for_task(0, true))
+        );
         assert!(bsce.for_task(0, true).bsce);
     }
 
@@ -278,8 +293,14 @@ mod tests {
             choices(Preset::Podnet, 0).unwrap().nca_prior,
             Some(NcaPrior::AfterScale)
         );
-        assert!(choices(Preset::Lucir, 0).is_none(), "no margin ranking without old classes");
-        assert_eq!(choices(Preset::Lucir, 1).unwrap().margin_ranking, Some(true));
+        assert!(
+            choices(Preset::Lucir, 0).is_none(),
+            "no margin ranking without old classes"
+        );
+        assert_eq!(
+            choices(Preset::Lucir, 1).unwrap().margin_ranking,
+            Some(true)
+        );
         assert!(choices(Preset::Icarl, 0).is_none());
         assert_eq!(
             choices(Preset::Icarl, 2).unwrap(),
@@ -296,7 +317,10 @@ mod tests {
         let mut m = method(Preset::Podnet, true);
         m.bsce_choices.nca_prior = Some(NcaPrior::BeforeScale);
         let p = method_params(&m, Profile::Cifar100).for_task(1, true);
-        assert_eq!(p.bsce_choices.unwrap().nca_prior, Some(NcaPrior::BeforeScale));
+        assert_eq!(
+            p.bsce_choices.unwrap().nca_prior,
+            Some(NcaPrior::BeforeScale)
+        );
     }
 
     #[test]

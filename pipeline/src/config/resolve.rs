@@ -637,7 +637,9 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
         }
     };
     def.profile = profile.unwrap_or(match &def.source {
-        DatasetSource::ImageFolder { subset: Some(_), .. } => Profile::Imagenet100,
+        DatasetSource::ImageFolder {
+            subset: Some(_), ..
+        } => Profile::Imagenet100,
         DatasetSource::ImageFolder { subset: None, .. } => Profile::Imagenet1k,
         _ => Profile::Cifar100,
     });
@@ -736,8 +738,8 @@ fn resolve_methods(
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         // The default depends on the dataset's profile (the planner's).
-        let balanced_finetune = pick(&|m| m.balanced_finetune.map(Value::Bool))
-            .and_then(|v| v.as_bool());
+        let balanced_finetune =
+            pick(&|m| m.balanced_finetune.map(Value::Bool)).and_then(|v| v.as_bool());
         if balanced_finetune == Some(true)
             && !matches!(preset, MethodPreset::Lucir | MethodPreset::Podnet)
         {
@@ -759,22 +761,26 @@ fn resolve_methods(
             }
             Value::Object(out)
         };
-        let finetune: RawFinetune = serde_json::from_value(merged(&|m| {
-            m.finetune.as_ref().map(|f| json!(f))
-        }))
-        .expect("fields of RawFinetune");
+        let finetune: RawFinetune =
+            serde_json::from_value(merged(&|m| m.finetune.as_ref().map(|f| json!(f))))
+                .expect("fields of RawFinetune");
         if finetune.epochs == Some(0) {
-            return Err(cx.err(format!("methods.{name}.finetune.epochs"), "must be at least 1"));
+            return Err(cx.err(
+                format!("methods.{name}.finetune.epochs"),
+                "must be at least 1",
+            ));
         }
         if let Some(lr) = finetune.lr {
             if !(lr > 0.0 && lr.is_finite()) {
-                return Err(cx.err(format!("methods.{name}.finetune.lr"), format!("is {lr}; expected a positive number")));
+                return Err(cx.err(
+                    format!("methods.{name}.finetune.lr"),
+                    format!("is {lr}; expected a positive number"),
+                ));
             }
         }
-        let hyper: MethodHyper = serde_json::from_value(merged(&|m| {
-            m.hyper.as_ref().map(|h| json!(h))
-        }))
-        .expect("fields of MethodHyper");
+        let hyper: MethodHyper =
+            serde_json::from_value(merged(&|m| m.hyper.as_ref().map(|h| json!(h))))
+                .expect("fields of MethodHyper");
         for (field, v) in [
             ("less_forget", hyper.less_forget),
             ("pod_flat", hyper.pod_flat),
@@ -783,7 +789,9 @@ fn resolve_methods(
             ("gradient_clamp", hyper.gradient_clamp),
         ] {
             if let Some(v) = v {
-                if !(v >= 0.0 && v.is_finite()) || (v == 0.0 && matches!(field, "classifier_scaling" | "gradient_clamp")) {
+                if !(v >= 0.0 && v.is_finite())
+                    || (v == 0.0 && matches!(field, "classifier_scaling" | "gradient_clamp"))
+                {
                     return Err(cx.err(
                         format!("methods.{name}.hyper.{field}"),
                         format!("is {v}; expected a finite number above 0"),
@@ -791,12 +799,12 @@ fn resolve_methods(
                 }
             }
         }
-        let bsce_choices: BsceChoices = serde_json::from_value(merged(&|m| {
-            m.bsce_choices.as_ref().map(|b| json!(b))
-        }))
-        .expect("fields of BsceChoices");
+        let bsce_choices: BsceChoices =
+            serde_json::from_value(merged(&|m| m.bsce_choices.as_ref().map(|b| json!(b))))
+                .expect("fields of BsceChoices");
         if let Some(d) = bsce_choices.icarl_distillation {
-            let (IcarlDistillation::SoftmaxKd { weight, .. } | IcarlDistillation::SigmoidBce { weight }) = d;
+            let (IcarlDistillation::SoftmaxKd { weight, .. }
+            | IcarlDistillation::SigmoidBce { weight }) = d;
             let bad_t = matches!(d, IcarlDistillation::SoftmaxKd { temperature, .. } if !(temperature > 0.0 && temperature.is_finite()));
             if bad_t || !(weight >= 0.0 && weight.is_finite()) {
                 return Err(cx.err(
@@ -805,8 +813,8 @@ fn resolve_methods(
                 ));
             }
         }
-        let features = pick(&|m| m.features.map(|f| json!(f)))
-            .and_then(|v| serde_json::from_value(v).ok());
+        let features =
+            pick(&|m| m.features.map(|f| json!(f))).and_then(|v| serde_json::from_value(v).ok());
         let mem = |f: &dyn Fn(&RawMemory) -> Option<u32>| {
             chain
                 .iter()

@@ -54,8 +54,15 @@ const PARALLEL_LOOKUP_MIN: usize = 32;
 
 /// What the store says about a ready node.
 enum Lookup {
-    Cached { key: Digest, record: CachedAction },
-    ToRun { record: KeyRecord, key: Digest, forced: bool },
+    Cached {
+        key: Digest,
+        record: CachedAction,
+    },
+    ToRun {
+        record: KeyRecord,
+        key: Digest,
+        forced: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,6 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::check_batch;
 
-
 // ---------------------------------------------------------------------------
 // iCaRL: BCE with old-model sigmoid targets (R, A); softmax KD (PyCIL)
 // ---------------------------------------------------------------------------
@@ -97,7 +96,11 @@ pub fn kd_logits(new_logits: &Tensor, old_logits: &Tensor, temperature: f64) -> 
 /// than `student_old` (only its first columns are read).
 pub fn sigmoid_distillation(student_old: &Tensor, old_logits: &Tensor) -> Tensor {
     let size = student_old.size();
-    assert_eq!(size.len(), 2, "sigmoid_distillation: (batch, old classes) logits");
+    assert_eq!(
+        size.len(),
+        2,
+        "sigmoid_distillation: (batch, old classes) logits"
+    );
     let teacher = old_logits
         .detach()
         .narrow(1, 0, size[1])

@@ -530,7 +530,10 @@ mod podnet {
         let scaled: Vec<f64> = COUNTS.iter().map(|n| ETA * n.ln()).collect();
         let plain: Vec<f64> = COUNTS.iter().map(|n| n.ln()).collect();
         for (as_coded, form) in [
-            (true, closed_form as fn(&[&[f64]], &[i64], f64, &[f64]) -> f64),
+            (
+                true,
+                closed_form as fn(&[&[f64]], &[i64], f64, &[f64]) -> f64,
+            ),
             (false, paper_form),
         ] {
             let at = |placement| {

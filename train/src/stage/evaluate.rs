@@ -12,9 +12,9 @@ use super::{positions, write_json, Model};
 use crate::data::{augment, gather};
 use crate::memory::nme_scores;
 use crate::method::{augment_spec, uses_raw_features, EvalParams};
-use bsce_pipeline::params::FeatureTap;
 use crate::runtime;
 use crate::{Result, StageError};
+use bsce_pipeline::params::FeatureTap;
 
 const BATCH: usize = 256;
 

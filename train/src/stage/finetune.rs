@@ -169,14 +169,18 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut Vec<Value>) -> Result<
         let mut sums: BTreeMap<&'static str, f64> = BTreeMap::new();
         for batch in batches.epoch(epoch as u64) {
             let x = augment(
-                &gather(f.ds.images(SplitName::Train), f.hwc, batch.indices, f.device),
+                &gather(
+                    f.ds.images(SplitName::Train),
+                    f.hwc,
+                    batch.indices,
+                    f.device,
+                ),
                 f.aug,
                 true,
                 batch.augment_seed,
             );
             let y = Tensor::from_slice(batch.labels).to(f.device);
-            let feats =
-                tch::no_grad(|| (f.feature_of)(&model.backbone.forward_t(&x, bn_train)));
+            let feats = tch::no_grad(|| (f.feature_of)(&model.backbone.forward_t(&x, bn_train)));
             let logits = model.head.forward(&feats);
             let mut terms = vec![classification(
                 p,
@@ -243,7 +247,11 @@ mod tests {
         preset: Preset,
         head: HeadSpec,
         hyper: MethodHyper,
-    ) -> (BTreeMap<String, Tensor>, BTreeMap<String, Tensor>, Vec<Value>) {
+    ) -> (
+        BTreeMap<String, Tensor>,
+        BTreeMap<String, Tensor>,
+        Vec<Value>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let data = generate(&SyntheticSpec {
             classes: 4,
@@ -306,7 +314,14 @@ mod tests {
         };
         let labels = ds.labels(SplitName::Train).to_vec();
         let old: BTreeMap<usize, Vec<usize>> = (0..2)
-            .map(|c| (c, (0..labels.len()).filter(|&i| labels[i] as usize == c).collect()))
+            .map(|c| {
+                (
+                    c,
+                    (0..labels.len())
+                        .filter(|&i| labels[i] as usize == c)
+                        .collect(),
+                )
+            })
             .collect();
         let aug = augment_spec("cifar_podnet", None).unwrap();
         let raw = |o: &BackboneOut| o.raw.shallow_clone();
@@ -314,7 +329,10 @@ mod tests {
         let counts = Tensor::from_slice(&[3i64; 4]);
         let log_counts = loss::log_count_adjustment(&[3; 4], Device::Cpu);
         let snapshot = |m: &Model| -> BTreeMap<String, Tensor> {
-            m.vs.variables().into_iter().map(|(k, v)| (k, v.copy())).collect()
+            m.vs.variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.copy()))
+                .collect()
         };
         let before = snapshot(&model);
         let mut log = vec![];
@@ -368,14 +386,23 @@ mod tests {
         let changed = changed(&before, &after);
         // A `podnet.py`: old and new proxies learn; η and the convnet's
         // weights do not, its BatchNorm statistics do (train mode).
-        assert!(changed.iter().any(|k| k == "head.block0.weight"), "{changed:?}");
-        assert!(changed.iter().any(|k| k == "head.block1.weight"), "{changed:?}");
-        assert!(!changed.iter().any(|k| k == "head.eta"), "{changed:?}");
-        assert!(changed.iter().any(|k| k.ends_with("running_mean")), "{changed:?}");
         assert!(
-            changed
-                .iter()
-                .all(|k| k.starts_with("head.block") || k.contains("running_") || k.contains("num_batches")),
+            changed.iter().any(|k| k == "head.block0.weight"),
+            "{changed:?}"
+        );
+        assert!(
+            changed.iter().any(|k| k == "head.block1.weight"),
+            "{changed:?}"
+        );
+        assert!(!changed.iter().any(|k| k == "head.eta"), "{changed:?}");
+        assert!(
+            changed.iter().any(|k| k.ends_with("running_mean")),
+            "{changed:?}"
+        );
+        assert!(
+            changed.iter().all(|k| k.starts_with("head.block")
+                || k.contains("running_")
+                || k.contains("num_batches")),
             "only proxies and BatchNorm statistics change: {changed:?}"
         );
         assert_eq!(log.len(), 2);
@@ -400,7 +427,10 @@ mod tests {
         // backbone (weights and BatchNorm statistics) stay.
         assert_eq!(
             changed,
-            vec!["head.block0.weight".to_string(), "head.block1.weight".to_string()]
+            vec![
+                "head.block0.weight".to_string(),
+                "head.block1.weight".to_string()
+            ]
         );
         assert!(log[0]["ce"].as_f64().unwrap() > 0.0);
         assert!(log[0].get("margin_ranking").is_some(), "{}", log[0]);
@@ -428,8 +458,9 @@ mod tests {
 
     #[test]
     fn balanced_set_takes_old_exemplars_in_order_and_herds_new_classes() {
-        let old: BTreeMap<usize, Vec<usize>> =
-            [(0, vec![5, 3, 9]), (1, vec![7, 1, 2])].into_iter().collect();
+        let old: BTreeMap<usize, Vec<usize>> = [(0, vec![5, 3, 9]), (1, vec![7, 1, 2])]
+            .into_iter()
+            .collect();
         let mut herded = vec![];
         let set = balanced_set(2, 4, 2, &old, |c| {
             herded.push(c);

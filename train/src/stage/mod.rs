@@ -129,7 +129,8 @@ mod tests {
             raw: raw.shallow_clone(),
             attention: vec![],
         };
-        let pre = Vec::<f32>::try_from(tapped(&out, FeatureTap::PreActivation).flatten(0, -1)).unwrap();
+        let pre =
+            Vec::<f32>::try_from(tapped(&out, FeatureTap::PreActivation).flatten(0, -1)).unwrap();
         let post =
             Vec::<f32>::try_from(tapped(&out, FeatureTap::PostActivation).flatten(0, -1)).unwrap();
         assert_eq!((pre, post), (vec![-1.0, 2.0], vec![0.0, 2.0]));

@@ -14,10 +14,10 @@ use crate::data::{augment, flip_horizontal, gather, substream, AugmentSpec, Batc
 use crate::loss;
 use crate::memory::{class_mean, herding, random_selection, MemoryBudget};
 use crate::method::{augment_spec, head_spec, uses_raw_features, Preset, Selection, TrainParams};
-use bsce_pipeline::params::{IcarlDistillation, NcaPrior};
 use crate::net::BackboneOut;
 use crate::runtime;
 use crate::{Result, StageError};
+use bsce_pipeline::params::{IcarlDistillation, NcaPrior};
 
 /// Images per forward pass when extracting features (no gradients).
 const EXTRACT_BATCH: usize = 256;
@@ -298,7 +298,16 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 .collect();
             let chosen = match p.method.selection {
                 Selection::Herding => {
-                    let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &memory_feature_of);
+                    let f = extract(
+                        &model,
+                        &ds,
+                        hwc,
+                        &idx,
+                        &aug,
+                        device,
+                        false,
+                        &memory_feature_of,
+                    );
                     herding(&f, m)
                 }
                 Selection::Random => random_selection(idx.len(), m, substream(job.seed, c as u64)),
@@ -330,8 +339,26 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 .filter(|&i| target_of(i) as usize == c)
                 .collect(),
         };
-        let f = extract(&model, &ds, hwc, &idx, &aug, device, false, &memory_feature_of);
-        let ff = extract(&model, &ds, hwc, &idx, &aug, device, true, &memory_feature_of);
+        let f = extract(
+            &model,
+            &ds,
+            hwc,
+            &idx,
+            &aug,
+            device,
+            false,
+            &memory_feature_of,
+        );
+        let ff = extract(
+            &model,
+            &ds,
+            hwc,
+            &idx,
+            &aug,
+            device,
+            true,
+            &memory_feature_of,
+        );
         means.push(
             Vec::<f32>::try_from(class_mean(&f, Some(&ff)).to_device(Device::Cpu))
                 .unwrap_or_default(),
@@ -449,9 +476,7 @@ fn task_loss(
                 });
             }
         }
-        Preset::Icarl => {
-            terms.push(("bce", loss::icarl_bce(logits, y, old.map(|o| &o.1), start)))
-        }
+        Preset::Icarl => terms.push(("bce", loss::icarl_bce(logits, y, old.map(|o| &o.1), start))),
         Preset::Lucir => {
             terms.push(classification(p, model, logits, y, counts, log_counts));
             if let Some((old_out, _)) = old {
@@ -483,7 +508,8 @@ fn task_loss(
                 let spatial = hyper(p.method.hyper.pod_spatial, "pod_spatial")?;
                 terms.push((
                     "pod_flat",
-                    loss::pod_flat(&out.raw, &old_out.raw) * loss::pod_factor(flat, end, end - start),
+                    loss::pod_flat(&out.raw, &old_out.raw)
+                        * loss::pod_factor(flat, end, end - start),
                 ));
                 terms.push((
                     "pod_spatial",
@@ -500,7 +526,12 @@ fn task_loss(
 /// ±`clamp` where the method does so (PODNet: A `podnet.py` `_train_task`
 /// registers `torch.clamp(grad, -5., 5.)` as a hook on every trainable
 /// parameter, so the clamp applies before SGD adds weight decay, as here).
-pub(super) fn sgd_step(opt: &mut nn::Optimizer, vs: &nn::VarStore, loss: &Tensor, clamp: Option<f64>) {
+pub(super) fn sgd_step(
+    opt: &mut nn::Optimizer,
+    vs: &nn::VarStore,
+    loss: &Tensor,
+    clamp: Option<f64>,
+) {
     opt.zero_grad();
     loss.backward();
     if let Some(c) = clamp {
@@ -599,7 +630,10 @@ mod tests {
         // torch: the hook turns grad [100, 1] into [5, 1]; SGD then adds
         // wd·w: d = [5.01, 1.01], w = 1 - 0.1·d.
         let clamped = step(Some(5.0));
-        assert!((clamped[0] - 0.499).abs() < 1e-6 && (clamped[1] - 0.899).abs() < 1e-6, "{clamped:?}");
+        assert!(
+            (clamped[0] - 0.499).abs() < 1e-6 && (clamped[1] - 0.899).abs() < 1e-6,
+            "{clamped:?}"
+        );
         let free = step(None);
         assert!((free[0] - (1.0 - 0.1 * 100.01)).abs() < 1e-4, "{free:?}");
     }
