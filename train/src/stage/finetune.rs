@@ -38,7 +38,7 @@ use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::train::{classification, extract, sgd_step};
+use super::train::{classification, extract, freeze_unlearned_scale, images_of_class, sgd_step};
 use super::Model;
 use crate::data::{augment, gather, AugmentSpec, Batches};
 use crate::loss;
@@ -112,9 +112,7 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut Vec<Value>) -> Result<
         ));
     }
     let samples = balanced_set(p.start, p.end, f.per_class, f.old_exemplars, |c| {
-        let idx: Vec<usize> = (0..f.labels.len())
-            .filter(|&i| (f.target_of)(i) as usize == c)
-            .collect();
+        let idx = images_of_class(f.labels.len(), f.target_of, c);
         let feats = extract(
             model,
             f.ds,
@@ -133,17 +131,17 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut Vec<Value>) -> Result<
     let size = samples.len();
 
     // Only the class weights learn: backbone and scale (η, σ) are frozen.
+    let blocks: Vec<_> = model
+        .head
+        .block_parameters()
+        .iter()
+        .map(Tensor::data_ptr)
+        .collect();
     let frozen: Vec<Tensor> = model
         .vs
         .trainable_variables()
         .into_iter()
-        .filter(|v| {
-            !model
-                .head
-                .block_parameters()
-                .iter()
-                .any(|b| b.data_ptr() == v.data_ptr())
-        })
+        .filter(|v| !blocks.contains(&v.data_ptr()))
         .collect();
     for v in &frozen {
         let _ = v.set_requires_grad(false);
@@ -224,11 +222,7 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut Vec<Value>) -> Result<
     }
     // Back to the main phase's freezing for whoever reads the model next.
     model.head.set_old_blocks_trainable(false);
-    if p.method.hyper.learned_scale == Some(false) {
-        if let Some(eta) = model.head.scale() {
-            let _ = eta.set_requires_grad(false);
-        }
-    }
+    freeze_unlearned_scale(p, model);
     Ok(())
 }
 

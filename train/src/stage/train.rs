@@ -164,12 +164,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     if matches!(preset, Preset::Lucir | Preset::Podnet) {
         model.head.set_old_blocks_trainable(false);
     }
-    // PODNet's NME configuration has no learned η: NCA's scale stays 1.
-    if p.method.hyper.learned_scale == Some(false) {
-        if let Some(eta) = model.head.scale() {
-            let _ = eta.set_requires_grad(false);
-        }
-    }
+    freeze_unlearned_scale(&p, &model);
 
     let log_counts = loss::log_count_adjustment(&counts, device);
     let count_tensor =
@@ -293,9 +288,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             ex.truncate(m);
         }
         for c in p.start..p.end {
-            let idx: Vec<usize> = (0..labels.len())
-                .filter(|&i| target_of(i) as usize == c)
-                .collect();
+            let idx = images_of_class(labels.len(), &target_of, c);
             let chosen = match p.method.selection {
                 Selection::Herding => {
                     let f = extract(
@@ -335,9 +328,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 means.push(old);
                 continue;
             }
-            _ => (0..labels.len())
-                .filter(|&i| target_of(i) as usize == c)
-                .collect(),
+            _ => images_of_class(labels.len(), &target_of, c),
         };
         let f = extract(
             &model,
@@ -374,6 +365,21 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         &log,
     )?;
     Ok(())
+}
+
+/// PODNet's NME configuration has no learned η: NCA's scale stays 1, so
+/// η is kept out of every optimiser step.
+pub(super) fn freeze_unlearned_scale(p: &TrainParams, model: &Model) {
+    if p.method.hyper.learned_scale == Some(false) {
+        if let Some(eta) = model.head.scale() {
+            let _ = eta.set_requires_grad(false);
+        }
+    }
+}
+
+/// The training images (of `n`) whose incremental class is `c`.
+pub(super) fn images_of_class(n: usize, target_of: &dyn Fn(usize) -> i64, c: usize) -> Vec<usize> {
+    (0..n).filter(|&i| target_of(i) as usize == c).collect()
 }
 
 /// A preset's hyper-parameter, which the plan always sets for it.
