@@ -1220,6 +1220,17 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                 let s = &held.as_ref().expect("locked above").0;
                 let plan = Plan::from_config(&cfg);
                 let engine = Engine::new(&plan, s, &catalog, &ctx);
+                // A missing source leaves the config's keys unknown: gc
+                // would keep none of its results (the whole prepared
+                // dataset and every model of a briefly unmounted share).
+                engine.check_sources().map_err(|e| {
+                    BadInput(format!(
+                        "{}: {e}; cache gc keeps a config's results by their keys, which it cannot \
+                         compute while a source is missing, so it removes nothing (put the source \
+                         back, or leave this config out of --keep)",
+                        cfg_path.display()
+                    ))
+                })?;
                 for st in engine.status(&RunOptions::default())? {
                     if let NodeStatus::Cached { key, .. } = st {
                         keys.insert(key);
@@ -1227,8 +1238,17 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                 }
             }
             let (store, _lock) = held.expect("at least one config");
-
-            let r = maintenance::gc(&store, &keys)?;
+            // A detached Slurm run holds no lock between two of its jobs.
+            let slurm_runs = slurm_cli::gc_slurm_runs(&store, &ctx)?;
+            keys.extend(slurm_runs.keep);
+            for (run, why) in &slurm_runs.live {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "keeping every result that Slurm run {run} reads ({why})"
+                );
+            }
+            let mut r = maintenance::gc(&store, &keys, &slurm_runs.finished)?;
+            r.live_slurm_runs = slurm_runs.live;
             if json {
                 out!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -1236,8 +1256,13 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                     0 => String::new(),
                     n => format!(", {n} partial stage work folders"),
                 };
+                let runs = match r.removed_slurm_runs {
+                    0 => String::new(),
+                    1 => ", 1 finished Slurm run folder".to_string(),
+                    n => format!(", {n} finished Slurm run folders"),
+                };
                 out!(
-                    "kept {} results; removed {} results and {} blobs{partial} ({} bytes)",
+                    "kept {} results; removed {} results and {} blobs{partial}{runs} ({} bytes)",
                     r.kept_actions,
                     r.removed_actions,
                     r.removed_blobs,

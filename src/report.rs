@@ -10,9 +10,12 @@
 //! ```text
 //! README.md                      index: tables inline, plots, data, missing runs, provenance
 //! tables/<table>.md|tex          render stages
-//! plots/<experiment>-<setting>.svg|png   plot stages
-//! data/<experiment>-<frame>.csv|parquet  aggregate stages (tidy, groups, runs, summary)
+//! plots/<experiment>/<setting>.svg|png   plot stages
+//! data/<experiment>/<frame>.csv|parquet  aggregate stages (tidy, groups, runs, summary)
 //! ```
+//!
+//! Names become file names through [`file_name`], one-to-one: two
+//! settings, experiments or tables never share a file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -57,17 +60,27 @@ fn run_name(r: &RunRef) -> String {
     )
 }
 
-/// File-name safe: letters, digits, `-`, `_`, `.`; anything else `_`.
-fn safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// A config name (experiment, setting, table, config file stem) as one
+/// file or folder name, one-to-one: ASCII letters, digits, `-`, `_` and
+/// `.` stay (but a leading `.`), every other byte of the name's UTF-8 is
+/// `~` and two lowercase hex digits, and the empty name is `~`. Two
+/// different names never share a file (`b2%` is `b2~25`, `b2&` is
+/// `b2~26`, `b50 s10` is `b50~20s10`), no name is hidden or `..`, and `~`
+/// needs no escaping in a Markdown link.
+pub(crate) fn file_name(s: &str) -> String {
+    if s.is_empty() {
+        return "~".into();
+    }
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "~{b:02x}");
+        }
+    }
+    out
 }
 
 /// The default output folder: `reports/<config file stem>/` at the
@@ -81,7 +94,7 @@ pub fn default_out_dir(cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| "report".into());
     bsce_pipeline::store::locate::project_root(dir)
         .join("reports")
-        .join(safe(&stem))
+        .join(file_name(&stem))
 }
 
 /// The result stages run over the runs complete in the store.
@@ -192,7 +205,7 @@ pub fn write(
     for (exp, n) in &plan.aggregates {
         if let Some(rec) = record(*n) {
             for f in files::FRAMES {
-                out.copy(&blob(rec, f)?, &format!("data/{}-{f}", safe(exp)))?;
+                out.copy(&blob(rec, f)?, &format!("data/{}/{f}", file_name(exp)))?;
             }
         }
     }
@@ -201,7 +214,7 @@ pub fn write(
             for (f, ext) in [(files::PLOT_SVG, "svg"), (files::PLOT_PNG, "png")] {
                 out.copy(
                     &blob(rec, f)?,
-                    &format!("plots/{}-{}.{ext}", safe(exp), safe(setting)),
+                    &format!("plots/{}/{}.{ext}", file_name(exp), file_name(setting)),
                 )?;
             }
         }
@@ -211,17 +224,17 @@ pub fn write(
         if let Some(rec) = record(*n) {
             out.copy(
                 &blob(rec, files::TABLE_MD)?,
-                &format!("tables/{}.md", safe(name)),
+                &format!("tables/{}.md", file_name(name)),
             )?;
             out.copy(
                 &blob(rec, files::TABLE_TEX)?,
-                &format!("tables/{}.tex", safe(name)),
+                &format!("tables/{}.tex", file_name(name)),
             )?;
             let md = std::fs::read_to_string(blob(rec, files::TABLE_MD)?)?;
             let _ = writeln!(
                 tables_md,
                 "### {name}\n\n{md}\n[Markdown](tables/{0}.md) · [LaTeX](tables/{0}.tex)\n",
-                safe(name)
+                file_name(name)
             );
         }
     }
@@ -291,7 +304,7 @@ fn index(
     let _ = writeln!(s, "## Plots\n");
     let mut any = false;
     for (exp, setting, _) in &plan.plots {
-        let f = format!("plots/{}-{}", safe(exp), safe(setting));
+        let f = format!("plots/{}/{}", file_name(exp), file_name(setting));
         let _ = writeln!(s, "![{exp} {setting}]({f}.png)\n\n[SVG]({f}.svg)\n");
         any = true;
     }
@@ -300,7 +313,7 @@ fn index(
     }
     let _ = writeln!(s, "## Data\n");
     for (exp, _) in &plan.aggregates {
-        let d = |f: &str| format!("[{f}](data/{}-{f})", safe(exp));
+        let d = |f: &str| format!("[{f}](data/{}/{f})", file_name(exp));
         let _ = writeln!(
             s,
             "- {exp}: {} (one row per run x task x classifier), {} (accuracy per task group), {} (per-run metrics), {} (mean and std over orders and seeds); each also as Parquet.",
@@ -402,6 +415,9 @@ fn utc(ms: u64) -> String {
 struct Output {
     dir: PathBuf,
     written: Vec<String>,
+    /// Lowercased name -> the name written: names that differ only in
+    /// case are one file on macOS and Windows.
+    folded: BTreeMap<String, String>,
 }
 
 const MANIFEST: &str = ".bsce-report";
@@ -412,17 +428,29 @@ impl Output {
         Ok(Output {
             dir: dir.to_path_buf(),
             written: Vec::new(),
+            folded: BTreeMap::new(),
         })
     }
 
     fn write(&mut self, rel: &str, bytes: &[u8]) -> Result<()> {
+        match self.folded.get(&rel.to_lowercase()) {
+            Some(first) if first == rel => bail!("internal: the report writes {rel} twice"),
+            Some(first) => bail!(
+                "the report would write {first} and {rel}, names that differ only in letter case: \
+                 one file on macOS and Windows file systems, so one would hide the other; \
+                 rename one of the two in the config"
+            ),
+            None => {}
+        }
         let path = self.dir.join(rel);
         let parent = path.parent().expect("inside the folder");
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        let tmp = parent.join(format!(".{}.tmp-{}", safe(rel), std::process::id()));
+        let name = path.file_name().expect("a file").to_string_lossy();
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        self.folded.insert(rel.to_lowercase(), rel.to_string());
         self.written.push(rel.to_string());
         Ok(())
     }
@@ -437,9 +465,20 @@ impl Output {
         if let Ok(old) = std::fs::read_to_string(&manifest) {
             for f in old.lines() {
                 let stale = !self.written.iter().any(|w| w == f);
-                // Only names this module writes: never `..` nor absolute.
-                if stale && !f.contains("..") && !f.starts_with('/') {
-                    let _ = std::fs::remove_file(self.dir.join(f));
+                // Only names this module writes: plain components, never
+                // `..` nor absolute.
+                let inside = !f.is_empty()
+                    && Path::new(f)
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if stale && inside {
+                    let path = self.dir.join(f);
+                    let _ = std::fs::remove_file(&path);
+                    // A folder of an experiment the report no longer has
+                    // (`remove_dir` leaves a folder that is not empty).
+                    if let Some(parent) = path.parent().filter(|p| *p != self.dir) {
+                        let _ = std::fs::remove_dir(parent);
+                    }
                 }
             }
         }
@@ -448,5 +487,51 @@ impl Output {
         self.write(MANIFEST, list.as_bytes())?;
         self.written.retain(|f| f != MANIFEST);
         Ok(self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_name;
+
+    #[test]
+    fn file_names_are_one_to_one_safe_and_readable() {
+        let names = [
+            "b2%",
+            "b2&",
+            "b2_",
+            "b2~25",
+            "b50 s10",
+            "b50_s10",
+            "b50-s10",
+            "",
+            "~",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "ε=0.1",
+            "e=0.1",
+            "cifar100.b50",
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        for n in names {
+            let f = file_name(n);
+            assert!(!f.is_empty() && !f.starts_with('.'), "{n:?} -> {f:?}");
+            assert!(
+                f.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)),
+                "{n:?} -> {f:?}"
+            );
+            if let Some(other) = seen.insert(f.clone(), n) {
+                panic!("{other:?} and {n:?} both map to {f:?}");
+            }
+        }
+        assert_eq!(file_name("b4_s3"), "b4_s3");
+        assert_eq!(file_name("cifar100-b50.s10"), "cifar100-b50.s10");
+        assert_eq!(file_name("b2%"), "b2~25");
+        assert_eq!(file_name("b50 s10"), "b50~20s10");
+        assert_eq!(file_name(".."), "~2e.");
     }
 }

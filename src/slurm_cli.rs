@@ -2,18 +2,21 @@
 //! (submit, then follow or detach), `cancel`, the queue states `status`
 //! shows, and `exec-node`, the body of every job.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
 use bsce_pipeline::config::{self, Config};
+use bsce_pipeline::digest::Digest;
 use bsce_pipeline::events::{RunEvent, RunSummary};
 use bsce_pipeline::exec::context::unix_ms;
 use bsce_pipeline::exec::node::NodeResult;
-use bsce_pipeline::exec::slurm::{self, JobOutcome, QueueState, RunDir, RunFile, Submission};
+use bsce_pipeline::exec::slurm::{
+    self, JobOutcome, QueueState, RunDir, RunFile, RunState, Submission,
+};
 use bsce_pipeline::exec::{CancelToken, Engine, NodeStatus, RunContext, RunOptions};
 use bsce_pipeline::plan::Plan;
 use bsce_pipeline::store::LocalStore;
@@ -172,6 +175,66 @@ pub fn cancel(root: &Path, cfg: &Config) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `cache gc` must keep for the store's Slurm runs: every result
+/// that a live run's config reaches (its queued jobs will read them, and
+/// no lock is held between two jobs), and the folders of finished runs,
+/// which gc removes.
+pub struct GcSlurmRuns {
+    pub keep: BTreeSet<Digest>,
+    /// Run id -> its jobs queued or running, or why Slurm could not say.
+    pub live: BTreeMap<String, String>,
+    pub finished: Vec<PathBuf>,
+}
+
+pub fn gc_slurm_runs(store: &LocalStore, ctx: &RunContext) -> Result<GcSlurmRuns> {
+    let catalog = catalog();
+    let mut out = GcSlurmRuns {
+        keep: BTreeSet::new(),
+        live: BTreeMap::new(),
+        finished: Vec::new(),
+    };
+    for dir in RunDir::all(store.root()) {
+        let run = dir.read().map_err(|e| {
+            BadInput(format!(
+                "{e}; cache gc cannot tell whether this Slurm run still has jobs queued: \
+                 remove its folder {} once they have ended",
+                dir.path.display()
+            ))
+        })?;
+        let why = match dir.state(&run) {
+            RunState::Finished => {
+                out.finished.push(dir.path.clone());
+                continue;
+            }
+            RunState::Live(n) => format!("{n} jobs queued or running"),
+            RunState::Unknown(why) => format!("Slurm cannot say whether its jobs ended: {why}"),
+        };
+        let cfg = config::parse(&run.config_text, &run.config_path, &catalog).map_err(|e| {
+            BadInput(format!(
+                "Slurm run {} ({why}): its config {} no longer loads: {e}",
+                run.run_id,
+                run.config_path.display()
+            ))
+        })?;
+        let plan = Plan::from_config(&cfg);
+        let engine = Engine::new(&plan, store, &catalog, ctx);
+        engine.check_sources().map_err(|e| {
+            BadInput(format!(
+                "Slurm run {} ({why}) reads a source this machine cannot see ({e}); \
+                 cache gc would not know which results its jobs need, so it removes nothing",
+                run.run_id
+            ))
+        })?;
+        for st in engine.status(&RunOptions::default())? {
+            if let NodeStatus::Cached { key, .. } = st {
+                out.keep.insert(key);
+            }
+        }
+        out.live.insert(run.run_id, why);
+    }
+    Ok(out)
 }
 
 /// The body of a Slurm job. Whatever happens after the run file is read,

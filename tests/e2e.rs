@@ -743,6 +743,41 @@ fn gc_keeps_what_listed_configs_reach_and_du_reports_kinds() {
 }
 
 #[test]
+fn gc_removes_nothing_while_a_kept_configs_source_is_missing() {
+    // An image-folder source that is briefly not there (an unmounted
+    // share): gc cannot compute the keys of what it should keep, so it
+    // refuses, as `run` does, instead of deleting every result.
+    let p = Project::new();
+    write_image_tree(&p.path("share/tree"), 4, 6, 2);
+    p.write(
+        "c.yaml",
+        &image_tree_config(8).replace(": tree", ": share/tree"),
+    );
+    p.run(&["run", "c.yaml"]).ok();
+    let before = action_files(&p).len();
+    assert!(before > 0);
+    std::fs::rename(p.path("share"), p.path("unmounted")).unwrap();
+    let r = p.run(&["cache", "gc", "--keep", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("share/tree") && r.stderr.contains("removes nothing"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(action_files(&p).len(), before);
+    // Back in place: gc keeps everything and the run has nothing to do.
+    std::fs::rename(p.path("unmounted"), p.path("share")).unwrap();
+    let gc = p
+        .run(&["cache", "gc", "--keep", "c.yaml", "--json"])
+        .ok()
+        .json();
+    assert_eq!(gc["kept_actions"].as_u64().unwrap() as usize, before);
+    assert_eq!(gc["removed_actions"], 0);
+    let j = p.run(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed"], 0);
+}
+
+#[test]
 fn store_location_follows_flag_env_and_config() {
     let p = Project::new();
     p.write("c.yaml", SMALL);
@@ -1730,18 +1765,18 @@ fn a_run_ends_with_its_report_and_every_number_comes_from_the_tidy_frame() {
         "tables/acc.md",
         "tables/acc.tex",
         "tables/forgetting.md",
-        "plots/e-s2.svg",
-        "plots/e-s2.png",
-        "data/e-tidy.csv",
-        "data/e-tidy.parquet",
-        "data/e-groups.csv",
-        "data/e-runs.csv",
-        "data/e-summary.csv",
-        "data/e-summary.parquet",
+        "plots/e/s2.svg",
+        "plots/e/s2.png",
+        "data/e/tidy.csv",
+        "data/e/tidy.parquet",
+        "data/e/groups.csv",
+        "data/e/runs.csv",
+        "data/e/summary.csv",
+        "data/e/summary.parquet",
     ] {
         assert!(out.join(f).is_file(), "{f} missing from {}", out.display());
     }
-    let png = std::fs::read(out.join("plots/e-s2.png")).unwrap();
+    let png = std::fs::read(out.join("plots/e/s2.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let index = std::fs::read_to_string(out.join("README.md")).unwrap();
     for s in [
@@ -1756,8 +1791,8 @@ fn a_run_ends_with_its_report_and_every_number_comes_from_the_tidy_frame() {
     }
 
     // Every number of the tables, recomputed here from the tidy CSV alone.
-    let tidy = read_csv(&out.join("data/e-tidy.csv"));
-    let groups = read_csv(&out.join("data/e-groups.csv"));
+    let tidy = read_csv(&out.join("data/e/tidy.csv"));
+    let groups = read_csv(&out.join("data/e/groups.csv"));
     let num = |r: &std::collections::BTreeMap<String, String>, k: &str| -> f64 {
         r[k].parse().unwrap_or_else(|_| panic!("{k} = {:?}", r[k]))
     };
@@ -1936,6 +1971,66 @@ fn report_lists_missing_runs_and_never_trains() {
     let res = p.run(&["results", "c.yaml", "--json"]).ok().json();
     assert_eq!(res["runs"].as_array().unwrap().len(), 4, "{res}");
     assert_eq!(res["missing"].as_array().unwrap().len(), 2, "{res}");
+}
+
+#[test]
+fn report_files_of_names_that_differ_only_in_odd_characters_never_collide() {
+    // Two settings whose names differ only where an ASCII-only file name
+    // would put `_` (and a third that is that `_` name), one base class
+    // apart so their curves differ: three plot files, each under its own
+    // caption in the index.
+    let p = Project::new();
+    let cfg = REPORTED
+        .replace(
+            "  s2: {base: 2, increment: 2}\n",
+            "  \"b2%\": {base: 2, increment: 2}\n  \"b2&\": {base: 3, increment: 3}\n  b2_: {base: 4, increment: 2}\n",
+        )
+        .replace("settings: [s2]", "settings: [\"b2%\", \"b2&\", b2_]")
+        .replace("orders: [a, b]", "orders: [a]")
+        .replace("reference: {ce: {s2: \"50.0 +- 1.0\"}}", "reference: {ce: {b2_: \"50.0 +- 1.0\"}}");
+    p.write("c.yaml", &cfg);
+    p.run(&["run", "c.yaml"]).ok();
+    let out = p.path("reports/c");
+    let svgs: Vec<Vec<u8>> = ["plots/e/b2~25.svg", "plots/e/b2~26.svg", "plots/e/b2_.svg"]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+        .collect();
+    assert_ne!(svgs[0], svgs[1]);
+    assert_ne!(svgs[0], svgs[2]);
+    assert_ne!(svgs[1], svgs[2]);
+    let index = std::fs::read_to_string(out.join("README.md")).unwrap();
+    for (caption, file) in [
+        ("e b2%", "plots/e/b2~25.png"),
+        ("e b2&", "plots/e/b2~26.png"),
+        ("e b2_", "plots/e/b2_.png"),
+    ] {
+        assert!(
+            index.contains(&format!("![{caption}]({file})")),
+            "{caption} is not shown with {file}:\n{index}"
+        );
+    }
+    // Names that differ only in letter case would be one file on macOS:
+    // refused with both names, not one hiding the other.
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &REPORTED
+            .replace(
+                "  s2: {base: 2, increment: 2}\n",
+                "  s2: {base: 2, increment: 2}\n  S2: {base: 3, increment: 3}\n",
+            )
+            .replace("settings: [s2]", "settings: [s2, S2]")
+            .replace("orders: [a, b]", "orders: [a]"),
+    );
+    let r = p.run(&["run", "c.yaml"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("plots/e/S2.")
+            && r.stderr.contains("plots/e/s2.")
+            && r.stderr.contains("letter case"),
+        "{}",
+        r.stderr
+    );
 }
 
 fn report_executed(j: &Value) -> Vec<String> {
@@ -3619,6 +3714,78 @@ fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_
     }
     assert!(cached_in_b > 0);
     // The store holds one record per stage; a third run submits nothing.
+    let j = p.slurm(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed"], 0);
+}
+
+#[test]
+fn cache_gc_between_the_jobs_of_a_detached_slurm_run_keeps_what_its_jobs_read() {
+    let p = Project::new();
+    p.write("c.yaml", SHARED);
+    p.run(&["run", "c.yaml"]).ok();
+    // A config that shares nothing with c.yaml's results.
+    p.write("other.yaml", &SHARED.replace("seed: 3", "seed: 4"));
+    // c.yaml edited (one more epoch) and submitted detached: its dataset,
+    // order and split are in the store, its training jobs are queued (held
+    // here, so gc surely falls between two jobs: no job holds the store).
+    p.write(
+        "c.yaml",
+        &format!(
+            "{}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1, extra: [--hold]}}\n",
+            SHARED.replace("epochs: 2", "epochs: 3")
+        ),
+    );
+    p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 1);
+    let gc = p
+        .slurm(&["cache", "gc", "--keep", "other.yaml", "--json"])
+        .ok();
+    assert!(
+        gc.stderr.contains("keeping every result that Slurm run")
+            && gc.stderr.contains("jobs queued or running"),
+        "{}",
+        gc.stderr
+    );
+    let j = gc.json();
+    assert_eq!(j["live_slurm_runs"].as_object().unwrap().len(), 1, "{j}");
+    assert_eq!(j["removed_slurm_runs"], 0, "{j}");
+    assert!(
+        j["removed_actions"].as_u64().unwrap() > 0,
+        "the old epochs' results go: {j}"
+    );
+    assert!(
+        dirs[0].join("run.json").is_file(),
+        "a live run's folder stays"
+    );
+    // Released, every job finds its inputs.
+    let jobs = slurm_jobs(&dirs[0]);
+    let ids: Vec<String> = jobs.values().map(|(id, _, _)| id.clone()).collect();
+    let released = Command::new("scontrol")
+        .args(["release", &ids.join(",")])
+        .env("SLURM_CONF", slurm_cluster())
+        .output()
+        .unwrap();
+    assert!(
+        released.status.success(),
+        "{}",
+        String::from_utf8_lossy(&released.stderr)
+    );
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
+    wait_until_no_live_jobs(&format!("bsce-{}", run["run_id"].as_str().unwrap()));
+    for (label, (_, _, outcome)) in slurm_jobs(&dirs[0]) {
+        let o = outcome.unwrap_or_else(|| panic!("{label} wrote no outcome"));
+        assert_eq!(o["outcome"], "executed", "{label}: {o}");
+    }
+    // Finished, the run's folder is removed by the next gc; its results stay.
+    let j = p
+        .slurm(&["cache", "gc", "--keep", "c.yaml", "--json"])
+        .ok()
+        .json();
+    assert_eq!(j["removed_slurm_runs"], 1, "{j}");
+    assert_eq!(j["removed_actions"], 0, "{j}");
+    assert!(p.slurm_run_dirs().is_empty());
     let j = p.slurm(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(j["executed"], 0);
 }

@@ -167,13 +167,23 @@ pub struct GcReport {
     pub removed_blobs: usize,
     /// Partial work of stages that failed or were killed (`resume/`).
     pub removed_partial: usize,
+    /// Slurm runs whose jobs may still run: their results were kept
+    /// (run id -> jobs queued or running, or why Slurm could not say).
+    pub live_slurm_runs: BTreeMap<String, String>,
+    /// Folders of finished Slurm runs removed (`<store>/slurm/<run>`).
+    pub removed_slurm_runs: usize,
     pub freed_bytes: u64,
 }
 
 /// Removes every action record whose key is not in `keep`, then every blob
 /// no kept record references (outputs and logs), then every stage's
-/// partial work (gc holds the store exclusively: no stage is running).
-pub fn gc(store: &LocalStore, keep: &BTreeSet<Digest>) -> Result<GcReport, StoreError> {
+/// partial work (gc holds the store exclusively: no stage is running),
+/// then the folders of the finished Slurm runs `finished_runs`.
+pub fn gc(
+    store: &LocalStore,
+    keep: &BTreeSet<Digest>,
+    finished_runs: &[std::path::PathBuf],
+) -> Result<GcReport, StoreError> {
     let mut report = GcReport::default();
     let mut live: BTreeSet<Digest> = BTreeSet::new();
     for rec in store.actions()? {
@@ -198,6 +208,18 @@ pub fn gc(store: &LocalStore, keep: &BTreeSet<Digest>) -> Result<GcReport, Store
         crate::store::local::make_writable(&dir);
         std::fs::remove_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         report.removed_partial += 1;
+        report.freed_bytes += bytes;
+    }
+    for dir in finished_runs {
+        let bytes: u64 = walkdir::WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
+        std::fs::remove_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        report.removed_slurm_runs += 1;
         report.freed_bytes += bytes;
     }
     Ok(report)

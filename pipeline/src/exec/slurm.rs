@@ -317,6 +317,44 @@ impl RunDir {
     }
 }
 
+/// Whether a run folder's jobs may still run (what `cache gc` must keep
+/// for it, and whether its folder can go).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunState {
+    /// Cancelled, every job wrote its outcome, or Slurm lists none of its
+    /// jobs as queued or running.
+    Finished,
+    /// Jobs of the run are queued or running (how many).
+    Live(usize),
+    /// Some jobs wrote no outcome and Slurm cannot be asked (why): taken
+    /// as live, since a queued job cannot be told from a lost one.
+    Unknown(String),
+}
+
+impl RunDir {
+    /// The run's state; asks Slurm only when some job has no outcome.
+    pub fn state(&self, run: &RunFile) -> RunState {
+        if run.cancelled || run.jobs.values().all(|j| self.outcome(j.n).is_file()) {
+            return RunState::Finished;
+        }
+        match queue_states(&run.run_id) {
+            Ok(states) => {
+                let live = run
+                    .jobs
+                    .values()
+                    .filter(|j| states.get(&j.id).is_some_and(|q| is_live(&q.state)))
+                    .count();
+                if live == 0 {
+                    RunState::Finished
+                } else {
+                    RunState::Live(live)
+                }
+            }
+            Err(e) => RunState::Unknown(e.to_string()),
+        }
+    }
+}
+
 /// A job's queue state as `squeue` shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueState {
