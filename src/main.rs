@@ -1048,7 +1048,7 @@ fn explain(
     }
     out!("outputs  {}", spec.outputs.join(", "));
     out!(
-        "code     {} = token streams of {} files (comments, formatting and tests left out):",
+        "code     {} = the items of the {} files its entry points reach (file names, item order, comments, formatting and tests left out):",
         e.record.code_digest,
         files.len()
     );

@@ -1,6 +1,6 @@
-//! Computes each stage kind's code digest from the token streams of the
-//! sources the registry lists for it (pipeline/src/registry.rs), fails the
-//! build on a source file no kind covers and no exemption names, and
+//! Computes each stage kind's code digest from the sources reachable from
+//! the entry points the registry names for it (pipeline/src/registry.rs),
+//! fails the build on a source file no kind reaches and no exemption names, and
 //! records the locked versions of the libraries that change each kind's
 //! numerics.
 //!
@@ -56,25 +56,14 @@ fn main() {
         ws.join("pipeline/src/registry.rs").display()
     );
 
-    // One digest per kind, and one per kind:variant (its code plus the
-    // variant's files).
-    let mut names: Vec<String> = Vec::new();
-    let mut lists: Vec<Vec<&str>> = Vec::new();
-    for spec in registry::STAGES {
-        names.push(spec.name.to_string());
-        let code: Vec<&str> = spec.code.iter().flat_map(|g| g.iter().copied()).collect();
-        lists.push(code.clone());
-        if let Some(v) = &spec.code_variants {
-            for (value, extra) in v.by_value {
-                names.push(format!("{}:{value}", spec.name));
-                lists.push(code.iter().chain(extra.iter()).copied().collect());
-            }
-        }
-    }
-    let kinds: Vec<(&str, &[&str])> = names
-        .iter()
-        .zip(&lists)
-        .map(|(n, l)| (n.as_str(), l.as_slice()))
+    // One digest per kind, and one per kind:variant.
+    let kinds: Vec<code_digest::KindSpec> = registry::code_kinds()
+        .into_iter()
+        .map(|(name, entries, stop)| code_digest::KindSpec {
+            name,
+            entries,
+            stop,
+        })
         .collect();
     let exempt: Vec<&str> = registry::NO_OUTPUT_EFFECT.iter().map(|(p, _)| *p).collect();
     let digests = match code_digest::kind_digests(ws, registry::SOURCE_ROOTS, &kinds, &exempt) {

@@ -2613,6 +2613,29 @@ fn a_small_image_folder_trains_at_its_own_size_and_a_crop_above_it_is_refused() 
         .json();
     assert_eq!(j["params"]["augment"], "imagenet", "{}", j["params"]);
     assert_eq!(j["params"].get("crop"), None, "{}", j["params"]);
+    // The files of its code digest, derived from the train entry point:
+    // the order spec the order reader uses, the steps module, no loss of
+    // another method and no test file.
+    let files: Vec<&str> = j["code_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    for f in [
+        "train/src/stage/train.rs",
+        "train/src/stage/steps.rs",
+        "stages/src/order/spec.rs",
+    ] {
+        assert!(files.contains(&f), "{f} not in {files:?}");
+    }
+    for f in [
+        "train/src/loss/lucir.rs",
+        "train/src/loss/tests.rs",
+        "train/src/stage/finetune.rs",
+    ] {
+        assert!(!files.contains(&f), "{f} in {files:?}");
+    }
     p.write("c.yaml", &config("size: 256, crop: 192"));
     let j = p
         .run(&[

@@ -6,7 +6,7 @@
 //! |----------------|------------|--------------------------------------------------------|
 //! | `kind`         | yes        | two kinds never share results                          |
 //! | `key_version`  | yes        | bumped by hand when the key's makeup changes ([`KEY_VERSION`]) |
-//! | `code_digest`  | yes        | sha256 of the stage kind's own source files, made at build time |
+//! | `code_digest`  | yes        | sha256 of the items of the source files the kind's entry points reach, made at build time; file paths and item order stay out, so code can move |
 //! | `params`       | yes        | only the parameters this stage reads (a table caption never retrains) |
 //! | `inputs`       | yes        | content digests of the input files it reads, upstream *output* digests (early cutoff) and source archives |
 //! | `libraries`    | yes        | versions of the libraries that change its numerics (image decoder, libtorch) |
@@ -25,7 +25,10 @@ use serde_json::Value;
 use crate::digest::Digest;
 
 /// Bump when the makeup of [`KeyRecord`] or its canonical form changes.
-pub const KEY_VERSION: u32 = 1;
+///
+/// 2: code digests are path- and order-free and cover the files reachable
+/// from each kind's entry points (`stages/src/code_digest.rs`).
+pub const KEY_VERSION: u32 = 2;
 
 /// The key of a stage instance.
 pub type StageKey = Digest;
@@ -354,7 +357,7 @@ mod tests {
     fn golden_key() {
         assert_eq!(
             record().key().to_hex(),
-            "4652586b8ce3167ef07c8c23e9d5983e0f0c193126eb3d421d8ba23b50c87e2b"
+            "68376a8d5ef6344182f2ac0fa4a1bf8b5c61c231e0b4021c26b982b472aa9635"
         );
     }
 

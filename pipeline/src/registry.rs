@@ -6,8 +6,8 @@
 //! | `runner`      | the scheduler (which binary runs `exec-stage`), both routers  |
 //! | `needs_gpu`   | the scheduler's GPU slots (`--gpus`, `--stages-per-gpu`)       |
 //! | `outputs`     | the plan (what a consumer reads) and ingestion (a stage must write exactly these) |
-//! | `code`        | `stages/build.rs`: the sources whose token streams make the kind's code digest |
-//! | `code_variants` | the same, per value of one param (a train stage covers its own method's losses) |
+//! | `code`        | `stages/build.rs`: the entry points whose reachable sources make the kind's code digest |
+//! | `code_variants` | more entry points per value of one param (a train stage covers its own method's losses) |
 //! | `libraries`   | `stages/build.rs`: crates (from Cargo.lock) whose versions change the kind's numerics |
 //! | `seed_inputs` | the scheduler: inputs that, with the params, make the stage's seed |
 //!
@@ -75,12 +75,15 @@ pub struct StageSpec {
     pub needs_gpu: bool,
     /// Every file the stage writes to its output folder; no other.
     pub outputs: &'static [&'static str],
-    /// Workspace-relative source files and folders whose code can change
-    /// the kind's outputs, in groups that kinds share. Comments, formatting
-    /// and `#[cfg(test)]` items never count (token-stream digests).
-    pub code: &'static [&'static [&'static str]],
-    /// More code for some stages of the kind, chosen by a param: a train
-    /// stage's digest covers its own method's losses only.
+    /// The kind's entry points (workspace-relative files): its code is
+    /// every file reachable from them through paths (`stages/build.rs`,
+    /// `stages/src/code_digest.rs`), never a hand list. Comments,
+    /// formatting, `#[cfg(test)]` items, file names and item order never
+    /// count.
+    pub code: &'static [&'static str],
+    /// More entry points for some stages of the kind, chosen by a param: a
+    /// train stage's digest covers its own method's losses only (the walk
+    /// of one variant never enters another variant's entry points).
     pub code_variants: Option<CodeVariants>,
     pub libraries: &'static [&'static str],
     /// Inputs whose digests, with the params, seed the stage's randomness.
@@ -95,8 +98,8 @@ pub struct StageSpec {
 pub struct CodeVariants {
     /// JSON pointer into the stage's params (`/method/preset`).
     pub param: &'static str,
-    /// Param value -> the extra files. Every value the param can take is
-    /// listed (a test checks it), so none falls back silently.
+    /// Param value -> its extra entry points. Every value the param can
+    /// take is listed (a test checks it), so none falls back silently.
     pub by_value: &'static [(&'static str, &'static [&'static str])],
 }
 
@@ -111,6 +114,39 @@ impl StageSpec {
             .find(|(name, _)| *name == value)
             .map(|(name, _)| *name)
     }
+}
+
+/// What `stages/build.rs` digests: each kind, and each kind:variant, with
+/// its entry points and the files its walk must not enter (the other
+/// variants' entry points).
+pub fn code_kinds() -> Vec<(String, Vec<&'static str>, Vec<&'static str>)> {
+    let mut kinds = Vec::new();
+    for spec in STAGES {
+        let variants: Vec<&str> = spec
+            .code_variants
+            .iter()
+            .flat_map(|v| {
+                v.by_value
+                    .iter()
+                    .flat_map(|(_, extra)| extra.iter().copied())
+            })
+            .collect();
+        kinds.push((spec.name.to_string(), spec.code.to_vec(), variants.clone()));
+        if let Some(v) = &spec.code_variants {
+            for (value, extra) in v.by_value {
+                kinds.push((
+                    format!("{}:{value}", spec.name),
+                    spec.code.iter().chain(extra.iter()).copied().collect(),
+                    variants
+                        .iter()
+                        .copied()
+                        .filter(|f| !extra.contains(f))
+                        .collect(),
+                ));
+            }
+        }
+    }
+    kinds
 }
 
 /// Files of a prepared dataset.
@@ -156,30 +192,6 @@ pub mod files {
     ];
 }
 
-/// The dataset and order readers a consumer of those artefacts runs.
-const DATA_READERS: &[&str] = &[
-    "stages/src/lib.rs",
-    "stages/src/dataset/artefact.rs",
-    "stages/src/order/mod.rs",
-    "stages/src/order/artefact.rs",
-];
-
-/// The networks, heads, memory and data path train and evaluate share.
-const TORCH_MODEL: &[&str] = &[
-    "train/src/lib.rs",
-    "train/src/runtime.rs",
-    "train/src/net.rs",
-    "train/src/classifier.rs",
-    "train/src/checkpoint.rs",
-    "train/src/memory.rs",
-    "train/src/data.rs",
-    "train/src/method.rs",
-    "train/src/stage/mod.rs",
-];
-
-/// The result stages' shared frame code (reading and writing frames).
-const TABLES_COMMON: &[&str] = &["tables/src/lib.rs", "tables/src/frame.rs"];
-
 pub const STAGES: &[StageSpec] = &[
     StageSpec {
         kind: StageKind::Prepare,
@@ -187,11 +199,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: files::DATASET,
-        code: &[&[
-            "stages/src/lib.rs",
-            "stages/src/dataset",
-            "stages/src/stage/prepare.rs",
-        ]],
+        code: &["stages/src/stage/prepare.rs"],
         code_variants: None,
         libraries: &["image", "zune-jpeg", "flate2"],
         seed_inputs: &[],
@@ -202,12 +210,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::ORDER],
-        code: &[&[
-            "stages/src/lib.rs",
-            "stages/src/dataset/artefact.rs",
-            "stages/src/order",
-            "stages/src/stage/order.rs",
-        ]],
+        code: &["stages/src/stage/order.rs"],
         code_variants: None,
         libraries: &[],
         seed_inputs: &[],
@@ -218,7 +221,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::TASKS],
-        code: &[DATA_READERS, &["stages/src/stage/tasks.rs"]],
+        code: &["stages/src/stage/tasks.rs"],
         code_variants: None,
         libraries: &[],
         seed_inputs: &[],
@@ -234,11 +237,7 @@ pub const STAGES: &[StageSpec] = &[
             files::MEMORY,
             files::TRAIN_LOG,
         ],
-        code: &[
-            DATA_READERS,
-            TORCH_MODEL,
-            &["train/src/loss/mod.rs", "train/src/stage/train.rs"],
-        ],
+        code: &["train/src/stage/train.rs"],
         code_variants: Some(CodeVariants {
             param: "/method/preset",
             by_value: &[
@@ -263,7 +262,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Torch,
         needs_gpu: true,
         outputs: &[files::EVALUATION],
-        code: &[DATA_READERS, TORCH_MODEL, &["train/src/stage/evaluate.rs"]],
+        code: &["train/src/stage/evaluate.rs"],
         code_variants: None,
         libraries: &["tch", "torch-sys"],
         seed_inputs: &["dataset", "order"],
@@ -274,7 +273,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: files::FRAMES,
-        code: &[TABLES_COMMON, &["tables/src/aggregate.rs"]],
+        code: &["tables/src/aggregate.rs"],
         code_variants: None,
         libraries: &["polars"],
         seed_inputs: &[],
@@ -285,7 +284,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::TABLE_MD, files::TABLE_TEX],
-        code: &[TABLES_COMMON, &["tables/src/render.rs"]],
+        code: &["tables/src/render.rs"],
         code_variants: None,
         libraries: &["polars", "minijinja"],
         seed_inputs: &[],
@@ -296,7 +295,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::PLOT_SVG, files::PLOT_PNG],
-        code: &[TABLES_COMMON, &["tables/src/plot.rs"]],
+        code: &["tables/src/plot.rs"],
         code_variants: None,
         libraries: &["polars", "plotters", "ab_glyph"],
         seed_inputs: &[],
@@ -330,6 +329,10 @@ pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
     (
         "stages/src/dataset/cifar/fixtures.rs",
         "writes CIFAR archives for tests; no stage calls it",
+    ),
+    (
+        "tables/src/lib.rs",
+        "routes a result stage's job to its kind",
     ),
     ("train/src/main.rs", "bsce-torch's command line"),
     ("train/src/router.rs", "routes a job to its kind"),

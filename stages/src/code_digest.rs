@@ -1,13 +1,34 @@
 // Code digests of the stage kinds, run by build.rs (and unit-tested as a
 // test-only module of the crate). Kept free of crate imports for that reason.
 //
-// A kind's digest is a sha256 over the token streams of exactly the source
-// files the registry lists for it (pipeline/src/registry.rs), so comments,
-// doc comments, whitespace and formatting never count, and `#[cfg(test)]`
-// and `#[test]` items are cut out before hashing. Every `.rs` file of the
-// workspace's source roots must be in some kind's code, on the registry's
-// NO_OUTPUT_EFFECT list, or compiled only for tests (reached only through a
-// `#[cfg(test)] mod`): otherwise the build fails and names the file.
+// Which files. A kind names its entry points in pipeline/src/registry.rs;
+// its files are every file reachable from them through paths: `use` trees
+// and every `a::b` path in code and in macro bodies, resolved over the
+// workspace's module trees (`crate::`, `super::`, `self::`, a child module,
+// a module imported by `use`, or a workspace crate such as `bsce_stages::`).
+// The walk stops at files on the NO_OUTPUT_EFFECT list and at the entry
+// points of the kind's other variants (a train stage covers its own
+// method's loss only). `mod` lines only shape the tree: a module uses a
+// child through a path, which is followed. Files reached only through
+// `#[cfg(test)] mod` are test code, never followed. Every `.rs` file of the
+// source roots must be reached by some kind, exempt, test-only, or hold
+// nothing but `mod` and `use` lines: otherwise the build fails and names
+// it.
+//
+// What is hashed: no path and no order, so code can move between the files
+// of a kind (or into a new file) without moving a key. Each file is
+// tokenised (comments, doc comments, formatting and test items gone); the
+// digest is a sha256 over the sorted multiset of its top-level items
+// (inline modules flattened), each with its visibility removed and every
+// workspace path cut to what follows its modules (`crate::loss::icarl::x`
+// and `super::icarl::x` are both `x`); then over the sorted set of `use`
+// lines that can change meaning: imports from outside the workspace, and
+// renames. A name defined by two different items of one kind (`loss` in
+// icarl.rs and lucir.rs) is written with the digest of the item a path
+// resolves to, so choosing the other one changes the digest. What this
+// does not see: two items of one kind with one name and the same tokens are
+// taken as one; moving an item whose name another item of the kind shares
+// may need an import that changes the digest.
 #![allow(dead_code)] // the crate's tests use only part of it
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,10 +71,10 @@ impl std::fmt::Display for CodeError {
             ),
             CodeError::Unclassified(files) => write!(
                 f,
-                "these source files are in no stage kind's code digest and not on the \
-                 NO_OUTPUT_EFFECT list of pipeline/src/registry.rs: {}. Add each to the `code` \
-                 of the kinds whose outputs it can change, or to NO_OUTPUT_EFFECT with the reason \
-                 it cannot change any",
+                "these source files are reached by no stage kind's entry points and are not on the \
+                 NO_OUTPUT_EFFECT list of pipeline/src/registry.rs: {}. Use them from the code of \
+                 the kinds whose outputs they can change (or name them as an entry point), or add \
+                 them to NO_OUTPUT_EFFECT with the reason they cannot change any",
                 files.join(", ")
             ),
         }
@@ -177,9 +198,25 @@ fn strip_docs(ts: TokenStream) -> TokenStream {
     out.into_iter().collect()
 }
 
-/// `mod x;` declarations of a file (also inside inline modules), with
-/// whether each is compiled only for tests.
-fn module_decls(text: &str, path: &Path) -> Result<Vec<(PathBuf, bool)>, CodeError> {
+/// One kind (or kind:variant) to digest: its entry points (files, or
+/// folders meaning every file in them), and the files its walk must not
+/// enter (the other variants' entry points).
+#[derive(Debug, Clone)]
+pub struct KindSpec<'a> {
+    pub name: String,
+    pub entries: Vec<&'a str>,
+    pub stop: Vec<&'a str>,
+}
+
+/// A `mod` declaration of a file: its path below the file's module, the
+/// file holding it (None: inline), whether it is compiled only for tests.
+struct Decl {
+    segs: Vec<String>,
+    file: Option<PathBuf>,
+    test: bool,
+}
+
+fn module_decls(text: &str, path: &Path) -> Result<Vec<Decl>, CodeError> {
     let file =
         syn::parse_file(text).map_err(|e| CodeError::Parse(path.to_path_buf(), e.to_string()))?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
@@ -191,7 +228,7 @@ fn module_decls(text: &str, path: &Path) -> Result<Vec<(PathBuf, bool)>, CodeErr
         dir.join(name)
     };
     let mut out = Vec::new();
-    collect_decls(&file.items, &base, dir, false, &mut out);
+    collect_decls(&file.items, &base, dir, &[], false, &mut out);
     Ok(out)
 }
 
@@ -199,8 +236,9 @@ fn collect_decls(
     items: &[syn::Item],
     base: &Path,
     file_dir: &Path,
+    prefix: &[String],
     in_test: bool,
-    out: &mut Vec<(PathBuf, bool)>,
+    out: &mut Vec<Decl>,
 ) {
     for item in items {
         let syn::Item::Mod(m) = item else { continue };
@@ -221,6 +259,8 @@ fn collect_decls(
             }
         });
         let name = m.ident.to_string();
+        let mut segs = prefix.to_vec();
+        segs.push(name.clone());
         match &m.content {
             None => {
                 let p = match explicit {
@@ -234,9 +274,20 @@ fn collect_decls(
                         }
                     }
                 };
-                out.push((p, test));
+                out.push(Decl {
+                    segs,
+                    file: Some(p),
+                    test,
+                });
             }
-            Some((_, inner)) => collect_decls(inner, &base.join(&name), file_dir, test, out),
+            Some((_, inner)) => {
+                out.push(Decl {
+                    segs: segs.clone(),
+                    file: None,
+                    test,
+                });
+                collect_decls(inner, &base.join(&name), file_dir, &segs, test, out);
+            }
         }
     }
 }
@@ -266,138 +317,639 @@ fn rel(ws: &Path, p: &Path) -> String {
         .replace('\\', "/")
 }
 
-/// Files compiled outside tests, reached through the module trees of the
-/// crate roots that exist under `roots` (`lib.rs`, `main.rs`).
-fn compiled_files(ws: &Path, roots: &[&str]) -> Result<BTreeSet<String>, CodeError> {
-    let mut compiled = BTreeSet::new();
-    let mut stack: Vec<PathBuf> = Vec::new();
-    for root in roots {
-        for crate_root in ["lib.rs", "main.rs"] {
-            let p = ws.join(root).join(crate_root);
-            if p.exists() {
-                stack.push(p);
-            }
-        }
-    }
-    while let Some(p) = stack.pop() {
-        if !compiled.insert(rel(ws, &p)) {
-            continue;
-        }
-        let text = std::fs::read_to_string(&p).map_err(|e| CodeError::Io(p.clone(), e))?;
-        for (child, test) in module_decls(&text, &p)? {
-            if !test && child.exists() {
-                stack.push(child);
-            }
-        }
-    }
-    Ok(compiled)
-}
-
 fn under(file: &str, entry: &str) -> bool {
     file == entry || file.starts_with(&format!("{}/", entry.trim_end_matches('/')))
 }
 
-/// Computes every kind's code digest and checks that no source is left
-/// unclassified. `kinds` is (name, code entries); `exempt` the
-/// NO_OUTPUT_EFFECT entries.
-pub fn kind_digests(
-    ws: &Path,
-    roots: &[&str],
-    kinds: &[(&str, &[&str])],
-    exempt: &[&str],
-) -> Result<BTreeMap<String, KindCode>, CodeError> {
-    let sources = all_sources(ws, roots)?;
-    let compiled = compiled_files(ws, roots)?;
-    // A file only compiled for tests (reached only via #[cfg(test)] mod)
-    // cannot change outputs; an orphan (reached by nothing) must still be
-    // classified, since the next `mod` line would compile it.
-    let test_only: BTreeSet<&String> = {
-        let mut reached_in_test = BTreeSet::new();
-        for f in &compiled {
-            let p = ws.join(f);
-            let text = std::fs::read_to_string(&p).map_err(|e| CodeError::Io(p.clone(), e))?;
-            for (child, test) in module_decls(&text, &p)? {
-                if test {
-                    reached_in_test.insert(rel(ws, &child));
-                }
+/// A module: the crate root file it belongs to and its path in the crate.
+type ModId = (String, Vec<String>);
+
+/// The workspace's module trees (outside tests): where each module is.
+#[derive(Default)]
+struct Modules {
+    /// Module -> the file holding it (an inline module: its parent's file).
+    file_of: BTreeMap<ModId, String>,
+    /// File -> the module it is.
+    module_of: BTreeMap<String, ModId>,
+    /// Library crates as code names them (`bsce_stages`) -> root file.
+    crates: BTreeMap<String, String>,
+    /// Files reached only through `#[cfg(test)] mod`.
+    test_only: BTreeSet<String>,
+}
+
+/// The package name of the Cargo.toml in `dir`, as code spells it.
+fn package_name(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    let mut in_package = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package {
+            if let Some(v) = line.strip_prefix("name") {
+                let v = v.trim_start().strip_prefix('=')?.trim().trim_matches('"');
+                return Some(v.replace('-', "_"));
             }
         }
-        // Test modules' own children are test-only too.
-        let mut stack: Vec<String> = reached_in_test.iter().cloned().collect();
-        while let Some(f) = stack.pop() {
-            let p = ws.join(&f);
-            if let Ok(text) = std::fs::read_to_string(&p) {
-                for (child, _) in module_decls(&text, &p)? {
-                    let c = rel(ws, &child);
-                    if reached_in_test.insert(c.clone()) {
-                        stack.push(c);
+    }
+    None
+}
+
+impl Modules {
+    fn build(ws: &Path, roots: &[&str]) -> Result<Modules, CodeError> {
+        let mut m = Modules::default();
+        let mut reached_in_test: Vec<PathBuf> = Vec::new();
+        for root in roots {
+            let dir = ws.join(root);
+            for crate_root in ["lib.rs", "main.rs"] {
+                let p = dir.join(crate_root);
+                if !p.exists() {
+                    continue;
+                }
+                let id = rel(ws, &p);
+                if crate_root == "lib.rs" {
+                    if let Some(name) = dir.parent().and_then(package_name) {
+                        m.crates.insert(name, id.clone());
+                    }
+                }
+                let mut stack = vec![(p, Vec::<String>::new())];
+                while let Some((file, path)) = stack.pop() {
+                    let f = rel(ws, &file);
+                    if m.module_of.contains_key(&f) {
+                        continue;
+                    }
+                    m.module_of.insert(f.clone(), (id.clone(), path.clone()));
+                    m.file_of.insert((id.clone(), path.clone()), f.clone());
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| CodeError::Io(file.clone(), e))?;
+                    for d in module_decls(&text, &file)? {
+                        let mut child = path.clone();
+                        child.extend(d.segs.iter().cloned());
+                        match d.file {
+                            Some(p) if d.test => reached_in_test.push(p),
+                            Some(p) if p.exists() => stack.push((p, child)),
+                            Some(_) => {}
+                            None if d.test => {}
+                            None => {
+                                m.file_of.insert((id.clone(), child), f.clone());
+                            }
+                        }
                     }
                 }
             }
         }
-        sources
-            .iter()
-            .filter(|f| reached_in_test.contains(*f) && !compiled.contains(*f))
-            .collect()
+        // Test modules' own children are test-only too.
+        while let Some(p) = reached_in_test.pop() {
+            let f = rel(ws, &p);
+            if m.module_of.contains_key(&f) || !m.test_only.insert(f) {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                reached_in_test.extend(module_decls(&text, &p)?.into_iter().filter_map(|d| d.file));
+            }
+        }
+        Ok(m)
+    }
+
+    fn is_module(&self, krate: &str, path: &[String]) -> bool {
+        self.file_of
+            .contains_key(&(krate.to_string(), path.to_vec()))
+    }
+}
+
+/// What one file's paths are resolved against.
+struct Scope<'a> {
+    modules: &'a Modules,
+    /// The file's own module.
+    here: ModId,
+    /// Modules the file imports by name (`use crate::loss;`).
+    aliases: BTreeMap<String, ModId>,
+}
+
+impl Scope<'_> {
+    /// A path as written: the module it reaches inside the workspace and the
+    /// index of its first segment past the modules; None when it starts
+    /// outside (std, tch, a local name).
+    fn resolve(&self, segs: &[String]) -> Option<(ModId, usize)> {
+        let (krate, here) = &self.here;
+        let first = segs.first()?;
+        let (mut module, mut i): (ModId, usize) = if first == "crate" {
+            ((krate.clone(), vec![]), 1)
+        } else if first == "super" {
+            let k = segs.iter().take_while(|s| *s == "super").count();
+            if k > here.len() {
+                return None;
+            }
+            ((krate.clone(), here[..here.len() - k].to_vec()), k)
+        } else if first == "self" {
+            ((krate.clone(), here.clone()), 1)
+        } else if let Some(root) = self.modules.crates.get(first) {
+            ((root.clone(), vec![]), 1)
+        } else if let Some(m) = self.aliases.get(first) {
+            (m.clone(), 1)
+        } else {
+            let mut child = here.clone();
+            child.push(first.clone());
+            if !self.modules.is_module(krate, &child) {
+                return None;
+            }
+            ((krate.clone(), child), 1)
+        };
+        while i < segs.len() {
+            let mut next = module.1.clone();
+            next.push(segs[i].clone());
+            if !self.modules.is_module(&module.0, &next) {
+                break;
+            }
+            module.1 = next;
+            i += 1;
+        }
+        Some((module, i))
+    }
+
+    fn file(&self, m: &ModId) -> Option<&String> {
+        self.modules.file_of.get(m)
+    }
+}
+
+/// One leaf of a `use` tree.
+struct UsePath {
+    segs: Vec<String>,
+    rename: Option<String>,
+    glob: bool,
+}
+
+fn use_paths(tree: &syn::UseTree, prefix: &mut Vec<String>, out: &mut Vec<UsePath>) {
+    match tree {
+        syn::UseTree::Path(p) => {
+            prefix.push(p.ident.to_string());
+            use_paths(&p.tree, prefix, out);
+            prefix.pop();
+        }
+        syn::UseTree::Name(n) => {
+            let mut segs = prefix.clone();
+            // `use a::b::{self}` imports the module b.
+            if n.ident != "self" {
+                segs.push(n.ident.to_string());
+            }
+            out.push(UsePath {
+                segs,
+                rename: None,
+                glob: false,
+            });
+        }
+        syn::UseTree::Rename(r) => {
+            let mut segs = prefix.clone();
+            if r.ident != "self" {
+                segs.push(r.ident.to_string());
+            }
+            out.push(UsePath {
+                segs,
+                rename: Some(r.rename.to_string()),
+                glob: false,
+            });
+        }
+        syn::UseTree::Glob(_) => out.push(UsePath {
+            segs: prefix.clone(),
+            rename: None,
+            glob: true,
+        }),
+        syn::UseTree::Group(g) => {
+            for t in &g.items {
+                use_paths(t, prefix, out);
+            }
+        }
+    }
+}
+
+/// A source file as the digest sees it.
+struct Parsed {
+    /// Top-level items (inline modules flattened, `mod x;` and `use`
+    /// left out): the name it defines, if any, and its tokens.
+    items: Vec<(Option<String>, TokenStream)>,
+    uses: Vec<UsePath>,
+    /// The types this file's `impl` blocks are for, as written: an impl
+    /// reaches its type's users without any path to its file.
+    impls: Vec<Vec<String>>,
+    /// sha256 of the file's canonical tokens (what `explain` lists).
+    tokens_sha256: String,
+}
+
+fn item_name(item: &syn::Item) -> Option<String> {
+    use syn::Item::*;
+    Some(match item {
+        Const(i) => i.ident.to_string(),
+        Enum(i) => i.ident.to_string(),
+        Fn(i) => i.sig.ident.to_string(),
+        Macro(i) => i.ident.as_ref()?.to_string(),
+        Static(i) => i.ident.to_string(),
+        Struct(i) => i.ident.to_string(),
+        Trait(i) => i.ident.to_string(),
+        Type(i) => i.ident.to_string(),
+        Union(i) => i.ident.to_string(),
+        _ => return None,
+    })
+}
+
+fn flatten(items: Vec<syn::Item>, parsed: &mut Parsed) {
+    for item in items {
+        match item {
+            syn::Item::Mod(m) => {
+                if let Some((_, inner)) = m.content {
+                    flatten(inner, parsed);
+                }
+            }
+            syn::Item::Use(u) => use_paths(&u.tree, &mut Vec::new(), &mut parsed.uses),
+            other => {
+                if let syn::Item::Impl(i) = &other {
+                    if let syn::Type::Path(t) = &*i.self_ty {
+                        parsed.impls.push(
+                            t.path
+                                .segments
+                                .iter()
+                                .map(|x| x.ident.to_string())
+                                .collect(),
+                        );
+                    }
+                }
+                let name = item_name(&other);
+                parsed
+                    .items
+                    .push((name, strip_docs(other.into_token_stream())));
+            }
+        }
+    }
+}
+
+fn parse(ws: &Path, f: &str) -> Result<Parsed, CodeError> {
+    let p = ws.join(f);
+    let text = std::fs::read_to_string(&p).map_err(|e| CodeError::Io(p.clone(), e))?;
+    let mut file =
+        syn::parse_file(&text).map_err(|e| CodeError::Parse(p.clone(), e.to_string()))?;
+    StripTests.visit_file_mut(&mut file);
+    let tokens_sha256 = hex::encode(Sha256::digest(
+        strip_docs(file.to_token_stream()).to_string(),
+    ));
+    let mut parsed = Parsed {
+        items: Vec::new(),
+        uses: Vec::new(),
+        impls: Vec::new(),
+        tokens_sha256,
     };
+    flatten(file.items, &mut parsed);
+    Ok(parsed)
+}
+
+fn is_colon(t: Option<&TokenTree>, joint: bool) -> bool {
+    matches!(t, Some(TokenTree::Punct(p)) if p.as_char() == ':'
+        && (!joint || p.spacing() == proc_macro2::Spacing::Joint))
+}
+
+/// What to write for an item a workspace path names: its name, or for a
+/// name two items of the kind define, its name and the digest of the one
+/// it resolves to.
+type Naming<'a> = &'a dyn Fn(&str, &str) -> String;
+
+/// Cuts every workspace path in `ts` to what follows its modules, drops
+/// visibility, and records the files the paths reach in `reached`.
+fn rewrite(
+    ts: TokenStream,
+    scope: &Scope,
+    naming: Naming,
+    reached: &mut BTreeSet<String>,
+) -> TokenStream {
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    let mut out: Vec<TokenTree> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let after_colons =
+            i >= 2 && is_colon(tokens.get(i - 2), true) && is_colon(tokens.get(i - 1), false);
+        match &tokens[i] {
+            TokenTree::Ident(id) if id == "pub" => {
+                // `pub`, `pub(crate)`, `pub(super)`, `pub(in path)`.
+                i += 1;
+                if let Some(TokenTree::Group(g)) = tokens.get(i) {
+                    let first = g.stream().into_iter().next();
+                    if g.delimiter() == Delimiter::Parenthesis
+                        && matches!(&first, Some(TokenTree::Ident(x)) if x == "crate" || x == "super" || x == "self" || x == "in")
+                    {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            TokenTree::Ident(id) if !after_colons => {
+                let mut segs = vec![id.to_string()];
+                let mut j = i + 1;
+                while is_colon(tokens.get(j), true)
+                    && is_colon(tokens.get(j + 1), false)
+                    && matches!(tokens.get(j + 2), Some(TokenTree::Ident(_)))
+                {
+                    if let Some(TokenTree::Ident(next)) = tokens.get(j + 2) {
+                        segs.push(next.to_string());
+                    }
+                    j += 3;
+                }
+                let resolved = if segs.len() > 1 {
+                    scope.resolve(&segs)
+                } else {
+                    None
+                };
+                match resolved {
+                    Some((module, k)) => {
+                        if let Some(f) = scope.file(&module) {
+                            reached.insert(f.clone());
+                        }
+                        if k == segs.len() {
+                            // Only modules (a path into a group or a glob
+                            // follows): keep the last name.
+                            out.push(TokenTree::Ident(proc_macro2::Ident::new(
+                                &segs[k - 1],
+                                proc_macro2::Span::call_site(),
+                            )));
+                        } else {
+                            let file = scope.file(&module).map(String::as_str).unwrap_or("");
+                            for (n, seg) in segs[k..].iter().enumerate() {
+                                if n > 0 {
+                                    out.extend(colons());
+                                }
+                                let name = if n == 0 {
+                                    naming(file, seg)
+                                } else {
+                                    seg.clone()
+                                };
+                                out.push(TokenTree::Ident(proc_macro2::Ident::new(
+                                    &name,
+                                    proc_macro2::Span::call_site(),
+                                )));
+                            }
+                        }
+                        i = j;
+                    }
+                    None => {
+                        out.push(tokens[i].clone());
+                        i += 1;
+                    }
+                }
+            }
+            TokenTree::Group(g) => {
+                let mut ng = proc_macro2::Group::new(
+                    g.delimiter(),
+                    rewrite(g.stream(), scope, naming, reached),
+                );
+                ng.set_span(g.span());
+                out.push(TokenTree::Group(ng));
+                i += 1;
+            }
+            t => {
+                out.push(t.clone());
+                i += 1;
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn colons() -> [TokenTree; 2] {
+    let mut a = proc_macro2::Punct::new(':', proc_macro2::Spacing::Joint);
+    a.set_span(proc_macro2::Span::call_site());
+    [
+        TokenTree::Punct(a),
+        TokenTree::Punct(proc_macro2::Punct::new(':', proc_macro2::Spacing::Alone)),
+    ]
+}
+
+fn scope_of<'a>(modules: &'a Modules, file: &str, parsed: &Parsed) -> Scope<'a> {
+    let here = modules
+        .module_of
+        .get(file)
+        .cloned()
+        .unwrap_or_else(|| (file.to_string(), vec![]));
+    let mut scope = Scope {
+        modules,
+        here,
+        aliases: BTreeMap::new(),
+    };
+    let mut aliases = BTreeMap::new();
+    for u in parsed.uses.iter().filter(|u| !u.glob) {
+        if let Some((m, k)) = scope.resolve(&u.segs) {
+            if k == u.segs.len() {
+                let name = u.rename.clone().or_else(|| m.1.last().cloned());
+                if let Some(name) = name {
+                    aliases.insert(name, m);
+                }
+            }
+        }
+    }
+    scope.aliases = aliases;
+    scope
+}
+
+/// Computes every kind's code digest and checks that every source is
+/// reached by some kind, exempt or test-only.
+pub fn kind_digests(
+    ws: &Path,
+    roots: &[&str],
+    kinds: &[KindSpec],
+    exempt: &[&str],
+) -> Result<BTreeMap<String, KindCode>, CodeError> {
+    let sources = all_sources(ws, roots)?;
+    let modules = Modules::build(ws, roots)?;
     let exempt_file = |f: &str| exempt.iter().any(|e| under(f, e));
-    let mut token_cache: BTreeMap<String, String> = BTreeMap::new();
+    let mut cache: BTreeMap<String, Parsed> = BTreeMap::new();
     let mut out = BTreeMap::new();
     let mut covered: BTreeSet<String> = BTreeSet::new();
-    for (kind, entries) in kinds {
-        let mut files = BTreeMap::new();
-        for entry in *entries {
+    let plain: Naming = &|_, name| name.to_string();
+    for kind in kinds {
+        // Entry points: files, or every file of a folder (bar test-only and
+        // exempt ones; a file named exactly is always in).
+        let mut entries = Vec::new();
+        for entry in &kind.entries {
             if !ws.join(entry).exists() {
                 return Err(CodeError::Missing {
-                    kind: kind.to_string(),
+                    kind: kind.name.clone(),
                     entry: entry.to_string(),
                 });
             }
             let is_dir = ws.join(entry).is_dir();
             for f in sources.iter().filter(|f| under(f, entry)) {
-                // A folder entry leaves out test-only and exempt files; a
-                // file named exactly is always in.
-                if is_dir && (test_only.contains(f) || exempt_file(f)) {
-                    continue;
+                if !is_dir || !(modules.test_only.contains(f) || exempt_file(f)) {
+                    entries.push(f.clone());
                 }
-                let digest = match token_cache.get(f) {
-                    Some(d) => d.clone(),
-                    None => {
-                        let p = ws.join(f);
-                        let text =
-                            std::fs::read_to_string(&p).map_err(|e| CodeError::Io(p.clone(), e))?;
-                        let d = hex::encode(Sha256::digest(canonical_tokens(&text, &p)?));
-                        token_cache.insert(f.clone(), d.clone());
-                        d
-                    }
-                };
-                files.insert(f.clone(), digest);
-                covered.insert(f.clone());
             }
         }
+        let stopped = |f: &str| kind.stop.iter().any(|s| under(f, s));
+        // The walk: paths first, then the files holding impls of the types
+        // it reached, until nothing new.
+        let mut files: BTreeSet<String> = BTreeSet::new();
+        let mut stack = entries;
+        loop {
+            while let Some(f) = stack.pop() {
+                if !files.insert(f.clone()) {
+                    continue;
+                }
+                if !cache.contains_key(&f) {
+                    cache.insert(f.clone(), parse(ws, &f)?);
+                }
+                let parsed = &cache[&f];
+                let scope = scope_of(&modules, &f, parsed);
+                let mut reached = BTreeSet::new();
+                for (_, ts) in &parsed.items {
+                    rewrite(ts.clone(), &scope, plain, &mut reached);
+                }
+                for u in &parsed.uses {
+                    if let Some((m, _)) = scope.resolve(&u.segs) {
+                        if let Some(t) = scope.file(&m) {
+                            reached.insert(t.clone());
+                        }
+                    }
+                }
+                for t in reached {
+                    let skip = t == f
+                        || files.contains(&t)
+                        || stopped(&t)
+                        || exempt_file(&t)
+                        || modules.test_only.contains(&t);
+                    if !skip {
+                        stack.push(t);
+                    }
+                }
+            }
+            let mut more = Vec::new();
+            for f in &sources {
+                if files.contains(f)
+                    || stopped(f)
+                    || exempt_file(f)
+                    || modules.test_only.contains(f)
+                    || !modules.module_of.contains_key(f)
+                {
+                    continue;
+                }
+                if !cache.contains_key(f) {
+                    cache.insert(f.clone(), parse(ws, f)?);
+                }
+                let parsed = &cache[f];
+                let scope = scope_of(&modules, f, parsed);
+                // The file defining the type: by its path, or by the
+                // `use` that brings its name in (a local type is the
+                // file's own).
+                let joins = parsed.impls.iter().any(|segs| {
+                    let path =
+                        match segs.as_slice() {
+                            [name] => match parsed.uses.iter().find(|u| {
+                                !u.glob && u.rename.as_ref().or(u.segs.last()) == Some(name)
+                            }) {
+                                Some(u) => u.segs.clone(),
+                                None => return false,
+                            },
+                            _ => segs.clone(),
+                        };
+                    scope
+                        .resolve(&path)
+                        .and_then(|(m, _)| scope.file(&m).cloned())
+                        .is_some_and(|t| files.contains(&t))
+                });
+                if joins {
+                    more.push(f.clone());
+                }
+            }
+            if more.is_empty() {
+                break;
+            }
+            stack = more;
+        }
+        // Each item's identity: its tokens with plain names.
+        let mut identity: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut by_name: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for f in &files {
+            let parsed = &cache[f];
+            let scope = scope_of(&modules, f, parsed);
+            for (name, ts) in &parsed.items {
+                if let Some(name) = name {
+                    let text = rewrite(ts.clone(), &scope, plain, &mut BTreeSet::new()).to_string();
+                    let id = hex::encode(Sha256::digest(text))[..16].to_string();
+                    by_name.entry(name.clone()).or_default().insert(id.clone());
+                    identity.insert((f.clone(), name.clone()), id);
+                }
+            }
+        }
+        let ambiguous = |name: &str| by_name.get(name).is_some_and(|ids| ids.len() > 1);
+        let naming = |file: &str, name: &str| -> String {
+            match identity.get(&(file.to_string(), name.to_string())) {
+                Some(id) if ambiguous(name) => format!("{name}__{id}"),
+                _ => name.to_string(),
+            }
+        };
+        let mut items: Vec<String> = Vec::new();
+        let mut uses: BTreeSet<String> = BTreeSet::new();
+        for f in &files {
+            let parsed = &cache[f];
+            let scope = scope_of(&modules, f, parsed);
+            for (_, ts) in &parsed.items {
+                items.push(rewrite(ts.clone(), &scope, &naming, &mut BTreeSet::new()).to_string());
+            }
+            for u in &parsed.uses {
+                let rename = u
+                    .rename
+                    .as_ref()
+                    .map(|r| format!(" as {r}"))
+                    .unwrap_or_default();
+                match scope.resolve(&u.segs) {
+                    None => {
+                        let glob = if u.glob { "::*" } else { "" };
+                        uses.insert(format!("{}{glob}{rename}", u.segs.join("::")));
+                    }
+                    // Modules and globs of the workspace only bring names
+                    // into scope; the paths that use them are cut anyway.
+                    Some((_, k)) if k == u.segs.len() || u.glob => {}
+                    Some((m, k)) => {
+                        let file = scope.file(&m).map(String::as_str).unwrap_or("");
+                        let name = &u.segs[k];
+                        if ambiguous(name) || !rename.is_empty() {
+                            uses.insert(format!("{}{rename}", naming(file, name)));
+                        }
+                    }
+                }
+            }
+        }
+        items.sort();
         let mut h = Sha256::new();
-        for (f, d) in &files {
-            // The path is in: moving code between files of one kind is
-            // rare, and a file of the same tokens under another name is a
-            // different module.
-            h.update(f.as_bytes());
-            h.update([0]);
-            h.update(d.as_bytes());
+        h.update(b"items\0");
+        for item in &items {
+            h.update(item.as_bytes());
             h.update([0]);
         }
+        h.update(b"uses\0");
+        for u in &uses {
+            h.update(u.as_bytes());
+            h.update([0]);
+        }
+        covered.extend(files.iter().cloned());
         out.insert(
-            kind.to_string(),
+            kind.name.clone(),
             KindCode {
                 digest: hex::encode(h.finalize()),
-                files,
+                files: files
+                    .iter()
+                    .map(|f| (f.clone(), cache[f].tokens_sha256.clone()))
+                    .collect(),
             },
         );
     }
-    let unclassified: Vec<String> = sources
-        .iter()
-        .filter(|f| !covered.contains(*f) && !test_only.contains(f) && !exempt_file(f))
-        .cloned()
-        .collect();
+    // A file of `mod` and `use` lines only (a crate root, a folder's
+    // mod.rs) has no code of its own to classify.
+    let mut unclassified = Vec::new();
+    for f in &sources {
+        if covered.contains(f) || modules.test_only.contains(f) || exempt_file(f) {
+            continue;
+        }
+        if !cache.contains_key(f) {
+            cache.insert(f.clone(), parse(ws, f)?);
+        }
+        if !cache[f].items.is_empty() {
+            unclassified.push(f.clone());
+        }
+    }
     if !unclassified.is_empty() {
         return Err(CodeError::Unclassified(unclassified));
     }
@@ -471,55 +1023,295 @@ mod tests {
     fn workspace(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         for (p, text) in files {
-            let p = d.path().join(p);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
+            write(d.path(), p, text);
         }
         d
     }
 
-    const LIB: &str = "pub mod a;\nmod cli;\n#[cfg(test)]\nmod tests;\n";
+    fn write(ws: &Path, p: &str, text: &str) {
+        let p = ws.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn kind<'a>(name: &str, entries: &[&'a str], stop: &[&'a str]) -> KindSpec<'a> {
+        KindSpec {
+            name: name.into(),
+            entries: entries.to_vec(),
+            stop: stop.to_vec(),
+        }
+    }
+
+    const LIB: &str = "pub mod a;\npub mod b;\nmod cli;\n#[cfg(test)]\nmod tests;\n";
 
     fn digests(ws: &Path) -> Result<BTreeMap<String, KindCode>, CodeError> {
         kind_digests(
             ws,
             &["k/src"],
             &[
-                ("one", &["k/src/lib.rs", "k/src/a"]),
-                ("two", &["k/src/lib.rs"]),
+                kind("one", &["k/src/a"], &[]),
+                kind("two", &["k/src/b.rs"], &[]),
             ],
             &["k/src/cli.rs"],
         )
     }
 
+    fn files(d: &BTreeMap<String, KindCode>, k: &str) -> Vec<String> {
+        d[k].files.keys().cloned().collect()
+    }
+
     #[test]
-    fn kinds_cover_their_files_and_test_files_are_out() {
+    fn kinds_cover_what_their_entry_points_reach_and_test_files_are_out() {
         let ws = workspace(&[
+            ("k/Cargo.toml", "[package]\nname = \"k-core\"\n"),
             ("k/src/lib.rs", LIB),
             (
                 "k/src/a/mod.rs",
-                "pub fn f() -> u8 { 1 }\n#[cfg(test)] mod t;\n",
+                "pub fn f() -> u8 { crate::b::g() + 1 }\n#[cfg(test)] mod t;\n",
             ),
-            ("k/src/a/t.rs", "fn helper() {}"),
+            ("k/src/a/t.rs", "fn helper() { crate::c::h() }"),
+            ("k/src/b.rs", "pub fn g() -> u8 { 1 }"),
             ("k/src/cli.rs", "fn main() {}"),
             ("k/src/tests.rs", "fn case() {}"),
         ]);
         let d = digests(ws.path()).unwrap();
-        assert_eq!(
-            d["one"].files.keys().collect::<Vec<_>>(),
-            vec!["k/src/a/mod.rs", "k/src/lib.rs"]
-        );
-        assert_ne!(d["one"].digest, d["two"].digest);
+        assert_eq!(files(&d, "one"), vec!["k/src/a/mod.rs", "k/src/b.rs"]);
+        assert_eq!(files(&d, "two"), vec!["k/src/b.rs"]);
         // Editing a test-only file or the exempt CLI changes nothing.
-        std::fs::write(ws.path().join("k/src/tests.rs"), "fn case2() {}").unwrap();
-        std::fs::write(ws.path().join("k/src/a/t.rs"), "fn helper2() {}").unwrap();
-        std::fs::write(ws.path().join("k/src/cli.rs"), "fn main() { run() }").unwrap();
+        write(ws.path(), "k/src/tests.rs", "fn case2() {}");
+        write(ws.path(), "k/src/a/t.rs", "fn helper2() {}");
+        write(ws.path(), "k/src/cli.rs", "fn main() { run() }");
         assert_eq!(digests(ws.path()).unwrap(), d);
-        // Editing covered code changes only the kinds that cover it.
-        std::fs::write(ws.path().join("k/src/a/mod.rs"), "pub fn f() -> u8 { 2 }").unwrap();
+        // Editing covered code changes only the kinds that reach it.
+        write(
+            ws.path(),
+            "k/src/a/mod.rs",
+            "pub fn f() -> u8 { crate::b::g() + 2 }\n#[cfg(test)] mod t;\n",
+        );
         let e = digests(ws.path()).unwrap();
         assert_ne!(e["one"].digest, d["one"].digest);
         assert_eq!(e["two"].digest, d["two"].digest);
+    }
+
+    /// A kind of three files: the stage, its losses, and a helper module.
+    fn stage_ws() -> tempfile::TempDir {
+        workspace(&[
+            ("k/Cargo.toml", "[package]\nname = \"k-core\"\n"),
+            (
+                "k/src/lib.rs",
+                "pub mod stage;\npub mod loss;\npub mod util;\nmod cli;\n",
+            ),
+            ("k/src/cli.rs", "fn main() {}"),
+            (
+                "k/src/stage.rs",
+                "use std::fmt::Write;\nuse crate::loss::{self, Weights};\nuse crate::util::clamp;\n\
+                 pub fn train(x: f64) -> f64 { let w = Weights::new(); clamp(loss::icarl::loss(x) * w.0) }\n\
+                 pub(crate) fn scale(x: f64) -> f64 { x * 0.5 }\n",
+            ),
+            (
+                "k/src/loss/mod.rs",
+                "pub mod icarl;\npub mod lucir;\npub struct Weights(pub f64);\n\
+                 impl Weights { pub fn new() -> Self { Weights(2.0) } }\n",
+            ),
+            (
+                "k/src/loss/icarl.rs",
+                "pub fn loss(x: f64) -> f64 { super::super::stage::scale(x) + 1.0 }",
+            ),
+            ("k/src/loss/lucir.rs", "pub fn loss(x: f64) -> f64 { x - 1.0 }"),
+            ("k/src/util.rs", "pub fn clamp(x: f64) -> f64 { x.min(9.0) }"),
+        ])
+    }
+
+    fn stage_digest(ws: &Path) -> KindCode {
+        kind_digests(
+            ws,
+            &["k/src"],
+            // `all` covers what `train` leaves out (lucir.rs).
+            &[
+                kind("train", &["k/src/stage.rs"], &[]),
+                kind("all", &["k/src"], &[]),
+            ],
+            &["k/src/cli.rs", "k/src/lib.rs"],
+        )
+        .unwrap()
+        .remove("train")
+        .unwrap()
+    }
+
+    #[test]
+    fn moving_code_between_files_of_a_kind_keeps_its_digest_and_a_token_edit_moves_it() {
+        let ws = stage_ws();
+        let before = stage_digest(ws.path());
+        assert_eq!(
+            before.files.keys().collect::<Vec<_>>(),
+            vec![
+                "k/src/loss/icarl.rs",
+                "k/src/loss/mod.rs",
+                "k/src/stage.rs",
+                "k/src/util.rs"
+            ]
+        );
+        // `scale` moves from stage.rs to util.rs (made pub, imported, called
+        // by another path), and the items of stage.rs swap places.
+        write(
+            ws.path(),
+            "k/src/stage.rs",
+            "use crate::util::clamp;\nuse crate::loss::{self, Weights};\nuse std::fmt::Write;\n\
+             pub fn train(x: f64) -> f64 { let w = Weights::new(); clamp(loss::icarl::loss(x) * w.0) }\n",
+        );
+        write(
+            ws.path(),
+            "k/src/util.rs",
+            "pub fn scale(x: f64) -> f64 { x * 0.5 }\npub fn clamp(x: f64) -> f64 { x.min(9.0) }",
+        );
+        write(
+            ws.path(),
+            "k/src/loss/icarl.rs",
+            "use crate::util;\npub fn loss(x: f64) -> f64 { util::scale(x) + 1.0 }",
+        );
+        let moved = stage_digest(ws.path());
+        assert_eq!(moved.digest, before.digest);
+        assert_ne!(
+            moved.files, before.files,
+            "per-file digests still show the move"
+        );
+        // Into a new file: the same.
+        write(
+            ws.path(),
+            "k/src/util.rs",
+            "pub fn clamp(x: f64) -> f64 { x.min(9.0) }",
+        );
+        write(
+            ws.path(),
+            "k/src/scaling.rs",
+            "pub fn scale(x: f64) -> f64 { x * 0.5 }",
+        );
+        write(
+            ws.path(),
+            "k/src/lib.rs",
+            "pub mod stage;\npub mod loss;\npub mod util;\npub mod scaling;\nmod cli;\n",
+        );
+        write(
+            ws.path(),
+            "k/src/loss/icarl.rs",
+            "pub fn loss(x: f64) -> f64 { crate::scaling::scale(x) + 1.0 }",
+        );
+        let new_file = stage_digest(ws.path());
+        assert!(new_file.files.contains_key("k/src/scaling.rs"));
+        assert_eq!(new_file.digest, before.digest);
+        // One token edited: moved.
+        write(
+            ws.path(),
+            "k/src/scaling.rs",
+            "pub fn scale(x: f64) -> f64 { x * 0.25 }",
+        );
+        assert_ne!(stage_digest(ws.path()).digest, before.digest);
+    }
+
+    #[test]
+    fn calling_the_other_of_two_items_of_one_name_moves_the_digest() {
+        let ws = stage_ws();
+        // Both losses in the kind (the stage names both).
+        let both = "use crate::loss::{self, Weights};\nuse crate::util::clamp;\n\
+             pub fn train(x: f64) -> f64 { let w = Weights::new(); clamp(loss::icarl::loss(x) * w.0 + loss::lucir::loss(0.0)) }\n\
+             pub(crate) fn scale(x: f64) -> f64 { x * 0.5 }\n";
+        write(ws.path(), "k/src/stage.rs", both);
+        let a = stage_digest(ws.path());
+        write(
+            ws.path(),
+            "k/src/stage.rs",
+            &both.replace("loss::icarl::loss(x)", "loss::lucir::loss(x)"),
+        );
+        let b = stage_digest(ws.path());
+        assert_ne!(a.digest, b.digest);
+        // As an import: `use ...::icarl::loss` against `...::lucir::loss`.
+        let imported = |m: &str| {
+            format!(
+                "use crate::loss::Weights;\nuse crate::loss::{m}::loss;\nuse crate::util::clamp;\n\
+                 pub fn train(x: f64) -> f64 {{ let w = Weights::new(); clamp(loss(x) * w.0 + crate::loss::lucir::loss(0.0) + crate::loss::icarl::loss(0.0)) }}\n\
+                 pub(crate) fn scale(x: f64) -> f64 {{ x * 0.5 }}\n"
+            )
+        };
+        write(ws.path(), "k/src/stage.rs", &imported("icarl"));
+        let c = stage_digest(ws.path());
+        write(ws.path(), "k/src/stage.rs", &imported("lucir"));
+        assert_ne!(stage_digest(ws.path()).digest, c.digest);
+    }
+
+    #[test]
+    fn a_new_file_used_from_a_covered_file_joins_the_kind() {
+        let ws = stage_ws();
+        let before = stage_digest(ws.path());
+        assert!(!before.files.contains_key("k/src/spec.rs"));
+        write(
+            ws.path(),
+            "k/src/lib.rs",
+            "pub mod stage;\npub mod loss;\npub mod util;\npub mod spec;\nmod cli;\n",
+        );
+        write(ws.path(), "k/src/spec.rs", "pub const LIMIT: f64 = 9.0;");
+        write(
+            ws.path(),
+            "k/src/util.rs",
+            "use crate::spec::LIMIT;\npub fn clamp(x: f64) -> f64 { x.min(LIMIT) }",
+        );
+        let after = stage_digest(ws.path());
+        assert!(
+            after.files.contains_key("k/src/spec.rs"),
+            "{:?}",
+            after.files
+        );
+        assert_ne!(after.digest, before.digest);
+        // Through a macro body and a workspace crate's name too.
+        write(
+            ws.path(),
+            "k/src/util.rs",
+            "pub fn clamp(x: f64) -> f64 { assert!(x < k_core::spec::LIMIT); x }",
+        );
+        assert!(stage_digest(ws.path()).files.contains_key("k/src/spec.rs"));
+    }
+
+    #[test]
+    fn an_impl_in_another_file_joins_the_kind_of_its_type() {
+        let ws = stage_ws();
+        write(
+            ws.path(),
+            "k/src/lib.rs",
+            "pub mod stage;\npub mod loss;\npub mod util;\npub mod display;\nmod cli;\n",
+        );
+        write(
+            ws.path(),
+            "k/src/display.rs",
+            "impl std::fmt::Display for crate::loss::Weights { fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { write!(f, \"{}\", self.0) } }",
+        );
+        assert!(stage_digest(ws.path())
+            .files
+            .contains_key("k/src/display.rs"));
+    }
+
+    #[test]
+    fn a_variant_covers_its_own_entry_points_only() {
+        let ws = stage_ws();
+        let d = kind_digests(
+            ws.path(),
+            &["k/src"],
+            &[
+                kind(
+                    "t:icarl",
+                    &["k/src/stage.rs", "k/src/loss/icarl.rs"],
+                    &["k/src/loss/lucir.rs"],
+                ),
+                kind(
+                    "t:lucir",
+                    &["k/src/stage.rs", "k/src/loss/lucir.rs"],
+                    &["k/src/loss/icarl.rs"],
+                ),
+            ],
+            &["k/src/cli.rs", "k/src/lib.rs"],
+        )
+        .unwrap();
+        assert!(!files(&d, "t:icarl").contains(&"k/src/loss/lucir.rs".to_string()));
+        assert!(files(&d, "t:lucir").contains(&"k/src/loss/lucir.rs".to_string()));
+        assert!(!files(&d, "t:lucir").contains(&"k/src/loss/icarl.rs".to_string()));
     }
 
     #[test]
@@ -527,6 +1319,7 @@ mod tests {
         let ws = workspace(&[
             ("k/src/lib.rs", LIB),
             ("k/src/a/mod.rs", "pub fn f() {}"),
+            ("k/src/b.rs", "pub fn g() {}"),
             ("k/src/cli.rs", "fn main() {}"),
             ("k/src/tests.rs", ""),
             ("k/src/stray.rs", "pub fn g() {}"),
@@ -545,9 +1338,14 @@ mod tests {
     #[test]
     fn a_registry_entry_that_does_not_exist_is_an_error() {
         let ws = workspace(&[("k/src/lib.rs", "")]);
-        let err = kind_digests(ws.path(), &["k/src"], &[("one", &["k/src/gone.rs"])], &[])
-            .unwrap_err()
-            .to_string();
+        let err = kind_digests(
+            ws.path(),
+            &["k/src"],
+            &[kind("one", &["k/src/gone.rs"], &[])],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("one") && err.contains("k/src/gone.rs"),
             "{err}"

@@ -189,6 +189,11 @@ mod tests {
             train.contains(&"stages/src/dataset/artefact.rs".to_string()),
             "{train:?}"
         );
+        // Derived, not listed: the order spec the order artefact reads.
+        assert!(
+            train.contains(&"stages/src/order/spec.rs".to_string()),
+            "{train:?}"
+        );
         let eval = files(StageKind::Evaluate, None);
         assert!(!eval.iter().any(|f| f.contains("loss")), "{eval:?}");
         let prepare = files(StageKind::Prepare, None);
@@ -200,6 +205,125 @@ mod tests {
         assert!(
             !prepare.contains(&"stages/src/dataset/cifar/fixtures.rs".to_string()),
             "exempt"
+        );
+    }
+
+    /// The workspace's sources, copied to a scratch folder.
+    fn scratch_workspace() -> tempfile::TempDir {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        for root in bsce_pipeline::registry::SOURCE_ROOTS {
+            for e in walkdir::WalkDir::new(ws.join(root)) {
+                let e = e.unwrap();
+                let to = tmp.path().join(e.path().strip_prefix(ws).unwrap());
+                if e.file_type().is_dir() {
+                    std::fs::create_dir_all(&to).unwrap();
+                } else {
+                    std::fs::copy(e.path(), &to).unwrap();
+                }
+            }
+            let toml = Path::new(root).parent().unwrap().join("Cargo.toml");
+            std::fs::copy(ws.join(&toml), tmp.path().join(&toml)).unwrap();
+        }
+        tmp
+    }
+
+    fn scratch_digests(ws: &Path) -> BTreeMap<String, crate::code_digest::KindCode> {
+        let kinds: Vec<crate::code_digest::KindSpec> = bsce_pipeline::registry::code_kinds()
+            .into_iter()
+            .map(|(name, entries, stop)| crate::code_digest::KindSpec {
+                name,
+                entries,
+                stop,
+            })
+            .collect();
+        let exempt: Vec<&str> = bsce_pipeline::registry::NO_OUTPUT_EFFECT
+            .iter()
+            .map(|(p, _)| *p)
+            .collect();
+        crate::code_digest::kind_digests(ws, bsce_pipeline::registry::SOURCE_ROOTS, &kinds, &exempt)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_scratch_copy_digests_as_the_build_did() {
+        let ws = scratch_workspace();
+        let d = scratch_digests(ws.path());
+        let c = Catalog::default();
+        assert_eq!(
+            d["train:lucir"].digest,
+            c.code_digest(StageKind::Train, Some("lucir"))
+        );
+        assert_eq!(d["prepare"].digest, c.code_digest(StageKind::Prepare, None));
+    }
+
+    /// Code moves between the train kind's files without moving its key;
+    /// one token edited moves it; a file a covered file starts to `use`
+    /// joins the kind's list (what `explain` shows).
+    #[test]
+    fn a_function_moved_between_train_files_keeps_the_train_digest() {
+        let ws = scratch_workspace();
+        let before = scratch_digests(ws.path());
+        let train = ws.path().join("train/src/stage/train.rs");
+        let module = ws.path().join("train/src/stage/mod.rs");
+        let text = std::fs::read_to_string(&train).unwrap();
+        // The function with its doc comment.
+        let mut start = text.find("\nfn kmeans(").expect("train.rs defines kmeans") + 1;
+        while let Some(line) = text[..start - 1].rfind('\n').map(|i| i + 1) {
+            if !text[line..start].starts_with("///") {
+                break;
+            }
+            start = line;
+        }
+        let end = start + text[start..].find("\n}\n").unwrap() + 3;
+        let kmeans = &text[start..end];
+        // Imports go after the module's inner docs.
+        let with_use =
+            |text: &str, line: &str| text.replacen("\nuse ", &format!("\n{line}\nuse "), 1);
+        let moved = with_use(
+            &format!("{}{}", &text[..start], &text[end..]),
+            "use super::kmeans;",
+        );
+        std::fs::write(&train, &moved).unwrap();
+        let mut m = std::fs::read_to_string(&module).unwrap();
+        let public = kmeans.replacen("fn kmeans(", "pub(crate) fn kmeans(", 1);
+        m.push_str(&format!("\n{public}"));
+        std::fs::write(&module, &m).unwrap();
+        let after = scratch_digests(ws.path());
+        for v in [
+            "train:finetune",
+            "train:icarl",
+            "train:lucir",
+            "train:podnet",
+        ] {
+            assert_eq!(after[v].digest, before[v].digest, "{v}");
+        }
+        // One token of the moved function edited.
+        let edited = m.replace(&public, &public.replacen("0..", "1..", 1));
+        assert_ne!(edited, m, "kmeans has a range to edit");
+        std::fs::write(&module, &edited).unwrap();
+        let edited = scratch_digests(ws.path());
+        assert_ne!(edited["train:lucir"].digest, before["train:lucir"].digest);
+        // A new file, used from train.rs.
+        assert!(!before["train:lucir"]
+            .files
+            .contains_key("train/src/scaling.rs"));
+        std::fs::write(
+            ws.path().join("train/src/scaling.rs"),
+            "pub(crate) const SCALE: f64 = 1.0;\n",
+        )
+        .unwrap();
+        let lib = ws.path().join("train/src/lib.rs");
+        let l = std::fs::read_to_string(&lib).unwrap();
+        std::fs::write(&lib, format!("{l}\npub mod scaling;\n")).unwrap();
+        std::fs::write(&train, with_use(&moved, "use crate::scaling::SCALE;")).unwrap();
+        let joined = scratch_digests(ws.path());
+        assert!(
+            joined["train:lucir"]
+                .files
+                .contains_key("train/src/scaling.rs"),
+            "{:?}",
+            joined["train:lucir"].files.keys()
         );
     }
 

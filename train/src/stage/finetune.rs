@@ -38,7 +38,7 @@ use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::train::{classification, extract, freeze_unlearned_scale, images_of_class, sgd_step};
+use super::steps::{classification, extract, freeze_unlearned_scale, images_of_class, sgd_step};
 use super::Model;
 use crate::data::{augment, gather, AugmentSpec, Batches};
 use crate::loss;

@@ -8,6 +8,7 @@
 
 pub mod evaluate;
 pub mod finetune;
+mod steps;
 pub mod train;
 
 use std::collections::BTreeMap;
