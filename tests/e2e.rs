@@ -625,6 +625,85 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
 }
 
 #[test]
+fn a_recipe_is_never_shared_silently_across_loss_families() {
+    let cfg = |methods: &str, exp: &str| {
+        format!(
+            "{SMALL}    methods: [icarl, icarl_bsce]\n{exp}methods:\n{methods}recipes:\n  r: {{epochs: 1, batch_size: 8, lr: 0.1}}\n  bce: {{epochs: 1, batch_size: 8, lr: 2.0}}\n"
+        )
+    };
+    let plain = "  icarl: {preset: icarl}\n  icarl_bsce: {extends: icarl, bsce: true}\n";
+    // iCaRL's BCE and iCaRL+BSCE's softmax left to one experiment recipe.
+    assert_bad_input(
+        &cfg(plain, "    recipe: r\n"),
+        &[
+            "experiments.e.recipe",
+            "recipe `r` would train `icarl` (iCaRL's binary cross-entropy) and `icarl_bsce` (a softmax cross-entropy) alike",
+            "method_recipes",
+        ],
+    );
+    // Inherited along `extends` from the other family.
+    assert_bad_input(
+        &cfg(
+            "  icarl: {preset: icarl, recipe: bce}\n  icarl_bsce: {extends: icarl, bsce: true}\n",
+            "",
+        ),
+        &[
+            "methods.icarl_bsce",
+            "inherits recipe `bce` from `icarl`, which trains iCaRL's binary cross-entropy",
+        ],
+    );
+    // A built-in recipe made for the other loss.
+    assert_bad_input(
+        &cfg(
+            plain,
+            "    recipe: bce\n    method_recipes: {icarl_bsce: icarl_cifar100}\n",
+        ),
+        &[
+            "experiments.e.method_recipes.icarl_bsce",
+            "built-in recipe `icarl_cifar100` is for iCaRL's binary cross-entropy (lr 2)",
+            "icarl_bsce_cifar100",
+        ],
+    );
+    // A method the experiment does not train; a method without a recipe.
+    assert_bad_input(
+        &cfg(
+            plain,
+            "    recipe: bce\n    method_recipes: {icarl_bsce: r, lucir: r}\n",
+        ),
+        &[
+            "experiments.e.method_recipes.lucir",
+            "method `lucir` is not in this experiment's methods (icarl, icarl_bsce)",
+        ],
+    );
+    assert_bad_input(
+        &cfg(plain, "    method_recipes: {icarl: bce}\n"),
+        &["experiments.e.recipe", "method `icarl_bsce` has no recipe"],
+    );
+    // Each its own: the experiment's for one, a method's own for the other.
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &cfg(
+            "  icarl: {preset: icarl}\n  icarl_bsce: {extends: icarl, bsce: true, recipe: r}\n",
+            "    recipe: bce\n",
+        ),
+    );
+    let lr = |method: &str| {
+        p.run(&[
+            "explain",
+            "c.yaml",
+            &format!("train/synth/a/{method}/seed0/b2/t0"),
+            "--json",
+        ])
+        .ok()
+        .json()["params"]["recipe"]["lr"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!((lr("icarl"), lr("icarl_bsce")), (2.0, 0.1));
+}
+
+#[test]
 fn missing_or_unreadable_config_is_a_clear_error() {
     let p = Project::new();
     let r = p.run(&["run", "nope.yaml"]);
@@ -1084,7 +1163,7 @@ methods:
 recipes:
   r: {epochs: 2, batch_size: 16, lr: 0.05, schedule: multistep, milestones: [1]}
 experiments:
-  e: {dataset: synth, orders: [o], settings: [s], methods: [icarl, icarl_bsce, lucir, lucir_bsce, podnet, podnet_bsce, no_memory], recipe: r, network: tiny}
+  e: {dataset: synth, orders: [o], settings: [s], methods: [icarl, icarl_bsce, lucir, lucir_bsce, podnet, podnet_bsce, no_memory], recipe: r, method_recipes: {icarl: r}, network: tiny}
 "#,
     );
     let r = p.run(&["run", "c.yaml", "--json"]).ok();
@@ -2040,6 +2119,49 @@ fn report_executed(j: &Value) -> Vec<String> {
         .iter()
         .map(|x| x.as_str().unwrap().to_string())
         .collect()
+}
+
+/// The paper's iCaRL rows: BCE at its references' rates, iCaRL+BSCE at a
+/// softmax rate, on CIFAR-100, ImageNet-Subset and ImageNet.
+#[test]
+fn the_paper_config_trains_icarl_and_icarl_bsce_with_their_own_recipes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/paper.yaml");
+    let p = Project::new();
+    let recipe = |label: &str| {
+        p.run(&[
+            "explain",
+            path.to_str().unwrap(),
+            label,
+            "--json",
+            "--store",
+            "s",
+        ])
+        .ok()
+        .json()["params"]["recipe"]
+            .clone()
+    };
+    for (prefix, bce_lr, bce_epochs) in [
+        ("cifar100/podnet0", 2.0, 70),
+        ("imagenet_subset/seed1993", 1.0, 60),
+        ("imagenet/seed1993", 1.0, 60),
+    ] {
+        let base = if prefix.starts_with("imagenet/") {
+            "b500"
+        } else {
+            "b50"
+        };
+        let icarl = recipe(&format!("train/{prefix}/icarl/seed0/{base}/t0"));
+        let bsce = recipe(&format!("train/{prefix}/icarl_bsce/seed0/{base}/t0"));
+        assert_eq!(
+            (icarl["lr"].as_f64(), icarl["epochs"].as_u64()),
+            (Some(bce_lr), Some(bce_epochs)),
+            "{prefix}: {icarl}"
+        );
+        assert_eq!(bsce["lr"].as_f64(), Some(0.1), "{prefix}: {bsce}");
+        // LUCIR's rows keep LUCIR's recipe.
+        let lucir = recipe(&format!("train/{prefix}/lucir/seed0/{base}/t0"));
+        assert_eq!(lucir["lr"].as_f64(), Some(0.1), "{prefix}: {lucir}");
+    }
 }
 
 #[test]
@@ -3295,6 +3417,30 @@ fn wait_until_no_live_jobs(name: &str) {
     }
 }
 
+/// Releases every job of the (held) runs `dirs`, then waits until none of
+/// them is queued or running.
+fn release_and_wait(dirs: &[PathBuf]) {
+    let mut ids = vec![];
+    for d in dirs {
+        ids.extend(slurm_jobs(d).values().map(|(id, _, _)| id.to_string()));
+    }
+    let released = Command::new("scontrol")
+        .args(["release", &ids.join(",")])
+        .env("SLURM_CONF", slurm_cluster())
+        .output()
+        .unwrap();
+    assert!(
+        released.status.success(),
+        "{}",
+        String::from_utf8_lossy(&released.stderr)
+    );
+    for d in dirs {
+        let run: Value =
+            serde_json::from_slice(&std::fs::read(d.join("run.json")).unwrap()).unwrap();
+        wait_until_no_live_jobs(&format!("bsce-{}", run["run_id"].as_str().unwrap()));
+    }
+}
+
 #[test]
 fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results() {
     let quickstart = std::fs::read_to_string(
@@ -3695,25 +3841,7 @@ fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_
     p.slurm(&["run", "c.yaml", "--detach"]).ok();
     let dirs = p.slurm_run_dirs();
     assert_eq!(dirs.len(), 2);
-    let mut ids = vec![];
-    for d in &dirs {
-        ids.extend(slurm_jobs(d).values().map(|(id, _, _)| id.to_string()));
-    }
-    let released = Command::new("scontrol")
-        .args(["release", &ids.join(",")])
-        .env("SLURM_CONF", slurm_cluster())
-        .output()
-        .unwrap();
-    assert!(
-        released.status.success(),
-        "{}",
-        String::from_utf8_lossy(&released.stderr)
-    );
-    for d in &dirs {
-        let run: Value =
-            serde_json::from_slice(&std::fs::read(d.join("run.json")).unwrap()).unwrap();
-        wait_until_no_live_jobs(&format!("bsce-{}", run["run_id"].as_str().unwrap()));
-    }
+    release_and_wait(&dirs);
     let (a, b) = (slurm_jobs(&dirs[0]), slurm_jobs(&dirs[1]));
     assert_eq!(a.len(), b.len());
     let mut cached_in_b = 0;
@@ -3782,21 +3910,7 @@ fn cache_gc_between_the_jobs_of_a_detached_slurm_run_keeps_what_its_jobs_read() 
         "a live run's folder stays"
     );
     // Released, every job finds its inputs.
-    let jobs = slurm_jobs(&dirs[0]);
-    let ids: Vec<String> = jobs.values().map(|(id, _, _)| id.clone()).collect();
-    let released = Command::new("scontrol")
-        .args(["release", &ids.join(",")])
-        .env("SLURM_CONF", slurm_cluster())
-        .output()
-        .unwrap();
-    assert!(
-        released.status.success(),
-        "{}",
-        String::from_utf8_lossy(&released.stderr)
-    );
-    let run: Value =
-        serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
-    wait_until_no_live_jobs(&format!("bsce-{}", run["run_id"].as_str().unwrap()));
+    release_and_wait(&dirs);
     for (label, (_, _, outcome)) in slurm_jobs(&dirs[0]) {
         let o = outcome.unwrap_or_else(|| panic!("{label} wrote no outcome"));
         assert_eq!(o["outcome"], "executed", "{label}: {o}");

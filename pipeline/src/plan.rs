@@ -456,11 +456,7 @@ impl Builder {
             .collect();
         for method_name in &exp.methods {
             let m = &config.methods[method_name];
-            let recipe = exp
-                .recipe
-                .as_ref()
-                .map(|r| config.recipes[r].clone())
-                .expect("resolution requires a recipe for an experiment with methods");
+            let recipe = config.recipes[&exp.recipes[method_name]].clone();
             let network = exp
                 .network
                 .unwrap_or_else(|| default_network(&ds.source, m.preset));

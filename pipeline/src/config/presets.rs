@@ -1,10 +1,9 @@
 //! What the references publish, in one place: each method's CIFAR-100 and
-//! ImageNet training recipe (cil-protocols.md section 2), and each preset's
+//! ImageNet training recipe with the loss it is for and its source
+//! ([`RECIPES`]), and each preset's
 //! loss weights, scales and class-balanced fine-tuning per dataset profile
-//! ([`method_params`]). An experiment may name a recipe without defining
-//! it under `recipes:`; a config's own entry of the same name wins, and a
-//! method's `hyper:`, `finetune:` and `bsce_choices:` override the
-//! defaults field by field.
+//! ([`method_params`]). A method's `hyper:`, `finetune:` and
+//! `bsce_choices:` override the defaults field by field.
 
 use super::resolve::MethodDef;
 use crate::params::{
@@ -12,52 +11,195 @@ use crate::params::{
     Preset, Profile, Recipe, Schedule,
 };
 
-pub const RECIPE_NAMES: [&str; 8] = [
-    "icarl_cifar100",
-    "lucir_cifar100",
-    "podnet_cifar100",
-    "lucir_imagenet",
-    "podnet_imagenet",
-    "podnet_imagenet100",
-    "podnet_imagenet1k",
-    "icarl_imagenet",
+/// Which loss a recipe's learning rate is for. iCaRL's binary
+/// cross-entropy is averaged over batch x classes, so each logit's gradient
+/// is about 1/C (C = 50..1000 seen classes) of softmax cross-entropy's:
+/// its published learning rates (1.0-2.0) are 10-20x a softmax one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossFamily {
+    /// iCaRL without BSCE.
+    Bce,
+    /// Everything else: softmax cross-entropy (BSCE, LUCIR's cosine CE,
+    /// PODNet's NCA, plain fine-tuning), iCaRL+BSCE included.
+    Softmax,
+}
+
+impl LossFamily {
+    pub fn of(preset: Preset, bsce: bool) -> LossFamily {
+        match (preset, bsce) {
+            (Preset::Icarl, false) => LossFamily::Bce,
+            _ => LossFamily::Softmax,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            LossFamily::Bce => "iCaRL's binary cross-entropy",
+            LossFamily::Softmax => "a softmax cross-entropy",
+        }
+    }
+}
+
+/// A built-in recipe: the numbers, the loss they are for, where they come
+/// from. An experiment or a method may name one without defining it under
+/// `recipes:`; a config's own entry of the same name wins (and is the
+/// user's choice: no loss check).
+pub struct BuiltinRecipe {
+    pub name: &'static str,
+    pub family: LossFamily,
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    pub milestones: &'static [u32],
+    pub gamma: f64,
+    pub source: &'static str,
+}
+
+/// Every built-in recipe (momentum 0.9 everywhere). Sources: R iCaRL @
+/// 7a3d254, L LUCIR @ e5a90ae, A PODNet's inclearn @ c09fc54.
+pub const RECIPES: &[BuiltinRecipe] = &[
+    BuiltinRecipe {
+        name: "icarl_cifar100",
+        family: LossFamily::Bce,
+        epochs: 70,
+        batch_size: 128,
+        lr: 2.0,
+        weight_decay: 1e-5,
+        schedule: Schedule::Multistep,
+        milestones: &[49, 63],
+        gamma: 0.2,
+        source: "R iCaRL-TheanoLasagne/main_cifar_100_theano.py (module constants: lr 2.0, /5 at 49 and 63, wght_decay 1e-5)",
+    },
+    BuiltinRecipe {
+        name: "icarl_imagenet",
+        family: LossFamily::Bce,
+        epochs: 60,
+        batch_size: 64,
+        lr: 1.0,
+        weight_decay: 1e-5,
+        schedule: Schedule::Multistep,
+        milestones: &[20, 30, 40, 50],
+        gamma: 0.2,
+        source: "A options/icarl/icarl_imagenet100.yaml and icarl_imagenet1000.yaml (R main_resnet_tf.py: lr 2.0, batch 128)",
+    },
+    BuiltinRecipe {
+        name: "icarl_bsce_cifar100",
+        family: LossFamily::Softmax,
+        epochs: 160,
+        batch_size: 128,
+        lr: 0.1,
+        weight_decay: 5e-4,
+        schedule: Schedule::Multistep,
+        milestones: &[80, 120],
+        gamma: 0.1,
+        source: "our choice for iCaRL's softmax + KD: L cifar100-class-incremental/class_incremental_cifar100.py, the CE + KD iCaRL baseline (module constants); PyCIL models/icarl.py also trains it at lr 0.1",
+    },
+    BuiltinRecipe {
+        name: "icarl_bsce_imagenet",
+        family: LossFamily::Softmax,
+        epochs: 90,
+        batch_size: 128,
+        lr: 0.1,
+        weight_decay: 1e-4,
+        schedule: Schedule::Multistep,
+        milestones: &[30, 60],
+        gamma: 0.1,
+        source: "our choice for iCaRL's softmax + KD: L imagenet-class-incremental/class_incremental_imagenet.py, the CE + KD iCaRL baseline (module constants)",
+    },
+    BuiltinRecipe {
+        name: "lucir_cifar100",
+        family: LossFamily::Softmax,
+        epochs: 160,
+        batch_size: 128,
+        lr: 0.1,
+        weight_decay: 5e-4,
+        schedule: Schedule::Multistep,
+        milestones: &[80, 120],
+        gamma: 0.1,
+        source: "L cifar100-class-incremental/class_incremental_cosine_cifar100.py (module constants)",
+    },
+    BuiltinRecipe {
+        name: "lucir_imagenet",
+        family: LossFamily::Softmax,
+        epochs: 90,
+        batch_size: 128,
+        lr: 0.1,
+        weight_decay: 1e-4,
+        schedule: Schedule::Multistep,
+        milestones: &[30, 60],
+        gamma: 0.1,
+        source: "L imagenet-class-incremental/class_incremental_cosine_imagenet.py (module constants)",
+    },
+    BuiltinRecipe {
+        name: "podnet_cifar100",
+        family: LossFamily::Softmax,
+        epochs: 160,
+        batch_size: 128,
+        lr: 0.1,
+        weight_decay: 5e-4,
+        schedule: Schedule::Cosine,
+        milestones: &[],
+        gamma: 0.1,
+        source: "A options/podnet/podnet_cnn_cifar100.yaml",
+    },
+    BuiltinRecipe {
+        name: "podnet_imagenet100",
+        family: LossFamily::Softmax,
+        epochs: 90,
+        batch_size: 64,
+        lr: 0.05,
+        weight_decay: 5e-4,
+        schedule: Schedule::Cosine,
+        milestones: &[],
+        gamma: 0.1,
+        source: "A options/podnet/podnet_cnn_imagenet100.yaml",
+    },
+    BuiltinRecipe {
+        name: "podnet_imagenet1k",
+        family: LossFamily::Softmax,
+        epochs: 90,
+        batch_size: 64,
+        lr: 0.05,
+        weight_decay: 1e-4,
+        schedule: Schedule::Cosine,
+        milestones: &[],
+        gamma: 0.1,
+        source: "A options/podnet/podnet_cnn_imagenet1000.yaml",
+    },
+    BuiltinRecipe {
+        name: "podnet_imagenet",
+        family: LossFamily::Softmax,
+        epochs: 90,
+        batch_size: 64,
+        lr: 0.05,
+        weight_decay: 1e-4,
+        schedule: Schedule::Cosine,
+        milestones: &[],
+        gamma: 0.1,
+        source: "= podnet_imagenet1k (its name before the two ImageNet recipes were told apart)",
+    },
 ];
 
-/// The resolved form of a built-in recipe, as `resolve_recipe` makes it.
-pub fn recipe(name: &str) -> Option<Recipe> {
-    let r = |epochs: u32,
-             batch: u32,
-             lr: f64,
-             wd: f64,
-             schedule: Schedule,
-             milestones: &[u32],
-             gamma: f64| Recipe {
-        epochs,
-        batch_size: batch,
-        lr,
-        momentum: 0.9,
-        weight_decay: wd,
-        schedule,
-        milestones: milestones.to_vec(),
-        gamma,
-    };
-    Some(match name {
-        // iCaRL's original: lr 2.0, divided by 5 at epochs 49 and 63.
-        "icarl_cifar100" => r(70, 128, 2.0, 1e-5, Schedule::Multistep, &[49, 63], 0.2),
-        "lucir_cifar100" => r(160, 128, 0.1, 5e-4, Schedule::Multistep, &[80, 120], 0.1),
-        "podnet_cifar100" => r(160, 128, 0.1, 5e-4, Schedule::Cosine, &[], 0.1),
-        "lucir_imagenet" => r(90, 128, 0.1, 1e-4, Schedule::Multistep, &[30, 60], 0.1),
-        // A `options/podnet/podnet_cnn_imagenet100.yaml` (weight decay 5e-4)
-        // and `podnet_cnn_imagenet1000.yaml` (1e-4); `podnet_imagenet` is
-        // the ImageNet-1k one, as before the two were told apart.
-        "podnet_imagenet100" => r(90, 64, 0.05, 5e-4, Schedule::Cosine, &[], 0.1),
-        "podnet_imagenet" | "podnet_imagenet1k" => {
-            r(90, 64, 0.05, 1e-4, Schedule::Cosine, &[], 0.1)
+impl BuiltinRecipe {
+    pub fn recipe(&self) -> Recipe {
+        Recipe {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            momentum: 0.9,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            milestones: self.milestones.to_vec(),
+            gamma: self.gamma,
         }
-        // LUCIR's ImageNet recipe, which iCaRL reproductions on ImageNet use.
-        "icarl_imagenet" => r(90, 128, 0.1, 1e-4, Schedule::Multistep, &[30, 60], 0.1),
-        _ => return None,
-    })
+    }
+}
+
+/// A built-in recipe by name.
+pub fn builtin_recipe(name: &str) -> Option<&'static BuiltinRecipe> {
+    RECIPES.iter().find(|r| r.name == name)
 }
 
 /// A method's params for a dataset of `profile`: the preset's published
@@ -170,6 +312,7 @@ mod tests {
             memory_total: None,
             selection: crate::params::Selection::Herding,
             base_method: "m".into(),
+            recipe: None,
         }
     }
 
@@ -236,8 +379,14 @@ mod tests {
         assert_eq!(nme.hyper.classifier_scaling, Some(3.0));
         assert_eq!(nme.hyper.learned_scale, Some(false));
         // Weight decay: ImageNet-100 5e-4, ImageNet-1k 1e-4.
-        assert_eq!(recipe("podnet_imagenet100").unwrap().weight_decay, 5e-4);
-        assert_eq!(recipe("podnet_imagenet1k").unwrap().weight_decay, 1e-4);
+        assert_eq!(
+            builtin_recipe("podnet_imagenet100").unwrap().weight_decay,
+            5e-4
+        );
+        assert_eq!(
+            builtin_recipe("podnet_imagenet1k").unwrap().weight_decay,
+            1e-4
+        );
     }
 
     #[test]
@@ -324,15 +473,32 @@ mod tests {
     }
 
     #[test]
-    fn every_listed_recipe_exists_and_follows_the_protocol() {
-        for n in RECIPE_NAMES {
-            assert!(recipe(n).is_some(), "{n}");
-        }
-        let podnet = recipe("podnet_cifar100").unwrap();
+    fn built_in_recipes_follow_the_protocol_and_name_their_loss() {
+        let r = |n| builtin_recipe(n).unwrap_or_else(|| panic!("{n}"));
+        let podnet = r("podnet_cifar100").recipe();
         assert_eq!(podnet.epochs, 160);
         assert_eq!(podnet.schedule, Schedule::Cosine);
-        let lucir = recipe("lucir_cifar100").unwrap();
-        assert_eq!(lucir.milestones, vec![80, 120]);
-        assert!(recipe("nope").is_none());
+        assert_eq!(r("lucir_cifar100").milestones, &[80, 120]);
+        // iCaRL's BCE at its references' rates; its BSCE variant at a
+        // softmax rate, 20x and 10x lower.
+        assert_eq!(
+            (r("icarl_cifar100").lr, r("icarl_cifar100").family),
+            (2.0, LossFamily::Bce)
+        );
+        assert_eq!(
+            (r("icarl_imagenet").lr, r("icarl_imagenet").family),
+            (1.0, LossFamily::Bce)
+        );
+        assert_eq!(r("icarl_imagenet").milestones, &[20, 30, 40, 50]);
+        for n in ["icarl_bsce_cifar100", "icarl_bsce_imagenet"] {
+            assert_eq!((r(n).lr, r(n).family), (0.1, LossFamily::Softmax), "{n}");
+        }
+        assert!(builtin_recipe("nope").is_none());
+        let names: std::collections::BTreeSet<_> = RECIPES.iter().map(|r| r.name).collect();
+        assert_eq!(names.len(), RECIPES.len(), "one entry per name");
+        assert!(RECIPES.iter().all(|r| !r.source.is_empty()));
+        assert_eq!(LossFamily::of(Preset::Icarl, false), LossFamily::Bce);
+        assert_eq!(LossFamily::of(Preset::Icarl, true), LossFamily::Softmax);
+        assert_eq!(LossFamily::of(Preset::Lucir, false), LossFamily::Softmax);
     }
 }

@@ -254,6 +254,11 @@ pub struct RawMethod {
     /// How BSCE combines with the preset, field by field over the defaults.
     #[serde(default)]
     pub bsce_choices: Option<BsceChoices>,
+    /// Its recipe (a name under `recipes:` or built in), carried by
+    /// `extends`; an experiment's `method_recipes` wins over it, and it
+    /// wins over the experiment's `recipe`.
+    #[serde(default)]
+    pub recipe: Option<String>,
 }
 
 pub use crate::params::Preset as MethodPreset;
@@ -347,8 +352,13 @@ pub struct RawExperiment {
     pub settings: Vec<String>,
     #[serde(default)]
     pub methods: Vec<String>,
+    /// The recipe of its methods that have none of their own.
     #[serde(default)]
     pub recipe: Option<String>,
+    /// Method -> its recipe in this experiment (over the method's own and
+    /// the experiment's `recipe`).
+    #[serde(default)]
+    pub method_recipes: BTreeMap<String, String>,
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// Backbone; default: resnet32 for CIFAR-sized images (LUCIR's variant

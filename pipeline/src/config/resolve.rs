@@ -1,17 +1,18 @@
 //! Raw config -> validated [`Config`]. All cross-references and value checks
 //! happen here, once, with the key path and file position of the culprit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use super::locate::Locator;
+use super::presets::{self, LossFamily};
 use super::raw::*;
 use super::{did_you_mean, ConfigError};
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
-use crate::params::{IcarlDistillation, Profile, IMAGENET_CROP};
+use crate::params::{IcarlDistillation, Profile, Recipe, IMAGENET_CROP};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -121,6 +122,14 @@ pub struct MethodDef {
     pub selection: MemorySelection,
     /// Itself, or for a BSCE variant the method it extends.
     pub base_method: String,
+    /// Its recipe, and the method of its `extends` chain that names it.
+    pub recipe: Option<(String, String)>,
+}
+
+impl MethodDef {
+    pub fn loss_family(&self) -> LossFamily {
+        LossFamily::of(self.preset, self.bsce)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +139,8 @@ pub struct Experiment {
     pub orders: Vec<String>,
     pub settings: Vec<String>,
     pub methods: Vec<String>,
-    pub recipe: Option<String>,
+    /// Method -> the name of its recipe (in `Config::recipes`).
+    pub recipes: BTreeMap<String, String>,
     pub seeds: Vec<u64>,
     pub network: Option<Network>,
     pub deterministic: bool,
@@ -292,41 +302,14 @@ pub fn resolve(
                 }
             }
         }
-        if let Some(r) = &e.recipe {
-            if !recipes.contains_key(r) {
-                match super::presets::recipe(r) {
-                    Some(builtin) => {
-                        recipes.insert(r.clone(), builtin);
-                    }
-                    None => {
-                        let mut known: BTreeMap<String, ()> =
-                            recipes.keys().map(|k| (k.clone(), ())).collect();
-                        for n in super::presets::RECIPE_NAMES {
-                            known.insert(n.to_string(), ());
-                        }
-                        cx.reference(format!("{at}.recipe"), "recipe", r, &known)?;
-                    }
-                }
-            }
-            if e.methods.is_empty() {
-                return Err(cx.err(
-                    format!("{at}.methods"),
-                    "a recipe needs at least one method to train",
-                ));
-            }
-        } else if !e.methods.is_empty() {
-            return Err(cx.err(
-                format!("{at}.recipe"),
-                "an experiment with methods needs a recipe",
-            ));
-        }
+        let method_recipes = resolve_experiment_recipes(&cx, &at, &e, &methods, &mut recipes)?;
         experiments.push(Experiment {
             name,
             dataset: e.dataset,
             orders: e.orders,
             settings: e.settings,
             methods: e.methods,
-            recipe: e.recipe,
+            recipes: method_recipes,
             seeds: e.seeds,
             network: e.network,
             deterministic: e.deterministic,
@@ -711,6 +694,155 @@ fn resolve_order(
     })
 }
 
+/// Which recipe each method of an experiment trains with: the
+/// experiment's `method_recipes`, else the method's own (along `extends`),
+/// else the experiment's `recipe`. A recipe is never shared silently
+/// across loss families: iCaRL's BCE and a softmax loss need learning rates
+/// 10-20x apart. So a BCE and a softmax method both left to the
+/// experiment's `recipe`, a method inheriting a recipe from one of the
+/// other family, and a built-in recipe made for the other family are
+/// errors; a recipe named for a method itself is the user's choice (the
+/// built-in check aside).
+fn resolve_experiment_recipes(
+    cx: &Ctx,
+    at: &str,
+    e: &super::raw::RawExperiment,
+    methods: &BTreeMap<String, MethodDef>,
+    recipes: &mut BTreeMap<String, Recipe>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let defined: BTreeSet<String> = recipes.keys().cloned().collect();
+    // A recipe the config defines, or a built-in one (added on first use).
+    let mut lookup = |path: String, name: &str| -> Result<(), ConfigError> {
+        if recipes.contains_key(name) {
+            return Ok(());
+        }
+        if let Some(b) = presets::builtin_recipe(name) {
+            recipes.insert(name.to_string(), b.recipe());
+            return Ok(());
+        }
+        let mut known: BTreeMap<String, ()> = recipes.keys().map(|k| (k.clone(), ())).collect();
+        for r in presets::RECIPES {
+            known.insert(r.name.to_string(), ());
+        }
+        cx.reference(path, "recipe", name, &known).map(drop)
+    };
+    if e.methods.is_empty() {
+        if e.recipe.is_some() {
+            return Err(cx.err(
+                format!("{at}.methods"),
+                "a recipe needs at least one method to train",
+            ));
+        }
+        if let Some(m) = e.method_recipes.keys().next() {
+            return Err(cx.err(
+                format!("{at}.method_recipes.{m}"),
+                format!("method `{m}` is not in this experiment's methods (none)"),
+            ));
+        }
+        return Ok(BTreeMap::new());
+    }
+    if let Some(r) = &e.recipe {
+        lookup(format!("{at}.recipe"), r)?;
+    }
+    for (m, r) in &e.method_recipes {
+        if !e.methods.contains(m) {
+            return Err(cx.err(
+                format!("{at}.method_recipes.{m}"),
+                format!(
+                    "method `{m}` is not in this experiment's methods ({})",
+                    e.methods.join(", ")
+                ),
+            ));
+        }
+        lookup(format!("{at}.method_recipes.{m}"), r)?;
+    }
+    // Method -> (recipe, the config path that names it).
+    let mut chosen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut shared: Vec<&str> = Vec::new();
+    for m in &e.methods {
+        let def = &methods[m];
+        let (recipe, path) = if let Some(r) = e.method_recipes.get(m) {
+            (r.clone(), format!("{at}.method_recipes.{m}"))
+        } else if let Some((r, from)) = &def.recipe {
+            let path = format!("methods.{from}.recipe");
+            lookup(path.clone(), r)?;
+            let parent = &methods[from];
+            if from != m && parent.loss_family() != def.loss_family() {
+                return Err(cx.err(
+                    format!("methods.{m}"),
+                    format!(
+                        "inherits recipe `{r}` from `{from}`, which trains {}, but `{m}` trains {}: \
+                         their learning rates differ 10-20x; give `{m}` a `recipe` of its own",
+                        parent.loss_family().describe(),
+                        def.loss_family().describe()
+                    ),
+                ));
+            }
+            (r.clone(), path)
+        } else if let Some(r) = &e.recipe {
+            shared.push(m);
+            (r.clone(), format!("{at}.recipe"))
+        } else {
+            return Err(cx.err(
+                format!("{at}.recipe"),
+                format!(
+                    "method `{m}` has no recipe: give the experiment a `recipe`, the method one \
+                     (`methods.{m}.recipe`), or map it in `method_recipes`"
+                ),
+            ));
+        };
+        chosen.insert(m.clone(), (recipe, path));
+    }
+    if let (Some(r), Some(bce)) = (
+        &e.recipe,
+        shared
+            .iter()
+            .find(|m| methods[**m].loss_family() == LossFamily::Bce),
+    ) {
+        if let Some(soft) = shared
+            .iter()
+            .find(|m| methods[**m].loss_family() == LossFamily::Softmax)
+        {
+            return Err(cx.err(
+                format!("{at}.recipe"),
+                format!(
+                    "recipe `{r}` would train `{bce}` ({}) and `{soft}` ({}) alike, but their \
+                     learning rates differ 10-20x; give one of them its own recipe in \
+                     `method_recipes` (built in: icarl_cifar100 or icarl_imagenet for BCE, \
+                     icarl_bsce_cifar100 or icarl_bsce_imagenet for iCaRL+BSCE)",
+                    LossFamily::Bce.describe(),
+                    LossFamily::Softmax.describe()
+                ),
+            ));
+        }
+    }
+    // A built-in recipe is for one loss (a config's own is the user's).
+    for (m, (r, path)) in &chosen {
+        let family = methods[m].loss_family();
+        if let Some(b) = presets::builtin_recipe(r).filter(|_| !defined.contains(r)) {
+            if b.family != family {
+                let fits: Vec<&str> = presets::RECIPES
+                    .iter()
+                    .filter(|x| x.family == family)
+                    .map(|x| x.name)
+                    .collect();
+                return Err(cx.err(
+                    path.clone(),
+                    format!(
+                        "built-in recipe `{r}` is for {} (lr {}), but `{m}` trains {}; \
+                         built in for it: {}",
+                        b.family.describe(),
+                        b.lr,
+                        family.describe(),
+                        fits.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(chosen.into_iter().map(|(m, (r, _))| (m, r)).collect())
+}
+
 fn resolve_methods(
     cx: &Ctx,
     raw: &BTreeMap<String, RawMethod>,
@@ -868,6 +1000,9 @@ fn resolve_methods(
                 memory_total: total,
                 selection,
                 base_method,
+                recipe: chain
+                    .iter()
+                    .find_map(|n| raw[*n].recipe.clone().map(|r| (r, n.to_string()))),
             },
         );
     }
