@@ -3926,3 +3926,70 @@ fn cache_gc_between_the_jobs_of_a_detached_slurm_run_keeps_what_its_jobs_read() 
     let j = p.slurm(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(j["executed"], 0);
 }
+
+/// The README's quickstart example is what the quickstart prints: its
+/// stage counts, its table (every accuracy cell, bold included; the
+/// training-time column is wall time and left out) and its report's file
+/// count. A figure edited in the README, or moved by a change that did not
+/// update it, fails here.
+#[test]
+fn the_readme_quickstart_example_is_what_the_quickstart_prints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("$ target/bsce-pipe run configs/quickstart.yaml\n")
+        .expect("the README shows the quickstart");
+    let example = &readme[start..start + readme[start..].find("\n```").unwrap()];
+    let p = Project::new();
+    p.write(
+        "configs/quickstart.yaml",
+        &std::fs::read_to_string(root.join("configs/quickstart.yaml")).unwrap(),
+    );
+    std::fs::create_dir(p.path(".git")).unwrap();
+    let r = p
+        .run(&["run", "configs/quickstart.yaml", "--jobs", "2"])
+        .ok();
+    // "77 executed, 0 from cache, 0 failed, 0 skipped in ..."
+    let counts = |text: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.contains(" executed, "))
+            .unwrap_or_else(|| panic!("no summary line in:\n{text}"));
+        line[..line.find(" in ").unwrap()].to_string()
+    };
+    assert_eq!(counts(example), counts(&r.stderr), "README:\n{example}");
+    // The table: caption, header and every row but its time column.
+    let table = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| {
+                !l.starts_with("**Synthetic 10 classes: average incremental accuracy (CNN)")
+            })
+            .take_while(|l| !l.starts_with("Average incremental accuracy"))
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                match l
+                    .strip_suffix(" |")
+                    .and_then(|x| x.rfind(" | ").map(|i| &x[..i]))
+                {
+                    Some(cells) if l.starts_with("| ce ") || l.starts_with("| bsce ") => {
+                        cells.to_string()
+                    }
+                    _ => l.to_string(),
+                }
+            })
+            .collect()
+    };
+    let ours = table(&r.stderr);
+    assert_eq!(ours.len(), 5, "{}", r.stderr);
+    assert_eq!(
+        table(example),
+        ours,
+        "the README's quickstart table is stale"
+    );
+    // "report: .../reports/quickstart/README.md (19 files)"
+    let files = |text: &str| -> String {
+        let l = text.lines().find(|l| l.starts_with("report: ")).unwrap();
+        l[l.rfind(" (").unwrap()..].to_string()
+    };
+    assert_eq!(files(example), files(&r.stderr));
+}
