@@ -1159,18 +1159,19 @@ methods:
   lucir_bsce: {extends: lucir, bsce: true}
   podnet: {preset: podnet, memory: {total: 30}}
   podnet_bsce: {extends: podnet, bsce: true, memory: {selection: random}}
+  podnet_bsce_softmax: {extends: podnet, bsce: true, bsce_choices: {nca_prior: balanced_softmax}}
   no_memory: {preset: finetune}
 recipes:
   r: {epochs: 2, batch_size: 16, lr: 0.05, schedule: multistep, milestones: [1]}
 experiments:
-  e: {dataset: synth, orders: [o], settings: [s], methods: [icarl, icarl_bsce, lucir, lucir_bsce, podnet, podnet_bsce, no_memory], recipe: r, method_recipes: {icarl: r}, network: tiny}
+  e: {dataset: synth, orders: [o], settings: [s], methods: [icarl, icarl_bsce, lucir, lucir_bsce, podnet, podnet_bsce, podnet_bsce_softmax, no_memory], recipe: r, method_recipes: {icarl: r}, network: tiny}
 "#,
     );
     let r = p.run(&["run", "c.yaml", "--json"]).ok();
     assert_eq!(r.json()["failed"], 0, "{}", r.stderr);
     let res = p.run(&["results", "c.yaml", "--json"]).ok().json();
     let runs = res["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 7);
+    assert_eq!(runs.len(), 8);
     for run in runs {
         assert!(
             run["average_incremental_accuracy"]["cnn"].is_number(),
@@ -1222,6 +1223,15 @@ experiments:
     assert_eq!(method["hyper"]["pod_spatial"], 3.0, "{rec}");
     assert_eq!(method["finetune"]["lr"], 0.05, "{rec}");
     assert!(log("train/synth/o/podnet/seed0/s/t1").contains("pod_spatial"));
+    // PODNet+BSCE without the NCA: its classification term is BSCE, the
+    // POD terms stay.
+    let softmax = log("train/synth/o/podnet_bsce_softmax/seed0/s/t1");
+    assert!(
+        softmax.contains("\"bsce\"") && !softmax.contains("\"nca\""),
+        "{softmax}"
+    );
+    assert!(softmax.contains("pod_spatial"), "{softmax}");
+    assert!(log("train/synth/o/podnet_bsce/seed0/s/t1").contains("\"nca\""));
     assert!(log("train/synth/o/lucir/seed0/s/t1").contains("margin_ranking"));
     // Without memory, old classes keep the NME means of the task that
     // learnt them: no old image is looked at again.

@@ -61,6 +61,13 @@ pub enum NcaPrior {
     AfterScale,
     /// a_c = η(z_c − m + log n_c): the prior scaled with the logits.
     BeforeScale,
+    /// No NCA: Balanced Softmax cross-entropy on the scaled logits,
+    /// CE(η·z + log n, y), without NCA's margin: A `podnet.py`
+    /// `_compute_loss`'s softmax path (`F.cross_entropy` on
+    /// `post_process(logits)`) with the prior. The as-coded NCA puts
+    /// e^{a_max} in place of e^{a_y} for a misclassified sample, so with
+    /// the prior in it, it is not the Balanced Softmax loss; this is.
+    BalancedSoftmax,
 }
 
 /// iCaRL+BSCE's distillation of the old classes. iCaRL's own loss is

@@ -59,7 +59,9 @@ pub fn podnet_nca(
 /// [`podnet_nca`] with the prior's place chosen: `AfterScale` gives
 /// a = η(z − m) + log n_c (the default, [`podnet_nca`]); `BeforeScale`
 /// gives a = η(z − m + log n_c), the prior scaled with the logits by the
-/// learned η. Without a prior the two are the same loss.
+/// learned η; `BalancedSoftmax` replaces the NCA by Balanced Softmax
+/// cross-entropy on η·z (no margin). Without a prior the three are the same
+/// loss, the NCA.
 pub fn podnet_nca_with_prior(
     logits: &Tensor,
     targets: &Tensor,
@@ -80,10 +82,13 @@ pub fn podnet_nca_with_prior(
         );
         log_n.to_device(logits.device()).to_kind(logits.kind())
     });
+    if let (Some(p), NcaPrior::BalancedSoftmax) = (&prior, placement) {
+        return super::balanced_softmax_log_prior(&(logits * scale), targets, p);
+    }
     // `shifted` is z minus the margin, before the scale.
     let with_prior = |shifted: Tensor| match (&prior, placement) {
         (None, _) => shifted * scale,
-        (Some(p), NcaPrior::AfterScale) => shifted * scale + p,
+        (Some(p), NcaPrior::AfterScale | NcaPrior::BalancedSoftmax) => shifted * scale + p,
         (Some(p), NcaPrior::BeforeScale) => (shifted + p) * scale,
     };
     let target_column = targets.unsqueeze(1);

@@ -554,6 +554,52 @@ mod podnet {
     }
 
     #[test]
+    fn nca_replaced_by_balanced_softmax_is_cross_entropy_on_scaled_logits_plus_the_prior() {
+        // -(1/B) Σ_b log(e^{η z_y + ln n_y} / Σ_c e^{η z_c + ln n_c}), by hand;
+        // no margin, and as_coded does not matter.
+        let mut expected = 0.0;
+        for (row, &y) in Z.iter().zip(Y.iter()) {
+            let a: Vec<f64> = row
+                .iter()
+                .zip(COUNTS.iter())
+                .map(|(z, n)| ETA * z + n.ln())
+                .collect();
+            let lse = a.iter().map(|x| x.exp()).sum::<f64>().ln();
+            expected += lse - a[y as usize];
+        }
+        expected /= Z.len() as f64;
+        for as_coded in [true, false] {
+            let got = scalar(&crate::loss::podnet::podnet_nca_with_prior(
+                &mat(Z),
+                &labels(&Y),
+                &eta(),
+                0.6,
+                as_coded,
+                Some(&log_counts()),
+                NcaPrior::BalancedSoftmax,
+            ));
+            assert_close(got, expected, 1e-12);
+        }
+        // Without a prior (no BSCE) it is the NCA.
+        let nca = |placement| {
+            scalar(&crate::loss::podnet::podnet_nca_with_prior(
+                &mat(Z),
+                &labels(&Y),
+                &eta(),
+                0.6,
+                true,
+                None,
+                placement,
+            ))
+        };
+        assert_close(
+            nca(NcaPrior::BalancedSoftmax),
+            nca(NcaPrior::AfterScale),
+            1e-12,
+        );
+    }
+
+    #[test]
     fn nca_ignores_a_constant_prior() {
         let flat = Tensor::from_slice(&[20f64.ln(); 4]);
         for as_coded in [true, false] {

@@ -58,8 +58,12 @@ pub(super) fn classification(
                 .as_ref()
                 .and_then(|c| c.nca_prior)
                 .unwrap_or(NcaPrior::AfterScale);
+            let name = match placement {
+                NcaPrior::BalancedSoftmax if bsce => "bsce",
+                _ => "nca",
+            };
             (
-                "nca",
+                name,
                 loss::podnet::podnet_nca_with_prior(
                     logits,
                     y,
