@@ -2172,6 +2172,54 @@ fn the_paper_config_trains_icarl_and_icarl_bsce_with_their_own_recipes() {
         let lucir = recipe(&format!("train/{prefix}/lucir/seed0/{base}/t0"));
         assert_eq!(lucir["lr"].as_f64(), Some(0.1), "{prefix}: {lucir}");
     }
+    // PODNet's iCaRL numbers are NME: they sit in the NME table, beside our
+    // iCaRL rows, and not in the CNN one.
+    let table = |name: &str| {
+        p.run(&[
+            "explain",
+            path.to_str().unwrap(),
+            &format!("render/{name}"),
+            "--json",
+            "--store",
+            "s",
+        ])
+        .ok()
+        .json()["params"]
+            .clone()
+    };
+    let rows = |name: &str| -> Vec<(String, f64)> {
+        table(name)["table"]["reference"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["row"].as_str().unwrap().to_string(),
+                    r["mean"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert!(!rows("cifar100_cnn").iter().any(|(r, _)| r == "icarl"));
+    assert!(rows("cifar100_nme").contains(&("icarl".to_string(), 44.2)));
+    // The NME table reads cifar_icarl's aggregate (an edge of the DAG).
+    let dot = p
+        .run(&["dag", path.to_str().unwrap(), "--format", "dot"])
+        .ok()
+        .stdout;
+    let id = |label: &str| -> String {
+        let line = dot
+            .lines()
+            .find(|l| l.contains(&format!("[label=\"{label}\\n")))
+            .unwrap_or_else(|| panic!("{label} not in the DAG"));
+        line.trim().split(' ').next().unwrap().to_string()
+    };
+    let edge = format!(
+        "{} -> {} ",
+        id("aggregate/cifar_icarl"),
+        id("render/cifar100_nme")
+    );
+    assert!(dot.contains(&edge), "no {edge}");
 }
 
 #[test]
