@@ -2172,6 +2172,39 @@ fn the_paper_config_trains_icarl_and_icarl_bsce_with_their_own_recipes() {
         let lucir = recipe(&format!("train/{prefix}/lucir/seed0/{base}/t0"));
         assert_eq!(lucir["lr"].as_f64(), Some(0.1), "{prefix}: {lucir}");
     }
+    // PODNet's ImageNet runs with its colour jitter; LUCIR's without.
+    let augment = |label: &str| {
+        p.run(&[
+            "explain",
+            path.to_str().unwrap(),
+            label,
+            "--json",
+            "--store",
+            "s",
+        ])
+        .ok()
+        .json()["params"]["augment"]
+            .clone()
+    };
+    for prefix in ["imagenet_subset/seed1993", "imagenet/seed1993"] {
+        let base = if prefix.starts_with("imagenet/") {
+            "b500"
+        } else {
+            "b50"
+        };
+        assert_eq!(
+            augment(&format!("train/{prefix}/podnet/seed0/{base}/t0")),
+            "imagenet_podnet"
+        );
+        assert_eq!(
+            augment(&format!("train/{prefix}/lucir/seed0/{base}/t0")),
+            "imagenet"
+        );
+    }
+    assert_eq!(
+        augment("train/cifar100/podnet0/podnet/seed0/b50/t0"),
+        "cifar_podnet"
+    );
     // PODNet's iCaRL numbers are NME: they sit in the NME table, beside our
     // iCaRL rows, and not in the CNN one.
     let table = |name: &str| {
@@ -2736,6 +2769,67 @@ fn verify_invalidates_results_computed_from_a_corruption_no_stamp_could_see() {
     assert_eq!(
         p.run(&["cache", "verify", "--json"]).ok().json()["invalidated"],
         serde_json::json!([])
+    );
+}
+
+/// A 32-px image folder (PNG scans, as a user's own small dataset) trains
+/// with CIFAR-style augmentation when its config says so: the padded random
+/// crop on the whole image, not ImageNet's RandomResizedCrop; explain shows
+/// it in the train params (part of the key).
+#[test]
+fn a_small_image_folder_trains_with_cifar_style_augmentation_when_asked() {
+    let p = Project::new();
+    for (split, n) in [("train", 8), ("val", 3)] {
+        for c in 0..3u32 {
+            let dir = p.path(&format!("tree/{split}/n{c:02}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = ((x * (c + 2) + y * (i + 1)) % 7) as u8 * 30;
+                    image::Rgb([v, (v / 2) ^ (c as u8 * 60), (x + y) as u8])
+                });
+                img.save(dir.join(format!("scan{i}.png"))).unwrap();
+            }
+        }
+    }
+    let config = |folder: &str, preset: &str| {
+        format!(
+            "datasets:\n  scans: {{image_folder: {{root: tree, size: 32{folder}}}}}\norders:\n  o: {{explicit: [2, 0, 1]}}\n\
+             settings:\n  s: {{base: 2, increment: 1, steps: 1}}\nmethods:\n  m: {{preset: {preset}, memory: {{per_class: 2}}}}\n\
+             recipes:\n  r: {{epochs: 1, batch_size: 4, lr: 0.01}}\n\
+             experiments:\n  e: {{dataset: scans, orders: [o], settings: [s], methods: [m], recipe: r, network: tiny}}\n"
+        )
+    };
+    let params = |p: &Project| {
+        p.run(&["explain", "c.yaml", "train/scans/o/m/seed0/b2/t0", "--json"])
+            .ok()
+            .json()["params"]
+            .clone()
+    };
+    p.write("c.yaml", &config(", augment: cifar", "finetune"));
+    let j = params(&p);
+    assert_eq!(j["augment"], "cifar_lucir", "{j}");
+    assert_eq!(j.get("crop"), None, "{j}");
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["failed"], 0, "{}", r.stderr);
+    // Each preset takes its reference's variant of the style: PODNet's
+    // CIFAR pipeline (brightness jitter, its statistics), and on ImageNet
+    // style its colour jitter.
+    p.write("c.yaml", &config(", augment: cifar", "podnet"));
+    assert_eq!(params(&p)["augment"], "cifar_podnet");
+    p.write("c.yaml", &config("", "podnet"));
+    assert_eq!(params(&p)["augment"], "imagenet_podnet");
+    p.write("c.yaml", &config("", "lucir"));
+    assert_eq!(params(&p)["augment"], "imagenet");
+    // A crop size belongs to the ImageNet style.
+    p.write("c.yaml", &config(", augment: cifar, crop: 24", "finetune"));
+    let r = p.run(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("datasets.scans.image_folder.crop")
+            && r.stderr.contains("a crop size is for `augment: imagenet`"),
+        "{}",
+        r.stderr
     );
 }
 

@@ -236,6 +236,18 @@ pub struct Recipe {
     pub gamma: f64,
 }
 
+/// How an image-folder dataset is augmented in training; each preset then
+/// takes its reference's variant (normalisation, colour jitter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentStyle {
+    /// RandomResizedCrop(crop) + flip; evaluation Resize + CenterCrop.
+    #[default]
+    Imagenet,
+    /// RandomCrop(size, padding 4) + flip; evaluation on the whole image.
+    Cifar,
+}
+
 /// The crop of the `imagenet` augmentation (RandomResizedCrop(224) for
 /// training, the central 224 window for evaluation).
 pub const IMAGENET_CROP: u32 = 224;

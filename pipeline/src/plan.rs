@@ -14,8 +14,8 @@ use crate::config::{presets, Config, DatasetSource, Experiment, MethodPreset, Ne
 use crate::digest::Digest;
 use crate::key::canonical_json;
 use crate::params::{
-    AggregateParams, AggregateRun, EvalParams, OrderParams, PlotParams, RenderParams, TasksParams,
-    TrainParams, IMAGENET_CROP,
+    AggregateParams, AggregateRun, AugmentStyle, EvalParams, OrderParams, PlotParams, RenderParams,
+    TasksParams, TrainParams, IMAGENET_CROP,
 };
 use crate::registry::files;
 
@@ -329,6 +329,7 @@ fn prepare_node(name: &str, source: &DatasetSource) -> PlanNode {
             subset,
             size,
             crop: _,
+            augment: _,
         } => {
             let mut sources = vec![SourceInput {
                 name: "root".into(),
@@ -414,11 +415,24 @@ fn default_network(source: &DatasetSource, preset: MethodPreset) -> Network {
     }
 }
 
+/// A train stage's augmentation: the dataset's style, in the variant of
+/// the preset's reference. PODNet's ImageNet options turn `color_jitter`
+/// on (A `options/podnet/podnet_cnn_imagenet{100,1000}.yaml`:
+/// ColorJitter(brightness 63/255) after the crop and flip); LUCIR's
+/// ImageNet scripts have none.
 fn augmentation(source: &DatasetSource, preset: MethodPreset) -> &'static str {
-    match (source, preset) {
-        (DatasetSource::ImageFolder { .. }, _) => "imagenet",
-        (_, MethodPreset::Podnet) => "cifar_podnet",
-        _ => "cifar_lucir",
+    let imagenet_style = matches!(
+        source,
+        DatasetSource::ImageFolder {
+            augment: AugmentStyle::Imagenet,
+            ..
+        }
+    );
+    match (imagenet_style, preset) {
+        (true, MethodPreset::Podnet) => "imagenet_podnet",
+        (true, _) => "imagenet",
+        (false, MethodPreset::Podnet) => "cifar_podnet",
+        (false, _) => "cifar_lucir",
     }
 }
 
@@ -493,9 +507,11 @@ impl Builder {
                         network: variant_name(&network),
                         augment: augmentation(&ds.source, m.preset).into(),
                         crop: match &ds.source {
-                            DatasetSource::ImageFolder { crop, .. } if *crop != IMAGENET_CROP => {
-                                Some(*crop)
-                            }
+                            DatasetSource::ImageFolder {
+                                crop,
+                                augment: AugmentStyle::Imagenet,
+                                ..
+                            } if *crop != IMAGENET_CROP => Some(*crop),
                             _ => None,
                         },
                         seed,

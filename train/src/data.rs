@@ -71,8 +71,7 @@ impl AugmentSpec {
     /// 224 window for evaluation, ImageNet statistics. The prepared images
     /// are already the central 256 x 256 of a short-side-256 resize, so the
     /// centre crop completes torchvision's Resize(256) + CenterCrop(224).
-    /// No colour jitter, as in L; A's PODNet ImageNet options turn
-    /// `color_jitter` on, i.e. `brightness: 63/255`.
+    /// No colour jitter, as in L (PODNet's: [`AugmentSpec::imagenet_podnet`]).
     pub fn imagenet() -> Self {
         AugmentSpec {
             crop_padding: 0,
@@ -82,6 +81,16 @@ impl AugmentSpec {
             std: [0.229, 0.224, 0.225],
             random_resized_crop: Some(i64::from(bsce_pipeline::params::IMAGENET_CROP)),
             center_crop: Some(i64::from(bsce_pipeline::params::IMAGENET_CROP)),
+        }
+    }
+
+    /// PODNet's ImageNet pipeline: [`AugmentSpec::imagenet`] with A's
+    /// `color_jitter: true` (`podnet_cnn_imagenet{100,1000}.yaml`), i.e.
+    /// ColorJitter(brightness 63/255) after the crop and flip.
+    pub fn imagenet_podnet() -> Self {
+        AugmentSpec {
+            brightness: 63.0 / 255.0,
+            ..AugmentSpec::imagenet()
         }
     }
 

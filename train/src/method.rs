@@ -58,6 +58,7 @@ pub fn augment_spec(name: &str, crop: Option<u32>) -> Result<AugmentSpec> {
         "cifar_podnet" => AugmentSpec::cifar_podnet(),
         "cifar_lucir" => AugmentSpec::cifar_lucir(),
         "imagenet" => AugmentSpec::imagenet(),
+        "imagenet_podnet" => AugmentSpec::imagenet_podnet(),
         other => {
             return Err(StageError::param(
                 "augment",

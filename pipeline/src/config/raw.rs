@@ -164,7 +164,14 @@ pub struct RawImageFolder {
     /// `size`, so small images train at their own size.
     #[serde(default)]
     pub crop: Option<u32>,
+    /// Training augmentation: `imagenet` (RandomResizedCrop + flip, the
+    /// default) or `cifar` (RandomCrop with 4 px of padding + flip, as the
+    /// CIFAR-100 references: for small images).
+    #[serde(default)]
+    pub augment: AugmentStyle,
 }
+
+pub use crate::params::AugmentStyle;
 
 fn default_train_dir() -> String {
     "train".into()

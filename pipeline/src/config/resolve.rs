@@ -75,8 +75,10 @@ pub enum DatasetSource {
         val: ValDef,
         subset: Option<PathBuf>,
         size: u32,
-        /// Training and evaluation crop (never above `size`).
+        /// Training and evaluation crop (never above `size`); `imagenet`
+        /// style only.
         crop: u32,
+        augment: AugmentStyle,
     },
 }
 
@@ -574,7 +576,20 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             if !(8..=1024).contains(&f.size) {
                 return Err(cx.err(format!("{at}.size"), "must be between 8 and 1024"));
             }
-            let crop = f.crop.unwrap_or(IMAGENET_CROP.min(f.size));
+            if let (AugmentStyle::Cifar, Some(c)) = (f.augment, f.crop) {
+                return Err(cx.err(
+                    format!("{at}.crop"),
+                    format!(
+                        "is {c}, but `augment: cifar` trains on the whole {0}x{0} image with a \
+                         padded random crop; a crop size is for `augment: imagenet`",
+                        f.size
+                    ),
+                ));
+            }
+            let crop = match f.augment {
+                AugmentStyle::Cifar => f.size,
+                AugmentStyle::Imagenet => f.crop.unwrap_or(IMAGENET_CROP.min(f.size)),
+            };
             if !(8..=f.size).contains(&crop) {
                 return Err(cx.err(
                     format!("{at}.crop"),
@@ -614,6 +629,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                     subset: f.subset.as_deref().map(|p| cx.relative(p)),
                     size: f.size,
                     crop,
+                    augment: f.augment,
                 },
                 profile: Profile::Imagenet1k,
             }
