@@ -524,6 +524,19 @@ mod podnet {
         assert_eq!(scalar(&easy), 0.0);
     }
 
+    /// The NCA (or its replacement) on Z, Y, η and margin 0.6.
+    fn nca_on_z(as_coded: bool, prior: Option<&Tensor>, placement: NcaPrior) -> f64 {
+        scalar(&crate::loss::podnet::podnet_nca_with_prior(
+            &mat(Z),
+            &labels(&Y),
+            &eta(),
+            0.6,
+            as_coded,
+            prior,
+            placement,
+        ))
+    }
+
     #[test]
     fn nca_prior_before_the_scale_is_scaled_with_the_logits() {
         // a_c = η(z_c − m + ln n_c): the closed form with η·ln n as prior.
@@ -536,17 +549,7 @@ mod podnet {
             ),
             (false, paper_form),
         ] {
-            let at = |placement| {
-                scalar(&crate::loss::podnet::podnet_nca_with_prior(
-                    &mat(Z),
-                    &labels(&Y),
-                    &eta(),
-                    0.6,
-                    as_coded,
-                    Some(&log_counts()),
-                    placement,
-                ))
-            };
+            let at = |placement| nca_on_z(as_coded, Some(&log_counts()), placement);
             assert_close(at(NcaPrior::BeforeScale), form(Z, &Y, 0.6, &scaled), 1e-12);
             assert_close(at(NcaPrior::AfterScale), form(Z, &Y, 0.6, &plain), 1e-12);
             assert!((at(NcaPrior::BeforeScale) - at(NcaPrior::AfterScale)).abs() > 1e-3);
@@ -569,29 +572,11 @@ mod podnet {
         }
         expected /= Z.len() as f64;
         for as_coded in [true, false] {
-            let got = scalar(&crate::loss::podnet::podnet_nca_with_prior(
-                &mat(Z),
-                &labels(&Y),
-                &eta(),
-                0.6,
-                as_coded,
-                Some(&log_counts()),
-                NcaPrior::BalancedSoftmax,
-            ));
+            let got = nca_on_z(as_coded, Some(&log_counts()), NcaPrior::BalancedSoftmax);
             assert_close(got, expected, 1e-12);
         }
         // Without a prior (no BSCE) it is the NCA.
-        let nca = |placement| {
-            scalar(&crate::loss::podnet::podnet_nca_with_prior(
-                &mat(Z),
-                &labels(&Y),
-                &eta(),
-                0.6,
-                true,
-                None,
-                placement,
-            ))
-        };
+        let nca = |placement| nca_on_z(true, None, placement);
         assert_close(
             nca(NcaPrior::BalancedSoftmax),
             nca(NcaPrior::AfterScale),
