@@ -3450,6 +3450,14 @@ fn machines_share_through_an_s3_server_including_multipart_blobs() {
 // slurmd from Debian) that scripts/slurm-cluster.sh starts once per machine.
 
 /// The cluster's SLURM_CONF, started if it is not up.
+/// One Slurm test at a time: the test cluster is one node with the
+/// machine's two CPUs, and the timing-sensitive tests (a requeued job, held
+/// runs released at once) must not wait behind another test's jobs.
+fn slurm_exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn slurm_cluster() -> String {
     static UP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     UP.get_or_init(|| {
@@ -3575,6 +3583,7 @@ fn release_and_wait(dirs: &[PathBuf]) {
 
 #[test]
 fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results() {
+    let _cluster = slurm_exclusive();
     let quickstart = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml"),
     )
@@ -3655,6 +3664,7 @@ fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results(
 
 #[test]
 fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run() {
+    let _cluster = slurm_exclusive();
     let p = Project::new();
     p.write("broken.tar.gz", "this is not a gzip archive");
     p.write(
@@ -3701,6 +3711,7 @@ fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run()
 
 #[test]
 fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
+    let _cluster = slurm_exclusive();
     let p = Project::new();
     p.write(
         "c.yaml",
@@ -3759,6 +3770,7 @@ fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
 
 #[test]
 fn slurm_refuses_bad_resources_and_missing_commands_before_submitting_anything() {
+    let _cluster = slurm_exclusive();
     let p = Project::new();
     p.write(
         "c.yaml",
@@ -3836,6 +3848,7 @@ fn requeue_running_job(p: &Project, label: &str) {
 
 #[test]
 fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
+    let _cluster = slurm_exclusive();
     let config = |retries: u32| {
         format!(
             "datasets:\n  synth:\n    synthetic: {{classes: 4, train_per_class: 100, test_per_class: 5, image_size: 16, seed: 3}}\n\
@@ -3898,6 +3911,7 @@ fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
 
 #[test]
 fn without_a_shared_store_slurm_jobs_share_results_through_the_remote() {
+    let _cluster = slurm_exclusive();
     // The jobs' store is node-local (here a folder of its own), over a
     // remote cache; the submitter's store gets what its report needs.
     let remote = tempfile::tempdir().unwrap();
@@ -3960,6 +3974,7 @@ fn without_a_shared_store_slurm_jobs_share_results_through_the_remote() {
 
 #[test]
 fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_at_once() {
+    let _cluster = slurm_exclusive();
     let p = Project::new();
     p.write(
         "c.yaml",
@@ -4003,6 +4018,7 @@ fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_
 
 #[test]
 fn cache_gc_between_the_jobs_of_a_detached_slurm_run_keeps_what_its_jobs_read() {
+    let _cluster = slurm_exclusive();
     let p = Project::new();
     p.write("c.yaml", SHARED);
     p.run(&["run", "c.yaml"]).ok();
