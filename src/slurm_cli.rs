@@ -88,13 +88,13 @@ pub fn run(
     if detach {
         let _ = writeln!(
             std::io::stderr(),
-            "submitted {} slurm jobs (run {}, job name {}); {} stages were in the store.\n\
-             `bsce-pipe status {}` shows their queue states, `bsce-pipe cancel {0}` cancels them.",
-            run.jobs.len(),
-            run.run_id,
-            RunDir::job_name(&run.run_id),
-            summary.cached,
-            cfg.file.display(),
+            "submitted {jobs} slurm jobs (run {id}, job name {name}); {cached} stages were in the store.\n\
+             `bsce-pipe status {config}` shows their queue states, `bsce-pipe cancel {config}` cancels them.",
+            jobs = run.jobs.len(),
+            id = run.run_id,
+            name = RunDir::job_name(&run.run_id),
+            cached = summary.cached,
+            config = cfg.file.display(),
         );
         return Ok(None);
     }

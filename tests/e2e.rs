@@ -4034,7 +4034,17 @@ fn cache_gc_between_the_jobs_of_a_detached_slurm_run_keeps_what_its_jobs_read() 
             SHARED.replace("epochs: 2", "epochs: 3")
         ),
     );
-    p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    let detached = p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    // The hint names the config (issue 23, M5: it printed the job count).
+    let hint = detached
+        .stderr
+        .lines()
+        .find(|l| l.contains("cancels them"))
+        .unwrap_or_else(|| panic!("no hint in:\n{}", detached.stderr));
+    assert!(
+        hint.contains("c.yaml` shows") && hint.contains("c.yaml` cancels them"),
+        "{hint}"
+    );
     let dirs = p.slurm_run_dirs();
     assert_eq!(dirs.len(), 1);
     let gc = p
