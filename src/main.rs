@@ -1231,11 +1231,7 @@ fn cache(command: CacheCommand) -> Result<ExitCode> {
                         cfg_path.display()
                     ))
                 })?;
-                for st in engine.status(&RunOptions::default())? {
-                    if let NodeStatus::Cached { key, .. } = st {
-                        keys.insert(key);
-                    }
-                }
+                keys.extend(engine.stored_keys()?);
             }
             let (store, _lock) = held.expect("at least one config");
             // A detached Slurm run holds no lock between two of its jobs.

@@ -227,11 +227,7 @@ pub fn gc_slurm_runs(store: &LocalStore, ctx: &RunContext) -> Result<GcSlurmRuns
                 run.run_id
             ))
         })?;
-        for st in engine.status(&RunOptions::default())? {
-            if let NodeStatus::Cached { key, .. } = st {
-                out.keep.insert(key);
-            }
-        }
+        out.keep.extend(engine.stored_keys()?);
         out.live.insert(run.run_id, why);
     }
     Ok(out)

@@ -211,13 +211,7 @@ pub fn gc(
         report.freed_bytes += bytes;
     }
     for dir in finished_runs {
-        let bytes: u64 = walkdir::WalkDir::new(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum();
+        let bytes = crate::store::local::disk_use(dir);
         std::fs::remove_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         report.removed_slurm_runs += 1;
         report.freed_bytes += bytes;

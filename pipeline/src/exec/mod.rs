@@ -26,7 +26,7 @@ pub mod node;
 pub mod slurm;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{mpsc, Mutex};
 use std::time::Instant;
@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
 use crate::events::{Reporter, RunEvent, RunSummary};
-use crate::key::{diff_records, DirtyReason, KeyRecord, KEY_VERSION};
+use crate::key::{diff_records, DirtyReason, KeyRecord, StageKey, KEY_VERSION};
 use crate::plan::{NodeId, Plan, PlanNode};
 use crate::sources::{SourceDigester, SourceError};
 use crate::store::{ActionRecord, CachedAction, OutputEntry, Store, StoreError};
@@ -338,6 +338,19 @@ impl<'a> Engine<'a> {
     /// What a run would do now, without running anything.
     pub fn status(&self, opts: &RunOptions) -> Result<Vec<NodeStatus>, EngineError> {
         Ok(self.explain(opts)?.into_iter().map(|e| e.status).collect())
+    }
+
+    /// The keys of the plan's stages that are in the store: what `cache
+    /// gc` keeps for a config (or a live Slurm run).
+    pub fn stored_keys(&self) -> Result<BTreeSet<StageKey>, EngineError> {
+        Ok(self
+            .status(&RunOptions::default())?
+            .into_iter()
+            .filter_map(|st| match st {
+                NodeStatus::Cached { key, .. } => Some(key),
+                NodeStatus::ToRun { .. } => None,
+            })
+            .collect())
     }
 
     /// [`Engine::status`] with each node's key record (inputs whose

@@ -111,14 +111,7 @@ impl LocalStore {
         let mut out = Vec::new();
         for entry in entries {
             let path = entry.map_err(|e| StoreError::io(&root, e))?.path();
-            // Preallocated files are sparse: count the blocks, not the length.
-            let bytes = walkdir::WalkDir::new(&path)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-                .sum();
+            let bytes = disk_use(&path);
             out.push((path, bytes));
         }
         out.sort();
@@ -548,6 +541,18 @@ impl LocalStore {
 }
 
 /// Work dirs hold read-only outputs; make them removable.
+/// The disk space the files under `path` take. Preallocated files are
+/// sparse: the blocks count, not the length.
+pub fn disk_use(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .sum()
+}
+
 pub fn make_writable(dir: &Path) {
     for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
         let mode = if entry.file_type().is_dir() {
