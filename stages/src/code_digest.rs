@@ -486,29 +486,8 @@ fn use_paths(tree: &syn::UseTree, prefix: &mut Vec<String>, out: &mut Vec<UsePat
             use_paths(&p.tree, prefix, out);
             prefix.pop();
         }
-        syn::UseTree::Name(n) => {
-            let mut segs = prefix.clone();
-            // `use a::b::{self}` imports the module b.
-            if n.ident != "self" {
-                segs.push(n.ident.to_string());
-            }
-            out.push(UsePath {
-                segs,
-                rename: None,
-                glob: false,
-            });
-        }
-        syn::UseTree::Rename(r) => {
-            let mut segs = prefix.clone();
-            if r.ident != "self" {
-                segs.push(r.ident.to_string());
-            }
-            out.push(UsePath {
-                segs,
-                rename: Some(r.rename.to_string()),
-                glob: false,
-            });
-        }
+        syn::UseTree::Name(n) => out.push(use_leaf(prefix, &n.ident, None)),
+        syn::UseTree::Rename(r) => out.push(use_leaf(prefix, &r.ident, Some(r.rename.to_string()))),
         syn::UseTree::Glob(_) => out.push(UsePath {
             segs: prefix.clone(),
             rename: None,
@@ -519,6 +498,79 @@ fn use_paths(tree: &syn::UseTree, prefix: &mut Vec<String>, out: &mut Vec<UsePat
                 use_paths(t, prefix, out);
             }
         }
+    }
+}
+
+/// `prefix::ident` (`use a::b::{self}` imports the module b itself).
+fn use_leaf(prefix: &[String], ident: &proc_macro2::Ident, rename: Option<String>) -> UsePath {
+    let mut segs = prefix.to_vec();
+    if ident != "self" {
+        segs.push(ident.to_string());
+    }
+    UsePath {
+        segs,
+        rename,
+        glob: false,
+    }
+}
+
+/// What a file's paths lead to, the same for every kind: computed once.
+struct Links {
+    /// The workspace files its paths and `use` trees reach.
+    reached: BTreeSet<String>,
+    /// The files defining the types its `impl` blocks are for: by the
+    /// impl's path, or by the `use` that brings the name in (a local type
+    /// is the file's own).
+    impl_targets: BTreeSet<String>,
+    /// (name, identity) of each named item: a digest of its tokens with
+    /// workspace paths cut, so the same item anywhere has one identity.
+    identities: Vec<(String, String)>,
+}
+
+fn links_of(modules: &Modules, f: &str, parsed: &Parsed) -> Links {
+    let plain: Naming = &|_, name| name.to_string();
+    let scope = scope_of(modules, f, parsed);
+    let mut reached = BTreeSet::new();
+    let mut identities = Vec::new();
+    for (name, ts) in &parsed.items {
+        let text = rewrite(ts.clone(), &scope, plain, &mut reached).to_string();
+        if let Some(name) = name {
+            identities.push((
+                name.clone(),
+                hex::encode(Sha256::digest(text))[..16].to_string(),
+            ));
+        }
+    }
+    for u in &parsed.uses {
+        if let Some(t) = scope
+            .resolve(&u.segs)
+            .and_then(|(m, _)| scope.file(&m).cloned())
+        {
+            reached.insert(t);
+        }
+    }
+    let impl_targets = parsed
+        .impls
+        .iter()
+        .filter_map(|segs| {
+            let path = match segs.as_slice() {
+                [name] => parsed
+                    .uses
+                    .iter()
+                    .find(|u| !u.glob && u.rename.as_ref().or(u.segs.last()) == Some(name))?
+                    .segs
+                    .clone(),
+                _ => segs.clone(),
+            };
+            scope
+                .resolve(&path)
+                .and_then(|(m, _)| scope.file(&m).cloned())
+        })
+        .collect();
+    Links {
+        reached,
+        impl_targets,
+        identities,
     }
 }
 
@@ -759,7 +811,20 @@ pub fn kind_digests(
     let mut cache: BTreeMap<String, Parsed> = BTreeMap::new();
     let mut out = BTreeMap::new();
     let mut covered: BTreeSet<String> = BTreeSet::new();
-    let plain: Naming = &|_, name| name.to_string();
+    let mut links: BTreeMap<String, Links> = BTreeMap::new();
+    // Parses `f` and follows its paths, once for every kind.
+    let load = |f: &str,
+                cache: &mut BTreeMap<String, Parsed>,
+                links: &mut BTreeMap<String, Links>|
+     -> Result<(), CodeError> {
+        if !cache.contains_key(f) {
+            cache.insert(f.to_string(), parse(ws, f)?);
+        }
+        if !links.contains_key(f) {
+            links.insert(f.to_string(), links_of(&modules, f, &cache[f]));
+        }
+        Ok(())
+    };
     for kind in kinds {
         // Entry points: files, or every file of a folder (bar test-only and
         // exempt ones; a file named exactly is always in).
@@ -788,23 +853,8 @@ pub fn kind_digests(
                 if !files.insert(f.clone()) {
                     continue;
                 }
-                if !cache.contains_key(&f) {
-                    cache.insert(f.clone(), parse(ws, &f)?);
-                }
-                let parsed = &cache[&f];
-                let scope = scope_of(&modules, &f, parsed);
-                let mut reached = BTreeSet::new();
-                for (_, ts) in &parsed.items {
-                    rewrite(ts.clone(), &scope, plain, &mut reached);
-                }
-                for u in &parsed.uses {
-                    if let Some((m, _)) = scope.resolve(&u.segs) {
-                        if let Some(t) = scope.file(&m) {
-                            reached.insert(t.clone());
-                        }
-                    }
-                }
-                for t in reached {
+                load(&f, &mut cache, &mut links)?;
+                for t in links[&f].reached.iter().cloned() {
                     let skip = t == f
                         || files.contains(&t)
                         || stopped(&t)
@@ -825,30 +875,8 @@ pub fn kind_digests(
                 {
                     continue;
                 }
-                if !cache.contains_key(f) {
-                    cache.insert(f.clone(), parse(ws, f)?);
-                }
-                let parsed = &cache[f];
-                let scope = scope_of(&modules, f, parsed);
-                // The file defining the type: by its path, or by the
-                // `use` that brings its name in (a local type is the
-                // file's own).
-                let joins = parsed.impls.iter().any(|segs| {
-                    let path =
-                        match segs.as_slice() {
-                            [name] => match parsed.uses.iter().find(|u| {
-                                !u.glob && u.rename.as_ref().or(u.segs.last()) == Some(name)
-                            }) {
-                                Some(u) => u.segs.clone(),
-                                None => return false,
-                            },
-                            _ => segs.clone(),
-                        };
-                    scope
-                        .resolve(&path)
-                        .and_then(|(m, _)| scope.file(&m).cloned())
-                        .is_some_and(|t| files.contains(&t))
-                });
+                load(f, &mut cache, &mut links)?;
+                let joins = links[f].impl_targets.iter().any(|t| files.contains(t));
                 if joins {
                     more.push(f.clone());
                 }
@@ -862,15 +890,9 @@ pub fn kind_digests(
         let mut identity: BTreeMap<(String, String), String> = BTreeMap::new();
         let mut by_name: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for f in &files {
-            let parsed = &cache[f];
-            let scope = scope_of(&modules, f, parsed);
-            for (name, ts) in &parsed.items {
-                if let Some(name) = name {
-                    let text = rewrite(ts.clone(), &scope, plain, &mut BTreeSet::new()).to_string();
-                    let id = hex::encode(Sha256::digest(text))[..16].to_string();
-                    by_name.entry(name.clone()).or_default().insert(id.clone());
-                    identity.insert((f.clone(), name.clone()), id);
-                }
+            for (name, id) in &links[f].identities {
+                by_name.entry(name.clone()).or_default().insert(id.clone());
+                identity.insert((f.clone(), name.clone()), id.clone());
             }
         }
         let ambiguous = |name: &str| by_name.get(name).is_some_and(|ids| ids.len() > 1);
