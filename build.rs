@@ -31,6 +31,7 @@ fn main() {
         "src",
         "pipeline/src",
         "stages/src",
+        "reports/src",
         "train/src",
         "configs",
         "scripts",

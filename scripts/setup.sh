@@ -106,7 +106,7 @@ flock 9
 last="$(cat "$CARGO_TARGET_DIR/.bsce-last-checkout" 2>/dev/null || true)"
 if [ -n "$last" ] && [ "$last" != "$here" ]; then
   say "the shared build was last made from $last; rebuilding this checkout's crates"
-  cargo clean --release -p bsce-pipe -p bsce-pipeline -p bsce-stages -p bsce-tables -p bsce-train 2>/dev/null
+  cargo clean --release -p bsce-pipe -p bsce-pipeline -p bsce-stages -p bsce-reports -p bsce-train 2>/dev/null
 fi
 echo "$here" > "$CARGO_TARGET_DIR/.bsce-last-checkout"
 say "building (cargo build --release --workspace, target dir $CARGO_TARGET_DIR)"

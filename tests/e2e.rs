@@ -1848,7 +1848,7 @@ fn a_run_ends_with_its_report_and_every_number_comes_from_the_tidy_frame() {
         "{}",
         r.stderr
     );
-    let out = p.path("reports/c");
+    let out = p.path("reports/out/c");
     for f in [
         "README.md",
         "tables/acc.md",
@@ -2040,14 +2040,14 @@ fn report_lists_missing_runs_and_never_trains() {
         "{j}"
     );
     assert_eq!(missing[0]["tasks"], serde_json::json!([0, 1, 2]));
-    let index = std::fs::read_to_string(p.path("reports/c/README.md")).unwrap();
+    let index = std::fs::read_to_string(p.path("reports/out/c/README.md")).unwrap();
     assert!(
         index.contains("e/c/s2/ce/seed0: tasks t0, t1, t2"),
         "{index}"
     );
     assert!(index.contains("c.yaml` computes them"), "{index}");
     // The table is made of the two complete orders.
-    let md = std::fs::read_to_string(p.path("reports/c/tables/acc.md")).unwrap();
+    let md = std::fs::read_to_string(p.path("reports/out/c/tables/acc.md")).unwrap();
     assert!(md.contains("over 2 class orders"), "{md}");
     let text = p.run(&["report", "c.yaml"]).ok();
     assert!(
@@ -2079,7 +2079,7 @@ fn report_files_of_names_that_differ_only_in_odd_characters_never_collide() {
         .replace("reference: {ce: {s2: \"50.0 +- 1.0\"}}", "reference: {ce: {b2_: \"50.0 +- 1.0\"}}");
     p.write("c.yaml", &cfg);
     p.run(&["run", "c.yaml"]).ok();
-    let out = p.path("reports/c");
+    let out = p.path("reports/out/c");
     let svgs: Vec<Vec<u8>> = ["plots/e/b2~25.svg", "plots/e/b2~26.svg", "plots/e/b2_.svg"]
         .iter()
         .map(|f| std::fs::read(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
@@ -2979,7 +2979,7 @@ fn assert_remote_consistent(remote: &Path) -> usize {
 }
 
 fn table_of(p: &Project) -> String {
-    std::fs::read_to_string(p.path("reports/c/tables/acc.md")).unwrap()
+    std::fs::read_to_string(p.path("reports/out/c/tables/acc.md")).unwrap()
 }
 
 #[test]
@@ -3643,7 +3643,7 @@ fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results(
     // Same numbers as the local run (the tables differ only in their
     // training-time column), the report written, job ids in provenance.
     assert_eq!(evaluations(&p.store()), evaluations(&local.store()));
-    assert!(p.path("reports/q/tables/quickstart.md").is_file());
+    assert!(p.path("reports/out/q/tables/quickstart.md").is_file());
     let rec = find_action(&p.store(), "prepare/synth10");
     assert_eq!(
         rec["provenance"]["stage"]["slurm_job_id"].as_str().unwrap(),
@@ -4144,7 +4144,7 @@ fn the_readme_quickstart_example_is_what_the_quickstart_prints() {
         ours,
         "the README's quickstart table is stale"
     );
-    // "report: .../reports/quickstart/README.md (19 files)"
+    // "report: .../reports/out/quickstart/README.md (19 files)"
     let files = |text: &str| -> String {
         let l = text.lines().find(|l| l.starts_with("report: ")).unwrap();
         l[l.rfind(" (").unwrap()..].to_string()

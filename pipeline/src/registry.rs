@@ -273,7 +273,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: files::FRAMES,
-        code: &["tables/src/aggregate.rs"],
+        code: &["reports/src/aggregate.rs"],
         code_variants: None,
         libraries: &["polars"],
         seed_inputs: &[],
@@ -284,7 +284,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::TABLE_MD, files::TABLE_TEX],
-        code: &["tables/src/render.rs"],
+        code: &["reports/src/render.rs"],
         code_variants: None,
         libraries: &["polars", "minijinja"],
         seed_inputs: &[],
@@ -295,7 +295,7 @@ pub const STAGES: &[StageSpec] = &[
         runner: Runner::Pipe,
         needs_gpu: false,
         outputs: &[files::PLOT_SVG, files::PLOT_PNG],
-        code: &["tables/src/plot.rs"],
+        code: &["reports/src/plot.rs"],
         code_variants: None,
         libraries: &["polars", "plotters", "ab_glyph"],
         seed_inputs: &[],
@@ -308,7 +308,7 @@ pub const STAGES: &[StageSpec] = &[
 pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
     (
         "src",
-        "the bsce-pipe CLI: argument parsing, terminal reporter, results printing, inspect",
+        "the bsce-pipe library (ops) and CLI: commands, argument parsing, printing",
     ),
     (
         "build.rs",
@@ -331,8 +331,16 @@ pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
         "writes CIFAR archives for tests; no stage calls it",
     ),
     (
-        "tables/src/lib.rs",
+        "reports/src/lib.rs",
         "routes a result stage's job to its kind",
+    ),
+    (
+        "reports/src/report.rs",
+        "assembles the report folder from stored outputs (copies, an index); no stage runs it",
+    ),
+    (
+        "reports/src/results.rs",
+        "reads stored frames for `results`; no stage runs it",
     ),
     ("train/src/main.rs", "bsce-torch's command line"),
     ("train/src/router.rs", "routes a job to its kind"),
@@ -352,7 +360,7 @@ pub const SOURCE_ROOTS: &[&str] = &[
     "src",
     "pipeline/src",
     "stages/src",
-    "tables/src",
+    "reports/src",
     "train/src",
 ];
 

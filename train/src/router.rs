@@ -17,7 +17,7 @@ mod tests {
     use super::*;
     use bsce_pipeline::catalog::Runner;
     use bsce_stages::stage::PIPE_STAGES;
-    use bsce_tables::RESULT_STAGES;
+    use bsce_reports::RESULT_STAGES;
 
     /// Together the binaries' tables (bsce-pipe: the stages crate's and the
     /// result stages'; bsce-torch: this one) run every registered kind

@@ -460,7 +460,7 @@ pub struct RawTable {
     /// Where the reference values come from (printed in the table note).
     #[serde(default)]
     pub reference_source: Option<String>,
-    /// Own templates instead of `reports/table.md.j2` / `reports/table.tex.j2`,
+    /// Own templates instead of `reports/templates/table.md.j2` / `reports/templates/table.tex.j2`,
     /// relative to the config.
     #[serde(default)]
     pub templates: RawTemplates,

@@ -48,8 +48,8 @@ pub struct TableDef {
 }
 
 /// The templates in the repository's `reports/`, built in.
-pub const DEFAULT_MARKDOWN_TEMPLATE: &str = include_str!("../../../reports/table.md.j2");
-pub const DEFAULT_LATEX_TEMPLATE: &str = include_str!("../../../reports/table.tex.j2");
+pub const DEFAULT_MARKDOWN_TEMPLATE: &str = include_str!("../../../reports/templates/table.md.j2");
+pub const DEFAULT_LATEX_TEMPLATE: &str = include_str!("../../../reports/templates/table.tex.j2");
 
 #[derive(Debug, Clone)]
 pub struct DatasetDef {

@@ -43,6 +43,22 @@ impl RunContext {
     }
 }
 
+impl RunContext {
+    /// `0.1.0 (commit <sha>[, dirty])`, as `bsce-pipe --version` says it.
+    pub fn long_version(&self) -> String {
+        match self.git_commit.as_deref() {
+            None => format!(
+                "{} (commit unknown: not built from a git checkout)",
+                self.tool_version
+            ),
+            Some(c) => match c.strip_suffix("-dirty") {
+                Some(c) => format!("{} (commit {c}, dirty)", self.tool_version),
+                None => format!("{} (commit {c})", self.tool_version),
+            },
+        }
+    }
+}
+
 /// This machine's name (`gethostname`).
 pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];

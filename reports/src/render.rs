@@ -1,6 +1,6 @@
 //! The `render` stage: a table declared in the config, from its
 //! experiments' summary frames, through two minijinja templates (the
-//! defaults are `reports/table.md.j2` and `reports/table.tex.j2`) to
+//! defaults are `reports/templates/table.md.j2` and `reports/templates/table.tex.j2`) to
 //! `table.md` and `table.tex`.
 //!
 //! A cell is the mean +- population std (ddof 0) of the table's metric over

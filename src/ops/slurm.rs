@@ -1,14 +1,12 @@
-//! The command-line side of the Slurm executor: `run --executor slurm`
+//! The commands' side of the Slurm executor: `run --executor slurm`
 //! (submit, then follow or detach), `cancel`, the queue states `status`
-//! shows, and `exec-node`, the body of every job.
+//! shows, what `cache gc` keeps for live runs, and `exec-node`, the body of
+//! every job (its `SLURM_*` read at the edge into [`SlurmJobEnv`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
 use bsce_pipeline::config::{self, Config};
 use bsce_pipeline::digest::Digest;
 use bsce_pipeline::events::{RunEvent, RunSummary};
@@ -21,7 +19,10 @@ use bsce_pipeline::exec::{CancelToken, Engine, NodeStatus, RunContext, RunOption
 use bsce_pipeline::plan::Plan;
 use bsce_pipeline::store::LocalStore;
 
-use crate::{catalog, hold_store, run_context, with_remote, BadInput, StoreArgs};
+use super::store::{self, StoreArgs};
+use super::Ctx;
+use crate::ambient::SlurmJobEnv;
+use crate::{Error, Exit, Result};
 
 /// The remote a `--remote` flag named, for the jobs' environment (the
 /// config's `store.remote` and `BSCE_REMOTE` reach them by themselves).
@@ -43,11 +44,12 @@ pub fn run(
     engine: &Engine,
     cfg: &Config,
     opts: &RunOptions,
-    ctx: &RunContext,
+    run_ctx: &RunContext,
     env: Vec<(String, String)>,
     detach: bool,
     cancel: &CancelToken,
     reporter: &mut dyn bsce_pipeline::events::Reporter,
+    ctx: &Ctx,
 ) -> Result<Option<RunSummary>> {
     let start = std::time::Instant::now();
     let status = engine.status(opts)?;
@@ -58,14 +60,14 @@ pub fn run(
         .map(|(i, _)| i);
     let kinds = slurm::kinds_of(engine.plan, to_run);
     if !kinds.is_empty() {
-        slurm::preflight(&cfg.slurm, &kinds).map_err(|e| BadInput(e.to_string()))?;
+        slurm::preflight(&cfg.slurm, &kinds).map_err(|e| Error::bad_input(e.to_string()))?;
     }
     let root = engine.store.local().root().to_path_buf();
-    let dir = RunDir::new(&root, &ctx.run_id);
+    let dir = RunDir::new(&root, &run_ctx.run_id);
     let config_text = std::fs::read_to_string(&cfg.file)
-        .map_err(|e| BadInput(format!("{}: {e}", cfg.file.display())))?;
+        .map_err(|e| Error::bad_input(format!("{}: {e}", cfg.file.display())))?;
     let run = RunFile {
-        run_id: ctx.run_id.clone(),
+        run_id: run_ctx.run_id.clone(),
         config_path: cfg.file.clone(),
         config_text,
         store: root,
@@ -80,14 +82,13 @@ pub fn run(
         settings: &cfg.slurm,
         run,
         dir: dir.clone(),
-        exe: ctx.exe.clone(),
+        exe: run_ctx.exe.clone(),
         env,
     };
     let mut summary = RunSummary::default();
     let run = engine.submit_slurm(&status, sub, reporter, &mut summary)?;
     if detach {
-        let _ = writeln!(
-            std::io::stderr(),
+        ctx.note(&format!(
             "submitted {jobs} slurm jobs (run {id}, job name {name}); {cached} stages were in the store.\n\
              `bsce-pipe status {config}` shows their queue states, `bsce-pipe cancel {config}` cancels them.",
             jobs = run.jobs.len(),
@@ -95,7 +96,7 @@ pub fn run(
             name = RunDir::job_name(&run.run_id),
             cached = summary.cached,
             config = cfg.file.display(),
-        );
+        ));
         return Ok(None);
     }
     if !run.jobs.is_empty() {
@@ -137,15 +138,23 @@ pub fn describe(job: &str, q: &QueueState) -> (&'static str, String) {
     }
 }
 
-/// `cancel CONFIG`: scancel every live job of the config's runs.
-pub fn cancel(root: &Path, cfg: &Config) -> Result<ExitCode> {
-    let mut total = 0;
+/// What `cancel` did: per Slurm run, the jobs cancelled.
+#[derive(Debug, Default)]
+pub struct Cancelled {
+    pub runs: Vec<(String, Vec<String>)>,
+}
+
+/// `cancel CONFIG`: scancel every queued or running job of the config's
+/// Slurm runs, and mark the runs cancelled.
+pub fn cancel(root: &Path, cfg: &Config) -> Result<Cancelled> {
+    let mut out = Cancelled::default();
     for dir in RunDir::all(root) {
         let Ok(mut run) = dir.read() else { continue };
         if run.config_path != cfg.file {
             continue;
         }
-        let states = slurm::queue_states(&run.run_id).map_err(|e| BadInput(e.to_string()))?;
+        let states =
+            slurm::queue_states(&run.run_id).map_err(|e| Error::bad_input(e.to_string()))?;
         let ids: Vec<String> = run
             .jobs
             .values()
@@ -158,38 +167,25 @@ pub fn cancel(root: &Path, cfg: &Config) -> Result<ExitCode> {
         slurm::cancel_jobs(&ids)?;
         run.cancelled = true;
         dir.write(&run)?;
-        total += ids.len();
-        let _ = writeln!(
-            std::io::stderr(),
-            "cancelled {} slurm jobs of run {} ({})",
-            ids.len(),
-            run.run_id,
-            ids.join(" ")
-        );
+        out.runs.push((run.run_id.clone(), ids));
     }
-    if total == 0 {
-        let _ = writeln!(
-            std::io::stderr(),
-            "no queued or running slurm jobs for {}",
-            cfg.file.display()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }
 
-/// What `cache gc` must keep for the store's Slurm runs: every result
-/// that a live run's config reaches (its queued jobs will read them, and
-/// no lock is held between two jobs), and the folders of finished runs,
-/// which gc removes.
+/// The Slurm runs of a store as `cache gc` must treat them.
 pub struct GcSlurmRuns {
+    /// Every result a live run's config reaches.
     pub keep: BTreeSet<Digest>,
-    /// Run id -> its jobs queued or running, or why Slurm could not say.
+    /// Live runs: run id -> why they count as live.
     pub live: BTreeMap<String, String>,
+    /// Folders of runs whose jobs have all ended.
     pub finished: Vec<PathBuf>,
 }
 
-pub fn gc_slurm_runs(store: &LocalStore, ctx: &RunContext) -> Result<GcSlurmRuns> {
-    let catalog = catalog();
+/// A detached Slurm run holds no lock between two of its jobs, so gc keeps
+/// what every live run reads; a run Slurm cannot be asked about is live.
+pub fn gc_slurm_runs(store: &LocalStore, run_ctx: &RunContext, ctx: &Ctx) -> Result<GcSlurmRuns> {
+    let catalog = store::catalog(ctx);
     let mut out = GcSlurmRuns {
         keep: BTreeSet::new(),
         live: BTreeMap::new(),
@@ -197,7 +193,7 @@ pub fn gc_slurm_runs(store: &LocalStore, ctx: &RunContext) -> Result<GcSlurmRuns
     };
     for dir in RunDir::all(store.root()) {
         let run = dir.read().map_err(|e| {
-            BadInput(format!(
+            Error::bad_input(format!(
                 "{e}; cache gc cannot tell whether this Slurm run still has jobs queued: \
                  remove its folder {} once they have ended",
                 dir.path.display()
@@ -212,16 +208,16 @@ pub fn gc_slurm_runs(store: &LocalStore, ctx: &RunContext) -> Result<GcSlurmRuns
             RunState::Unknown(why) => format!("Slurm cannot say whether its jobs ended: {why}"),
         };
         let cfg = config::parse(&run.config_text, &run.config_path, &catalog).map_err(|e| {
-            BadInput(format!(
+            Error::bad_input(format!(
                 "Slurm run {} ({why}): its config {} no longer loads: {e}",
                 run.run_id,
                 run.config_path.display()
             ))
         })?;
         let plan = Plan::from_config(&cfg);
-        let engine = Engine::new(&plan, store, &catalog, ctx);
+        let engine = Engine::new(&plan, store, &catalog, run_ctx);
         engine.check_sources().map_err(|e| {
-            BadInput(format!(
+            Error::bad_input(format!(
                 "Slurm run {} ({why}) reads a source this machine cannot see ({e}); \
                  cache gc would not know which results its jobs need, so it removes nothing",
                 run.run_id
@@ -233,84 +229,87 @@ pub fn gc_slurm_runs(store: &LocalStore, ctx: &RunContext) -> Result<GcSlurmRuns
     Ok(out)
 }
 
-/// The body of a Slurm job. Whatever happens after the run file is read,
-/// an outcome is written for the submitter, and the exit status tells
-/// Slurm whether dependants may start.
-pub fn exec_node(run_dir: &Path, n: usize, label: &str) -> Result<ExitCode> {
+/// `exec-node RUN_DIR N LABEL`: the body of a Slurm job. Runs stage N of
+/// the submitted run unless the store has it, writes the job's outcome for
+/// the watcher, and returns the exit status (the line for the job's log
+/// goes to `log`).
+pub fn exec_node(
+    run_dir: &Path,
+    n: usize,
+    label: &str,
+    ctx: &Ctx,
+    log: &mut dyn FnMut(&str),
+) -> Result<Exit> {
     let job_started_ms = unix_ms();
     let dir = RunDir {
         path: run_dir.to_path_buf(),
     };
     let run = dir.read()?;
-    let job_id = std::env::var("SLURM_JOB_ID").unwrap_or_default();
-    let restarts: u32 = std::env::var("SLURM_RESTART_COUNT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    // An outcome left by an earlier attempt of this job (requeued after a
-    // node failure) must not be read as this attempt's.
+    let job = &ctx.ambient.slurm;
     let _ = std::fs::remove_file(dir.outcome(n));
     let mut stage_started_ms = job_started_ms;
-    let result = if restarts > run.max_retries {
+    let result = if job.restarts > run.max_retries {
         NodeResult::Failed {
             error: format!(
-                "lost {restarts} times (node failure or requeue); executor.slurm.max_retries is {}",
-                run.max_retries
+                "lost {} times (node failure or requeue); executor.slurm.max_retries is {}",
+                job.restarts, run.max_retries
             ),
             bad_input: false,
             log_tail: String::new(),
         }
     } else {
-        match node(&run, label, &job_id, restarts, &mut stage_started_ms) {
+        match node(&run, label, job, ctx, &mut stage_started_ms, log) {
             Ok(r) => r,
             Err(e) => NodeResult::Failed {
-                error: format!("{e:#}"),
-                bad_input: e.downcast_ref::<BadInput>().is_some()
-                    || e.downcast_ref::<config::ConfigError>().is_some(),
+                bad_input: e.exit() == Exit::BadInput,
+                error: e.to_string(),
                 log_tail: String::new(),
             },
         }
     };
     let stage_ended_ms = unix_ms();
-    let line = match &result {
+    log(&match &result {
         NodeResult::Executed { wall_seconds, .. } => {
             format!("done     {label} in {wall_seconds:.2}s")
         }
         NodeResult::Cached { .. } => format!("cached   {label} (in the store; nothing to do)"),
         NodeResult::Failed { error, .. } => format!("FAILED   {label}: {error}"),
         NodeResult::Interrupted => format!("interrupted {label}"),
+    });
+    let exit = match &result {
+        NodeResult::Executed { .. } | NodeResult::Cached { .. } => Exit::Success,
+        NodeResult::Failed {
+            bad_input: true, ..
+        } => Exit::BadInput,
+        NodeResult::Failed { .. } => Exit::Failed,
+        NodeResult::Interrupted => return Ok(Exit::Interrupted),
     };
-    println!("{line}");
-    let code = result.exit_code();
-    if result == NodeResult::Interrupted {
-        // Cancelled, or requeued: Slurm (and a later attempt) says which;
-        // an outcome here would be read as the job's last word.
-        return Ok(ExitCode::from(code));
-    }
+    debug_assert_eq!(exit.code(), result.exit_code());
     dir.write_outcome(
         n,
         &JobOutcome {
             label: label.to_string(),
-            job_id,
+            job_id: job.job_id.clone(),
             result,
             job_started_ms,
             stage_started_ms,
             stage_ended_ms,
             written_ms: unix_ms(),
-            restarts,
+            restarts: job.restarts,
         },
     )?;
-    Ok(ExitCode::from(code))
+    Ok(exit)
 }
 
 fn node(
     run: &RunFile,
     label: &str,
-    job_id: &str,
-    restarts: u32,
+    job: &SlurmJobEnv,
+    ctx: &Ctx,
     stage_started_ms: &mut u64,
+    log: &mut dyn FnMut(&str),
 ) -> Result<NodeResult> {
-    let catalog = catalog();
+    let catalog = store::catalog(ctx);
     let cfg = config::parse(&run.config_text, &run.config_path, &catalog)?;
     let plan = Plan::from_config(&cfg);
     let id = plan
@@ -318,64 +317,54 @@ fn node(
         .iter()
         .position(|n| n.label == label)
         .ok_or_else(|| {
-            BadInput(format!(
+            Error::bad_input(format!(
                 "no stage labelled `{label}` in the submitted config"
             ))
         })?;
     let root = match &run.node_store {
-        Some(p) => expand_vars(p).into(),
+        Some(p) => ctx.ambient.expand_vars(p).into(),
         None => run.store.clone(),
     };
     let local = match (&run.node_store, LocalStore::open_existing(&root)) {
         (_, Some(s)) => s,
         (Some(_), None) => LocalStore::open(&root)?,
         (None, None) => {
-            return Err(BadInput(format!(
+            return Err(Error::bad_input(format!(
                 "{}: the run's store is not visible on this node; put it on shared storage, \
                  or set executor.slurm.node_store with store.remote",
                 root.display()
-            ))
-            .into())
+            )))
         }
     };
-    let _held = hold_store(&local)?;
+    let _held = store::hold(&local, ctx)?;
     let args = StoreArgs {
         store: None,
-        remote: std::env::var("BSCE_REMOTE").ok().filter(|s| !s.is_empty()),
-        remote_read_only: std::env::var("BSCE_REMOTE_READ_ONLY").is_ok_and(|v| v == "true"),
+        remote: ctx.ambient.remote.clone(),
+        remote_read_only: ctx.ambient.remote_read_only,
     };
-    let store = with_remote(local, &args, Some(&cfg))?;
-    let mut ctx = run_context()?;
-    ctx.batch.insert("slurm_job_id".into(), job_id.to_string());
-    if let Ok(node) = std::env::var("SLURMD_NODENAME") {
-        ctx.batch.insert("slurm_node".into(), node);
+    let store = store::with_remote(local, &args, Some(&cfg))?;
+    let mut run_ctx = store::run_context()?;
+    run_ctx
+        .batch
+        .insert("slurm_job_id".into(), job.job_id.clone());
+    if let Some(node) = &job.node {
+        run_ctx.batch.insert("slurm_node".into(), node.clone());
     }
-    if restarts > 0 {
-        ctx.batch
-            .insert("slurm_restarts".into(), restarts.to_string());
+    if job.restarts > 0 {
+        run_ctx
+            .batch
+            .insert("slurm_restarts".into(), job.restarts.to_string());
     }
     let spec = plan.nodes[id].kind.spec();
-    // Slurm sets SLURM_JOB_GPUS only when the job was given GPUs (gres).
-    let device = if spec.needs_gpu && std::env::var("SLURM_JOB_GPUS").is_ok_and(|g| !g.is_empty()) {
+    let device = if spec.needs_gpu && job.has_gpu {
         "cuda:0"
     } else {
         "cpu"
     };
-    // The CPUs Slurm gave the job (`--cpus-per-task`, else its share of
-    // the node, e.g. "1" or "2(x3)"); all of the machine's would
-    // oversubscribe a node shared with other jobs.
-    let threads = ["SLURM_CPUS_PER_TASK", "SLURM_JOB_CPUS_PER_NODE"]
-        .iter()
-        .find_map(|v| {
-            let s = std::env::var(v).ok()?;
-            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<usize>().ok()
-        })
-        .unwrap_or(ctx.cpus)
-        .max(1);
+    let threads = job.cpus.unwrap_or(run_ctx.cpus).max(1);
     let cancel = CancelToken::new();
-    crate::cancel_on_signals(&cancel)?;
-    let engine = Engine::new(&plan, store.as_ref(), &catalog, &ctx);
+    super::cancel_on_signals(&cancel)?;
+    let engine = Engine::new(&plan, store.as_ref(), &catalog, &run_ctx);
     let opts = RunOptions {
         force: run.force.clone(),
         ..RunOptions::default()
@@ -391,54 +380,8 @@ fn node(
             } = e
             {
                 let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
-                println!("run      {label} on {device}: {}", why.join("; "));
+                log(&format!("run      {label} on {device}: {}", why.join("; ")));
             }
         })?,
     )
-}
-
-/// `$VAR` and `${VAR}` from the job's environment (unset: empty).
-fn expand_vars(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let (name, tail) = if let Some(b) = after.strip_prefix('{') {
-            match b.find('}') {
-                Some(j) => (&b[..j], &b[j + 1..]),
-                None => (b, ""),
-            }
-        } else {
-            let j = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            (&after[..j], &after[j..])
-        };
-        if name.is_empty() {
-            out.push('$');
-        } else {
-            out.push_str(&std::env::var(name).unwrap_or_default());
-        }
-        rest = tail;
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::expand_vars;
-
-    #[test]
-    fn node_store_paths_expand_the_jobs_variables() {
-        std::env::set_var("BSCE_TEST_X", "alice");
-        assert_eq!(
-            expand_vars("/scratch/$BSCE_TEST_X/bsce"),
-            "/scratch/alice/bsce"
-        );
-        assert_eq!(expand_vars("/s/${BSCE_TEST_X}x"), "/s/alicex");
-        assert_eq!(expand_vars("/s/$/x"), "/s/$/x");
-        assert_eq!(expand_vars("/s/$BSCE_TEST_UNSET_Y/x"), "/s//x");
-    }
 }

@@ -1,4 +1,7 @@
-//! bsce-pipe's result stages, run by `bsce-pipe exec-stage`.
+//! bsce-pipe's reports: the result stages (run by `bsce-pipe exec-stage`),
+//! the report folder made of their outputs, and the per-run results.
+//! Beside this crate: `templates/` (the default table templates, built in)
+//! and `out/<config>/` (the reports written, ignored by git).
 //!
 //! | module        | stage kind  | what it computes                                          |
 //! |---------------|-------------|-----------------------------------------------------------|
@@ -6,6 +9,8 @@
 //! | [`render`]    | `render`    | summary frames + a table declaration -> Markdown and LaTeX (minijinja) |
 //! | [`plot`]      | `plot`      | a tidy frame -> accuracy against classes seen, SVG and PNG (plotters) |
 //! | [`frame`]     | all three   | reading and writing frames as Parquet and CSV              |
+//! | [`report`]    | (none)      | `report` and the end of `run`: the result stages over the runs complete in the store, then `out/<config>/` |
+//! | [`results`]   | (none)      | `results`: per-run numbers from the aggregate frames        |
 //!
 //! Where a number of the report comes from, in one look: `eval.json` (the
 //! evaluate stage) -> `tidy` rows here -> per-run metrics (`runs`) -> mean
@@ -15,6 +20,8 @@ pub mod aggregate;
 pub mod frame;
 pub mod plot;
 pub mod render;
+pub mod report;
+pub mod results;
 
 /// The polars the frames are made with, for readers of them.
 pub use polars;

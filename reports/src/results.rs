@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use crate::frame::{bools, floats, ints, read_parquet, strings};
 use bsce_pipeline::registry::files;
 use bsce_pipeline::store::Store;
-use bsce_tables::frame::{bools, floats, ints, read_parquet, strings};
 
 use crate::report::Prepared;
 
@@ -21,7 +21,7 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
         let Some(rec) = prepared.record(*n) else {
             continue;
         };
-        let frame = |f: &str| -> Result<bsce_tables::polars::prelude::DataFrame> {
+        let frame = |f: &str| -> Result<crate::polars::prelude::DataFrame> {
             let o = rec
                 .outputs
                 .get(f)
@@ -33,7 +33,7 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
         };
         let (rf, tf) = (frame(files::RUNS_PARQUET)?, frame(files::TIDY_PARQUET)?);
         // A run's identity in a frame, one key per row (columns read once).
-        let ids = |df: &bsce_tables::polars::prelude::DataFrame| -> Result<Vec<String>> {
+        let ids = |df: &crate::polars::prelude::DataFrame| -> Result<Vec<String>> {
             let (o, s, m, seed) = (
                 strings(df, "order")?,
                 strings(df, "setting")?,
@@ -113,67 +113,4 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
         );
     }
     Ok(json!({"runs": runs, "missing": prepared.missing}))
-}
-
-/// Per run, top-1 per task and the average incremental accuracy, on stdout.
-pub fn print_summary(results: &Value) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let runs = results["runs"].as_array().cloned().unwrap_or_default();
-    if !runs.is_empty() {
-        let _ = writeln!(
-            out,
-            "top-1 accuracy (%) on all seen classes, per task; avg = average incremental accuracy"
-        );
-    }
-    for r in &runs {
-        let _ = writeln!(
-            out,
-            "{}/{}/{} {} seed{}",
-            r["dataset"].as_str().unwrap_or(""),
-            r["order"].as_str().unwrap_or(""),
-            r["setting"].as_str().unwrap_or(""),
-            r["method"].as_str().unwrap_or(""),
-            r["seed"]
-        );
-        for clf in ["cnn", "nme"] {
-            let Some(avg) = r["average_incremental_accuracy"][clf].as_f64() else {
-                continue;
-            };
-            let cells: Vec<String> = r["tasks"]
-                .as_array()
-                .map(|ts| {
-                    ts.iter()
-                        .map(|t| {
-                            t[clf]["top1"]
-                                .as_f64()
-                                .map(|v| format!("{v:5.1}"))
-                                .unwrap_or_else(|| "    -".into())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {:<4} {}  avg {avg:.1}",
-                clf.to_uppercase(),
-                cells.join(" ")
-            );
-        }
-    }
-    if let Some(missing) = results["missing"].as_array().filter(|m| !m.is_empty()) {
-        let _ = writeln!(out, "not in the store ({} runs):", missing.len());
-        for m in missing {
-            let tasks: Vec<String> = m["tasks"]
-                .as_array()
-                .map(|ts| ts.iter().map(|t| format!("t{t}")).collect())
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {}: {}",
-                m["run"].as_str().unwrap_or(""),
-                tasks.join(" ")
-            );
-        }
-    }
 }

@@ -2,7 +2,7 @@
 //! one dataset x setting of an experiment, one line per method (mean over
 //! orders and seeds) with a band of +- the population std, a BSCE variant
 //! dashed in its base method's colour. Written as SVG and PNG; the PNG's
-//! text uses DejaVu Sans, built in (`tables/fonts/`), so no system font is
+//! text uses DejaVu Sans, built in (`reports/fonts/`), so no system font is
 //! needed.
 
 use std::collections::BTreeMap;

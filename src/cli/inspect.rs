@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
 use bsce_pipeline::config;
 use bsce_pipeline::digest::Digest;
 use bsce_pipeline::sources::SourceDigester;
@@ -12,9 +11,12 @@ use bsce_stages::order::{
     icarl_order, named_order, named_order_names, numpy_shuffled_range, resolve_order, OrderSpec,
 };
 
-use crate::{BadInput, OrderCommand};
+use bsce_pipe::ops::{store, Ctx};
+use bsce_pipe::{Error, Result};
 
-pub fn order(command: OrderCommand) -> Result<ExitCode> {
+use crate::cli::args::OrderCommand;
+
+pub fn order(command: OrderCommand, ctx: &Ctx) -> Result<ExitCode> {
     let OrderCommand::Show {
         name,
         numpy_seed,
@@ -38,17 +40,17 @@ pub fn order(command: OrderCommand) -> Result<ExitCode> {
                 let hint = config::did_you_mean(&n, named_order_names().iter().copied())
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_else(|| "; `order show --list` lists them".into());
-                return Err(BadInput(format!("unknown order `{n}`{hint}")).into());
+                return Err(Error::bad_input(format!("unknown order `{n}`{hint}")));
             }
         },
         (None, Some(seed), None, None) => numpy_shuffled_range(seed, classes.expect("clap requires it")),
         (None, None, Some(seed), None) => icarl_order(seed, classes.expect("clap requires it")),
         (None, None, None, Some(cfg_path)) => {
-            let catalog = crate::catalog();
+            let catalog = store::catalog(ctx);
             let cfg = config::load(&cfg_path, &catalog)?;
             let entry = entry.expect("clap requires it");
             let def = cfg.orders.get(&entry).ok_or_else(|| {
-                BadInput(format!(
+                Error::bad_input(format!(
                     "{}: no order `{entry}`; defined: {}",
                     cfg_path.display(),
                     cfg.orders.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -60,20 +62,17 @@ pub fn order(command: OrderCommand) -> Result<ExitCode> {
                 (_, Some(c)) => c,
                 (Some(c), None) => c,
                 (None, None) => {
-                    return Err(BadInput(format!(
+                    return Err(Error::bad_input(format!(
                         "order `{entry}` takes its class count from the dataset; pass --classes"
-                    ))
-                    .into())
+                    )))
                 }
             };
-            resolve_order(&spec, n).map_err(|e| BadInput(e.to_string()))?.classes
+            resolve_order(&spec, n).map_err(|e| Error::bad_input(e.to_string()))?.classes
         }
         _ => {
-            return Err(BadInput(
+            return Err(Error::bad_input(
                 "give one of: NAME, --numpy-seed S --classes C, --icarl-seed S --classes C, --config FILE --entry NAME, --list"
-                    .into(),
-            )
-            .into())
+            ))
         }
     };
     out!("{}", serde_json::to_string(&order)?);
@@ -82,7 +81,10 @@ pub fn order(command: OrderCommand) -> Result<ExitCode> {
 
 pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
     if !path.exists() {
-        return Err(BadInput(format!("{}: no such file or directory", path.display())).into());
+        return Err(Error::bad_input(format!(
+            "{}: no such file or directory",
+            path.display()
+        )));
     }
     let scratch = std::env::temp_dir().join(format!("bsce-inspect-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -119,7 +121,7 @@ pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
 }
 
 fn inspect_path(path: &Path, digester: &SourceDigester) -> Result<serde_json::Value> {
-    let bad = |e: bsce_stages::StageError| BadInput(e.to_string());
+    let bad = |e: bsce_stages::StageError| Error::bad_input(e.to_string());
     let digest = |tree: bool| -> Result<Digest> { Ok(digester.digest(path, tree)?) };
     if path.is_dir() && path.join(artefact::META_FILE).is_file() {
         let meta = artefact::read_meta(path).map_err(bad)?;
@@ -157,9 +159,8 @@ fn inspect_path(path: &Path, digester: &SourceDigester) -> Result<serde_json::Va
             "train": scan.train_count, "test": scan.val_count,
         }));
     }
-    Err(BadInput(format!(
+    Err(Error::bad_input(format!(
         "{}: not a CIFAR-100 archive or folder (python or binary), an image-folder tree (train/<class>/...), or a prepared dataset",
         path.display()
-    ))
-    .into())
+    )))
 }

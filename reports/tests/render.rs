@@ -3,8 +3,8 @@
 
 use bsce_pipeline::config::{DEFAULT_LATEX_TEMPLATE, DEFAULT_MARKDOWN_TEMPLATE};
 use bsce_pipeline::params::{Field, Metric, ReferenceValue, TableParams};
-use bsce_tables::polars::prelude::*;
-use bsce_tables::render::{cells, render_template, view};
+use bsce_reports::polars::prelude::*;
+use bsce_reports::render::{cells, render_template, view};
 
 /// Two settings x three methods; `podnet_bsce` has no run in `b50_s5`.
 fn summary() -> DataFrame {

@@ -4,7 +4,7 @@
 //! complete in the store, and the runs that are not are listed with the
 //! command that fills them. `run` ends by writing the same report.
 //!
-//! Layout of the output folder (default `reports/<config name>/` at the
+//! Layout of the output folder (default `reports/out/<config name>/` at the
 //! project root):
 //!
 //! ```text
@@ -25,14 +25,13 @@ use anyhow::{bail, Context, Result};
 use bsce_pipeline::catalog::{StageCatalog, StageKind};
 use bsce_pipeline::config::Config;
 use bsce_pipeline::digest::Digest;
+use bsce_pipeline::events::Reporter;
 use bsce_pipeline::exec::{CancelToken, Engine, NodeStatus, RunContext, RunOptions};
 use bsce_pipeline::plan::{Plan, RunRef};
 use bsce_pipeline::registry::files;
 use bsce_pipeline::store::records::ActionRecord;
 use bsce_pipeline::store::Store;
 use serde::Serialize;
-
-use crate::reporter::TerminalReporter;
 
 /// A run of the config that is not (completely) in the store.
 #[derive(Debug, Serialize)]
@@ -67,7 +66,7 @@ fn run_name(r: &RunRef) -> String {
 /// different names never share a file (`b2%` is `b2~25`, `b2&` is
 /// `b2~26`, `b50 s10` is `b50~20s10`), no name is hidden or `..`, and `~`
 /// needs no escaping in a Markdown link.
-pub(crate) fn file_name(s: &str) -> String {
+pub fn file_name(s: &str) -> String {
     if s.is_empty() {
         return "~".into();
     }
@@ -83,8 +82,9 @@ pub(crate) fn file_name(s: &str) -> String {
     out
 }
 
-/// The default output folder: `reports/<config file stem>/` at the
-/// project root of the config.
+/// The default output folder: `reports/out/<config file stem>/` at the
+/// project root of the config (`out/`, so that no config name can write
+/// into this crate's own folders).
 pub fn default_out_dir(cfg: &Config) -> PathBuf {
     let dir = cfg.file.parent().unwrap_or(Path::new("."));
     let stem = cfg
@@ -94,6 +94,7 @@ pub fn default_out_dir(cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| "report".into());
     bsce_pipeline::store::locate::project_root(dir)
         .join("reports")
+        .join("out")
         .join(file_name(&stem))
 }
 
@@ -126,6 +127,7 @@ pub fn prepare(
     catalog: &dyn StageCatalog,
     ctx: &RunContext,
     jobs: usize,
+    reporter: &mut dyn Reporter,
 ) -> Result<Prepared> {
     let full_status = Engine::new(full, store, catalog, ctx).status(&RunOptions::default())?;
     let cached = |n: usize| matches!(full_status[n], NodeStatus::Cached { .. });
@@ -165,9 +167,7 @@ pub fn prepare(
         jobs: jobs.max(1),
         ..RunOptions::default()
     };
-    let mut reporter = TerminalReporter::new(true);
-    let summary = engine.run(&opts, &CancelToken::new(), &mut reporter)?;
-    drop(reporter);
+    let summary = engine.run(&opts, &CancelToken::new(), reporter)?;
     let status = engine.status(&RunOptions::default())?;
     Ok(Prepared {
         full_status,
@@ -188,8 +188,9 @@ pub fn write(
     ctx: &RunContext,
     out_dir: &Path,
     jobs: usize,
+    reporter: &mut dyn Reporter,
 ) -> Result<ReportSummary> {
-    let prepared = prepare(cfg, full, store, catalog, ctx, jobs)?;
+    let prepared = prepare(cfg, full, store, catalog, ctx, jobs, reporter)?;
     let Prepared { plan, missing, .. } = &prepared;
     let record = |n: usize| prepared.record(n);
     let mut out = Output::new(out_dir)?;
@@ -246,6 +247,7 @@ pub fn write(
         &tables_md,
         missing,
         catalog,
+        ctx,
     );
     out.write("README.md", index.as_bytes())?;
     let files = out.finish()?;
@@ -274,6 +276,7 @@ fn index(
     tables_md: &str,
     missing: &[MissingRun],
     catalog: &dyn StageCatalog,
+    ctx: &RunContext,
 ) -> String {
     let name = cfg
         .file
@@ -288,7 +291,7 @@ fn index(
     let _ = writeln!(
         s,
         "Made by bsce-pipe {} from `{}` (sha256 `{config_digest}`). Every file here is a copy of a stage output in the store; `bsce-pipe report {}` remakes it.\n",
-        env!("BSCE_LONG_VERSION"),
+        ctx.long_version(),
         cfg.file.display(),
         cfg.file.display()
     );

@@ -1,0 +1,261 @@
+//! The command line as clap parses it: every command, flag and help text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// `0.1.0 (commit <sha>[, dirty])`, from build.rs.
+const LONG_VERSION: &str = env!("BSCE_LONG_VERSION");
+
+#[derive(Parser)]
+#[command(
+    name = "bsce-pipe",
+    version = LONG_VERSION,
+    about = "Reproduce Balanced Softmax Cross-Entropy for Incremental Learning, every result computed once"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// Store directory [default: env BSCE_STORE, else the config's store.path, else the nearest
+    /// .bsce above the config (or the working folder), else a new .bsce at the project root]
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Remote cache shared between machines [env BSCE_REMOTE; default: the config's
+    /// store.remote]: file:///path, http(s)://host/prefix (Bazel's HTTP cache layout),
+    /// s3://bucket/prefix (AWS_* variables; AWS_ENDPOINT_URL for other S3 servers)
+    #[arg(long, env = "BSCE_REMOTE", hide_env_values = true)]
+    pub remote: Option<String>,
+    /// Pull from the remote, never push [env BSCE_REMOTE_READ_ONLY]
+    #[arg(long, env = "BSCE_REMOTE_READ_ONLY")]
+    pub remote_read_only: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run every stage of CONFIG that is not in the store.
+    Run {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Stages run in parallel [default: number of CPUs]
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// GPUs for training and evaluation stages (e.g. 0,1); a GPU stage waits for a free one
+        #[arg(long, value_delimiter = ',')]
+        gpus: Vec<u32>,
+        /// GPU stages sharing one GPU [default 1; per kind: the config's stages_per_gpu]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        stages_per_gpu: u32,
+        /// Go on with independent stages after a failure
+        #[arg(long)]
+        keep_going: bool,
+        /// Print what would run, and why; run nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Rerun these stages even if cached: a label, a prefix ending in '/', or 'all'
+        #[arg(long)]
+        force: Vec<String>,
+        /// Print a machine-readable summary on stdout
+        #[arg(long)]
+        json: bool,
+        /// Where stages run [default: the config's executor.use, else local]: `local` (child
+        /// processes here) or `slurm` (one sbatch job per stage, the DAG submitted at once)
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorArg>,
+        /// With the Slurm executor: return once every job is submitted (`status` shows their
+        /// queue states, `cancel` cancels them)
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Cancel the queued and running Slurm jobs of CONFIG's runs (scancel).
+    Cancel {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List every stage as cached or to-run, with the reason.
+    Status {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The report of CONFIG from the store only (never trains): tables
+    /// (Markdown, LaTeX), plots (SVG, PNG), frames (CSV, Parquet) and an
+    /// index README.md; lists the runs that are not in the store.
+    Report {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Output folder [default: reports/<config name>/ at the project root]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print a machine-readable summary on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-run numbers of CONFIG from the aggregate frames (the runs not in the store listed).
+    Results {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a stage is cached or must run: its key record (params, inputs,
+    /// libraries) and the source files in its code digest.
+    Explain {
+        config: PathBuf,
+        /// A stage label (see `status`)
+        label: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage DAG of CONFIG.
+    Dag {
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DagFormat,
+    },
+    /// Store maintenance.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Class orders.
+    Order {
+        #[command(subcommand)]
+        command: OrderCommand,
+    },
+    /// Dataset sources and prepared datasets.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// libtorch version, CUDA and cuDNN availability, visible GPUs, threads.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the sha256 of files as the store computes it (for `sha256:` in configs).
+    Digest {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Internal: run one stage (the scheduler starts this as a child).
+    #[command(hide = true)]
+    ExecStage { job: PathBuf },
+    /// Internal: the body of a Slurm job: run stage N (LABEL) of a submitted
+    /// run, its inputs from the store, unless the store has it.
+    #[command(hide = true)]
+    ExecNode {
+        run_dir: PathBuf,
+        n: usize,
+        label: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Re-hash every blob and read every record; move corrupt blobs and
+    /// unreadable records to quarantine/; report action records whose
+    /// blobs are missing.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Also move the action records whose blobs are missing to
+        /// quarantine/records/ (the next run recomputes them either way).
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every result that none of the given configs reaches.
+    Gc {
+        #[arg(long, required = true, num_args = 1..)]
+        keep: Vec<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload every stage of CONFIG that is in the local store to the
+    /// remote: blobs first (those it lacks), each action record last.
+    Push {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download every stage of CONFIG that the remote has and the local
+    /// store lacks (each blob verified), without running anything.
+    Pull {
+        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sizes per stage kind.
+    Du {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OrderCommand {
+    /// Print an order as a JSON list.
+    Show {
+        /// A built-in order name (see --list)
+        name: Option<String>,
+        #[arg(long, requires = "classes")]
+        numpy_seed: Option<u32>,
+        /// The original iCaRL script's order for this seed
+        #[arg(long, requires = "classes", conflicts_with = "numpy_seed")]
+        icarl_seed: Option<u32>,
+        #[arg(long)]
+        classes: Option<usize>,
+        /// Take the order from a config's `orders` entry
+        #[arg(long, requires = "entry")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        entry: Option<String>,
+        /// List the built-in orders
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DatasetCommand {
+    /// Detected format, images per split, classes, image size and content digest.
+    Inspect {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}

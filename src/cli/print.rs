@@ -1,0 +1,304 @@
+//! What each command prints: its data from `bsce_pipe::ops`, as lines on
+//! stdout (`out!`) or stderr (notices, summaries, tables when stdout may be
+//! JSON).
+
+use std::io::Write as _;
+use std::path::Path;
+
+use bsce_pipe::ops::cache::SyncReport;
+use bsce_pipe::ops::status::{Explanation, StatusReport};
+use bsce_pipeline::maintenance::{DuReport, GcReport, VerifyReport};
+use bsce_reports::report::ReportSummary;
+use serde_json::Value;
+
+/// `status` and `run --dry-run`.
+pub fn status(r: &StatusReport) {
+    for row in &r.nodes {
+        match (&row.reasons, row.slurm.is_some()) {
+            (_, true) => out!("{:<8} {}: {}", row.state, row.label, row.detail),
+            (Some(why), false) => out!("to-run   {}: {}", row.label, why.join("; ")),
+            (None, false) => out!("{:<8} {}", row.state, row.label),
+        }
+    }
+    out!(
+        "{} stages: {} cached, {} to run",
+        r.stages,
+        r.cached,
+        r.to_run
+    );
+    if !r.missing_sources.is_empty() {
+        out!(
+            "{} source(s) missing; `run` needs them (or a `url` and `sha256` to download):",
+            r.missing_sources.len()
+        );
+        for m in &r.missing_sources {
+            out!("  {}: {} {}", m.stage, m.source, m.path.display());
+        }
+    }
+}
+
+/// `explain`.
+pub fn explain(e: &Explanation) {
+    out!(
+        "{} [{}], run by {}{}",
+        e.label,
+        e.kind,
+        e.runner,
+        if e.needs_gpu {
+            ", on a GPU when --gpus gives one"
+        } else {
+            ""
+        }
+    );
+    match &e.key {
+        Some(k) => out!("key      {k}"),
+        None => out!("key      not known until its inputs are rebuilt"),
+    }
+    if e.reasons.is_empty() {
+        out!("state    {}", e.state);
+    } else {
+        out!("state    {}: {}", e.state, e.reasons.join("; "));
+    }
+    if let Some(seed) = e.seed {
+        out!(
+            "seed     {seed} (from params and {} inputs; never from code)",
+            if e.seed_inputs.is_empty() {
+                "no".to_string()
+            } else {
+                e.seed_inputs.join(", ")
+            }
+        );
+    }
+    out!("outputs  {}", e.outputs.join(", "));
+    out!(
+        "code     {} = the items of the {} files its entry points reach (file names, item order, comments, formatting and tests left out):",
+        e.code_digest,
+        e.code_files.len()
+    );
+    for f in &e.code_files {
+        out!("  {}  {}", f.file, &f.tokens_sha256[..12]);
+    }
+    out!(
+        "params   {}",
+        serde_json::to_string(&e.params).unwrap_or_default()
+    );
+    out!("inputs");
+    for (name, d) in &e.inputs {
+        out!("  {name}  {d}");
+    }
+    for (name, from) in &e.pending {
+        out!("  {name}  (rebuilt by {from})");
+    }
+    if !e.libraries.is_empty() {
+        let libs: Vec<String> = e
+            .libraries
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        out!("libraries {}", libs.join(", "));
+    }
+}
+
+/// `cache verify`.
+pub fn verify(r: &VerifyReport) {
+    out!(
+        "{} blobs, {} bytes verified; {} records read",
+        r.blobs,
+        r.bytes,
+        r.records
+    );
+    for (d, to) in &r.quarantined {
+        out!("corrupt  blob {d} -> {to}");
+    }
+    for (from, to) in &r.bad_records {
+        out!("corrupt  record {from} -> {to}");
+    }
+    for d in &r.dangling {
+        out!(
+            "dangling {} ({}): missing blob {}{}",
+            d.record,
+            d.label,
+            d.missing.join(", "),
+            if r.repaired {
+                "; moved to quarantine/records/"
+            } else {
+                ""
+            }
+        );
+    }
+    for i in &r.invalidated {
+        let inputs: Vec<String> = i.inputs.iter().map(|(n, d)| format!("{n} ({d})")).collect();
+        out!(
+            "invalid  {} ({}): read corrupt {}; moved to quarantine/records/, it reruns",
+            i.record,
+            i.label,
+            inputs.join(", ")
+        );
+    }
+    if !r.quarantined.is_empty() || !r.bad_records.is_empty() {
+        out!(
+            "{} corrupt blobs and {} unreadable records quarantined; the stages that made them will rerun",
+            r.quarantined.len(),
+            r.bad_records.len()
+        );
+    }
+    if !r.dangling.is_empty() && !r.repaired {
+        out!(
+            "{} action records name missing blobs (their stages rerun); `cache verify --repair` moves them away",
+            r.dangling.len()
+        );
+    }
+}
+
+/// `cache gc`.
+pub fn gc(r: &GcReport) {
+    let partial = match r.removed_partial {
+        0 => String::new(),
+        n => format!(", {n} partial stage work folders"),
+    };
+    let runs = match r.removed_slurm_runs {
+        0 => String::new(),
+        1 => ", 1 finished Slurm run folder".to_string(),
+        n => format!(", {n} finished Slurm run folders"),
+    };
+    out!(
+        "kept {} results; removed {} results and {} blobs{partial}{runs} ({} bytes)",
+        r.kept_actions,
+        r.removed_actions,
+        r.removed_blobs,
+        r.freed_bytes
+    );
+}
+
+/// `cache du`.
+pub fn du(r: &DuReport) {
+    out!("{:<10} {:>8} {:>14}", "kind", "results", "bytes");
+    for (kind, u) in &r.kinds {
+        out!("{kind:<10} {:>8} {:>14}", u.actions, u.bytes);
+    }
+    out!("{:<10} {:>8} {:>14}", "logs", "", r.logs_bytes);
+    out!("{:<10} {:>8} {:>14}", "unused", "", r.unreferenced_bytes);
+    out!("{:<10} {:>8} {:>14}", "total", "", r.total_bytes);
+}
+
+/// `cache push` / `cache pull` (stderr).
+pub fn sync(r: &SyncReport) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "{}; {} of {} stages {}",
+        r.line,
+        r.not_available.len(),
+        r.stages,
+        if r.push {
+            "are not in the local store"
+        } else {
+            "are in neither store"
+        }
+    );
+}
+
+/// Where the report went, its tables, and what is missing (stderr: stdout
+/// may be JSON).
+pub fn report(r: &ReportSummary, config: &Path, verbose: bool) {
+    let mut err = std::io::stderr().lock();
+    for f in r
+        .files
+        .iter()
+        .filter(|f| f.starts_with("tables/") && f.ends_with(".md"))
+    {
+        if let Ok(md) = std::fs::read_to_string(r.out_dir.join(f)) {
+            let _ = writeln!(err, "\n{}", md.trim_end());
+        }
+    }
+    for (label, error) in &r.failed {
+        let _ = writeln!(err, "failed   {label}: {error}");
+    }
+    if !r.missing.is_empty() {
+        let _ = writeln!(
+            err,
+            "\n{} runs are not (completely) in the store:",
+            r.missing.len()
+        );
+        let shown = if verbose { r.missing.len() } else { 5 };
+        for m in r.missing.iter().take(shown) {
+            let tasks: Vec<String> = m.tasks.iter().map(|t| format!("t{t}")).collect();
+            let _ = writeln!(err, "  {}: {}", m.run, tasks.join(" "));
+        }
+        if r.missing.len() > shown {
+            let _ = writeln!(
+                err,
+                "  ... and {} more (`bsce-pipe report` lists all)",
+                r.missing.len() - shown
+            );
+        }
+        let _ = writeln!(err, "`bsce-pipe run {}` computes them.", config.display());
+    }
+    let _ = writeln!(
+        err,
+        "\nreport: {} ({} files)",
+        r.out_dir.join("README.md").display(),
+        r.files.len()
+    );
+}
+
+/// Per run, top-1 per task and the average incremental accuracy, on stdout.
+pub fn results(results: &Value) {
+    let mut out = std::io::stdout().lock();
+    let runs = results["runs"].as_array().cloned().unwrap_or_default();
+    if !runs.is_empty() {
+        let _ = writeln!(
+            out,
+            "top-1 accuracy (%) on all seen classes, per task; avg = average incremental accuracy"
+        );
+    }
+    for r in &runs {
+        let _ = writeln!(
+            out,
+            "{}/{}/{} {} seed{}",
+            r["dataset"].as_str().unwrap_or(""),
+            r["order"].as_str().unwrap_or(""),
+            r["setting"].as_str().unwrap_or(""),
+            r["method"].as_str().unwrap_or(""),
+            r["seed"]
+        );
+        for clf in ["cnn", "nme"] {
+            let Some(avg) = r["average_incremental_accuracy"][clf].as_f64() else {
+                continue;
+            };
+            let cells: Vec<String> = r["tasks"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| {
+                            t[clf]["top1"]
+                                .as_f64()
+                                .map(|v| format!("{v:5.1}"))
+                                .unwrap_or_else(|| "    -".into())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<4} {}  avg {avg:.1}",
+                clf.to_uppercase(),
+                cells.join(" ")
+            );
+        }
+    }
+    if let Some(missing) = results["missing"].as_array().filter(|m| !m.is_empty()) {
+        let _ = writeln!(out, "not in the store ({} runs):", missing.len());
+        for m in missing {
+            let tasks: Vec<String> = m["tasks"]
+                .as_array()
+                .map(|ts| ts.iter().map(|t| format!("t{t}")).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                m["run"].as_str().unwrap_or(""),
+                tasks.join(" ")
+            );
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Every command's logic. Each function takes plain values and an [`Ctx`]
+//! and returns data; the binary prints it. Notices a user should see while
+//! a command works ("created store X", "waiting for `cache gc`") go through
+//! [`Ctx::note`], which the binary points at stderr.
+//!
+//! | module     | commands                                  |
+//! |------------|-------------------------------------------|
+//! | [`store`]  | (shared) which store, its remote, its lock |
+//! | [`run`]    | `run` (local and Slurm), `--dry-run`       |
+//! | [`status`] | `status`, `explain`, `dag`                 |
+//! | [`cache`]  | `cache verify`, `gc`, `du`, `push`, `pull` |
+//! | [`report`] | `report`, `results`                        |
+//! | [`slurm`]  | `cancel`, `exec-node` (a Slurm job's body), the live jobs `status` shows |
+
+pub mod cache;
+pub mod report;
+pub mod run;
+pub mod slurm;
+pub mod status;
+pub mod store;
+
+use crate::Ambient;
+use bsce_pipeline::exec::CancelToken;
+
+/// What every command reads besides its arguments.
+pub struct Ctx {
+    pub ambient: Ambient,
+    note: Box<dyn Fn(&str)>,
+}
+
+impl Ctx {
+    pub fn new(ambient: Ambient, note: impl Fn(&str) + 'static) -> Ctx {
+        Ctx {
+            ambient,
+            note: Box::new(note),
+        }
+    }
+
+    /// A line for the user while the command works.
+    pub fn note(&self, line: &str) {
+        (self.note)(line)
+    }
+}
+
+/// The first SIGINT/SIGTERM cancels (children are stopped, the store keeps
+/// only complete records); a second one exits at once with 130.
+pub fn cancel_on_signals(cancel: &CancelToken) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    let cancel = cancel.clone();
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if cancel.is_cancelled() {
+                // Children die with us (PDEATHSIG).
+                std::process::exit(crate::Exit::Interrupted.code().into());
+            }
+            cancel.cancel();
+        }
+    });
+    Ok(())
+}
+
+/// The processors stages may use when `--jobs` is not given.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

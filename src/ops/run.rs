@@ -1,0 +1,203 @@
+//! `run`: check the sources, open (or create) and hold the store, layer the
+//! remote, run every stage not in it (here or under Slurm), then write the
+//! report.
+
+use std::path::Path;
+
+use bsce_pipeline::config;
+use bsce_pipeline::events::{Reporter, RunSummary};
+use bsce_pipeline::exec::{force_names, CancelToken, Engine, RunOptions};
+use bsce_pipeline::plan::Plan;
+use bsce_pipeline::store::{LocalStore, TransferStats};
+use bsce_reports::report::{self, ReportSummary};
+
+use super::store::{self, Scratch, StoreArgs};
+use super::{cancel_on_signals, default_jobs, slurm, Ctx};
+use crate::{Error, Result};
+
+/// Where stages run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorChoice {
+    Local,
+    Slurm,
+}
+
+/// `run`'s flags.
+#[derive(Clone, Debug, Default)]
+pub struct RunArgs {
+    pub store: StoreArgs,
+    pub jobs: Option<usize>,
+    pub gpus: Vec<u32>,
+    pub stages_per_gpu: u32,
+    pub keep_going: bool,
+    pub force: Vec<String>,
+    /// None: the config's `executor.use`.
+    pub executor: Option<ExecutorChoice>,
+    pub detach: bool,
+}
+
+/// What a run did.
+pub struct RunOutcome {
+    /// None when detached: the Slurm jobs go on without us.
+    pub summary: Option<RunSummary>,
+    pub transfer: Option<TransferStats>,
+    /// The report written at the end (none when interrupted, detached, or
+    /// the config has no runs).
+    pub report: Option<ReportSummary>,
+}
+
+/// Checks the flags against the config, and the options a run and a dry
+/// run share.
+pub fn options(loaded: &store::Loaded, args: &RunArgs) -> Result<(RunOptions, bool)> {
+    check_force(&loaded.plan, &args.force)?;
+    let slurm = match args.executor {
+        Some(e) => e == ExecutorChoice::Slurm,
+        None => loaded.cfg.executor == config::ExecutorName::Slurm,
+    };
+    if slurm && !args.gpus.is_empty() {
+        return Err(Error::bad_input(
+            "--gpus is for the local executor; under Slurm a stage kind asks for GPUs \
+             with executor.slurm.kinds.<kind>.gres (e.g. train: {gres: \"gpu:1\"})",
+        ));
+    }
+    if args.detach && !slurm {
+        return Err(Error::bad_input(
+            "--detach needs the Slurm executor (--executor slurm or executor.use: slurm)",
+        ));
+    }
+    if args.jobs == Some(0) {
+        return Err(Error::bad_input("--jobs must be at least 1"));
+    }
+    let opts = RunOptions {
+        jobs: args.jobs.unwrap_or_else(default_jobs),
+        gpus: args.gpus.clone(),
+        stages_per_gpu: args.stages_per_gpu.max(1),
+        stages_per_gpu_kind: loaded.cfg.stages_per_gpu.clone(),
+        keep_going: args.keep_going,
+        force: args.force.clone(),
+        fetch: false,
+    };
+    Ok((opts, slurm))
+}
+
+/// Runs `config`. `reporter` follows the run's stages; `report_reporter`
+/// the result stages of the report written at the end.
+pub fn run(
+    config: &Path,
+    args: &RunArgs,
+    ctx: &Ctx,
+    reporter: &mut dyn Reporter,
+    report_reporter: &mut dyn Reporter,
+) -> Result<RunOutcome> {
+    let loaded = store::load(config, &args.store, ctx)?;
+    let (opts, slurm) = options(&loaded, args)?;
+    let store::Loaded {
+        catalog,
+        cfg,
+        plan,
+        root,
+    } = &loaded;
+    let run_ctx = store::run_context()?;
+    if LocalStore::open_existing(root).is_none() {
+        // Check sources against a scratch store first, so bad input never
+        // leaves a new store behind.
+        let scratch = Scratch::new()?;
+        let s = LocalStore::open(scratch.path())?;
+        Engine::new(plan, &s, catalog, &run_ctx).check_sources()?;
+    }
+    let created = LocalStore::open_existing(root).is_none();
+    let local = LocalStore::open(root)?;
+    if created {
+        ctx.note(&format!("created store {}", local.root().display()));
+    }
+    let _in_use = store::hold(&local, ctx)?;
+    let remote_env = slurm::remote_env(&args.store);
+    let store = store::with_remote(local, &args.store, Some(cfg))?;
+    let store = store.as_ref();
+    let cancel = CancelToken::new();
+    cancel_on_signals(&cancel)?;
+    let engine = Engine::new(plan, store, catalog, &run_ctx);
+    let summary = if slurm {
+        let s = slurm::run(
+            &engine,
+            cfg,
+            &opts,
+            &run_ctx,
+            remote_env,
+            args.detach,
+            &cancel,
+            reporter,
+            ctx,
+        )?;
+        match s {
+            Some(s) => s,
+            None => {
+                return Ok(RunOutcome {
+                    summary: None,
+                    transfer: store.transfer_stats(),
+                    report: None,
+                })
+            }
+        }
+    } else {
+        engine.run(&opts, &cancel, reporter)?
+    };
+    let nothing = if summary.executed == 0 && summary.failed == 0 {
+        " (nothing to do)"
+    } else {
+        ""
+    };
+    ctx.note(&format!(
+        "{} executed, {} from cache, {} failed, {} skipped in {:.2}s; the cache saved {:.1}s of compute{nothing}",
+        summary.executed, summary.cached, summary.failed, summary.skipped, summary.wall_seconds, summary.saved_seconds
+    ));
+    if let Some(line) = store::transfer_line(store) {
+        ctx.note(&line);
+    }
+    let report = if !summary.interrupted && !plan.runs.is_empty() {
+        let out = report::default_out_dir(cfg);
+        Some(report::write(
+            cfg,
+            plan,
+            store,
+            catalog,
+            &run_ctx,
+            &out,
+            opts.jobs,
+            report_reporter,
+        )?)
+    } else {
+        None
+    };
+    Ok(RunOutcome {
+        summary: Some(summary),
+        transfer: store.transfer_stats(),
+        report,
+    })
+}
+
+/// Every `--force` value names a stage of the plan (a label, a prefix
+/// ending in '/', or 'all'); one that names none is a typo, not a no-op.
+pub fn check_force(plan: &Plan, force: &[String]) -> Result<()> {
+    for f in force {
+        if !plan.nodes.iter().any(|n| force_names(f, &n.label)) {
+            let hint = label_hint(
+                plan,
+                f,
+                "; `status CONFIG` lists every label (a prefix must end in '/')",
+            );
+            return Err(Error::bad_input(format!(
+                "--force {f}: no stage of this config has that label{hint}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// "; did you mean `L`?" for the plan's label nearest to `label`, or
+/// `otherwise` when none is near.
+pub fn label_hint(plan: &Plan, label: &str, otherwise: &str) -> String {
+    config::did_you_mean(label, plan.nodes.iter().map(|n| n.label.as_str()))
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_else(|| otherwise.into())
+}
