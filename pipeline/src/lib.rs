@@ -22,10 +22,153 @@ pub mod config;
 pub mod digest;
 pub mod events;
 pub mod exec;
+pub mod host;
 pub mod key;
 pub mod maintenance;
 pub mod params;
 pub mod plan;
 pub mod registry;
+pub mod remote_url;
 pub mod sources;
 pub mod store;
+
+/// The engine's module graph follows its data: each module uses only
+/// modules of lower layers (measured from `crate::` paths outside tests and
+/// comments). A new back-edge, e.g. the config reaching into an executor or
+/// the store into the scheduler, fails here.
+#[cfg(test)]
+mod layers {
+    use std::collections::BTreeSet;
+
+    /// Lowest first. Leaves; what keys and the catalog are made of; what a
+    /// config, a store and events are; what a plan makes of a config and
+    /// what reads sources or maintains a store; the executors.
+    const LAYERS: &[&[&str]] = &[
+        &["digest", "host", "params", "registry", "remote_url"],
+        &["catalog", "key"],
+        &["config", "events", "store"],
+        &["maintenance", "plan", "sources"],
+        &["exec"],
+    ];
+
+    fn layer(module: &str) -> Option<usize> {
+        LAYERS.iter().position(|l| l.contains(&module))
+    }
+
+    /// The top-level modules `text` names through `crate::`.
+    fn uses(text: &str) -> BTreeSet<String> {
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut out = BTreeSet::new();
+        let mut rest = code.as_str();
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let group = rest.strip_prefix('{');
+            let names: Vec<&str> = match group {
+                Some(g) => g[..g.find('}').unwrap_or(g.len())]
+                    .split(',')
+                    .map(|s| s.trim().split("::").next().unwrap_or(""))
+                    .collect(),
+                None => vec![rest
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or("")],
+            };
+            out.extend(
+                names
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .map(String::from),
+            );
+        }
+        out
+    }
+
+    /// Every edge that does not point to a lower layer: (file, from, to).
+    fn back_edges(files: &[(String, String)]) -> Vec<(String, String, String)> {
+        let mut bad = Vec::new();
+        for (rel, text) in files {
+            let from = rel
+                .split('/')
+                .next()
+                .unwrap()
+                .trim_end_matches(".rs")
+                .to_string();
+            if from == "lib" {
+                continue;
+            }
+            let Some(lf) = layer(&from) else {
+                bad.push((
+                    rel.clone(),
+                    from.clone(),
+                    "(no layer: add it to LAYERS)".into(),
+                ));
+                continue;
+            };
+            for to in uses(text) {
+                if to == from || to == "self" {
+                    continue;
+                }
+                if layer(&to).is_none_or(|lt| lt >= lf) {
+                    bad.push((rel.clone(), from.clone(), to));
+                }
+            }
+        }
+        bad
+    }
+
+    fn sources() -> Vec<(String, String)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        for e in walkdir::WalkDir::new(&root) {
+            let e = e.unwrap();
+            if e.path().extension().is_some_and(|x| x == "rs") {
+                let rel = e
+                    .path()
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((rel, std::fs::read_to_string(e.path()).unwrap()));
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn the_module_graph_is_layered_config_plan_keys_store_exec() {
+        let bad = back_edges(&sources());
+        assert!(bad.is_empty(), "back-edges (file, from, to): {bad:#?}");
+    }
+
+    #[test]
+    fn a_back_edge_fails_the_layer_test() {
+        let mut files = sources();
+        let (_, text) = files
+            .iter_mut()
+            .find(|(f, _)| f == "config/resolve.rs")
+            .unwrap();
+        text.insert_str(0, "use crate::exec::slurm::RunDir;\n");
+        assert_eq!(
+            back_edges(&files),
+            vec![(
+                "config/resolve.rs".to_string(),
+                "config".to_string(),
+                "exec".to_string()
+            )]
+        );
+        let mut files = sources();
+        let (_, text) = files
+            .iter_mut()
+            .find(|(f, _)| f == "store/atomic.rs")
+            .unwrap();
+        text.insert_str(0, "use crate::{plan::Plan, digest::Digest};\n");
+        assert_eq!(back_edges(&files).len(), 1);
+    }
+}

@@ -76,7 +76,7 @@ pub struct RawSlurm {
     pub extra: Vec<String>,
     /// Stage kind -> resources that replace the ones above for it.
     #[serde(default)]
-    pub kinds: BTreeMap<String, crate::exec::slurm::SlurmResources>,
+    pub kinds: BTreeMap<String, crate::config::executor::SlurmResources>,
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     #[serde(default = "default_poll_seconds")]

@@ -35,7 +35,7 @@ pub struct Config {
     /// `executor.use`; `--executor` overrides.
     pub executor: ExecutorName,
     /// `executor.slurm` (defaults when absent).
-    pub slurm: crate::exec::slurm::SlurmSettings,
+    pub slurm: crate::config::executor::SlurmSettings,
 }
 
 /// A table of the report: its declaration and its templates' text.
@@ -365,7 +365,7 @@ pub fn resolve(
         store_path: raw.store.path.map(|p| cx.relative(&p)),
         remote: match raw.store.remote {
             Some(url) => {
-                crate::store::remote::check_url(&url)
+                crate::remote_url::check_url(&url)
                     .map_err(|why| cx.err("store.remote".to_string(), why))?;
                 Some(url)
             }
@@ -412,8 +412,8 @@ fn stage_kind(
 fn resolve_slurm(
     cx: &Ctx,
     raw: Option<RawSlurm>,
-) -> Result<crate::exec::slurm::SlurmSettings, ConfigError> {
-    use crate::exec::slurm::{SlurmResources, SlurmSettings};
+) -> Result<crate::config::executor::SlurmSettings, ConfigError> {
+    use crate::config::executor::{SlurmResources, SlurmSettings};
     let Some(raw) = raw else {
         return Ok(SlurmSettings::default());
     };

@@ -10,13 +10,13 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::cancel::CancelToken;
-use super::context::unix_ms;
 use super::executor::{ExecError, ExitHow, Prepared, Resources, StageExit};
 use super::gpus::GpuSlot;
 use super::job::{ChildMessage, SourceLocation, StageJob};
 use super::Engine;
 use crate::digest::Digest;
 use crate::events::RunEvent;
+use crate::host::unix_ms;
 use crate::key::{DirtyReason, KeyRecord};
 use crate::plan::{NodeId, PlanNode};
 use crate::registry::Runner;

@@ -28,104 +28,24 @@ use crate::plan::{NodeId, Plan};
 use crate::registry::StageKind;
 use crate::store::atomic::write_atomic;
 
-/// What `sbatch` asks for, per stage kind (unset: the cluster's default).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlurmResources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partition: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    /// `--cpus-per-task`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<u32>,
-    /// `--mem`, e.g. `16G`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mem: Option<String>,
-    /// `--time`, e.g. `2-00:00:00`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<String>,
-    /// `--gres`, e.g. `gpu:1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gres: Option<String>,
-    /// More `sbatch` arguments, appended as given.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra: Vec<String>,
-}
+pub use crate::config::executor::{SlurmResources, SlurmSettings};
 
-impl SlurmResources {
-    /// `self` with every field `over` sets taken from it; `extra` adds up.
-    pub fn merged(&self, over: &SlurmResources) -> SlurmResources {
-        let pick = |a: &Option<String>, b: &Option<String>| b.clone().or_else(|| a.clone());
-        SlurmResources {
-            partition: pick(&self.partition, &over.partition),
-            account: pick(&self.account, &over.account),
-            cpus: over.cpus.or(self.cpus),
-            mem: pick(&self.mem, &over.mem),
-            time: pick(&self.time, &over.time),
-            gres: pick(&self.gres, &over.gres),
-            extra: self.extra.iter().chain(&over.extra).cloned().collect(),
+/// The `sbatch` flags of `r`, `extra` last.
+pub fn sbatch_args(r: &SlurmResources) -> Vec<String> {
+    let mut a = Vec::new();
+    let mut opt = |flag: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            a.push(format!("--{flag}={v}"));
         }
-    }
-
-    pub fn sbatch_args(&self) -> Vec<String> {
-        let mut a = Vec::new();
-        let mut opt = |flag: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                a.push(format!("--{flag}={v}"));
-            }
-        };
-        opt("partition", &self.partition);
-        opt("account", &self.account);
-        opt("cpus-per-task", &self.cpus.map(|c| c.to_string()));
-        opt("mem", &self.mem);
-        opt("time", &self.time);
-        opt("gres", &self.gres);
-        a.extend(self.extra.iter().cloned());
-        a
-    }
-
-    /// Whether the job gets a GPU (its stage then runs on `cuda:0`).
-    pub fn has_gpu(&self) -> bool {
-        self.gres.as_deref().is_some_and(|g| g.starts_with("gpu"))
-    }
-}
-
-/// The resolved `executor.slurm` section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SlurmSettings {
-    pub defaults: SlurmResources,
-    pub kinds: BTreeMap<StageKind, SlurmResources>,
-    /// How often a job lost to a node failure (requeued by Slurm) may
-    /// start again before it counts as failed.
-    pub max_retries: u32,
-    /// How often the submitting process asks Slurm for job states.
-    pub poll_seconds: f64,
-    /// The store jobs use when the submitter's store is not on storage the
-    /// nodes share: a node-local path (`$VAR`s expanded on the node), used
-    /// over `store.remote`.
-    pub node_store: Option<String>,
-}
-
-impl Default for SlurmSettings {
-    fn default() -> Self {
-        SlurmSettings {
-            defaults: SlurmResources::default(),
-            kinds: BTreeMap::new(),
-            max_retries: 2,
-            poll_seconds: 2.0,
-            node_store: None,
-        }
-    }
-}
-
-impl SlurmSettings {
-    pub fn resources(&self, kind: StageKind) -> SlurmResources {
-        match self.kinds.get(&kind) {
-            Some(k) => self.defaults.merged(k),
-            None => self.defaults.clone(),
-        }
-    }
+    };
+    opt("partition", &r.partition);
+    opt("account", &r.account);
+    opt("cpus-per-task", &r.cpus.map(|c| c.to_string()));
+    opt("mem", &r.mem);
+    opt("time", &r.time);
+    opt("gres", &r.gres);
+    a.extend(r.extra.iter().cloned());
+    a
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -464,7 +384,7 @@ pub fn preflight(settings: &SlurmSettings, kinds: &[StageKind]) -> Result<(), Sl
             continue;
         }
         let mut args = vec!["--test-only".to_string(), "--job-name=bsce-check".into()];
-        args.extend(r.sbatch_args());
+        args.extend(sbatch_args(&r));
         args.extend(["--wrap".into(), "true".into()]);
         if let Err(e) = slurm("sbatch", &args) {
             let stderr = match e {
@@ -473,7 +393,7 @@ pub fn preflight(settings: &SlurmSettings, kinds: &[StageKind]) -> Result<(), Sl
             };
             return Err(SlurmError::Rejected {
                 kind: settings.kinds.contains_key(&k).then_some(k),
-                args: r.sbatch_args().join(" "),
+                args: sbatch_args(&r).join(" "),
                 stderr,
             });
         }
@@ -592,7 +512,7 @@ impl<'a> Engine<'a> {
                 args.push(format!("--dependency=afterok:{}", after.join(":")));
                 args.push("--kill-on-invalid-dep=yes".into());
             }
-            args.extend(sub.settings.resources(node.kind).sbatch_args());
+            args.extend(sbatch_args(&sub.settings.resources(node.kind)));
             args.push("--wrap".into());
             args.push(format!(
                 "exec {} exec-node {} {n} {}",

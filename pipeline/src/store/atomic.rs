@@ -28,7 +28,7 @@ pub fn temp_name(tmp_dir: &Path, tag: &str) -> std::path::PathBuf {
 pub fn host_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
-        let host = crate::exec::context::hostname();
+        let host = crate::host::hostname();
         crate::digest::Digest::of_bytes(host.as_bytes()).to_hex()[..8].to_string()
     })
 }

@@ -104,24 +104,7 @@ fn basic(user: &str, pass: &str) -> String {
     )
 }
 
-/// `url` with any `user:password@` removed, for messages.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let host = authority
-                .rsplit_once('@')
-                .map(|(_, h)| h)
-                .unwrap_or(authority);
-            if path.is_empty() {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://{host}/{path}")
-            }
-        }
-        None => url.to_string(),
-    }
-}
+pub use crate::remote_url::redact;
 
 impl RemoteCache for HttpRemote {
     fn describe(&self) -> String {

@@ -62,24 +62,7 @@ pub fn open(url: &str) -> Result<Box<dyn RemoteCache>, String> {
     }
 }
 
-/// Whether `url` names a remote this build can open (without opening it).
-pub fn check_url(url: &str) -> Result<(), String> {
-    let shown = http::redact(url);
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
-    let ok = match scheme {
-        "file" => rest.starts_with('/'),
-        "http" | "https" | "s3" => !rest.split('/').next().unwrap_or("").is_empty(),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{shown:?} is not a remote cache URL; expected file:///absolute/path, \
-             http(s)://host/prefix or s3://bucket/prefix"
-        ))
-    }
-}
+pub use crate::remote_url::check_url;
 
 /// Copies at most `max` bytes of `from` into `dest`; an error past it.
 pub(crate) fn copy_limited(

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real `bsce-pipe` binary on real files in temporary
+//! directories, one test binary with a module per area (cargo's testsuite
+//! layout). `support` holds the helpers and fixtures.
+
+mod support;
+
+mod data;
+mod engine;
+mod remote;
+mod reports;
+mod slurm;
+mod store;
+mod training;

@@ -1,0 +1,470 @@
+//! The Slurm executor on the private test cluster (scripts/slurm-cluster.sh): dependencies, failures, cancel, requeue, remotes, detached runs and gc.
+
+use crate::support::*;
+
+#[test]
+fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results() {
+    let _cluster = slurm_exclusive();
+    let quickstart = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml"),
+    )
+    .unwrap();
+    // The same config, once on this machine and once through Slurm. Each
+    // Slurm job uses the one CPU Slurm gives it, as each stage of a local
+    // run with two jobs on two cores does: CPU results are bit-identical
+    // for equal thread counts.
+    let local = Project::new();
+    local.write("q.yaml", &quickstart);
+    local.run(&["run", "q.yaml", "--jobs", "2"]).ok();
+    let p = Project::new();
+    p.write("q.yaml", &quickstart);
+    let r = p
+        .slurm(&["run", "q.yaml", "--executor", "slurm", "--json"])
+        .ok();
+    let j = r.json();
+    let stages = j["stages"].as_u64().unwrap();
+    assert_eq!(j["executed"], stages, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("submit   prepare/synth10 as slurm job "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("start    "), "{}", r.stderr);
+    // Every job started after each job it depends on had finished.
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 1);
+    let jobs = slurm_jobs(&dirs[0]);
+    assert_eq!(jobs.len() as u64, stages);
+    let by_id: std::collections::BTreeMap<&str, &Value> = jobs
+        .values()
+        .map(|(id, _, o)| {
+            (
+                id.as_str(),
+                o.as_ref().expect("every job wrote its outcome"),
+            )
+        })
+        .collect();
+    let mut dependent = 0;
+    for (label, (_, after, outcome)) in &jobs {
+        let o = outcome.as_ref().unwrap();
+        assert_eq!(o["outcome"], "executed", "{label}: {o}");
+        for a in after {
+            dependent += 1;
+            let up = by_id[a.as_str()];
+            assert!(
+                up["written_ms"].as_u64().unwrap() <= o["job_started_ms"].as_u64().unwrap(),
+                "{label} started before its input job {a} ended"
+            );
+        }
+    }
+    assert!(
+        dependent >= stages as usize - 2,
+        "the DAG's edges are job dependencies"
+    );
+    // Same numbers as the local run (the tables differ only in their
+    // training-time column), the report written, job ids in provenance.
+    assert_eq!(evaluations(&p.store()), evaluations(&local.store()));
+    assert!(p.path("reports/out/q/tables/quickstart.md").is_file());
+    let rec = find_action(&p.store(), "prepare/synth10");
+    assert_eq!(
+        rec["provenance"]["stage"]["slurm_job_id"].as_str().unwrap(),
+        jobs["prepare/synth10"].0
+    );
+    // A second run submits nothing and leaves no run folder.
+    let again = p
+        .slurm(&["run", "q.yaml", "--executor", "slurm", "--json"])
+        .ok();
+    let j = again.json();
+    assert_eq!(
+        (j["executed"].clone(), j["cached"].clone()),
+        (0.into(), stages.into())
+    );
+    assert!(!again.stderr.contains("submit "), "{}", again.stderr);
+    assert_eq!(p.slurm_run_dirs().len(), 1);
+}
+
+#[test]
+fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    p.write("broken.tar.gz", "this is not a gzip archive");
+    p.write(
+        "c.yaml",
+        "datasets:\n  c:\n    cifar100: {path: broken.tar.gz}\n  s:\n    synthetic: {classes: 4, train_per_class: 5, test_per_class: 1, image_size: 8}\norders:\n  o: {numpy_seed: 0}\nsettings:\n  t: {base: 2, increment: 1}\nexperiments:\n  e: {dataset: c, orders: [o], settings: [t]}\n  f: {dataset: s, orders: [o], settings: [t]}\nexecutor:\n  use: slurm\n  slurm: {poll_seconds: 0.5, cpus: 1}\n",
+    );
+    let r = p.slurm(&["run", "c.yaml", "--json"]);
+    // The archive is bad input, as under the local executor: exit 2.
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(
+        (
+            j["failed"].clone(),
+            j["skipped"].clone(),
+            j["executed"].clone()
+        ),
+        (1.into(), 2.into(), 3.into()),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("FAILED   prepare/c: slurm job "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("broken.tar.gz"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("skipped  order/c/o (input prepare/c failed)"),
+        "{}",
+        r.stderr
+    );
+    // Its dependants were cancelled by Slurm, never started; the failure
+    // is recorded in the store as under the local executor.
+    let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
+    assert!(
+        jobs["order/c/o"].2.is_none(),
+        "a dependant of a failed job ran"
+    );
+    let st = p.status("c.yaml");
+    let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
+    assert_eq!(c.2, vec!["same inputs failed last time"]);
+}
+
+#[test]
+fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.5, cpus: 1}}\n"),
+    );
+    // Detached: submit, see the queue in status, cancel.
+    let r = p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    assert!(r.stderr.contains("submitted "), "{}", r.stderr);
+    let dirs = p.slurm_run_dirs();
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
+    let name = format!("bsce-{}", run["run_id"].as_str().unwrap());
+    let st = p.slurm(&["status", "c.yaml"]).ok();
+    assert!(
+        st.stdout.contains("queued   ") || st.stdout.contains("running  "),
+        "{}",
+        st.stdout
+    );
+    assert!(st.stdout.contains("slurm job "), "{}", st.stdout);
+    let c = p.slurm(&["cancel", "c.yaml"]).ok();
+    assert!(c.stderr.contains("cancelled "), "{}", c.stderr);
+    wait_until_no_live_jobs(&name);
+    let st = p.slurm(&["status", "c.yaml"]).ok();
+    assert!(!st.stdout.contains("slurm job"), "{}", st.stdout);
+    let c = p.slurm(&["cancel", "c.yaml"]).ok();
+    assert!(
+        c.stderr.contains("no queued or running slurm jobs"),
+        "{}",
+        c.stderr
+    );
+    // Attached: Ctrl-C cancels the run's jobs and exits 130.
+    let mut child = p
+        .cmd(&["run", "c.yaml", "--force", "all"])
+        .env("SLURM_CONF", slurm_cluster())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&mut child, |s| s.contains("submit   tasks/"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 2);
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(dirs[1].join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["cancelled"], true);
+    wait_until_no_live_jobs(&format!("bsce-{}", run["run_id"].as_str().unwrap()));
+}
+
+#[test]
+fn slurm_refuses_bad_resources_and_missing_commands_before_submitting_anything() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SMALL}executor:\n  use: slurm\n  slurm:\n    kinds:\n      tasks: {{partition: nosuchpartition}}\n"),
+    );
+    let r = p.slurm(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("sbatch refuses the resources of executor.slurm.kinds.tasks")
+            && r.stderr.contains("--partition=nosuchpartition")
+            && r.stderr.contains("invalid partition"),
+        "{}",
+        r.stderr
+    );
+    assert!(p.slurm_run_dirs().is_empty(), "nothing is submitted");
+    // No Slurm commands on this machine.
+    p.write("d.yaml", &format!("{SMALL}executor: {{use: slurm}}\n"));
+    let r = p.run_env(&["run", "d.yaml"], &[("PATH", "/nonexistent")]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`sbatch` not found on PATH"),
+        "{}",
+        r.stderr
+    );
+    // A value that is no Slurm value is a config error, with its key.
+    p.write(
+        "e.yaml",
+        &format!("{SMALL}executor:\n  slurm: {{mem: \"16 G\"}}\n"),
+    );
+    let r = p.run(&["run", "e.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("executor.slurm.mem"), "{}", r.stderr);
+    // --detach without Slurm.
+    let r = p.run(&["run", "c.yaml", "--executor", "local", "--detach"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
+    let _cluster = slurm_exclusive();
+    let config = |retries: u32| {
+        format!(
+            "datasets:\n  synth:\n    synthetic: {{classes: 4, train_per_class: 100, test_per_class: 5, image_size: 16, seed: 3}}\n\
+             orders:\n  a: {{numpy_seed: 1993}}\nsettings:\n  s2: {{base: 2, increment: 2}}\n\
+             methods:\n  ce: {{preset: finetune, memory: {{per_class: 4}}}}\n\
+             recipes:\n  r: {{epochs: 100, batch_size: 16, lr: 0.05}}\n\
+             experiments:\n  e: {{dataset: synth, orders: [a], settings: [s2], methods: [ce], recipe: r, network: tiny}}\n\
+             executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1, max_retries: {retries}}}\n"
+        )
+    };
+    for retries in [1u32, 0] {
+        let p = Project::new();
+        p.write("c.yaml", &config(retries));
+        let mut child = p
+            .cmd(&["run", "c.yaml", "--json"])
+            .env("SLURM_CONF", slurm_cluster())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let seen = wait_for(&mut child, |s| s.contains("start    train/"));
+        let label = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("start    "))
+            .find(|l| l.starts_with("train/"))
+            .and_then(|l| l.split(" (").next())
+            .unwrap()
+            .to_string();
+        requeue_running_job(&p, &label);
+        let out = child.wait_with_output().unwrap();
+        let r: Run = out.into();
+        let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
+        let outcome = jobs[&label].2.clone().unwrap();
+        assert_eq!(outcome["restarts"], 1, "{outcome}");
+        if retries == 1 {
+            // Started again under the same job id, and finished.
+            let r = r.ok();
+            assert_eq!(r.json()["failed"], 0);
+            assert_eq!(outcome["outcome"], "executed", "{outcome}");
+            let rec = find_action(&p.store(), &label);
+            assert_eq!(rec["provenance"]["stage"]["slurm_restarts"], "1");
+            assert_eq!(
+                rec["provenance"]["stage"]["slurm_job_id"],
+                jobs[&label].0.as_str()
+            );
+        } else {
+            assert_eq!(r.code, 1, "{}", r.stderr);
+            assert!(
+                r.stderr.contains(&format!(
+                    "FAILED   {label}: slurm job {}: lost 1 times (node failure or requeue); \
+                     executor.slurm.max_retries is 0",
+                    jobs[&label].0
+                )),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn without_a_shared_store_slurm_jobs_share_results_through_the_remote() {
+    let _cluster = slurm_exclusive();
+    // The jobs' store is node-local (here a folder of its own), over a
+    // remote cache; the submitter's store gets what its report needs.
+    let remote = tempfile::tempdir().unwrap();
+    let node = tempfile::tempdir().unwrap();
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!(
+            "{SHARED}store:\n  remote: file://{}\nexecutor:\n  use: slurm\n  slurm: {{poll_seconds: 0.5, cpus: 1, node_store: \"{}/$BSCE_TEST_NODE\"}}\n",
+            remote.path().display(),
+            node.path().display()
+        ),
+    );
+    let r = p
+        .run_env(
+            &["run", "c.yaml", "--json"],
+            &[
+                ("SLURM_CONF", &slurm_cluster()),
+                ("BSCE_TEST_NODE", "scratch"),
+            ],
+        )
+        .ok();
+    let j = r.json();
+    let stages = j["stages"].as_u64().unwrap();
+    assert_eq!(j["executed"], stages, "{}", r.stderr);
+    // Every stage was computed in the node store ($VAR expanded in the
+    // job) and pushed to the remote.
+    let node_store = node.path().join("scratch");
+    assert_eq!(
+        evaluations(&node_store).len(),
+        5,
+        "t0 shared, t1 and t2 per method"
+    );
+    assert_eq!(assert_remote_consistent(remote.path()) as u64, stages);
+    // What the submitter's store holds, its report pulled: nothing there
+    // was computed by the submitter.
+    for e in walkdir::WalkDir::new(p.store().join("ac")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            assert!(
+                v["provenance"]["stage"]["pulled_from"].is_string(),
+                "{} was not pulled",
+                v["label"]
+            );
+        }
+    }
+    assert!(table_of(&p).contains("bsce"), "{}", table_of(&p));
+    // Another machine pulls everything and runs nothing.
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let url = format!("file://{}", remote.path().display());
+    let jb = b
+        .run(&["run", "c.yaml", "--json", "--remote", &url])
+        .ok()
+        .json();
+    assert_eq!(jb["executed"], 0);
+    assert_eq!(evaluations(&b.store()), evaluations(&node_store));
+}
+
+#[test]
+fn two_slurm_runs_of_one_config_compute_each_stage_once_and_the_later_jobs_exit_at_once() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1, extra: [--hold]}}\n"),
+    );
+    // Both submitted before either has run anything (held until both are
+    // in: otherwise the first run's first job may end before the second
+    // run plans): every stage has a job in each run, and the per-key locks
+    // decide who computes it.
+    p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 2);
+    release_and_wait(&dirs);
+    let (a, b) = (slurm_jobs(&dirs[0]), slurm_jobs(&dirs[1]));
+    assert_eq!(a.len(), b.len());
+    let mut cached_in_b = 0;
+    for (label, (_, _, oa)) in &a {
+        let oa = oa.as_ref().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ob = b[label].2.as_ref().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut both = [oa.as_str(), ob.as_str()];
+        both.sort();
+        assert_eq!(
+            both,
+            ["cached", "executed"],
+            "{label}: computed once, found once"
+        );
+        cached_in_b += usize::from(ob == "cached");
+    }
+    assert!(cached_in_b > 0);
+    // The store holds one record per stage; a third run submits nothing.
+    let j = p.slurm(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed"], 0);
+}
+
+#[test]
+fn cache_gc_between_the_jobs_of_a_detached_slurm_run_keeps_what_its_jobs_read() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    p.write("c.yaml", SHARED);
+    p.run(&["run", "c.yaml"]).ok();
+    // A config that shares nothing with c.yaml's results.
+    p.write("other.yaml", &SHARED.replace("seed: 3", "seed: 4"));
+    // c.yaml edited (one more epoch) and submitted detached: its dataset,
+    // order and split are in the store, its training jobs are queued (held
+    // here, so gc surely falls between two jobs: no job holds the store).
+    p.write(
+        "c.yaml",
+        &format!(
+            "{}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1, extra: [--hold]}}\n",
+            SHARED.replace("epochs: 2", "epochs: 3")
+        ),
+    );
+    let detached = p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    // The hint names the config (issue 23, M5: it printed the job count).
+    let hint = detached
+        .stderr
+        .lines()
+        .find(|l| l.contains("cancels them"))
+        .unwrap_or_else(|| panic!("no hint in:\n{}", detached.stderr));
+    assert!(
+        hint.contains("c.yaml` shows") && hint.contains("c.yaml` cancels them"),
+        "{hint}"
+    );
+    let dirs = p.slurm_run_dirs();
+    assert_eq!(dirs.len(), 1);
+    let gc = p
+        .slurm(&["cache", "gc", "--keep", "other.yaml", "--json"])
+        .ok();
+    assert!(
+        gc.stderr.contains("keeping every result that Slurm run")
+            && gc.stderr.contains("jobs queued or running"),
+        "{}",
+        gc.stderr
+    );
+    let j = gc.json();
+    assert_eq!(j["live_slurm_runs"].as_object().unwrap().len(), 1, "{j}");
+    assert_eq!(j["removed_slurm_runs"], 0, "{j}");
+    assert!(
+        j["removed_actions"].as_u64().unwrap() > 0,
+        "the old epochs' results go: {j}"
+    );
+    assert!(
+        dirs[0].join("run.json").is_file(),
+        "a live run's folder stays"
+    );
+    // Released, every job finds its inputs.
+    release_and_wait(&dirs);
+    for (label, (_, _, outcome)) in slurm_jobs(&dirs[0]) {
+        let o = outcome.unwrap_or_else(|| panic!("{label} wrote no outcome"));
+        assert_eq!(o["outcome"], "executed", "{label}: {o}");
+    }
+    // Finished, the run's folder is removed by the next gc; its results stay.
+    let j = p
+        .slurm(&["cache", "gc", "--keep", "c.yaml", "--json"])
+        .ok()
+        .json();
+    assert_eq!(j["removed_slurm_runs"], 1, "{j}");
+    assert_eq!(j["removed_actions"], 0, "{j}");
+    assert!(p.slurm_run_dirs().is_empty());
+    let j = p.slurm(&["run", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed"], 0);
+}
