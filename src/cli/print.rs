@@ -216,8 +216,8 @@ pub fn report(r: &ReportSummary, config: &Path, verbose: bool) {
     if !r.missing.is_empty() {
         let _ = writeln!(
             err,
-            "\n{} runs are not (completely) in the store:",
-            r.missing.len()
+            "\n{} not (completely) in the store:",
+            count(r.missing.len(), "run is", "runs are")
         );
         let shown = if verbose { r.missing.len() } else { 5 };
         for m in r.missing.iter().take(shown) {
@@ -287,7 +287,11 @@ pub fn results(results: &Value) {
         }
     }
     if let Some(missing) = results["missing"].as_array().filter(|m| !m.is_empty()) {
-        let _ = writeln!(out, "not in the store ({} runs):", missing.len());
+        let _ = writeln!(
+            out,
+            "not in the store ({}):",
+            count(missing.len(), "run", "runs")
+        );
         for m in missing {
             let tasks: Vec<String> = m["tasks"]
                 .as_array()
@@ -300,5 +304,20 @@ pub fn results(results: &Value) {
                 tasks.join(" ")
             );
         }
+    }
+}
+
+/// `1 run`, `2 runs`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_run_is_not_one_runs() {
+        assert_eq!(super::count(1, "run is", "runs are"), "1 run is");
+        assert_eq!(super::count(2, "run is", "runs are"), "2 runs are");
+        assert_eq!(super::count(0, "run", "runs"), "0 runs");
     }
 }

@@ -219,8 +219,11 @@ impl Drop for Scratch {
     }
 }
 
-/// A config with its existing store, held shared for the command, and the
-/// run context: what `results` and `report` start from.
+/// A config with its store, held shared for the command, and the run
+/// context: what `results` and `report` start from. Without a local store,
+/// a remote (flag, `BSCE_REMOTE` or `store.remote`) makes one: the local
+/// store is the remote's cache, so a laptop can make the report from the
+/// remote alone.
 pub struct Existing {
     pub loaded: Loaded,
     pub store: Box<dyn Store>,
@@ -230,7 +233,18 @@ pub struct Existing {
 
 pub fn load_existing(config: &Path, args: &StoreArgs, ctx: &Ctx) -> Result<Existing> {
     let loaded = load(config, args, ctx)?;
-    let local = existing(&loaded.root)?;
+    let local = match LocalStore::open_existing(&loaded.root) {
+        Some(s) => s,
+        None if remote_url(args, Some(&loaded.cfg)).is_some() => {
+            let s = LocalStore::open(&loaded.root)?;
+            ctx.note(&format!(
+                "created store {} (a cache of the remote)",
+                s.root().display()
+            ));
+            s
+        }
+        None => existing(&loaded.root)?,
+    };
     let held = hold(&local, ctx)?;
     let store = with_remote(local, args, Some(&loaded.cfg))?;
     Ok(Existing {

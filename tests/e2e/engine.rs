@@ -286,7 +286,7 @@ fn bad_inputs_are_one_clear_error_and_write_nothing() {
         &method("{preset: podnet, hyper: {pod_flat: -1}}"),
         &[
             "methods.m.hyper.pod_flat",
-            "is -1; expected a finite number above 0",
+            "is -1; expected a finite number of 0 or more",
         ],
     );
     assert_bad_input(
@@ -691,4 +691,47 @@ fn exit_codes_follow_the_readme_table() {
     // Its record now names a missing blob until --repair moves it away.
     assert_eq!(p.run(&["cache", "verify", "--repair"]).code, 3);
     assert_eq!(p.run(&["cache", "verify"]).code, 0);
+}
+
+/// NaN and infinities in a method's numbers are errors at the key that
+/// holds them (not the preset's default, not a panic), in the method that
+/// writes them even when another extends it; fine-tuning milestones are
+/// checked as a recipe's are.
+#[test]
+fn non_finite_method_numbers_and_bad_finetune_milestones_are_errors_at_their_key() {
+    let config = |methods: &str| {
+        SHARED.replace(
+            "  ce: {preset: finetune, memory: {per_class: 4}}\n  bsce: {extends: ce, bsce: true}\n",
+            methods,
+        )
+    };
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "  ce: {preset: lucir, hyper: {less_forget: .nan}}\n  bsce: {extends: ce, bsce: true}\n",
+            &["c.yaml:", "methods.ce.hyper.less_forget", "is NaN"],
+        ),
+        (
+            "  ce: {preset: podnet, hyper: {pod_flat: .inf}}\n  bsce: {extends: ce, bsce: true}\n",
+            &["methods.ce.hyper.pod_flat", "is inf"],
+        ),
+        (
+            "  ce: {preset: lucir, finetune: {lr: -.inf}}\n  bsce: {extends: ce, bsce: true}\n",
+            &["methods.ce.finetune.lr", "is -inf"],
+        ),
+        (
+            "  ce: {preset: icarl}\n  bsce: {extends: ce, bsce: true, bsce_choices: {icarl_distillation: {kind: softmax_kd, temperature: .nan, weight: 1}}}\n",
+            &["methods.bsce.bsce_choices.icarl_distillation.temperature", "is NaN"],
+        ),
+        (
+            "  ce: {preset: lucir, finetune: {epochs: 2, milestones: [5, 1]}}\n  bsce: {extends: ce, bsce: true}\n",
+            &["methods.ce.finetune.milestones[1]", "milestones must increase"],
+        ),
+        (
+            "  ce: {preset: lucir, finetune: {epochs: 2, milestones: [1, 5]}}\n  bsce: {extends: ce, bsce: true}\n",
+            &["methods.ce.finetune.milestones[1]", "inside the 2 fine-tuning epochs"],
+        ),
+    ];
+    for (methods, expected) in cases {
+        assert_bad_input(&config(methods), expected);
+    }
 }

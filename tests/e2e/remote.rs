@@ -57,6 +57,40 @@ fn a_second_machine_pulls_everything_from_a_file_remote_and_runs_nothing() {
     );
 }
 
+/// The README's laptop: no store, no training, the report from the remote.
+#[test]
+fn a_fresh_machine_makes_the_report_and_results_from_the_remote_alone() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let a = Project::new();
+    a.write("c.yaml", SHARED);
+    a.run(&["run", "c.yaml", "--remote", &url]).ok();
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let r = b
+        .run(&["report", "c.yaml", "--remote", &url, "--json"])
+        .ok();
+    assert!(r.stderr.contains("(a cache of the remote)"), "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["missing"], serde_json::json!([]), "{j}");
+    assert_eq!(table_of(&a), table_of(&b));
+    let res = b
+        .run_env(&["results", "c.yaml", "--json"], &[("BSCE_REMOTE", &url)])
+        .ok()
+        .json();
+    assert_eq!(res["runs"].as_array().map(Vec::len), Some(2), "{res}");
+    // Without a remote, a machine with no store is still told so (exit 2).
+    let c = Project::new();
+    c.write("c.yaml", SHARED);
+    let none = c.run(&["report", "c.yaml"]);
+    assert_eq!(none.code, 2, "{}", none.stderr);
+    assert!(
+        none.stderr.contains("no bsce-pipe store here"),
+        "{}",
+        none.stderr
+    );
+}
+
 #[test]
 fn a_corrupt_blob_or_a_hostile_record_in_the_remote_never_reaches_the_local_store() {
     let remote = tempfile::tempdir().unwrap();

@@ -909,58 +909,42 @@ fn resolve_methods(
             }
             Value::Object(out)
         };
+        // Every number is checked where it is written, before the chain is
+        // merged: a merge through JSON would read NaN as unset, and an error
+        // names the method whose line holds the value.
+        for n in &chain {
+            check_method_numbers(n, &raw[*n], &cx)?;
+        }
         let finetune: RawFinetune =
             serde_json::from_value(merged(&|m| m.finetune.as_ref().map(|f| json!(f))))
                 .expect("fields of RawFinetune");
-        if finetune.epochs == Some(0) {
-            return Err(cx.err(
-                format!("methods.{name}.finetune.epochs"),
-                "must be at least 1",
-            ));
-        }
-        if let Some(lr) = finetune.lr {
-            if !(lr > 0.0 && lr.is_finite()) {
+        if let (Some(epochs), Some(ms)) = (finetune.epochs, &finetune.milestones) {
+            if let Some(i) = ms.iter().position(|&x| x >= epochs) {
+                let at = chain
+                    .iter()
+                    .copied()
+                    .find(|n| {
+                        raw[*n]
+                            .finetune
+                            .as_ref()
+                            .is_some_and(|f| f.milestones.is_some())
+                    })
+                    .unwrap_or(name.as_str());
                 return Err(cx.err(
-                    format!("methods.{name}.finetune.lr"),
-                    format!("is {lr}; expected a positive number"),
+                    format!("methods.{at}.finetune.milestones[{i}]"),
+                    format!(
+                        "is {}; a milestone must lie inside the {epochs} fine-tuning epochs",
+                        ms[i]
+                    ),
                 ));
             }
         }
         let hyper: MethodHyper =
             serde_json::from_value(merged(&|m| m.hyper.as_ref().map(|h| json!(h))))
                 .expect("fields of MethodHyper");
-        for (field, v) in [
-            ("less_forget", hyper.less_forget),
-            ("pod_flat", hyper.pod_flat),
-            ("pod_spatial", hyper.pod_spatial),
-            ("classifier_scaling", hyper.classifier_scaling),
-            ("gradient_clamp", hyper.gradient_clamp),
-        ] {
-            if let Some(v) = v {
-                if !(v >= 0.0 && v.is_finite())
-                    || (v == 0.0 && matches!(field, "classifier_scaling" | "gradient_clamp"))
-                {
-                    return Err(cx.err(
-                        format!("methods.{name}.hyper.{field}"),
-                        format!("is {v}; expected a finite number above 0"),
-                    ));
-                }
-            }
-        }
         let bsce_choices: BsceChoices =
             serde_json::from_value(merged(&|m| m.bsce_choices.as_ref().map(|b| json!(b))))
                 .expect("fields of BsceChoices");
-        if let Some(d) = bsce_choices.icarl_distillation {
-            let (IcarlDistillation::SoftmaxKd { weight, .. }
-            | IcarlDistillation::SigmoidBce { weight }) = d;
-            let bad_t = matches!(d, IcarlDistillation::SoftmaxKd { temperature, .. } if !(temperature > 0.0 && temperature.is_finite()));
-            if bad_t || !(weight >= 0.0 && weight.is_finite()) {
-                return Err(cx.err(
-                    format!("methods.{name}.bsce_choices.icarl_distillation"),
-                    "expects a temperature above 0 and a weight of 0 or more",
-                ));
-            }
-        }
         let features =
             pick(&|m| m.features.map(|f| json!(f))).and_then(|v| serde_json::from_value(v).ok());
         let mem = |f: &dyn Fn(&RawMemory) -> Option<u32>| {
@@ -1280,4 +1264,83 @@ fn parse_reference(v: &RawNumber) -> Result<(f64, Option<f64>), String> {
         [m, s] => Ok((num(m).ok_or_else(bad)?, Some(num(s).ok_or_else(bad)?))),
         _ => Err(bad()),
     }
+}
+
+/// The numbers one method of an `extends` chain writes (`finetune`,
+/// `hyper`, `bsce_choices`), each checked at its own key: finite, and in
+/// the range its use needs.
+fn check_method_numbers(name: &str, m: &RawMethod, cx: &Ctx) -> Result<(), ConfigError> {
+    if let Some(f) = &m.finetune {
+        if f.epochs == Some(0) {
+            return Err(cx.err(
+                format!("methods.{name}.finetune.epochs"),
+                "must be at least 1",
+            ));
+        }
+        for (field, v) in [("lr", f.lr), ("gamma", f.gamma)] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(cx.err(
+                        format!("methods.{name}.finetune.{field}"),
+                        format!("is {v}; expected a positive number"),
+                    ));
+                }
+            }
+        }
+        if let Some(ms) = &f.milestones {
+            if let Some(i) = ms.iter().position(|&x| x == 0) {
+                return Err(cx.err(
+                    format!("methods.{name}.finetune.milestones[{i}]"),
+                    "is 0; a milestone is an epoch after the first",
+                ));
+            }
+            if let Some(i) = ms.windows(2).position(|w| w[1] <= w[0]) {
+                return Err(cx.err(
+                    format!("methods.{name}.finetune.milestones[{}]", i + 1),
+                    "milestones must increase",
+                ));
+            }
+        }
+    }
+    if let Some(h) = &m.hyper {
+        for (field, v) in [
+            ("less_forget", h.less_forget),
+            ("pod_flat", h.pod_flat),
+            ("pod_spatial", h.pod_spatial),
+            ("classifier_scaling", h.classifier_scaling),
+            ("gradient_clamp", h.gradient_clamp),
+        ] {
+            let Some(v) = v else { continue };
+            let positive = matches!(field, "classifier_scaling" | "gradient_clamp");
+            if !(v >= 0.0 && v.is_finite()) || (positive && v == 0.0) {
+                return Err(cx.err(
+                    format!("methods.{name}.hyper.{field}"),
+                    format!(
+                        "is {v}; expected a finite number {}",
+                        if positive { "above 0" } else { "of 0 or more" }
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(d) = m.bsce_choices.as_ref().and_then(|b| b.icarl_distillation) {
+        let at = format!("methods.{name}.bsce_choices.icarl_distillation");
+        let (IcarlDistillation::SoftmaxKd { weight, .. }
+        | IcarlDistillation::SigmoidBce { weight }) = d;
+        if let IcarlDistillation::SoftmaxKd { temperature, .. } = d {
+            if !(temperature > 0.0 && temperature.is_finite()) {
+                return Err(cx.err(
+                    format!("{at}.temperature"),
+                    format!("is {temperature}; expected a finite number above 0"),
+                ));
+            }
+        }
+        if !(weight >= 0.0 && weight.is_finite()) {
+            return Err(cx.err(
+                format!("{at}.weight"),
+                format!("is {weight}; expected a finite number of 0 or more"),
+            ));
+        }
+    }
+    Ok(())
 }
