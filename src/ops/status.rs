@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bsce_pipeline::catalog::StageCatalog;
 use bsce_pipeline::digest::Digest;
-use bsce_pipeline::exec::{Engine, NodeStatus, RunOptions};
+use bsce_pipeline::exec::{NodeStatus, RunOptions};
 use bsce_pipeline::key::DirtyReason;
 use bsce_pipeline::store::layered::only_in_remote;
 use serde::Serialize;
@@ -70,16 +70,10 @@ pub fn status(
     args: &StoreArgs,
 ) -> Result<StatusReport> {
     let Loaded {
-        catalog,
-        cfg,
-        plan,
-        root,
+        cfg, plan, root, ..
     } = loaded;
-    let (local, _scratch) = store::read_only(root)?;
-    let store = store::with_remote(local, args, Some(cfg))?;
-    let run_ctx = store::run_context()?;
-    let engine = Engine::new(plan, store.as_ref(), catalog, &run_ctx);
-    let status = engine.status(opts)?;
+    let reading = store::Reading::open(loaded, args)?;
+    let status = reading.engine(loaded).status(opts)?;
     // Stages a Slurm run of this config has queued or running.
     let live = slurm::live_jobs(root, cfg);
     let mut report = StatusReport {
@@ -179,23 +173,18 @@ pub struct CodeFile {
 }
 
 pub fn explain(loaded: &Loaded, label: &str, args: &StoreArgs) -> Result<Explanation> {
-    let Loaded {
-        catalog,
-        cfg,
-        plan,
-        root,
-    } = loaded;
+    let Loaded { catalog, plan, .. } = loaded;
     let Some(id) = plan.nodes.iter().position(|n| n.label == label) else {
         let hint = label_hint(plan, label, "; `status CONFIG` lists every label");
         return Err(Error::bad_input(format!(
             "no stage labelled `{label}` in this config{hint}"
         )));
     };
-    let (local, _scratch) = store::read_only(root)?;
-    let store = store::with_remote(local, args, Some(cfg))?;
-    let run_ctx = store::run_context()?;
-    let engine = Engine::new(plan, store.as_ref(), catalog, &run_ctx);
-    let e = engine.explain(&RunOptions::default())?.swap_remove(id);
+    let reading = store::Reading::open(loaded, args)?;
+    let e = reading
+        .engine(loaded)
+        .explain(&RunOptions::default())?
+        .swap_remove(id);
     let node = &plan.nodes[id];
     let spec = node.kind.spec();
     let files = catalog.code_files(node.kind, spec.variant_of(&node.params));

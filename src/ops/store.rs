@@ -196,6 +196,34 @@ pub fn read_only(root: &Path) -> Result<(LocalStore, Option<Scratch>)> {
     Ok((store, Some(scratch)))
 }
 
+/// What a command that only reads needs to ask the engine: the config's
+/// store (or an empty scratch one) with its remote, and the run context.
+pub struct Reading {
+    store: Box<dyn Store>,
+    run_ctx: RunContext,
+    _scratch: Option<Scratch>,
+}
+
+impl Reading {
+    pub fn open(loaded: &Loaded, args: &StoreArgs) -> Result<Reading> {
+        let (local, scratch) = read_only(&loaded.root)?;
+        Ok(Reading {
+            store: with_remote(local, args, Some(&loaded.cfg))?,
+            run_ctx: run_context()?,
+            _scratch: scratch,
+        })
+    }
+
+    pub fn engine<'a>(&'a self, loaded: &'a Loaded) -> bsce_pipeline::exec::Engine<'a> {
+        bsce_pipeline::exec::Engine::new(
+            &loaded.plan,
+            self.store.as_ref(),
+            &loaded.catalog,
+            &self.run_ctx,
+        )
+    }
+}
+
 /// A temporary folder, removed when dropped.
 pub struct Scratch(PathBuf);
 
