@@ -92,6 +92,9 @@ __bench) # NET BATCH ITERS WARMUP ROUNDS DEVICE OUTPREFIX: ours and the peer, al
 __smoke) # CONFIG STORE GPUARGS...: the run, then its results from the store
   shift
   cfg=$1 store=$2; shift 2
+  # Started beside the config, so that (outside a git checkout) its report
+  # lands under OUTDIR/smoke/reports/out/.
+  cd "$(dirname "$cfg")" || exit 2
   "$PIPE" run "$cfg" --store "$store" "$@" --json > "$(dirname "$cfg")/run.json"
   rc=$?
   "$PIPE" results "$cfg" --store "$store" --json > "$(dirname "$cfg")/results.json" || true
@@ -233,8 +236,8 @@ step loader-resnet32 "$GPU_CHECK_LOADER_S" "$OUT/bench/loader-resnet32.jsonl" \
 step loader-resnet18 "$GPU_CHECK_LOADER_S" "$OUT/bench/loader-resnet18.jsonl" \
   "$TORCH" bench-loader "${L18[@]}" --net resnet18 --device "$DEV" --warmup 1
 
-# The smoke run: a copy of the config in OUTDIR/smoke (so its report, written
-# to reports/ at the project root of the config, lands there too), a fresh
+# The smoke run: a copy of the config in OUTDIR/smoke, run from there (so its
+# report, written to reports/out/ at the project root, lands there too), a fresh
 # store. --cpu shrinks the copy; every substitution must apply.
 rm -rf "$OUT/smoke"
 mkdir -p "$OUT/smoke"

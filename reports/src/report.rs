@@ -83,16 +83,16 @@ pub fn file_name(s: &str) -> String {
 }
 
 /// The default output folder: `reports/out/<config file stem>/` at the
-/// project root of the config (`out/`, so that no config name can write
-/// into this crate's own folders).
-pub fn default_out_dir(cfg: &Config) -> PathBuf {
-    let dir = cfg.file.parent().unwrap_or(Path::new("."));
+/// project root (the store rule's: the git checkout of the config, else of
+/// `cwd`, else `cwd`; `out/`, so that no config name can write into this
+/// crate's own folders).
+pub fn default_out_dir(cfg: &Config, cwd: &Path) -> PathBuf {
     let stem = cfg
         .file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "report".into());
-    bsce_pipeline::store::locate::project_root(dir)
+    bsce_pipeline::store::locate::project_root_for(&cfg.file, cwd)
         .join("reports")
         .join("out")
         .join(file_name(&stem))

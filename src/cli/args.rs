@@ -21,7 +21,8 @@ pub struct Cli {
 #[derive(clap::Args, Clone)]
 pub struct StoreArgs {
     /// Store directory [default: env BSCE_STORE, else the config's store.path, else the nearest
-    /// .bsce above the config (or the working folder), else a new .bsce at the project root]
+    /// .bsce above the config, then above the working folder, else a new .bsce at the project
+    /// root: the git checkout of the config or of the working folder, else the working folder]
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Remote cache shared between machines [env BSCE_REMOTE; default: the config's
@@ -92,7 +93,7 @@ pub enum Command {
         config: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
-        /// Output folder [default: reports/<config name>/ at the project root]
+        /// Output folder [default: reports/out/<config name>/ at the project root]
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print a machine-readable summary on stdout

@@ -21,7 +21,7 @@ pub fn report(
 ) -> Result<ReportSummary> {
     let e = store::load_existing(config, args, ctx)?;
     let l = &e.loaded;
-    let out = out.unwrap_or_else(|| report::default_out_dir(&l.cfg));
+    let out = out.unwrap_or_else(|| report::default_out_dir(&l.cfg, &ctx.ambient.cwd));
     Ok(report::write(
         &l.cfg,
         &l.plan,

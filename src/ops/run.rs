@@ -155,7 +155,7 @@ pub fn run(
         ctx.note(&line);
     }
     let report = if !summary.interrupted && !plan.runs.is_empty() {
-        let out = report::default_out_dir(cfg);
+        let out = report::default_out_dir(cfg, &ctx.ambient.cwd);
         Some(report::write(
             cfg,
             plan,

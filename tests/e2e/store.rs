@@ -428,3 +428,37 @@ fn verify_invalidates_results_computed_from_a_corruption_no_stamp_could_see() {
         serde_json::json!([])
     );
 }
+
+/// Out of git, the folder a run starts in is the project: `run
+/// configs/c.yaml` there makes `.bsce/` and `reports/out/c/` in it (not in
+/// `configs/`), and `cache verify`, `status`, `report` and `results`
+/// started there find the same store.
+#[test]
+fn in_a_plain_folder_every_command_finds_the_store_the_run_made_there() {
+    let p = Project::new();
+    assert!(!p.path(".git").exists());
+    p.write("configs/c.yaml", SHARED);
+    let r = p.run(&["run", "configs/c.yaml"]).ok();
+    let store = p.path(".bsce");
+    assert!(
+        r.stderr
+            .contains(&format!("created store {}", store.display())),
+        "{}",
+        r.stderr
+    );
+    assert!(!p.path("configs/.bsce").exists());
+    assert!(p.path("reports/out/c/tables/acc.md").is_file());
+    assert!(!p.path("configs/reports").exists());
+    let v = p.run(&["cache", "verify"]).ok();
+    assert!(v.stdout.contains("records read"), "{}", v.stdout);
+    let st = p.run(&["status", "configs/c.yaml"]).ok();
+    assert!(st.stdout.contains("0 to run"), "{}", st.stdout);
+    let rep = p.run(&["report", "configs/c.yaml", "--json"]).ok().json();
+    assert_eq!(rep["executed"], 0, "{rep}");
+    assert_eq!(
+        rep["out_dir"].as_str().map(std::path::PathBuf::from),
+        Some(p.path("reports/out/c"))
+    );
+    let res = p.run(&["results", "configs/c.yaml", "--json"]).ok().json();
+    assert_eq!(res["runs"].as_array().map(Vec::len), Some(2), "{res}");
+}

@@ -4,13 +4,17 @@
 //! 2. `BSCE_STORE`;
 //! 3. the config's `store.path` (relative to the config);
 //! 4. the nearest enclosing store, as git finds `.git`: `.bsce/` in the
-//!    config's folder (or, for commands without a config, the working
-//!    folder) or any folder above it;
+//!    config's folder or any folder above it, then in the working folder or
+//!    any folder above it;
 //! 5. for a command that may create one (`run`): a new `.bsce/` at the
-//!    project root, the nearest folder above the config holding `.git`, or
-//!    beside the config when there is none.
+//!    project root ([`project_root_for`]): the nearest folder holding
+//!    `.git` above the config, else above the working folder, else the
+//!    working folder itself.
 //!
-//! Steps 4 and 5 are guesses: the binary prints the store they chose.
+//! So in and out of git a run started in a folder stores (and reports)
+//! under that folder, or under the checkout it is in, and every command
+//! started there finds that store. Steps 4 and 5 are guesses: the binary
+//! prints the store they chose.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -79,14 +83,28 @@ pub fn enclosing_store(start: &Path) -> Option<PathBuf> {
         .find(|d| is_store(d))
 }
 
-/// The nearest folder at or above `start` holding `.git`, else `start`.
-pub fn project_root(start: &Path) -> PathBuf {
-    let start = std::path::absolute(start).unwrap_or_else(|_| start.to_path_buf());
+/// The nearest folder at or above `start` holding `.git`.
+fn git_root(start: &Path) -> Option<PathBuf> {
+    let start = std::path::absolute(start).ok()?;
     start
         .ancestors()
         .find(|d| d.join(".git").exists())
-        .unwrap_or(&start)
-        .to_path_buf()
+        .map(Path::to_path_buf)
+}
+
+/// Where a config's new store and its reports go: the git checkout holding
+/// the config, else the one holding the working folder, else the working
+/// folder (never the config's own folder: `configs/.bsce` would be found
+/// from `configs/` only).
+pub fn project_root_for(config: &Path, cwd: &Path) -> PathBuf {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let config_dir = abs(config)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| abs(cwd));
+    git_root(&config_dir)
+        .or_else(|| git_root(cwd))
+        .unwrap_or_else(|| abs(cwd))
 }
 
 /// Applies the rule. `config` is (the config file, its `store.path`) for
@@ -130,8 +148,15 @@ pub fn choose(
             origin: StoreOrigin::Enclosing(start),
         });
     }
-    config.map(|_| StoreChoice {
-        root: project_root(&start).join(STORE_DIR),
+    let cwd = abs(cwd);
+    if let Some(root) = enclosing_store(&cwd) {
+        return Some(StoreChoice {
+            root,
+            origin: StoreOrigin::Enclosing(cwd),
+        });
+    }
+    config.map(|(file, _)| StoreChoice {
+        root: project_root_for(file, &cwd).join(STORE_DIR),
         origin: StoreOrigin::New,
     })
 }
@@ -179,5 +204,40 @@ mod tests {
         assert_eq!(c(None, None, None).root, repo.join("configs/.bsce"));
         // Without a config and with no store above, there is no guess.
         assert!(choose(None, None, None, t.path()).is_none());
+    }
+
+    /// Out of git, the working folder is the project: a run of
+    /// `configs/c.yaml` started in a plain folder makes its store there,
+    /// and every command started there finds it.
+    #[test]
+    fn out_of_git_the_store_goes_where_the_run_started() {
+        let t = tempfile::tempdir().unwrap();
+        let plain = t.path().join("plain");
+        std::fs::create_dir_all(plain.join("configs")).unwrap();
+        let cfg = plain.join("configs/c.yaml");
+        let new = choose(None, None, Some((&cfg, None)), &plain).unwrap();
+        assert_eq!(
+            (new.root.clone(), new.origin),
+            (plain.join(".bsce"), StoreOrigin::New)
+        );
+        assert_eq!(project_root_for(&cfg, &plain), plain);
+        store_at(&plain.join(".bsce"));
+        assert_eq!(
+            choose(None, None, None, &plain).unwrap().root,
+            plain.join(".bsce")
+        );
+        assert_eq!(
+            choose(None, None, Some((&cfg, None)), &plain).unwrap().root,
+            plain.join(".bsce")
+        );
+        // A config elsewhere, run from here, finds this folder's store.
+        let other = t.path().join("other/c.yaml");
+        std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+        assert_eq!(
+            choose(None, None, Some((&other, None)), &plain)
+                .unwrap()
+                .root,
+            plain.join(".bsce")
+        );
     }
 }
