@@ -107,6 +107,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             gpus,
             stages_per_gpu,
             keep_going,
+            verbose,
             dry_run,
             force,
             json: as_json,
@@ -132,7 +133,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
                 let r = status::status(&loaded, &opts, true, &args.store)?;
                 return show(as_json, &r, print::status).map(|()| Exit::Success);
             }
-            let mut reporter = TerminalReporter::new(false);
+            let mut reporter = TerminalReporter::with_verbosity(false, verbose);
             let mut report_reporter = TerminalReporter::new(true);
             let o = run::run(&config, &args, ctx, &mut reporter, &mut report_reporter)?;
             drop(reporter);

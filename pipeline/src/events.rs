@@ -79,6 +79,9 @@ pub enum RunEvent {
 
 pub trait Reporter {
     fn on_event(&mut self, event: &RunEvent);
+    /// The run has ended: say what is still to be said (a summary kept
+    /// until then).
+    fn finish(&mut self) {}
 }
 
 /// Counts for `--json` and the final line.
@@ -96,6 +99,8 @@ pub struct RunSummary {
     pub saved_seconds: f64,
     pub executed_labels: Vec<String>,
     pub failed_labels: BTreeMap<String, String>,
+    /// Each stage not run because an input failed -> that input.
+    pub skipped_labels: BTreeMap<String, String>,
     /// Of `failed`, those whose input was at fault (a bad archive, a
     /// checksum mismatch): when they are all of them, the exit is 2.
     pub failed_on_input: usize,
@@ -150,7 +155,10 @@ impl RunSummary {
                     }
                 }
             }
-            RunEvent::Skipped { .. } => self.skipped += 1,
+            RunEvent::Skipped { label, because } => {
+                self.skipped += 1;
+                self.skipped_labels.insert(label.clone(), because.clone());
+            }
             RunEvent::Interrupted => self.interrupted = true,
             RunEvent::Waiting { .. }
             | RunEvent::Started { .. }

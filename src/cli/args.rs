@@ -54,6 +54,10 @@ pub enum Command {
         /// Go on with independent stages after a failure
         #[arg(long)]
         keep_going: bool,
+        /// List every stage skipped after a failure (by default one line per failed stage
+        /// counts them per kind)
+        #[arg(long, short)]
+        verbose: bool,
         /// Print what would run, and why; run nothing
         #[arg(long)]
         dry_run: bool,

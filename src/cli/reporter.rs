@@ -15,6 +15,13 @@ pub struct TerminalReporter {
     bars: HashMap<String, ProgressBar>,
     rates: HashMap<String, Rate>,
     quiet_cached: bool,
+    /// Every skipped stage on its own line, not only the summary.
+    verbose: bool,
+    /// Skipped stages not yet summarised, per failed stage upstream of
+    /// them: (failed label, [(kind, count)]).
+    skipped: Vec<(String, Vec<(String, usize)>)>,
+    /// Each skipped label -> the failed stage it is downstream of.
+    skipped_root: HashMap<String, String>,
 }
 
 /// A stage's throughput since its first progress message. A resumed stage
@@ -65,6 +72,11 @@ fn clock(seconds: u64) -> String {
 
 impl TerminalReporter {
     pub fn new(quiet_cached: bool) -> Self {
+        Self::with_verbosity(quiet_cached, false)
+    }
+
+    /// `verbose`: every skipped stage gets its own line too.
+    pub fn with_verbosity(quiet_cached: bool, verbose: bool) -> Self {
         let tty = std::io::stderr().is_terminal();
         let multi = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         TerminalReporter {
@@ -73,6 +85,52 @@ impl TerminalReporter {
             bars: HashMap::new(),
             rates: HashMap::new(),
             quiet_cached,
+            verbose,
+            skipped: Vec::new(),
+            skipped_root: HashMap::new(),
+        }
+    }
+
+    /// Counts a skipped stage under the failed stage upstream of it (the
+    /// root of a chain of skips, when its input was itself skipped).
+    fn count_skipped(&mut self, label: &str, because: &str) {
+        let root = self
+            .skipped_root
+            .get(because)
+            .cloned()
+            .unwrap_or_else(|| because.to_string());
+        self.skipped_root.insert(label.to_string(), root.clone());
+        let kind = label.split('/').next().unwrap_or(label).to_string();
+        let i = match self.skipped.iter().position(|(r, _)| *r == root) {
+            Some(i) => i,
+            None => {
+                self.skipped.push((root, Vec::new()));
+                self.skipped.len() - 1
+            }
+        };
+        let kinds = &mut self.skipped[i].1;
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+
+    /// One line per failed stage for the stages it blocked, per kind:
+    /// `skipped 430 stages downstream of prepare/cifar100: 144 train, ...`.
+    fn flush_skipped(&mut self) {
+        for (root, kinds) in std::mem::take(&mut self.skipped) {
+            let total: usize = kinds.iter().map(|(_, n)| n).sum();
+            let per_kind: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            self.line(format!(
+                "skipped  {total} {} downstream of {root}: {}{}",
+                if total == 1 { "stage" } else { "stages" },
+                per_kind.join(", "),
+                if self.verbose {
+                    ""
+                } else {
+                    " (--verbose lists them)"
+                }
+            ));
         }
     }
 
@@ -96,7 +154,16 @@ impl TerminalReporter {
 }
 
 impl Reporter for TerminalReporter {
+    fn finish(&mut self) {
+        self.flush_skipped();
+    }
+
     fn on_event(&mut self, event: &RunEvent) {
+        // The skips of one failure arrive together: summarised at the next
+        // other event, or at the end of the run.
+        if !matches!(event, RunEvent::Skipped { .. }) {
+            self.flush_skipped();
+        }
         match event {
             RunEvent::Planned { total } => {
                 if let Some(m) = &self.multi {
@@ -206,7 +273,10 @@ impl Reporter for TerminalReporter {
                 }
             }
             RunEvent::Skipped { label, because } => {
-                self.line(format!("skipped  {label} (input {because} failed)"));
+                if self.verbose {
+                    self.line(format!("skipped  {label} (input {because} failed)"));
+                }
+                self.count_skipped(label, because);
                 self.tick();
             }
             RunEvent::Interrupted => self.line("interrupted: stopping running stages".into()),
@@ -229,6 +299,7 @@ impl Reporter for TerminalReporter {
 
 impl Drop for TerminalReporter {
     fn drop(&mut self) {
+        self.flush_skipped();
         if let Some(o) = &self.overall {
             o.finish_and_clear();
         }
@@ -238,6 +309,36 @@ impl Drop for TerminalReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skips_are_counted_per_kind_under_the_failed_stage_they_follow() {
+        let mut r = TerminalReporter::with_verbosity(false, false);
+        for (label, because) in [
+            ("order/c/o", "prepare/c"),
+            ("train/c/o/t0", "order/c/o"),
+            ("evaluate/c/o/t0", "train/c/o/t0"),
+            ("train/c/o/t1", "train/c/o/t0"),
+            ("aggregate/e", "prepare/d"),
+        ] {
+            r.count_skipped(label, because);
+        }
+        assert_eq!(
+            r.skipped,
+            vec![
+                (
+                    "prepare/c".to_string(),
+                    vec![
+                        ("order".to_string(), 1),
+                        ("train".to_string(), 2),
+                        ("evaluate".to_string(), 1)
+                    ]
+                ),
+                ("prepare/d".to_string(), vec![("aggregate".to_string(), 1)]),
+            ]
+        );
+        r.flush_skipped();
+        assert!(r.skipped.is_empty());
+    }
 
     #[test]
     fn rate_and_eta_count_only_this_attempts_work() {

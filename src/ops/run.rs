@@ -142,6 +142,7 @@ pub fn run(
     } else {
         engine.run(&opts, &cancel, reporter)?
     };
+    reporter.finish();
     let nothing = if summary.executed == 0 && summary.failed == 0 {
         " (nothing to do)"
     } else {

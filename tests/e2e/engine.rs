@@ -415,19 +415,33 @@ fn a_failing_stage_is_reported_recorded_and_never_cached() {
         r.stderr
     );
     assert!(r.stderr.contains("broken.tar.gz"), "{}", r.stderr);
+    // One summary line for what the failure blocked, counted per kind;
+    // each stage in --json (and with --verbose).
+    assert!(
+        r.stderr
+            .contains("skipped  2 stages downstream of prepare/c: 1 order, 1 "),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("(input prepare/c failed)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(j["skipped_labels"]["order/c/o"], "prepare/c", "{j}");
+    // Not cached: the next run tries again and says why.
+    let st = p.status("c.yaml");
+    let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
+    assert_eq!(c.2, vec!["same inputs failed last time"]);
+    let r = p.run(&["run", "c.yaml", "--json", "--verbose"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.json()["failed"], 1);
     assert!(
         r.stderr
             .contains("skipped  order/c/o (input prepare/c failed)"),
         "{}",
         r.stderr
     );
-    // Not cached: the next run tries again and says why.
-    let st = p.status("c.yaml");
-    let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
-    assert_eq!(c.2, vec!["same inputs failed last time"]);
-    let r = p.run(&["run", "c.yaml", "--json"]);
-    assert_eq!(r.code, 2);
-    assert_eq!(r.json()["failed"], 1);
 }
 
 #[test]

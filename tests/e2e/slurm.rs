@@ -113,8 +113,7 @@ fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run()
     );
     assert!(r.stderr.contains("broken.tar.gz"), "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains("skipped  order/c/o (input prepare/c failed)"),
+        r.stderr.contains(" downstream of prepare/c: "),
         "{}",
         r.stderr
     );
