@@ -16,6 +16,13 @@
 //! | [`exec`]    | status and the local scheduler; stage child processes        |
 //! | [`events`]  | run events and the summary built from them                   |
 //! | [`maintenance`] | `cache verify`, `cache gc`, `cache du`                   |
+//! | [`host`]    | this machine's name and clock (a leaf)                       |
+//! | [`remote_url`] | remote cache URLs as text: checked and redacted (a leaf) |
+//!
+//! Layers, lowest first (the test `layers` below keeps every `crate::`
+//! edge pointing down): digest, host, params, registry, remote_url <
+//! catalog, key < config (with its executor settings), events, store <
+//! maintenance, plan, sources < exec.
 
 pub mod catalog;
 pub mod config;
