@@ -1344,3 +1344,114 @@ fn check_method_numbers(name: &str, m: &RawMethod, cx: &Ctx) -> Result<(), Confi
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use crate::catalog::{StageCatalog, StageKind};
+    use crate::config::{parse, Config, ConfigError};
+
+    /// The stage side as config resolution sees it: one built-in order.
+    struct Catalog;
+
+    impl StageCatalog for Catalog {
+        fn code_digest(&self, _: StageKind, _: Option<&str>) -> String {
+            "0".repeat(64)
+        }
+        fn code_files(&self, _: StageKind, _: Option<&str>) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        fn libraries(&self, _: StageKind) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        fn named_order(&self, name: &str) -> Option<usize> {
+            (name == "builtin10").then_some(10)
+        }
+        fn named_order_names(&self) -> Vec<String> {
+            vec!["builtin10".into()]
+        }
+    }
+
+    const BASE: &str = "datasets:
+  synth:
+    synthetic: {classes: 6, train_per_class: 4, test_per_class: 2, image_size: 8}
+orders:
+  a: {numpy_seed: 1993}
+settings:
+  s2: {base: 2, increment: 2}
+recipes:
+  r: {epochs: 2, batch_size: 4, lr: 0.1}
+";
+
+    fn config(methods: &str, rest: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "{BASE}methods:\n{methods}experiments:\n  e: {{dataset: synth, orders: [a], settings: [s2], methods: [{}], recipe: r}}\n{rest}",
+            methods
+                .lines()
+                .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
+                .map(|l| l.trim().split(':').next().unwrap())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        parse(&text, Path::new("c.yaml"), &Catalog)
+    }
+
+    #[test]
+    fn an_extends_chain_merges_fields_most_derived_last() {
+        let cfg = config(
+            "  a: {preset: podnet, hyper: {pod_flat: 2, pod_spatial: 4}}\n  b: {extends: a, bsce: true, hyper: {pod_spatial: 6}}\n",
+            "",
+        )
+        .unwrap();
+        let (a, b) = (&cfg.methods["a"], &cfg.methods["b"]);
+        assert_eq!(
+            (a.hyper.pod_flat, a.hyper.pod_spatial),
+            (Some(2.0), Some(4.0))
+        );
+        assert_eq!(
+            (b.hyper.pod_flat, b.hyper.pod_spatial),
+            (Some(2.0), Some(6.0))
+        );
+        assert!(b.bsce && !a.bsce);
+        assert_eq!(b.base_method, "a");
+    }
+
+    #[test]
+    fn a_bad_number_is_reported_in_the_method_that_writes_it() {
+        let e = config(
+            "  a: {preset: podnet, hyper: {pod_flat: .nan}}\n  b: {extends: a, bsce: true}\n",
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "methods.a.hyper.pod_flat");
+        assert_eq!(e.position.map(|p| p.line), Some(11), "{e}");
+    }
+
+    #[test]
+    fn store_remote_is_checked_at_its_key() {
+        let e = config(
+            "  a: {preset: finetune}\n",
+            "store: {remote: \"ftp://host/x\"}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "store.remote", "{e}");
+        let ok = config(
+            "  a: {preset: finetune}\n",
+            "store: {remote: \"s3://bucket/p\"}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.remote.as_deref(), Some("s3://bucket/p"));
+    }
+
+    #[test]
+    fn an_unknown_name_gets_a_did_you_mean() {
+        let text = format!(
+            "{BASE}methods:\n  ce: {{preset: finetune}}\nexperiments:\n  e: {{dataset: synht, orders: [a], settings: [s2], methods: [ce], recipe: r}}\n"
+        );
+        let e = parse(&text, Path::new("c.yaml"), &Catalog).unwrap_err();
+        assert!(e.message.contains("`synth`"), "{e}");
+        assert!(e.path.starts_with("experiments.e.dataset"), "{e}");
+    }
+}
