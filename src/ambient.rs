@@ -228,13 +228,7 @@ mod edges {
     fn ambient_state_is_read_only_at_the_edges() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut found = Vec::new();
-        for dir in [
-            "src",
-            "pipeline/src",
-            "stages/src",
-            "reports/src",
-            "train/src",
-        ] {
+        for dir in bsce_pipeline::registry::SOURCE_ROOTS {
             for entry in walkdir::WalkDir::new(root.join(dir)) {
                 let entry = entry.unwrap();
                 if entry.path().extension().is_none_or(|e| e != "rs") {
