@@ -22,6 +22,9 @@ macro_rules! out_raw {
 }
 
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// A write to stdout that failed for another reason than a closed reader
+/// (a full disk under `results > file`): said on stderr, exit 1.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn out_fmt(args: std::fmt::Arguments, newline: bool) {
     if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
@@ -34,9 +37,13 @@ fn out_fmt(args: std::fmt::Arguments, newline: bool) {
         write!(o, "{args}")
     }
     .and_then(|()| o.flush());
-    if r.is_err() {
-        // Broken pipe or any other write error: the output is gone either
-        // way; the command still finishes (locks, temp dirs) cleanly.
+    if let Err(e) = r {
+        // The output is gone either way; the command still finishes (locks,
+        // temp dirs) cleanly. A closed reader is the conventional 141; any
+        // other failure (ENOSPC) is an error to say.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = STDOUT_FAILED.set(e.to_string());
+        }
         STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -81,6 +88,10 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
+    if let Some(e) = STDOUT_FAILED.get() {
+        eprintln!("error: writing to stdout: {e}");
+        return ExitCode::from(Exit::Failed.code());
+    }
     if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
         // The reader went away (`| head`): the conventional status of a
         // writer killed by SIGPIPE, after every destructor has run.

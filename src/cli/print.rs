@@ -243,17 +243,14 @@ pub fn report(r: &ReportSummary, config: &Path, verbose: bool) {
 
 /// Per run, top-1 per task and the average incremental accuracy, on stdout.
 pub fn results(results: &Value) {
-    let mut out = std::io::stdout().lock();
     let runs = results["runs"].as_array().cloned().unwrap_or_default();
     if !runs.is_empty() {
-        let _ = writeln!(
-            out,
+        out!(
             "top-1 accuracy (%) on all seen classes, per task; avg = average incremental accuracy"
         );
     }
     for r in &runs {
-        let _ = writeln!(
-            out,
+        out!(
             "{}/{}/{} {} seed{}",
             r["dataset"].as_str().unwrap_or(""),
             r["order"].as_str().unwrap_or(""),
@@ -278,8 +275,7 @@ pub fn results(results: &Value) {
                         .collect()
                 })
                 .unwrap_or_default();
-            let _ = writeln!(
-                out,
+            out!(
                 "  {:<4} {}  avg {avg:.1}",
                 clf.to_uppercase(),
                 cells.join(" ")
@@ -287,8 +283,7 @@ pub fn results(results: &Value) {
         }
     }
     if let Some(missing) = results["missing"].as_array().filter(|m| !m.is_empty()) {
-        let _ = writeln!(
-            out,
+        out!(
             "not in the store ({}):",
             count(missing.len(), "run", "runs")
         );
@@ -297,12 +292,7 @@ pub fn results(results: &Value) {
                 .as_array()
                 .map(|ts| ts.iter().map(|t| format!("t{t}")).collect())
                 .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {}: {}",
-                m["run"].as_str().unwrap_or(""),
-                tasks.join(" ")
-            );
+            out!("  {}: {}", m["run"].as_str().unwrap_or(""), tasks.join(" "));
         }
     }
 }

@@ -749,3 +749,33 @@ fn non_finite_method_numbers_and_bad_finetune_milestones_are_errors_at_their_key
         assert_bad_input(&config(methods), expected);
     }
 }
+
+/// A full disk under `results > file` (here /dev/full, whose writes fail
+/// with ENOSPC) is an error said on stderr, exit 1: not an empty file and
+/// exit 0, and not the silent 141 of a closed pipe.
+#[test]
+fn a_stdout_that_cannot_be_written_is_an_error_not_success() {
+    let p = Project::new();
+    p.write("c.yaml", SHARED);
+    p.run(&["run", "c.yaml"]).ok();
+    for args in [
+        &["results", "c.yaml"][..],
+        &["status", "c.yaml", "--json"][..],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = bsce(Path::new(BIN), p.dir.path(), args)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: writing to stdout: No space left on device"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
