@@ -16,8 +16,8 @@ pub const TORCH_STAGES: &[(StageKind, StageFn)] = &[
 mod tests {
     use super::*;
     use bsce_pipeline::catalog::Runner;
-    use bsce_stages::stage::PIPE_STAGES;
     use bsce_reports::RESULT_STAGES;
+    use bsce_stages::stage::PIPE_STAGES;
 
     /// Together the binaries' tables (bsce-pipe: the stages crate's and the
     /// result stages'; bsce-torch: this one) run every registered kind
