@@ -9,6 +9,7 @@ use std::fmt;
 
 use bsce_pipeline::config::ConfigError;
 use bsce_pipeline::events::RunSummary;
+use bsce_pipeline::exec::node::NodeResult;
 use bsce_pipeline::exec::EngineError;
 use bsce_pipeline::sources::SourceError;
 use bsce_pipeline::store::StoreError;
@@ -69,6 +70,19 @@ impl Exit {
             Exit::Failed
         } else {
             Exit::Success
+        }
+    }
+
+    /// A Slurm job's end, which its `afterok` dependants wait on: 0 done
+    /// or cached, 2 the input at fault, 130 interrupted, 1 otherwise.
+    pub fn of_node(r: &NodeResult) -> Exit {
+        match r {
+            NodeResult::Executed { .. } | NodeResult::Cached { .. } => Exit::Success,
+            NodeResult::Failed {
+                bad_input: true, ..
+            } => Exit::BadInput,
+            NodeResult::Failed { .. } => Exit::Failed,
+            NodeResult::Interrupted => Exit::Interrupted,
         }
     }
 

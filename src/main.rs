@@ -78,6 +78,17 @@ impl From<&StoreArgs> for store::StoreArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::ExecStage { job } = &cli.command {
+        // The child side of a stage, started once per stage: its exit
+        // status and its log (stderr) are the stage's own.
+        bsce_pipeline::exec::job::die_with_parent();
+        let table: Vec<_> = bsce_stages::stage::PIPE_STAGES
+            .iter()
+            .chain(bsce_reports::RESULT_STAGES)
+            .copied()
+            .collect();
+        return bsce_stages::stage::exec_stage(job, Runner::Pipe, &table);
+    }
     let ctx = Ctx::new(Ambient::read(), |line| {
         let _ = writeln!(std::io::stderr(), "{line}");
     });
@@ -244,20 +255,8 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
-        Command::ExecStage { job } => {
-            // The child side of a stage: errors go to stderr (the log).
-            bsce_pipeline::exec::job::die_with_parent();
-            let table: Vec<_> = bsce_stages::stage::PIPE_STAGES
-                .iter()
-                .chain(bsce_reports::RESULT_STAGES)
-                .copied()
-                .collect();
-            let code = bsce_stages::stage::exec_stage(&job, Runner::Pipe, &table);
-            Ok(Exit::ALL
-                .into_iter()
-                .find(|e| ExitCode::from(e.code()) == code)
-                .unwrap_or(Exit::Failed))
-        }
+        // Answered in main, before the environment is read.
+        Command::ExecStage { .. } => unreachable!("exec-stage is run by main"),
         Command::ExecNode { run_dir, n, label } => {
             ops::slurm::exec_node(&run_dir, n, &label, ctx, &mut |line| println!("{line}"))
         }

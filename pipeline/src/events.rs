@@ -107,22 +107,6 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// The exit status the README promises: 130 interrupted, 1 a stage
-    /// failed, 2 every failure was bad input, 0 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        if self.interrupted {
-            130
-        } else if self.failed > 0 && self.failed_on_input == self.failed {
-            2
-        } else if self.failed > 0 {
-            1
-        } else {
-            0
-        }
-    }
-}
-
-impl RunSummary {
     pub fn record(&mut self, event: &RunEvent) {
         match event {
             RunEvent::Planned { total } => self.stages = *total,

@@ -276,15 +276,10 @@ pub fn exec_node(
         NodeResult::Failed { error, .. } => format!("FAILED   {label}: {error}"),
         NodeResult::Interrupted => format!("interrupted {label}"),
     });
-    let exit = match &result {
-        NodeResult::Executed { .. } | NodeResult::Cached { .. } => Exit::Success,
-        NodeResult::Failed {
-            bad_input: true, ..
-        } => Exit::BadInput,
-        NodeResult::Failed { .. } => Exit::Failed,
-        NodeResult::Interrupted => return Ok(Exit::Interrupted),
-    };
-    debug_assert_eq!(exit.code(), result.exit_code());
+    let exit = Exit::of_node(&result);
+    if exit == Exit::Interrupted {
+        return Ok(exit);
+    }
     dir.write_outcome(
         n,
         &JobOutcome {

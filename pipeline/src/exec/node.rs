@@ -39,21 +39,6 @@ pub enum NodeResult {
     Interrupted,
 }
 
-impl NodeResult {
-    /// The job's exit status: 0 done (so `afterok` dependants start), 2
-    /// the input is at fault, 130 interrupted, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            NodeResult::Executed { .. } | NodeResult::Cached { .. } => 0,
-            NodeResult::Failed {
-                bad_input: true, ..
-            } => 2,
-            NodeResult::Failed { .. } => 1,
-            NodeResult::Interrupted => 130,
-        }
-    }
-}
-
 impl<'a> Engine<'a> {
     /// Runs stage `id` unless the store has it. Every stage it reads from
     /// must be in the store (local, or the remote): this never runs them.
