@@ -86,12 +86,9 @@ pub fn dataset(path: &Path, json: bool) -> Result<ExitCode> {
             path.display()
         )));
     }
-    let scratch = std::env::temp_dir().join(format!("bsce-inspect-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let digester = SourceDigester::new(scratch.clone(), scratch.clone());
-    let report = inspect_path(path, &digester);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = report?;
+    let scratch = store::Scratch::new()?;
+    let digester = SourceDigester::new(scratch.path().into(), scratch.path().into());
+    let report = inspect_path(path, &digester)?;
     if json {
         out!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -98,14 +98,14 @@ pub fn run(
         root,
     } = &loaded;
     let run_ctx = store::run_context()?;
-    if LocalStore::open_existing(root).is_none() {
+    let created = LocalStore::open_existing(root).is_none();
+    if created {
         // Check sources against a scratch store first, so bad input never
         // leaves a new store behind.
         let scratch = Scratch::new()?;
         let s = LocalStore::open(scratch.path())?;
         Engine::new(plan, &s, catalog, &run_ctx).check_sources()?;
     }
-    let created = LocalStore::open_existing(root).is_none();
     let local = LocalStore::open(root)?;
     if created {
         ctx.note(&format!("created store {}", local.root().display()));

@@ -1041,14 +1041,7 @@ fn resolve_recipe(
                     "a multistep schedule needs milestones",
                 ));
             }
-            for (i, w) in r.milestones.windows(2).enumerate() {
-                if w[1] <= w[0] {
-                    return Err(cx.err(
-                        format!("{at}.milestones[{}]", i + 1),
-                        "milestones must increase",
-                    ));
-                }
-            }
+            check_increasing(&r.milestones, &format!("{at}.milestones"), cx)?;
             if let Some(i) = r.milestones.iter().position(|&x| x == 0 || x >= r.epochs) {
                 return Err(cx.err(
                     format!("{at}.milestones[{i}]"),
@@ -1266,6 +1259,15 @@ fn parse_reference(v: &RawNumber) -> Result<(f64, Option<f64>), String> {
     }
 }
 
+/// Milestones (of a recipe or a fine-tuning) strictly increase; the first
+/// that does not is the error, at `at[i]`.
+fn check_increasing(milestones: &[u32], at: &str, cx: &Ctx) -> Result<(), ConfigError> {
+    match milestones.windows(2).position(|w| w[1] <= w[0]) {
+        Some(i) => Err(cx.err(format!("{at}[{}]", i + 1), "milestones must increase")),
+        None => Ok(()),
+    }
+}
+
 /// The numbers one method of an `extends` chain writes (`finetune`,
 /// `hyper`, `bsce_choices`), each checked at its own key: finite, and in
 /// the range its use needs.
@@ -1294,12 +1296,7 @@ fn check_method_numbers(name: &str, m: &RawMethod, cx: &Ctx) -> Result<(), Confi
                     "is 0; a milestone is an epoch after the first",
                 ));
             }
-            if let Some(i) = ms.windows(2).position(|w| w[1] <= w[0]) {
-                return Err(cx.err(
-                    format!("methods.{name}.finetune.milestones[{}]", i + 1),
-                    "milestones must increase",
-                ));
-            }
+            check_increasing(ms, &format!("methods.{name}.finetune.milestones"), cx)?;
         }
     }
     if let Some(h) = &m.hyper {
