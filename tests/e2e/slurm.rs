@@ -264,7 +264,24 @@ fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
         let out = child.wait_with_output().unwrap();
         let r: Run = out.into();
         let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
-        let outcome = jobs[&label].2.clone().unwrap();
+        let outcome = jobs[&label].2.clone().unwrap_or_else(|| {
+            let run_dir = &p.slurm_run_dirs()[0];
+            let logs: String = std::fs::read_dir(run_dir.join("logs"))
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    format!(
+                        "--- {}\n{}",
+                        e.path().display(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    )
+                })
+                .collect();
+            panic!(
+                "no outcome file for {label} (retries {retries}); the run said:\n{seen}{}\nlogs:\n{logs}",
+                r.stderr
+            )
+        });
         assert_eq!(outcome["restarts"], 1, "{outcome}");
         if retries == 1 {
             // Started again under the same job id, and finished.

@@ -932,7 +932,17 @@ pub fn requeue_running_job(p: &Project, label: &str) {
     loop {
         let show =
             String::from_utf8_lossy(&scontrol(&["-o", "show", "job", &id]).stdout).into_owned();
-        if show.contains("JobState=PENDING") {
+        // Slurm holds a requeued job back (BeginTime); it is started again
+        // once no process of its first attempt is left and two seconds
+        // have passed. slurmd revokes the first attempt's credential and
+        // refuses any credential of the same job issued in the same second
+        // ("Job credential revoked": the attempt fails to launch, FAILED
+        // with no output), which Slurm's own requeue delay never allows.
+        let first_attempt_gone = !scontrol(&["listpids", &id]).status.success();
+        if show.contains("JobState=PENDING")
+            && first_attempt_gone
+            && start.elapsed() >= std::time::Duration::from_secs(2)
+        {
             let out = scontrol(&["update", &format!("JobId={id}"), "StartTime=now"]);
             if out.status.success() {
                 return;
