@@ -236,6 +236,138 @@ pub struct Recipe {
     pub gamma: f64,
 }
 
+/// The `prepare` stage: which source becomes the dataset artefact.
+/// Externally tagged (`{"synthetic": {...}}`): the shape the key hashes.
+/// Files the stage reads are its sources, not params.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PrepareParams {
+    Synthetic(SyntheticSpec),
+    /// The archive or extracted folder is the stage's `archive` source.
+    Cifar100 {},
+    /// The tree is the stage's `root` source (a subset list, when given,
+    /// its `subset` source).
+    ImageFolder {
+        /// The folder of class folders, under the root.
+        train_dir: String,
+        val: ValParams,
+        /// Short side the images are resized to.
+        size: u32,
+    },
+}
+
+/// Where an image folder's test images are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValParams {
+    /// Class folders under this folder of the root, named as the training
+    /// set's.
+    Folders(String),
+    /// Flat images under `dir`, labelled by the stage's `val_labels`
+    /// source (`<file> <class folder>` per line).
+    LabelList { dir: String },
+}
+
+/// The synthetic generator's spec, as a config writes it and the prepare
+/// stage reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    pub classes: u32,
+    pub train_per_class: u32,
+    pub test_per_class: u32,
+    /// Side of the square RGB images, in pixels (default 32).
+    #[serde(default = "default_synthetic_size")]
+    pub image_size: u32,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_synthetic_size() -> u32 {
+    32
+}
+
+/// A class order as the `order` stage reads it. Externally tagged, e.g.
+/// `{numpy_seed: {seed: 1993}}`, so a typo in the variant or a field is
+/// reported by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OrderSpec {
+    Explicit {
+        classes: Vec<u32>,
+    },
+    /// `np.random.seed(seed); np.random.shuffle(np.arange(num_classes))`.
+    NumpySeed {
+        seed: u32,
+    },
+    /// A built-in order (`bsce-pipe order show --list`).
+    Named {
+        name: String,
+    },
+    /// The original iCaRL CIFAR-100 script's order for this seed.
+    Icarl {
+        seed: u32,
+    },
+}
+
+/// A backbone, by the name configs and `model.json` give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// ResNet-32, PODNet's variant (shortcut A, no ReLU after sums).
+    Resnet32,
+    /// ResNet-32, LUCIR's variant (shortcut B, last ReLU removed).
+    Resnet32Lucir,
+    /// ResNet-18 as torchvision's (LUCIR's ImageNet network).
+    Resnet18,
+    /// ResNet-18 as PODNet's ImageNet network (A `convnet/resnet.py`: 3x3
+    /// stride-1 stem, no ReLU at the end of a stage).
+    Resnet18Podnet,
+    /// A very small CIFAR-style ResNet (width 4, 1 block per stage) for tests.
+    Tiny,
+    /// A small CIFAR-style ResNet (width 8, 2 blocks per stage) for the quickstart.
+    Small,
+}
+
+/// How an evaluation classifies: the network's own head (`cnn`) or the
+/// nearest mean of exemplars (`nme`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Classifier {
+    Cnn,
+    Nme,
+}
+
+impl Classifier {
+    pub const ALL: [Classifier; 2] = [Classifier::Cnn, Classifier::Nme];
+
+    /// Its name in configs, `eval.json` and the frames' `classifier` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Classifier::Cnn => "cnn",
+            Classifier::Nme => "nme",
+        }
+    }
+}
+
+/// A train stage's augmentation: the dataset's style
+/// ([`AugmentStyle`]) in the variant of its method's reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Augmentation {
+    /// PODNet's CIFAR-100 pipeline: random crop with padding 4, flip,
+    /// brightness jitter, PODNet's statistics.
+    CifarPodnet,
+    /// LUCIR's CIFAR-100 pipeline: random crop with padding 4, flip,
+    /// LUCIR's statistics.
+    CifarLucir,
+    /// RandomResizedCrop and flip, evaluation on the central crop,
+    /// ImageNet statistics (LUCIR's ImageNet pipeline).
+    Imagenet,
+    /// [`Augmentation::Imagenet`] with PODNet's brightness jitter.
+    ImagenetPodnet,
+}
+
 /// How an image-folder dataset is augmented in training; each preset then
 /// takes its reference's variant (normalisation, colour jitter).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,8 +393,8 @@ pub struct TrainParams {
     pub end: usize,
     pub method: MethodParams,
     pub recipe: Recipe,
-    pub network: String,
-    pub augment: String,
+    pub network: Network,
+    pub augment: Augmentation,
     /// The augmentation's crop, where the dataset's differs from it (an
     /// image folder with `crop:` other than 224). Absent otherwise, so the
     /// keys of every other stage stay as they were.
@@ -284,16 +416,16 @@ pub struct EvalParams {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationParams {
-    pub classifiers: Vec<String>,
+    pub classifiers: Vec<Classifier>,
     pub top_k: Vec<i64>,
 }
 
-/// The `order` stage: the order spec, as `bsce_stages::order::OrderSpec`
-/// reads it (validated there against the dataset's class count).
+/// The `order` stage: the order spec (validated by the stage against the
+/// dataset's class count).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderParams {
-    pub spec: serde_json::Value,
+    pub spec: OrderSpec,
 }
 
 /// The `tasks` stage: an incremental setting.
@@ -420,7 +552,7 @@ pub struct TableParams {
     pub caption: String,
     pub label: String,
     pub metric: Metric,
-    pub classifier: String,
+    pub classifier: Classifier,
     pub rows: Vec<Field>,
     pub columns: Vec<Field>,
     /// Adds a column with each row's training time (hours, summed over
@@ -452,5 +584,5 @@ pub struct PlotParams {
     pub experiment: String,
     pub dataset: String,
     pub setting: String,
-    pub classifier: String,
+    pub classifier: Classifier,
 }

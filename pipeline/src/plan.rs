@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::catalog::StageKind;
 use crate::config::{presets, Config, DatasetSource, Experiment, MethodPreset, Network, ValDef};
 use crate::digest::Digest;
 use crate::key::canonical_json;
 use crate::params::{
-    AggregateParams, AggregateRun, AugmentStyle, EvalParams, OrderParams, PlotParams, RenderParams,
-    TasksParams, TrainParams, IMAGENET_CROP,
+    AggregateParams, AggregateRun, AugmentStyle, Augmentation, EvalParams, OrderParams, PlotParams,
+    PrepareParams, RenderParams, TasksParams, TrainParams, ValParams, IMAGENET_CROP,
 };
 use crate::registry::files;
 
@@ -311,9 +311,9 @@ impl Plan {
 
 fn prepare_node(name: &str, source: &DatasetSource) -> PlanNode {
     let (params, sources) = match source {
-        DatasetSource::Synthetic(spec) => (json!({"synthetic": spec}), vec![]),
+        DatasetSource::Synthetic(spec) => (PrepareParams::Synthetic(spec.clone()), vec![]),
         DatasetSource::Cifar100 { path, url, sha256 } => (
-            json!({"cifar100": {}}),
+            PrepareParams::Cifar100 {},
             vec![SourceInput {
                 name: "archive".into(),
                 path: path.clone(),
@@ -338,26 +338,28 @@ fn prepare_node(name: &str, source: &DatasetSource) -> PlanNode {
                 url: None,
                 expected: None,
             }];
-            let val_param = match val {
-                ValDef::Folders(dir) => json!({"folders": dir}),
+            let val = match val {
+                ValDef::Folders(dir) => ValParams::Folders(dir.clone()),
                 ValDef::LabelList { dir, labels } => {
                     sources.push(file_source("val_labels", labels));
-                    json!({"label_list": {"dir": dir}})
+                    ValParams::LabelList { dir: dir.clone() }
                 }
             };
             if let Some(s) = subset {
                 sources.push(file_source("subset", s));
             }
-            (
-                json!({"image_folder": {"train_dir": train_dir, "val": val_param, "size": size}}),
-                sources,
-            )
+            let params = PrepareParams::ImageFolder {
+                train_dir: train_dir.clone(),
+                val,
+                size: *size,
+            };
+            (params, sources)
         }
     };
     PlanNode {
         kind: StageKind::Prepare,
         label: format!("prepare/{name}"),
-        params,
+        params: to_params(&params),
         inputs: vec![],
         sources,
     }
@@ -388,14 +390,6 @@ fn to_params<T: serde::Serialize>(p: &T) -> Value {
     serde_json::to_value(p).expect("params serialise")
 }
 
-/// The snake_case name serde gives a unit enum variant.
-fn variant_name<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(Value::String(s)) => s,
-        other => panic!("not a unit variant: {other:?}"),
-    }
-}
-
 /// Whether every class has the same number of training images, known
 /// before preparation. A fact about the data: what follows from it for a
 /// task's computation is `MethodParams::for_task`'s to say.
@@ -420,7 +414,7 @@ fn default_network(source: &DatasetSource, preset: MethodPreset) -> Network {
 /// on (A `options/podnet/podnet_cnn_imagenet{100,1000}.yaml`:
 /// ColorJitter(brightness 63/255) after the crop and flip); LUCIR's
 /// ImageNet scripts have none.
-fn augmentation(source: &DatasetSource, preset: MethodPreset) -> &'static str {
+fn augmentation(source: &DatasetSource, preset: MethodPreset) -> Augmentation {
     let imagenet_style = matches!(
         source,
         DatasetSource::ImageFolder {
@@ -429,10 +423,10 @@ fn augmentation(source: &DatasetSource, preset: MethodPreset) -> &'static str {
         }
     );
     match (imagenet_style, preset) {
-        (true, MethodPreset::Podnet) => "imagenet_podnet",
-        (true, _) => "imagenet",
-        (false, MethodPreset::Podnet) => "cifar_podnet",
-        (false, _) => "cifar_lucir",
+        (true, MethodPreset::Podnet) => Augmentation::ImagenetPodnet,
+        (true, _) => Augmentation::Imagenet,
+        (false, MethodPreset::Podnet) => Augmentation::CifarPodnet,
+        (false, _) => Augmentation::CifarLucir,
     }
 }
 
@@ -504,8 +498,8 @@ impl Builder {
                         end: end as usize,
                         method: method.for_task(t, known_balanced(&ds.source)),
                         recipe: recipe.clone(),
-                        network: variant_name(&network),
-                        augment: augmentation(&ds.source, m.preset).into(),
+                        network,
+                        augment: augmentation(&ds.source, m.preset),
                         crop: match &ds.source {
                             DatasetSource::ImageFolder {
                                 crop,
@@ -562,12 +556,8 @@ impl Builder {
     /// The result stages: an `aggregate` per experiment over its included
     /// runs, a `plot` per experiment x setting, a `render` per table.
     fn results(&mut self, config: &Config, include: &dyn Fn(&RunRef) -> bool) {
-        let classifier = config
-            .evaluation
-            .classifiers
-            .first()
-            .cloned()
-            .unwrap_or_default();
+        // Config resolution refuses an empty list.
+        let classifier = config.evaluation.classifiers[0];
         for exp in &config.experiments {
             let runs: Vec<RunRef> = self
                 .plan
@@ -629,7 +619,7 @@ impl Builder {
                         experiment: exp.name.clone(),
                         dataset: exp.dataset.clone(),
                         setting: setting.clone(),
-                        classifier: classifier.clone(),
+                        classifier,
                     }),
                     inputs: vec![NodeInput::of("frames", agg, &[files::TIDY_PARQUET])],
                     sources: vec![],
@@ -685,6 +675,7 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn node(label: &str, inputs: &[NodeId]) -> PlanNode {
         PlanNode {

@@ -16,67 +16,17 @@
 //!   metric's mean and population standard deviation (ddof 0, as PODNet
 //!   reports it over its three orders) over orders and seeds.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 use bsce_pipeline::params::{AggregateParams, Metric};
 use bsce_pipeline::registry::files;
+use bsce_stages::task_artefacts::{Evaluation, LogEntry, TrainLog};
 use bsce_stages::{Result, StageError};
 use polars::prelude::*;
-use serde::Deserialize;
 
+use crate::columns::{self as c, RUN_KEYS, SUMMARY_KEYS};
 use crate::frame::{polars_error, write_frame};
-
-/// What this stage reads of an `eval.json`.
-#[derive(Deserialize)]
-struct Evaluation {
-    classes_seen: u32,
-    results: BTreeMap<String, ClassifierResult>,
-}
-
-#[derive(Deserialize)]
-struct ClassifierResult {
-    top: BTreeMap<String, f64>,
-    old: Option<f64>,
-    new: f64,
-    per_task: Vec<f64>,
-    predicted_new_share: f64,
-    true_new_share: f64,
-}
-
-/// What this stage reads of a train stage's `log.json`: its epochs.
-#[derive(Deserialize)]
-struct LogEntry {
-    #[serde(default)]
-    seconds: f64,
-    #[serde(default)]
-    device: Option<String>,
-}
-
-/// The identity columns of a run, in every frame.
-pub const RUN_KEYS: &[&str] = &[
-    "experiment",
-    "dataset",
-    "order",
-    "setting",
-    "method",
-    "base_method",
-    "bsce",
-    "seed",
-    "classifier",
-];
-
-/// The columns a summary groups by.
-pub const SUMMARY_KEYS: &[&str] = &[
-    "experiment",
-    "dataset",
-    "setting",
-    "method",
-    "base_method",
-    "bsce",
-    "classifier",
-];
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
@@ -114,16 +64,16 @@ impl Columns {
 
     fn into_frame(self) -> Vec<Column> {
         vec![
-            Column::new("experiment".into(), self.experiment),
-            Column::new("dataset".into(), self.dataset),
-            Column::new("order".into(), self.order),
-            Column::new("setting".into(), self.setting),
-            Column::new("method".into(), self.method),
-            Column::new("base_method".into(), self.base_method),
-            Column::new("bsce".into(), self.bsce),
-            Column::new("seed".into(), self.seed),
-            Column::new("classifier".into(), self.classifier),
-            Column::new("task".into(), self.task),
+            Column::new(c::EXPERIMENT.into(), self.experiment),
+            Column::new(c::DATASET.into(), self.dataset),
+            Column::new(c::ORDER.into(), self.order),
+            Column::new(c::SETTING.into(), self.setting),
+            Column::new(c::METHOD.into(), self.method),
+            Column::new(c::BASE_METHOD.into(), self.base_method),
+            Column::new(c::BSCE.into(), self.bsce),
+            Column::new(c::SEED.into(), self.seed),
+            Column::new(c::CLASSIFIER.into(), self.classifier),
+            Column::new(c::TASK.into(), self.task),
         ]
     }
 }
@@ -146,18 +96,20 @@ pub fn read_inputs(job: &StageJob, p: &AggregateParams) -> Result<(DataFrame, Da
         for t in 0..run.tasks {
             let eval_path = input(&format!("eval.{i}.{t}"), files::EVALUATION)?;
             let eval: Evaluation = read_json(&eval_path)?;
-            let log: Vec<LogEntry> = read_json(&input(&format!("log.{i}.{t}"), files::TRAIN_LOG)?)?;
-            let secs: f64 = log.iter().map(|e| e.seconds).sum();
-            let on_gpu = log
-                .iter()
-                .any(|e| e.device.as_deref().is_some_and(|d| d.starts_with("cuda")));
+            let log: TrainLog = read_json(&input(&format!("log.{i}.{t}"), files::TRAIN_LOG)?)?;
+            let secs: f64 = log.iter().map(LogEntry::seconds).sum();
+            let on_gpu = log.iter().any(|e| match e {
+                LogEntry::Epoch(e) => e.device.starts_with("cuda"),
+                LogEntry::Finetune(_) => false,
+            });
             for (clf, r) in &eval.results {
+                let clf = clf.name();
                 let top = |k: &str| r.top.get(k).copied();
                 let t1 = top("1").ok_or_else(|| {
                     StageError::invalid(&eval_path, format!("{clf} has no top-1 accuracy"))
                 })?;
                 keys.push(p, i, clf, t as u32);
-                classes_seen.push(eval.classes_seen);
+                classes_seen.push(eval.classes_seen as u32);
                 top1.push(t1);
                 top5.push(top("5"));
                 old.push(r.old);
@@ -176,21 +128,21 @@ pub fn read_inputs(job: &StageJob, p: &AggregateParams) -> Result<(DataFrame, Da
     }
     let mut cols = keys.into_frame();
     cols.extend([
-        Column::new("classes_seen".into(), classes_seen),
-        Column::new("top1".into(), top1),
-        Column::new("top5".into(), top5),
-        Column::new("old".into(), old),
-        Column::new("new".into(), new),
-        Column::new("predicted_new_share".into(), predicted_new),
-        Column::new("true_new_share".into(), true_new),
-        Column::new("train_seconds".into(), seconds),
-        Column::new("gpu_hours".into(), gpu_hours),
+        Column::new(c::CLASSES_SEEN.into(), classes_seen),
+        Column::new(c::TOP1.into(), top1),
+        Column::new(c::TOP5.into(), top5),
+        Column::new(c::OLD.into(), old),
+        Column::new(c::NEW.into(), new),
+        Column::new(c::PREDICTED_NEW_SHARE.into(), predicted_new),
+        Column::new(c::TRUE_NEW_SHARE.into(), true_new),
+        Column::new(c::TRAIN_SECONDS.into(), seconds),
+        Column::new(c::GPU_HOURS.into(), gpu_hours),
     ]);
     let tidy = DataFrame::new_infer_height(cols).map_err(|e| polars_error("tidy frame", e))?;
     let mut gcols = gkeys.into_frame();
     gcols.extend([
-        Column::new("group".into(), group),
-        Column::new("top1".into(), group_top1),
+        Column::new(c::GROUP.into(), group),
+        Column::new(c::TOP1.into(), group_top1),
     ]);
     let groups = DataFrame::new_infer_height(gcols).map_err(|e| polars_error("groups frame", e))?;
     Ok((tidy, groups))
@@ -206,20 +158,20 @@ pub fn runs_frame(tidy: &DataFrame, groups: &DataFrame) -> Result<DataFrame> {
         .clone()
         .lazy()
         .sort(
-            ["task"],
+            [c::TASK],
             SortMultipleOptions::default().with_maintain_order(true),
         )
         .group_by_stable(by(RUN_KEYS))
         .agg([
-            len().cast(DataType::UInt32).alias("tasks"),
-            col("classes_seen").last().alias("classes_seen"),
-            col("top1")
+            len().cast(DataType::UInt32).alias(c::TASKS),
+            col(c::CLASSES_SEEN).last().alias(c::CLASSES_SEEN),
+            col(c::TOP1)
                 .mean()
                 .alias(Metric::AverageIncrementalAccuracy.column()),
-            col("top1").last().alias(Metric::LastAccuracy.column()),
-            (col("train_seconds").sum() / lit(3600.0)).alias(Metric::TrainHours.column()),
-            col("gpu_hours").sum().alias("gpu_hours"),
-            col("task").max().alias("last_task"),
+            col(c::TOP1).last().alias(Metric::LastAccuracy.column()),
+            (col(c::TRAIN_SECONDS).sum() / lit(3600.0)).alias(Metric::TrainHours.column()),
+            col(c::GPU_HOURS).sum().alias(c::GPU_HOURS),
+            col(c::TASK).max().alias("last_task"),
         ]);
     // Forgetting: groups learnt before the last task, best accuracy on
     // them after any task before the last, minus accuracy after the last.
@@ -235,22 +187,22 @@ pub fn runs_frame(tidy: &DataFrame, groups: &DataFrame) -> Result<DataFrame> {
         by(RUN_KEYS),
         JoinArgs::new(JoinType::Inner),
     );
-    let group_keys: Vec<&str> = RUN_KEYS.iter().copied().chain(["group"]).collect();
+    let group_keys: Vec<&str> = RUN_KEYS.iter().copied().chain([c::GROUP]).collect();
     let best = g
         .clone()
-        .filter(col("task").lt(col("last_task")))
+        .filter(col(c::TASK).lt(col("last_task")))
         .group_by(by(&group_keys))
-        .agg([col("top1").max().alias("best")]);
+        .agg([col(c::TOP1).max().alias("best")]);
     let fin = g
         .filter(
-            col("task")
+            col(c::TASK)
                 .eq(col("last_task"))
-                .and(col("group").lt(col("last_task"))),
+                .and(col(c::GROUP).lt(col("last_task"))),
         )
         .select(
             by(&group_keys)
                 .into_iter()
-                .chain([col("top1").alias("final")])
+                .chain([col(c::TOP1).alias("final")])
                 .collect::<Vec<_>>(),
         );
     let forgetting = fin
@@ -274,9 +226,9 @@ pub fn runs_frame(tidy: &DataFrame, groups: &DataFrame) -> Result<DataFrame> {
         .select(
             by(RUN_KEYS)
                 .into_iter()
-                .chain(by(&["tasks", "classes_seen"]))
+                .chain(by(&[c::TASKS, c::CLASSES_SEEN]))
                 .chain(Metric::ALL.iter().map(|m| col(m.column())))
-                .chain([col("gpu_hours")])
+                .chain([col(c::GPU_HOURS)])
                 .collect::<Vec<_>>(),
         )
         // Joins and group-bys do not keep row order: sort, so the frame's
@@ -293,18 +245,29 @@ pub fn runs_frame(tidy: &DataFrame, groups: &DataFrame) -> Result<DataFrame> {
 /// population std (ddof 0) over its runs, how many runs, orders and seeds.
 pub fn summary_frame(runs: &DataFrame) -> Result<DataFrame> {
     let mut aggs = vec![
-        len().cast(DataType::UInt32).alias("runs"),
-        col("order")
+        len().cast(DataType::UInt32).alias(c::RUNS),
+        col(c::ORDER)
             .n_unique()
             .cast(DataType::UInt32)
-            .alias("orders"),
-        col("seed").n_unique().cast(DataType::UInt32).alias("seeds"),
-        col("tasks").max().alias("tasks"),
-        col("gpu_hours").sum().alias("gpu_hours"),
+            .alias(c::ORDERS),
+        col(c::SEED)
+            .n_unique()
+            .cast(DataType::UInt32)
+            .alias(c::SEEDS),
+        col(c::TASKS).max().alias(c::TASKS),
+        col(c::GPU_HOURS).sum().alias(c::GPU_HOURS),
     ];
     for m in Metric::ALL {
-        aggs.push(col(m.column()).mean().alias(format!("{}_mean", m.column())));
-        aggs.push(col(m.column()).std(0).alias(format!("{}_std", m.column())));
+        aggs.push(
+            col(m.column())
+                .mean()
+                .alias(c::summary_column(m.column(), "mean")),
+        );
+        aggs.push(
+            col(m.column())
+                .std(0)
+                .alias(c::summary_column(m.column(), "std")),
+        );
     }
     runs.clone()
         .lazy()

@@ -9,6 +9,7 @@
 //! | [`render`]    | `render`    | summary frames + a table declaration -> Markdown and LaTeX (minijinja) |
 //! | [`plot`]      | `plot`      | a tidy frame -> accuracy against classes seen, SVG and PNG (plotters) |
 //! | [`frame`]     | all three   | reading and writing frames as Parquet and CSV              |
+//! | [`columns`]   | all three   | the frames' column names, one declaration for writer and readers |
 //! | [`report`]    | (none)      | `report` and the end of `run`: the result stages over the runs complete in the store, then `out/<config>/` |
 //! | [`results`]   | (none)      | `results`: per-run numbers from the aggregate frames        |
 //!
@@ -17,6 +18,7 @@
 //! and population std over orders and seeds (`summary`) -> a table cell.
 
 pub mod aggregate;
+pub mod columns;
 pub mod frame;
 pub mod plot;
 pub mod render;

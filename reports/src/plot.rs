@@ -16,6 +16,7 @@ use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
+use crate::columns as c;
 use crate::frame::{bools, floats, ints, read_parquet, strings};
 
 const FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
@@ -46,15 +47,15 @@ pub struct Curve {
 
 /// The curves of one setting and classifier, from a tidy frame.
 pub fn curves(tidy: &polars::prelude::DataFrame, p: &PlotParams) -> Result<Vec<Curve>> {
-    let (setting, clf) = (strings(tidy, "setting")?, strings(tidy, "classifier")?);
-    let (method, base) = (strings(tidy, "method")?, strings(tidy, "base_method")?);
-    let bsce = bools(tidy, "bsce")?;
-    let seen = ints(tidy, "classes_seen")?;
-    let top1 = floats(tidy, "top1")?;
+    let (setting, clf) = (strings(tidy, c::SETTING)?, strings(tidy, c::CLASSIFIER)?);
+    let (method, base) = (strings(tidy, c::METHOD)?, strings(tidy, c::BASE_METHOD)?);
+    let bsce = bools(tidy, c::BSCE)?;
+    let seen = ints(tidy, c::CLASSES_SEEN)?;
+    let top1 = floats(tidy, c::TOP1)?;
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, (String, bool, BTreeMap<i64, Vec<f64>>)> = BTreeMap::new();
     for i in 0..tidy.height() {
-        if setting[i] != p.setting || clf[i] != p.classifier {
+        if setting[i] != p.setting || clf[i] != p.classifier.name() {
             continue;
         }
         let Some(acc) = top1[i] else { continue };
@@ -221,7 +222,11 @@ pub fn run(job: &StageJob, _reporter: &ChildReporter) -> Result<()> {
     if curves.is_empty() {
         return Err(StageError::invalid(
             dir.join(files::TIDY_PARQUET),
-            format!("no {} evaluation of setting {}", p.classifier, p.setting),
+            format!(
+                "no {} evaluation of setting {}",
+                p.classifier.name(),
+                p.setting
+            ),
         ));
     }
     let title = format!("{} {}: {}", p.dataset, p.setting, p.experiment);
@@ -229,7 +234,7 @@ pub fn run(job: &StageJob, _reporter: &ChildReporter) -> Result<()> {
         &job.out_dir.join(files::PLOT_SVG),
         &job.out_dir.join(files::PLOT_PNG),
         &title,
-        &p.classifier,
+        p.classifier.name(),
         &curves,
     )
 }

@@ -18,6 +18,7 @@ use bsce_stages::{Result, StageError};
 use polars::prelude::DataFrame;
 use serde::Serialize;
 
+use crate::columns as c;
 use crate::frame::{floats, ints, read_parquet, strings};
 
 /// One summary row: the numbers of one cell.
@@ -101,13 +102,17 @@ pub fn cells(
             col(Field::Setting)?,
             col(Field::Method)?,
         );
-        let clf = strings(df, "classifier")?;
-        let mean = floats(df, &format!("{m}_mean"))?;
-        let std = floats(df, &format!("{m}_std"))?;
-        let hours = floats(df, "train_hours_mean")?;
-        let (runs, orders, seeds) = (ints(df, "runs")?, ints(df, "orders")?, ints(df, "seeds")?);
+        let clf = strings(df, c::CLASSIFIER)?;
+        let mean = floats(df, &c::summary_column(m, "mean"))?;
+        let std = floats(df, &c::summary_column(m, "std"))?;
+        let hours = floats(df, &c::summary_column(Metric::TrainHours.column(), "mean"))?;
+        let (runs, orders, seeds) = (
+            ints(df, c::RUNS)?,
+            ints(df, c::ORDERS)?,
+            ints(df, c::SEEDS)?,
+        );
         for i in 0..df.height() {
-            if clf[i] != t.classifier {
+            if clf[i] != t.classifier.name() {
                 continue;
             }
             let value = |f: Field| match f {
@@ -240,7 +245,7 @@ pub fn view(t: &TableParams, cells: &BTreeMap<(String, String), CellValue>) -> T
             label: t.label.clone(),
             metric: t.metric.column().to_string(),
             metric_title: t.metric.title().to_string(),
-            classifier: t.classifier.clone(),
+            classifier: t.classifier.name().to_string(),
         },
         row_header: t
             .rows
@@ -283,7 +288,7 @@ pub fn note(t: &TableParams, cells: &BTreeMap<(String, String), CellValue>) -> S
     let mut note = format!(
         "{}, {} classifier: mean ± population std (ddof 0) over {o} class {} x {s} {}.",
         capitalise(t.metric.title()),
-        t.classifier.to_uppercase(),
+        t.classifier.name().to_uppercase(),
         plural(&o, "order"),
         plural(&s, "seed"),
     );

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use crate::columns as c;
 use crate::frame::{bools, floats, ints, read_parquet, strings};
+use bsce_pipeline::params::Metric;
 use bsce_pipeline::registry::files;
 use bsce_pipeline::store::Store;
 
@@ -35,10 +37,10 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
         // A run's identity in a frame, one key per row (columns read once).
         let ids = |df: &crate::polars::prelude::DataFrame| -> Result<Vec<String>> {
             let (o, s, m, seed) = (
-                strings(df, "order")?,
-                strings(df, "setting")?,
-                strings(df, "method")?,
-                ints(df, "seed")?,
+                strings(df, c::ORDER)?,
+                strings(df, c::SETTING)?,
+                strings(df, c::METHOD)?,
+                ints(df, c::SEED)?,
             );
             Ok((0..df.height())
                 .map(|i| format!("{}|{}|{}|{}", o[i], s[i], m[i], seed[i]))
@@ -48,20 +50,20 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
         // Per run: identity, then per classifier its metrics and tasks.
         let mut by_run: BTreeMap<String, Value> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
-        let (clf, dataset) = (strings(&rf, "classifier")?, strings(&rf, "dataset")?);
+        let (clf, dataset) = (strings(&rf, c::CLASSIFIER)?, strings(&rf, c::DATASET)?);
         let metric = |m: &str| floats(&rf, m);
         let (aia, last, forg, hours) = (
-            metric("average_incremental_accuracy")?,
-            metric("last_accuracy")?,
-            metric("average_forgetting")?,
-            metric("train_hours")?,
+            metric(Metric::AverageIncrementalAccuracy.column())?,
+            metric(Metric::LastAccuracy.column())?,
+            metric(Metric::AverageForgetting.column())?,
+            metric(Metric::TrainHours.column())?,
         );
         let (ord, set, meth, seed, bsce) = (
-            strings(&rf, "order")?,
-            strings(&rf, "setting")?,
-            strings(&rf, "method")?,
-            ints(&rf, "seed")?,
-            bools(&rf, "bsce")?,
+            strings(&rf, c::ORDER)?,
+            strings(&rf, c::SETTING)?,
+            strings(&rf, c::METHOD)?,
+            ints(&rf, c::SEED)?,
+            bools(&rf, c::BSCE)?,
         );
         for i in 0..rf.height() {
             let k = run_ids[i].clone();
@@ -76,8 +78,8 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
             e["last_accuracy"][&clf[i]] = json!(last[i]);
             e["average_forgetting"][&clf[i]] = json!(forg[i]);
         }
-        let tclf = strings(&tf, "classifier")?;
-        let (task, seen) = (ints(&tf, "task")?, ints(&tf, "classes_seen")?);
+        let tclf = strings(&tf, c::CLASSIFIER)?;
+        let (task, seen) = (ints(&tf, c::TASK)?, ints(&tf, c::CLASSES_SEEN)?);
         let cols = [
             "top1",
             "top5",
@@ -94,12 +96,12 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
             let Some(e) = by_run.get_mut(&task_ids[i]) else {
                 continue;
             };
-            let tasks = e["tasks"].as_array_mut().expect("an array");
+            let tasks = e[c::TASKS].as_array_mut().expect("an array");
             let t = task[i] as usize;
             while tasks.len() <= t {
                 tasks.push(json!({"task": tasks.len()}));
             }
-            tasks[t]["classes_seen"] = json!(seen[i]);
+            tasks[t][c::CLASSES_SEEN] = json!(seen[i]);
             let mut c = json!({});
             for (name, v) in cols.iter().zip(&values) {
                 c[*name] = json!(v[i]);

@@ -47,7 +47,7 @@ fn table() -> TableParams {
         caption: "CIFAR-100, 50 base classes (CNN) & 20 exemplars_per_class".into(),
         label: "tab:cifar".into(),
         metric: Metric::AverageIncrementalAccuracy,
-        classifier: "cnn".into(),
+        classifier: bsce_pipeline::params::Classifier::Cnn,
         rows: vec![Field::Method],
         columns: vec![Field::Setting],
         time_column: true,

@@ -8,7 +8,7 @@ use bsce_pipeline::digest::Digest;
 use bsce_pipeline::sources::SourceDigester;
 use bsce_stages::dataset::{artefact, cifar, image_folder};
 use bsce_stages::order::{
-    icarl_order, named_order, named_order_names, numpy_shuffled_range, resolve_order, OrderSpec,
+    icarl_order, named_order, named_order_names, numpy_shuffled_range, resolve_order,
 };
 
 use bsce_pipe::ops::{store, Ctx};
@@ -56,8 +56,7 @@ pub fn order(command: OrderCommand, ctx: &Ctx) -> Result<ExitCode> {
                     cfg.orders.keys().cloned().collect::<Vec<_>>().join(", ")
                 ))
             })?;
-            let spec: OrderSpec = serde_json::from_value(def.spec["spec"].clone())
-                .or_else(|_| serde_json::from_value(def.spec.clone()))?;
+            let spec = &def.spec;
             let n = match (def.classes, classes) {
                 (_, Some(c)) => c,
                 (Some(c), None) => c,
@@ -67,7 +66,7 @@ pub fn order(command: OrderCommand, ctx: &Ctx) -> Result<ExitCode> {
                     )))
                 }
             };
-            resolve_order(&spec, n).map_err(|e| Error::bad_input(e.to_string()))?.classes
+            resolve_order(spec, n).map_err(|e| Error::bad_input(e.to_string()))?.classes
         }
         _ => {
             return Err(Error::bad_input(

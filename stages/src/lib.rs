@@ -5,6 +5,7 @@
 //! | [`dataset`] | `prepare`  | a source (CIFAR-100, image folders, synthetic) into the canonical dataset artefact |
 //! | [`order`]   | `order`    | a class order (explicit, numpy-seeded, named)          |
 //! | [`stage`]   | all        | the child-process entry: a job routed to its kind; `tasks` |
+//! | [`task_artefacts`] | `train`, `evaluate` -> `aggregate` | `eval.json` and `log.json`, one declaration for writer and reader |
 //!
 //! Each stage kind's code digest is computed at build time from its own
 //! source folder (see `code_digest.rs`, run by `build.rs`), so editing one stage reruns that stage and
@@ -16,5 +17,6 @@ pub mod dataset;
 pub mod error;
 pub mod order;
 pub mod stage;
+pub mod task_artefacts;
 
 pub use error::{Result, StageError};

@@ -3,8 +3,8 @@
 //! typed in `bsce_pipeline::params`, shared with the plan that writes them.
 
 pub use bsce_pipeline::params::{
-    EvalParams, EvaluationParams, FinetuneSpec, MethodParams, Preset, Recipe, Schedule, Selection,
-    TrainParams,
+    Augmentation, EvalParams, EvaluationParams, FinetuneSpec, MethodParams, Network, Preset,
+    Recipe, Schedule, Selection, TrainParams,
 };
 
 use crate::classifier::HeadSpec;
@@ -28,49 +28,37 @@ pub fn lr_at(recipe: &Recipe, epoch: u32) -> f64 {
     }
 }
 
-pub fn net_spec(name: &str) -> Result<NetSpec> {
-    Ok(match name {
-        "resnet32" => NetSpec::resnet32(),
-        "resnet32_lucir" => NetSpec::resnet32_lucir(),
-        "resnet18" => NetSpec::resnet18(),
-        "resnet18_podnet" => NetSpec::resnet18_podnet(),
-        "tiny" => NetSpec::tiny(),
+pub fn net_spec(network: Network) -> NetSpec {
+    match network {
+        Network::Resnet32 => NetSpec::resnet32(),
+        Network::Resnet32Lucir => NetSpec::resnet32_lucir(),
+        Network::Resnet18 => NetSpec::resnet18(),
+        Network::Resnet18Podnet => NetSpec::resnet18_podnet(),
+        Network::Tiny => NetSpec::tiny(),
         // Between tiny and ResNet-32: learns the synthetic quickstart set
         // well in seconds per task on 2 CPU cores.
-        "small" => NetSpec {
+        Network::Small => NetSpec {
             width: 8,
             blocks: 2,
             ..NetSpec::tiny()
         },
-        other => {
-            return Err(StageError::param(
-                "network",
-                format!("unknown network {other:?}"),
-            ))
-        }
-    })
+    }
 }
 
-/// The augmentation `name`, with its crop replaced by `crop` when given
-/// (an image folder whose images are smaller than ImageNet's).
-pub fn augment_spec(name: &str, crop: Option<u32>) -> Result<AugmentSpec> {
-    let mut spec = match name {
-        "cifar_podnet" => AugmentSpec::cifar_podnet(),
-        "cifar_lucir" => AugmentSpec::cifar_lucir(),
-        "imagenet" => AugmentSpec::imagenet(),
-        "imagenet_podnet" => AugmentSpec::imagenet_podnet(),
-        other => {
-            return Err(StageError::param(
-                "augment",
-                format!("unknown augmentation {other:?}"),
-            ))
-        }
+/// The augmentation, with its crop replaced by `crop` when given (an
+/// image folder whose images are smaller than ImageNet's).
+pub fn augment_spec(augmentation: Augmentation, crop: Option<u32>) -> Result<AugmentSpec> {
+    let mut spec = match augmentation {
+        Augmentation::CifarPodnet => AugmentSpec::cifar_podnet(),
+        Augmentation::CifarLucir => AugmentSpec::cifar_lucir(),
+        Augmentation::Imagenet => AugmentSpec::imagenet(),
+        Augmentation::ImagenetPodnet => AugmentSpec::imagenet_podnet(),
     };
     if let Some(c) = crop {
         if spec.random_resized_crop.is_none() {
             return Err(StageError::param(
                 "crop",
-                format!("is {c}, but augmentation {name:?} takes no crop size"),
+                format!("is {c}, but augmentation {augmentation:?} takes no crop size"),
             ));
         }
         spec.random_resized_crop = Some(i64::from(c));

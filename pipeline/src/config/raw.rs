@@ -99,7 +99,7 @@ fn default_poll_seconds() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct RawDataset {
     #[serde(default)]
-    pub synthetic: Option<RawSynthetic>,
+    pub synthetic: Option<crate::params::SyntheticSpec>,
     #[serde(default)]
     pub cifar100: Option<RawCifar100>,
     #[serde(default)]
@@ -110,22 +110,6 @@ pub struct RawDataset {
     /// imagenet1k without.
     #[serde(default)]
     pub profile: Option<crate::params::Profile>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSynthetic {
-    pub classes: u32,
-    pub train_per_class: u32,
-    pub test_per_class: u32,
-    #[serde(default = "default_synthetic_size")]
-    pub image_size: u32,
-    #[serde(default)]
-    pub seed: u64,
-}
-
-fn default_synthetic_size() -> u32 {
-    32
 }
 
 #[derive(Debug, Deserialize)]
@@ -377,23 +361,7 @@ pub struct RawExperiment {
     pub deterministic: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Network {
-    /// ResNet-32, PODNet's variant (shortcut A, no ReLU after sums).
-    Resnet32,
-    /// ResNet-32, LUCIR's variant (shortcut B, last ReLU removed).
-    Resnet32Lucir,
-    /// ResNet-18 as torchvision's (LUCIR's ImageNet network).
-    Resnet18,
-    /// ResNet-18 as PODNet's ImageNet network (A `convnet/resnet.py`: 3x3
-    /// stride-1 stem, no ReLU at the end of a stage).
-    Resnet18Podnet,
-    /// A very small CIFAR-style ResNet (width 4, 1 block per stage) for tests.
-    Tiny,
-    /// A small CIFAR-style ResNet (width 8, 2 blocks per stage) for the quickstart.
-    Small,
-}
+pub use crate::params::Network;
 
 fn default_seeds() -> Vec<u64> {
     vec![0]
@@ -417,12 +385,7 @@ impl Default for RawEvaluation {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Classifier {
-    Cnn,
-    Nme,
-}
+pub use crate::params::Classifier;
 
 fn default_classifiers() -> Vec<Classifier> {
     vec![Classifier::Cnn, Classifier::Nme]

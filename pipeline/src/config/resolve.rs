@@ -12,7 +12,7 @@ use super::raw::*;
 use super::{did_you_mean, ConfigError};
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
-use crate::params::{IcarlDistillation, Profile, Recipe, IMAGENET_CROP};
+use crate::params::{IcarlDistillation, OrderSpec, Profile, Recipe, SyntheticSpec, IMAGENET_CROP};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,8 +62,7 @@ pub struct DatasetDef {
 
 #[derive(Debug, Clone)]
 pub enum DatasetSource {
-    /// The generator's spec, as the stage reads it.
-    Synthetic(Value),
+    Synthetic(SyntheticSpec),
     Cifar100 {
         path: Option<PathBuf>,
         url: Option<String>,
@@ -92,7 +91,7 @@ pub enum ValDef {
 pub struct OrderDef {
     pub name: String,
     /// The order spec as the order stage reads it.
-    pub spec: Value,
+    pub spec: OrderSpec,
     /// Class count the order implies, when it implies one.
     pub classes: Option<usize>,
 }
@@ -341,15 +340,7 @@ pub fn resolve(
     }
     let slurm = resolve_slurm(&cx, raw.executor.slurm)?;
     let evaluation = crate::params::EvaluationParams {
-        classifiers: raw
-            .evaluation
-            .classifiers
-            .iter()
-            .map(|c| match c {
-                super::Classifier::Cnn => "cnn".to_string(),
-                super::Classifier::Nme => "nme".to_string(),
-            })
-            .collect(),
+        classifiers: raw.evaluation.classifiers.clone(),
         top_k: raw.evaluation.top_k.iter().map(|&k| k as i64).collect(),
     };
     Ok(Config {
@@ -540,7 +531,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                 name: name.into(),
                 classes: Some(s.classes),
                 profile: Profile::Cifar100,
-                source: DatasetSource::Synthetic(serde_json::to_value(&s).expect("serialises")),
+                source: DatasetSource::Synthetic(s),
             }
         }
         Source::Cifar100(c) => {
@@ -646,7 +637,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
 }
 
 enum Source {
-    Synthetic(RawSynthetic),
+    Synthetic(SyntheticSpec),
     Cifar100(RawCifar100),
     ImageFolder(RawImageFolder),
 }
@@ -678,10 +669,10 @@ fn resolve_order(
                 }
                 *slot = true;
             }
-            (json!({"explicit": {"classes": list}}), Some(n))
+            (OrderSpec::Explicit { classes: list }, Some(n))
         }
-        (None, Some(seed), None, None) => (json!({"numpy_seed": {"seed": seed}}), None),
-        (None, None, None, Some(seed)) => (json!({"icarl": {"seed": seed}}), None),
+        (None, Some(seed), None, None) => (OrderSpec::NumpySeed { seed }, None),
+        (None, None, None, Some(seed)) => (OrderSpec::Icarl { seed }, None),
         (None, None, Some(n), None) => {
             let Some(classes) = catalog.named_order(&n) else {
                 let names = catalog.named_order_names();
@@ -694,7 +685,7 @@ fn resolve_order(
                     format!("unknown order `{n}`; {hint}"),
                 ));
             };
-            (json!({"named": {"name": n}}), Some(classes))
+            (OrderSpec::Named { name: n }, Some(classes))
         }
         _ => {
             return Err(cx.err(
@@ -1101,10 +1092,10 @@ fn resolve_table(
                 at("classifier"),
                 format!(
                     "`{}` is not evaluated; evaluation.classifiers lists {}",
-                    classifier_name(c),
+                    c.name(),
                     classifiers
                         .iter()
-                        .map(|&c| classifier_name(c))
+                        .map(|&c| c.name())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -1220,7 +1211,7 @@ fn resolve_table(
             caption: t.caption,
             label: t.label.unwrap_or_else(|| format!("tab:{name}")),
             metric: t.metric,
-            classifier: classifier_name(classifier).to_string(),
+            classifier,
             rows: t.rows,
             columns: t.columns,
             time_column: t.time_column,
@@ -1230,13 +1221,6 @@ fn resolve_table(
             column_labels: columns,
         },
     })
-}
-
-fn classifier_name(c: Classifier) -> &'static str {
-    match c {
-        Classifier::Cnn => "cnn",
-        Classifier::Nme => "nme",
-    }
 }
 
 /// `64.83`, `"64.83"`, `"64.83 +- 0.51"` or `"64.83 ± 0.51"`.

@@ -34,7 +34,6 @@
 use std::f64::consts::TAU;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::dataset::artefact::{Dataset, Split};
 use crate::error::{Result, StageError};
@@ -42,68 +41,59 @@ use crate::error::{Result, StageError};
 pub const SOURCE_FORMAT: &str = "synthetic";
 const CHANNELS: usize = 3;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyntheticSpec {
-    pub classes: u32,
-    pub train_per_class: u32,
-    pub test_per_class: u32,
-    /// Side of the square RGB images, in pixels.
-    pub image_size: u32,
-    pub seed: u64,
-}
+pub use bsce_pipeline::params::SyntheticSpec;
 
-impl SyntheticSpec {
-    fn validate(&self) -> Result<()> {
-        let check = |ok: bool, key: &str, value: u32, expected: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(StageError::param(
-                    format!("synthetic.{key}"),
-                    format!("is {value}; expected {expected}"),
-                ))
-            }
-        };
-        let max_classes = u16::MAX as u32;
-        check(
-            (2..=max_classes).contains(&self.classes),
-            "classes",
-            self.classes,
-            &format!("2..={max_classes} (labels are u16)"),
-        )?;
-        check(
-            self.train_per_class >= 1,
-            "train_per_class",
-            self.train_per_class,
-            "at least 1",
-        )?;
-        check(
-            self.test_per_class >= 1,
-            "test_per_class",
-            self.test_per_class,
-            "at least 1",
-        )?;
-        check(
-            (4..=512).contains(&self.image_size),
-            "image_size",
-            self.image_size,
-            "4..=512 pixels",
-        )?;
-        let per_class = self.train_per_class.max(self.test_per_class) as u128;
-        let bytes = self.classes as u128 * per_class * (self.image_size as u128).pow(2) * 3;
-        if bytes > isize::MAX as u128 {
-            return Err(StageError::param(
-                "synthetic",
-                format!("a split of {bytes} bytes cannot be held in memory; lower classes, *_per_class or image_size"),
-            ));
+/// The spec's limits, checked again here: the stage may be given params
+/// that no config resolution checked.
+fn validate(spec: &SyntheticSpec) -> Result<()> {
+    let check = |ok: bool, key: &str, value: u32, expected: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(StageError::param(
+                format!("synthetic.{key}"),
+                format!("is {value}; expected {expected}"),
+            ))
         }
-        Ok(())
+    };
+    let max_classes = u16::MAX as u32;
+    check(
+        (2..=max_classes).contains(&spec.classes),
+        "classes",
+        spec.classes,
+        &format!("2..={max_classes} (labels are u16)"),
+    )?;
+    check(
+        spec.train_per_class >= 1,
+        "train_per_class",
+        spec.train_per_class,
+        "at least 1",
+    )?;
+    check(
+        spec.test_per_class >= 1,
+        "test_per_class",
+        spec.test_per_class,
+        "at least 1",
+    )?;
+    check(
+        (4..=512).contains(&spec.image_size),
+        "image_size",
+        spec.image_size,
+        "4..=512 pixels",
+    )?;
+    let per_class = spec.train_per_class.max(spec.test_per_class) as u128;
+    let bytes = spec.classes as u128 * per_class * (spec.image_size as u128).pow(2) * 3;
+    if bytes > isize::MAX as u128 {
+        return Err(StageError::param(
+            "synthetic",
+            format!("a split of {bytes} bytes cannot be held in memory; lower classes, *_per_class or image_size"),
+        ));
     }
+    Ok(())
 }
 
 pub fn generate(spec: &SyntheticSpec) -> Result<Dataset> {
-    spec.validate()?;
+    validate(spec)?;
     let size = spec.image_size as usize;
     let prototypes: Vec<Prototype> = (0..spec.classes as u64)
         .map(|class| Prototype::draw(derive(derive(spec.seed, STREAM_PROTOTYPE), class), size))

@@ -8,28 +8,9 @@ use super::named::{named_order, named_order_names};
 use super::numpy::numpy_shuffled_range;
 use crate::error::{Result, StageError};
 
-/// A class order as written in a config. Externally tagged, e.g.
-/// `{numpy_seed: {seed: 1993}}`, so a typo in the variant or a field is
-/// reported by name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum OrderSpec {
-    Explicit {
-        classes: Vec<u32>,
-    },
-    /// `np.random.seed(seed); np.random.shuffle(np.arange(num_classes))`.
-    NumpySeed {
-        seed: u32,
-    },
-    /// One of [`named_order_names`].
-    Named {
-        name: String,
-    },
-    /// The original iCaRL CIFAR-100 script's order for this seed.
-    Icarl {
-        seed: u32,
-    },
-}
+/// A class order as written in a config: one declaration, shared with
+/// the planner.
+pub use bsce_pipeline::params::OrderSpec;
 
 /// What produced an order's list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

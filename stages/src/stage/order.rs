@@ -2,13 +2,14 @@
 //! explicit, validated class order.
 
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
+use bsce_pipeline::params::OrderParams;
 
 use crate::dataset::artefact::read_meta;
 use crate::error::{Result, StageError};
-use crate::order::{resolve_order, write_order, OrderSpec};
+use crate::order::{resolve_order, write_order};
 
 pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
-    let spec: OrderSpec = serde_json::from_value(job.params["spec"].clone())
+    let OrderParams { spec } = serde_json::from_value(job.params.clone())
         .map_err(|e| StageError::param("spec", format!("not an order spec: {e}")))?;
     let dataset = job
         .input("dataset")

@@ -5,39 +5,32 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use bsce_pipeline::exec::job::{ChildReporter, SourceLocation, StageJob};
+use bsce_pipeline::params::{PrepareParams, ValParams};
 use serde_json::Value;
 
 use crate::dataset::artefact::DatasetMeta;
 use crate::dataset::image_folder::{prepare_image_folder, ImageFolderSpec, ValSource};
-use crate::dataset::synthetic::{generate, SyntheticSpec};
+use crate::dataset::synthetic::generate;
 use crate::dataset::{cifar, download};
 use crate::error::{Result, StageError};
 
 pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
-    let (variant, params) = job
-        .params
-        .as_object()
-        .and_then(|m| m.iter().next())
-        .ok_or_else(|| {
-            StageError::param(
-                "source",
-                "expected one of synthetic, cifar100, image_folder",
-            )
-        })?;
-    let dataset = match variant.as_str() {
-        "synthetic" => {
-            let spec: SyntheticSpec = serde_json::from_value(params.clone())
-                .map_err(|e| StageError::param("synthetic", e.to_string()))?;
-            generate(&spec)?
-        }
-        "cifar100" => {
+    let params: PrepareParams = serde_json::from_value(job.params.clone())
+        .map_err(|e| StageError::param("source", format!("bad stage params: {e}")))?;
+    let dataset = match params {
+        PrepareParams::Synthetic(spec) => generate(&spec)?,
+        PrepareParams::Cifar100 {} => {
             let archive = fetch_source(job, "archive", reporter)?;
             cifar::load_cifar100(&archive)?
         }
-        "image_folder" => {
+        PrepareParams::ImageFolder {
+            train_dir,
+            val,
+            size,
+        } => {
             // Streamed to disk, not held: the one source that can outgrow
             // memory (ImageNet-1k is 250 GB prepared).
-            let spec = image_folder_spec(job, params)?;
+            let spec = image_folder_spec(job, train_dir, val, size)?;
             let report =
                 prepare_image_folder(&spec, &job.out_dir, &job.resume_dir, &|done, total| {
                     reporter.progress(done, Some(total), "images")
@@ -65,12 +58,6 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             );
             provenance(&report.meta, reporter);
             return Ok(());
-        }
-        other => {
-            return Err(StageError::param(
-                "source",
-                format!("unknown source kind {other:?}"),
-            ))
         }
     };
     let meta = dataset.write(&job.out_dir)?;
@@ -106,44 +93,35 @@ fn fetch_source(job: &StageJob, name: &str, reporter: &ChildReporter) -> Result<
     Ok(path.clone())
 }
 
-fn image_folder_spec(job: &StageJob, params: &Value) -> Result<ImageFolderSpec> {
-    let bad =
-        |k: &str| StageError::param(format!("image_folder.{k}"), "missing or of the wrong type");
-    let root = job
-        .sources
-        .get("root")
-        .ok_or_else(|| bad("root"))?
-        .path
-        .clone();
-    let val = match &params["val"] {
-        Value::Object(m) if m.contains_key("folders") => ValSource::Folders {
-            dir: m["folders"]
-                .as_str()
-                .ok_or_else(|| bad("val.folders"))?
-                .to_string(),
+fn image_folder_spec(
+    job: &StageJob,
+    train_dir: String,
+    val: ValParams,
+    size: u32,
+) -> Result<ImageFolderSpec> {
+    let source = |name: &str| {
+        job.sources
+            .get(name)
+            .map(|s| s.path.clone())
+            .ok_or_else(|| {
+                StageError::param(
+                    format!("image_folder.{name}"),
+                    "the stage has no such source",
+                )
+            })
+    };
+    let val = match val {
+        ValParams::Folders(dir) => ValSource::Folders { dir },
+        ValParams::LabelList { dir } => ValSource::LabelList {
+            dir,
+            labels: source("val_labels")?,
         },
-        Value::Object(m) if m.contains_key("label_list") => ValSource::LabelList {
-            dir: m["label_list"]["dir"]
-                .as_str()
-                .ok_or_else(|| bad("val.label_list.dir"))?
-                .to_string(),
-            labels: job
-                .sources
-                .get("val_labels")
-                .ok_or_else(|| bad("val.label_list.labels"))?
-                .path
-                .clone(),
-        },
-        _ => return Err(bad("val")),
     };
     Ok(ImageFolderSpec {
-        root,
-        train_dir: params["train_dir"]
-            .as_str()
-            .ok_or_else(|| bad("train_dir"))?
-            .to_string(),
+        root: source("root")?,
+        train_dir,
         val,
         subset: job.sources.get("subset").map(|s| s.path.clone()),
-        size: params["size"].as_u64().ok_or_else(|| bad("size"))? as u32,
+        size,
     })
 }

@@ -5,7 +5,7 @@
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use bsce_stages::order::read_order;
-use serde::{Deserialize, Serialize};
+use bsce_stages::task_artefacts::{ClassifierResult, Evaluation};
 use tch::{Device, Kind, Tensor};
 
 use super::{positions, write_json, Model};
@@ -14,40 +14,9 @@ use crate::memory::nme_scores;
 use crate::method::{augment_spec, uses_raw_features, EvalParams};
 use crate::runtime;
 use crate::{Result, StageError};
-use bsce_pipeline::params::FeatureTap;
+use bsce_pipeline::params::{Classifier, FeatureTap};
 
 const BATCH: usize = 256;
-
-/// `eval.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Evaluation {
-    pub task: usize,
-    pub classes_seen: usize,
-    pub test_images: usize,
-    /// Per classifier (`cnn`, `nme`).
-    pub results: std::collections::BTreeMap<String, ClassifierResult>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassifierResult {
-    /// k -> top-k accuracy on all seen classes, in percent.
-    pub top: std::collections::BTreeMap<String, f64>,
-    /// Top-1 accuracy on the classes learnt before this task / in it.
-    pub old: Option<f64>,
-    pub new: f64,
-    /// Top-1 accuracy per task group (classes added by task 0, 1, ...).
-    pub per_task: Vec<f64>,
-    /// Top-1 accuracy per class, incremental order.
-    pub per_class: Vec<f64>,
-    /// Share of predictions that fall on this task's new classes, against
-    /// their share of the test images: the bias BSCE is meant to remove.
-    pub predicted_new_share: f64,
-    pub true_new_share: f64,
-    /// Rows: true class, columns: predicted class (incremental order).
-    pub confusion: Vec<Vec<u32>>,
-}
 
 pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let p: EvalParams = serde_json::from_value(job.params.clone())
@@ -82,7 +51,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         .iter()
         .map(|&i| pos[labels[i] as usize] as i64)
         .collect();
-    let aug = augment_spec(&info.augment, info.crop)?;
+    let aug = augment_spec(info.augment, info.crop)?;
     let raw = uses_raw_features(info.preset);
     let tap = info.features.unwrap_or(if raw {
         FeatureTap::PreActivation
@@ -115,18 +84,12 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     });
     let y = Tensor::from_slice(&targets);
     let mut results = std::collections::BTreeMap::new();
-    for name in &p.evaluation.classifiers {
-        let scores = match name.as_str() {
-            "cnn" => Tensor::cat(&cnn, 0),
-            "nme" => Tensor::cat(&nme, 0),
-            other => {
-                return Err(StageError::param(
-                    "evaluation.classifiers",
-                    format!("unknown classifier {other:?}"),
-                ))
-            }
+    for &classifier in &p.evaluation.classifiers {
+        let scores = match classifier {
+            Classifier::Cnn => Tensor::cat(&cnn, 0),
+            Classifier::Nme => Tensor::cat(&nme, 0),
         };
-        results.insert(name.clone(), score(&scores, &y, &p, seen));
+        results.insert(classifier, score(&scores, &y, &p, seen));
     }
     let eval = Evaluation {
         task: p.task,

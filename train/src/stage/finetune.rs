@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
-use serde_json::{json, Value};
+use bsce_stages::task_artefacts::{finite, FinetuneLog, LogEntry, TrainLog};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::steps::{classification, extract, freeze_unlearned_scale, images_of_class, sgd_step};
@@ -102,7 +102,7 @@ pub fn balanced_set(
     Ok(set)
 }
 
-pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut Vec<Value>) -> Result<()> {
+pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()> {
     let p = f.p;
     let preset = p.method.preset;
     if !matches!(preset, Preset::Lucir | Preset::Podnet) {
@@ -210,12 +210,16 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut Vec<Value>) -> Result<
                 *sums.entry(name).or_default() += t.double_value(&[]) * batch.indices.len() as f64;
             }
         }
-        let mut entry = json!({"finetune_epoch": epoch, "lr": lr, "images": size,
-                               "seconds": started.elapsed().as_secs_f64()});
-        for (k, v) in sums {
-            entry[k] = json!(v / size.max(1) as f64);
-        }
-        log.push(entry);
+        log.push(LogEntry::Finetune(FinetuneLog {
+            finetune_epoch: epoch,
+            lr,
+            images: size,
+            seconds: started.elapsed().as_secs_f64(),
+            losses: sums
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), finite(v / size.max(1) as f64)))
+                .collect(),
+        }));
     }
     for v in &frozen {
         let _ = v.set_requires_grad(true);
@@ -230,7 +234,7 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut Vec<Value>) -> Result<
 mod tests {
     use super::*;
     use crate::classifier::HeadSpec;
-    use crate::method::{augment_spec, MethodParams, Recipe, Schedule, Selection};
+    use crate::method::{augment_spec, Augmentation, MethodParams, Recipe, Schedule, Selection};
     use crate::stage::ModelInfo;
     use bsce_pipeline::params::{FeatureTap, MethodHyper};
     use bsce_stages::dataset::synthetic::{generate, SyntheticSpec};
@@ -244,7 +248,7 @@ mod tests {
     ) -> (
         BTreeMap<String, Tensor>,
         BTreeMap<String, Tensor>,
-        Vec<Value>,
+        Vec<serde_json::Value>,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let data = generate(&SyntheticSpec {
@@ -259,8 +263,8 @@ mod tests {
         let ds = MappedDataset::open(dir.path()).unwrap();
         let info = ModelInfo {
             preset,
-            network: "tiny".into(),
-            augment: "cifar_podnet".into(),
+            network: crate::method::Network::Tiny,
+            augment: Augmentation::CifarPodnet,
             crop: None,
             head,
             blocks: vec![2, 2],
@@ -300,8 +304,8 @@ mod tests {
                 milestones: vec![],
                 gamma: 0.1,
             },
-            network: "tiny".into(),
-            augment: "cifar_podnet".into(),
+            network: crate::method::Network::Tiny,
+            augment: Augmentation::CifarPodnet,
             crop: None,
             seed: 1,
             deterministic: true,
@@ -317,7 +321,7 @@ mod tests {
                 )
             })
             .collect();
-        let aug = augment_spec("cifar_podnet", None).unwrap();
+        let aug = augment_spec(Augmentation::CifarPodnet, None).unwrap();
         let raw = |o: &BackboneOut| o.raw.shallow_clone();
         let target = |i: usize| labels[i] as i64;
         let counts = Tensor::from_slice(&[3i64; 4]);
@@ -352,6 +356,8 @@ mod tests {
             &mut log,
         )
         .unwrap();
+        // As the result stages see it.
+        let log = serde_json::from_value(serde_json::to_value(&log).unwrap()).unwrap();
         (before, snapshot(&model), log)
     }
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::classifier::{Head, HeadSpec};
-use crate::method::{net_spec, Preset};
+use crate::method::{net_spec, Augmentation, Network, Preset};
 use crate::net::Backbone;
 use crate::{Result, StageError};
 
@@ -26,8 +26,8 @@ use crate::{Result, StageError};
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
     pub preset: Preset,
-    pub network: String,
-    pub augment: String,
+    pub network: Network,
+    pub augment: Augmentation,
     /// The augmentation's crop where the dataset's differs from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crop: Option<u32>,
@@ -63,7 +63,7 @@ pub struct Model {
 impl Model {
     pub fn build(info: &ModelInfo, device: tch::Device) -> Result<Model> {
         let vs = nn::VarStore::new(device);
-        let spec = net_spec(&info.network)?;
+        let spec = net_spec(info.network);
         let backbone = Backbone::new(&(vs.root() / "backbone"), &spec)?;
         let mut head = Head::new(&(vs.root() / "head"), &info.head, backbone.out_dim())?;
         for &n in &info.blocks {

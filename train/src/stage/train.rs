@@ -5,7 +5,8 @@ use std::time::Instant;
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use bsce_stages::order::read_order;
-use serde_json::{json, Value};
+use bsce_stages::task_artefacts::{finite, EpochLog, LogEntry, TrainLog};
+use serde_json::json;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::steps::{classification, extract, freeze_unlearned_scale, images_of_class, sgd_step};
@@ -50,7 +51,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let hwc = (meta.height as i64, meta.width as i64, meta.channels as i64);
     let pos = positions(&order.classes, meta.num_classes());
     let labels = ds.labels(SplitName::Train);
-    let aug = augment_spec(&p.augment, p.crop)?;
+    let aug = augment_spec(p.augment, p.crop)?;
     aug.validate(hwc)?;
     let preset = p.method.preset;
 
@@ -66,8 +67,8 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         None => {
             let info = ModelInfo {
                 preset,
-                network: p.network.clone(),
-                augment: p.augment.clone(),
+                network: p.network,
+                augment: p.augment,
                 crop: p.crop,
                 head: head_spec(&p.method),
                 blocks: vec![],
@@ -176,7 +177,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     }
     .build(&model.vs, recipe.lr)
     .map_err(|e| StageError::Other(format!("optimizer: {e}")))?;
-    let mut log: Vec<Value> = Vec::new();
+    let mut log: TrainLog = Vec::new();
     let samples: Vec<(usize, i64)> = train_idx.iter().map(|&i| (i, target_of(i))).collect();
     let mut batches = Batches::new(samples, recipe.batch_size as usize, job.seed)?;
     let batches_per_epoch = batches.batches_per_epoch();
@@ -235,12 +236,16 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 );
             }
         }
-        let mut entry = json!({"epoch": epoch, "lr": lr, "seconds": started.elapsed().as_secs_f64(),
-                   "device": job.device});
-        for (k, v) in sums {
-            entry[k] = json!(v / seen.max(1) as f64);
-        }
-        log.push(entry);
+        log.push(LogEntry::Epoch(EpochLog {
+            epoch,
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+            device: job.device.clone(),
+            losses: sums
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), finite(v / seen.max(1) as f64)))
+                .collect(),
+        }));
     }
 
     // Memory budget: m exemplars per class once this task's classes are in.
