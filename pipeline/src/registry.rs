@@ -346,6 +346,10 @@ pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
     ("train/src/router.rs", "routes a job to its kind"),
     ("train/src/bench.rs", "the benchmarks of bench/run.sh"),
     (
+        "train/src/probe.rs",
+        "`bsce-torch probe`: one training step written out for the parity tests; no stage runs it",
+    ),
+    (
         "train/build.rs",
         "links libtorch (its version is a library of the train kinds)",
     ),

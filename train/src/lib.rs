@@ -27,6 +27,7 @@ pub mod loss;
 pub mod memory;
 pub mod method;
 pub mod net;
+pub mod probe;
 pub mod router;
 pub mod runtime;
 pub mod stage;

@@ -6,7 +6,9 @@
 //!
 //! Usage (internal): `bsce-torch doctor [--json]`, `bsce-torch exec-stage JOB`,
 //! `bsce-torch bench-train BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
-//! `bsce-torch bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`.
+//! `bsce-torch bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
+//! `bsce-torch probe SPEC.json OUT_DIR` (one training step written out for
+//! the parity tests, `train/src/probe.rs`).
 //! The benchmarks default to `resnet32` on `cuda:0` when libtorch sees a
 //! GPU, else on the CPU, with 3 warm-up iterations.
 //!
@@ -23,7 +25,8 @@ use serde_json::{json, Value};
 use tch::Cuda;
 
 const USAGE: &str = "usage: bsce-torch doctor [--json] | exec-stage JOB (started by bsce-pipe)\n       \
-     bsce-torch bench-train|bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]";
+     bsce-torch bench-train|bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]\n       \
+     bsce-torch probe SPEC.json OUT_DIR (one training step written out; see tests/parity/README.md)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +66,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["probe", spec, out] => match bsce_train::probe::run(Path::new(spec), Path::new(out)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         ["exec-stage", job] => {
             bsce_pipeline::exec::job::die_with_parent();
             bsce_stages::stage::exec_stage(

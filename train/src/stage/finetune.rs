@@ -102,6 +102,85 @@ pub fn balanced_set(
     Ok(set)
 }
 
+/// Only the class weights learn, old classes' included: the backbone and
+/// the scale (η, σ) are frozen. Returns the variables it froze, to be
+/// unfrozen after the phase.
+pub fn freeze_all_but_class_weights(model: &mut Model) -> Vec<Tensor> {
+    let blocks: Vec<_> = model
+        .head
+        .block_parameters()
+        .iter()
+        .map(Tensor::data_ptr)
+        .collect();
+    let frozen: Vec<Tensor> = model
+        .vs
+        .trainable_variables()
+        .into_iter()
+        .filter(|v| !blocks.contains(&v.data_ptr()))
+        .collect();
+    for v in &frozen {
+        let _ = v.set_requires_grad(false);
+    }
+    model.head.set_old_blocks_trainable(true);
+    frozen
+}
+
+/// Fine-tuning's optimiser: the recipe's momentum and weight decay at the
+/// phase's own learning rate.
+pub fn optimizer(p: &TrainParams, spec: &FinetuneSpec, model: &Model) -> Result<nn::Optimizer> {
+    nn::Sgd {
+        momentum: p.recipe.momentum,
+        dampening: 0.0,
+        wd: p.recipe.weight_decay,
+        nesterov: false,
+    }
+    .build(&model.vs, spec.lr)
+    .map_err(|e| StageError::Other(format!("optimizer: {e}")))
+}
+
+/// PODNet re-estimates BatchNorm statistics on the balanced set; LUCIR
+/// keeps them.
+pub fn bn_train(preset: Preset) -> bool {
+    preset == Preset::Podnet
+}
+
+/// One fine-tuning step on a batch: features without gradients, the
+/// classification term (and LUCIR's margin ranking), one SGD step.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune_step(
+    p: &TrainParams,
+    model: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    bn_train: bool,
+    counts: &Tensor,
+    log_counts: &Tensor,
+    feature_of: &dyn Fn(&BackboneOut) -> Tensor,
+    opt: &mut nn::Optimizer,
+) -> Vec<(&'static str, Tensor)> {
+    let feats = tch::no_grad(|| feature_of(&model.backbone.forward_t(x, bn_train)));
+    let logits = model.head.forward(&feats);
+    let mut terms = vec![classification(p, model, &logits, y, counts, log_counts)];
+    if p.method.preset == Preset::Lucir {
+        terms.push((
+            "margin_ranking",
+            loss::lucir_margin_ranking(
+                &model.head.similarities(&feats),
+                y,
+                p.start as i64,
+                loss::lucir::MARGIN_RANKING_K,
+                loss::lucir::MARGIN,
+            ),
+        ));
+    }
+    let total = terms.iter().fold(
+        Tensor::zeros([], (Kind::Float, x.device())),
+        |acc, (_, t)| acc + t,
+    );
+    sgd_step(opt, &model.vs, &total, p.method.hyper.gradient_clamp);
+    terms
+}
+
 pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()> {
     let p = f.p;
     let preset = p.method.preset;
@@ -130,35 +209,9 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()
     })?;
     let size = samples.len();
 
-    // Only the class weights learn: backbone and scale (η, σ) are frozen.
-    let blocks: Vec<_> = model
-        .head
-        .block_parameters()
-        .iter()
-        .map(Tensor::data_ptr)
-        .collect();
-    let frozen: Vec<Tensor> = model
-        .vs
-        .trainable_variables()
-        .into_iter()
-        .filter(|v| !blocks.contains(&v.data_ptr()))
-        .collect();
-    for v in &frozen {
-        let _ = v.set_requires_grad(false);
-    }
-    model.head.set_old_blocks_trainable(true);
-    let mut opt = nn::Sgd {
-        momentum: p.recipe.momentum,
-        dampening: 0.0,
-        wd: p.recipe.weight_decay,
-        nesterov: false,
-    }
-    .build(&model.vs, f.spec.lr)
-    .map_err(|e| StageError::Other(format!("optimizer: {e}")))?;
-    // PODNet re-estimates BatchNorm statistics on the balanced set; LUCIR
-    // keeps them.
-    let bn_train = preset == Preset::Podnet;
-    let clamp = p.method.hyper.gradient_clamp;
+    let frozen = freeze_all_but_class_weights(model);
+    let mut opt = optimizer(p, f.spec, model)?;
+    let bn_train = bn_train(preset);
     let mut batches = Batches::new(samples, p.recipe.batch_size as usize, f.seed ^ 0xba1a)?;
     for epoch in 0..f.spec.epochs {
         let lr = lr_at(f.spec, epoch);
@@ -178,34 +231,17 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()
                 batch.augment_seed,
             );
             let y = Tensor::from_slice(batch.labels).to(f.device);
-            let feats = tch::no_grad(|| (f.feature_of)(&model.backbone.forward_t(&x, bn_train)));
-            let logits = model.head.forward(&feats);
-            let mut terms = vec![classification(
+            let terms = finetune_step(
                 p,
                 model,
-                &logits,
+                &x,
                 &y,
+                bn_train,
                 f.counts,
                 f.log_counts,
-            )];
-            if preset == Preset::Lucir {
-                terms.push((
-                    "margin_ranking",
-                    loss::lucir_margin_ranking(
-                        &model.head.similarities(&feats),
-                        &y,
-                        p.start as i64,
-                        loss::lucir::MARGIN_RANKING_K,
-                        loss::lucir::MARGIN,
-                    ),
-                ));
-            }
-            let total = terms
-                .iter()
-                .fold(Tensor::zeros([], (Kind::Float, f.device)), |acc, (_, t)| {
-                    acc + t
-                });
-            sgd_step(&mut opt, &model.vs, &total, clamp);
+                f.feature_of,
+                &mut opt,
+            );
             for (name, t) in &terms {
                 *sums.entry(name).or_default() += t.double_value(&[]) * batch.indices.len() as f64;
             }

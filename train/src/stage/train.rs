@@ -108,7 +108,6 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
 
     // Grow the head: new classes, imprinted from their mean features where
     // the method does so (LUCIR, PODNet from task 1 on).
-    let new = (p.end - p.start) as i64;
     // The classifier's input, and the features herding and NME use.
     let feature_of = |out: &BackboneOut| {
         if uses_raw_features(preset) {
@@ -153,30 +152,15 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     } else {
         None
     };
-    model
-        .head
-        .add_classes(&(model.vs.root() / "head"), new, imprint.as_ref())?;
-    info.blocks.push(new);
+    grow(&p, &mut model, &mut info, imprint.as_ref())?;
     info.classes
         .extend_from_slice(&order.classes[p.start..p.end]);
-    // Old classes' weights stay as they are in LUCIR and PODNet.
-    if matches!(preset, Preset::Lucir | Preset::Podnet) {
-        model.head.set_old_blocks_trainable(false);
-    }
-    freeze_unlearned_scale(&p, &model);
 
     let log_counts = loss::log_count_adjustment(&counts, device);
     let count_tensor =
         Tensor::from_slice(&counts.iter().map(|&c| c as i64).collect::<Vec<_>>()).to(device);
     let recipe = &p.recipe;
-    let mut opt = nn::Sgd {
-        momentum: recipe.momentum,
-        dampening: 0.0,
-        wd: recipe.weight_decay,
-        nesterov: false,
-    }
-    .build(&model.vs, recipe.lr)
-    .map_err(|e| StageError::Other(format!("optimizer: {e}")))?;
+    let mut opt = optimizer(&p, &model)?;
     let mut log: TrainLog = Vec::new();
     let samples: Vec<(usize, i64)> = train_idx.iter().map(|&i| (i, target_of(i))).collect();
     let mut batches = Batches::new(samples, recipe.batch_size as usize, job.seed)?;
@@ -197,32 +181,17 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 batch.augment_seed,
             );
             let y = Tensor::from_slice(batch.labels).to(device);
-            let out = model.backbone.forward_t(&x, true);
-            let logits = model.head.forward(&feature_of(&out));
-            let old_out = old.as_ref().map(|o| {
-                tch::no_grad(|| {
-                    let oo = o.backbone.forward_t(&x, false);
-                    let ol = o.head.forward(&feature_of(&oo));
-                    (oo, ol)
-                })
-            });
-            let terms = task_loss(
+            let terms = main_step(
                 &p,
                 &model,
-                &out,
-                &logits,
+                old.as_ref(),
+                &x,
                 &y,
-                old_out.as_ref(),
                 &count_tensor,
                 &log_counts,
                 &feature_of,
+                &mut opt,
             )?;
-            let total = terms
-                .iter()
-                .fold(Tensor::zeros([], (Kind::Float, device)), |acc, (_, t)| {
-                    acc + t
-                });
-            sgd_step(&mut opt, &model.vs, &total, p.method.hyper.gradient_clamp);
             for (name, t) in &terms {
                 *sums.entry(name).or_default() += t.double_value(&[]) * batch.indices.len() as f64;
             }
@@ -378,6 +347,84 @@ pub(super) fn hyper(value: Option<f64>, name: &str) -> Result<f64> {
             "missing: the plan sets it for this preset",
         )
     })
+}
+
+/// Grows the head by this task's classes (imprinted where the method does
+/// so) and freezes what the method keeps: old class weights in LUCIR and
+/// PODNet, an unlearned scale.
+pub fn grow(
+    p: &TrainParams,
+    model: &mut Model,
+    info: &mut ModelInfo,
+    imprint: Option<&Tensor>,
+) -> Result<()> {
+    let new = (p.end - p.start) as i64;
+    model
+        .head
+        .add_classes(&(model.vs.root() / "head"), new, imprint)?;
+    info.blocks.push(new);
+    // Old classes' weights stay as they are in LUCIR and PODNet.
+    if matches!(p.method.preset, Preset::Lucir | Preset::Podnet) {
+        model.head.set_old_blocks_trainable(false);
+    }
+    freeze_unlearned_scale(p, model);
+    Ok(())
+}
+
+/// The main phase's optimiser: SGD with the recipe's momentum and weight
+/// decay over the trainable variables.
+pub fn optimizer(p: &TrainParams, model: &Model) -> Result<nn::Optimizer> {
+    nn::Sgd {
+        momentum: p.recipe.momentum,
+        dampening: 0.0,
+        wd: p.recipe.weight_decay,
+        nesterov: false,
+    }
+    .build(&model.vs, p.recipe.lr)
+    .map_err(|e| StageError::Other(format!("optimizer: {e}")))
+}
+
+/// One step of the main phase on a batch `x` (network input) with labels
+/// `y`: the model in train mode, the old model (if any) in eval mode
+/// without gradients, the preset's loss terms, one SGD step on their sum.
+#[allow(clippy::too_many_arguments)]
+pub fn main_step(
+    p: &TrainParams,
+    model: &Model,
+    old: Option<&Model>,
+    x: &Tensor,
+    y: &Tensor,
+    counts: &Tensor,
+    log_counts: &Tensor,
+    feature_of: &dyn Fn(&BackboneOut) -> Tensor,
+    opt: &mut nn::Optimizer,
+) -> Result<Vec<(&'static str, Tensor)>> {
+    let out = model.backbone.forward_t(x, true);
+    let logits = model.head.forward(&feature_of(&out));
+    let old_out = old.map(|o| {
+        tch::no_grad(|| {
+            let oo = o.backbone.forward_t(x, false);
+            let ol = o.head.forward(&feature_of(&oo));
+            (oo, ol)
+        })
+    });
+    let terms = task_loss(
+        p,
+        model,
+        &out,
+        &logits,
+        y,
+        old_out.as_ref(),
+        counts,
+        log_counts,
+        feature_of,
+    )?;
+    let total = terms.iter().fold(
+        Tensor::zeros([], (Kind::Float, x.device())),
+        |acc, (_, t)| acc + t,
+    );
+    sgd_step(opt, &model.vs, &total, p.method.hyper.gradient_clamp);
+    Ok(terms)
 }
 
 /// The loss terms of one batch, named for the log.
