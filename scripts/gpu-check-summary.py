@@ -97,23 +97,23 @@ for net in ("resnet32", "resnet18"):
     elif s["status"] == "ok":
         fail(name, "no measurement printed")
 
-# smoke run
-if "smoke" in by:
-    s = by["smoke"]
-    run, res = load("smoke/run.json"), load("smoke/results.json")
+# a config run: the smoke config, and a pilot (--pilot)
+def config_run(name, folder):
+    s = by[name]
+    run, res = load(f"{folder}/run.json"), load(f"{folder}/results.json")
     parts = []
     if run:
         parts.append(f"{run.get('executed')} stages executed, {run.get('failed')} failed, "
                      f"{run.get('skipped')} skipped")
         if run.get("failed"):
-            fail("smoke", f"{run.get('failed')} stage(s) failed")
-    recs = [json.load(open(f)) for f in glob.glob(os.path.join(out, "smoke/store/ac/*/*.json"))]
+            fail(name, f"{run.get('failed')} stage(s) failed")
+    recs = [json.load(open(f)) for f in glob.glob(os.path.join(out, folder, "store/ac/*/*.json"))]
     torch_recs = [r for r in recs if r["label"].split("/")[0] in ("train", "evaluate")]
     devices = sorted({r["provenance"]["device"] for r in torch_recs})
     if torch_recs:
         parts.append(f"{len(torch_recs)} train/evaluate stages on {', '.join(devices)}")
         if gpu and any(not d.startswith("cuda") for d in devices):
-            fail("smoke", "train/evaluate stages ran on the CPU under --gpus 0")
+            fail(name, "train/evaluate stages ran on the CPU under --gpus 0")
     if res and res.get("runs"):
         acc = []
         for r in res["runs"]:
@@ -121,10 +121,15 @@ if "smoke" in by:
             acc.append(f"{r['method']} {a.get('cnn', float('nan')):.2f} / {a.get('nme', float('nan')):.2f}")
         s["peer"] = "average incremental accuracy, CNN / NME (%): " + "; ".join(acc)
         if res.get("missing"):
-            fail("smoke", "runs missing from the store after the run")
+            fail(name, "runs missing from the store after the run")
     elif s["status"] == "ok":
-        fail("smoke", "no results for the runs")
+        fail(name, "no results for the runs")
     s["ours"] = "; ".join(parts)
+
+
+for name in ("smoke", "pilot"):
+    if name in by:
+        config_run(name, name)
 
 # determinism
 if "determinism" in by:

@@ -5,6 +5,7 @@
 #   bash scripts/gpu-check.sh OUTDIR          # on a GPU node (cuda:0)
 #   bash scripts/gpu-check.sh OUTDIR --cpu    # everything on the CPU, smaller
 #                                             # (a few minutes on 2 cores; CI)
+#   bash scripts/gpu-check.sh OUTDIR --pilot icarl-bsce   # then a pilot config
 #
 # Needs what scripts/setup.sh builds: target/bsce-pipe, target/bsce-torch
 # (or BSCE_PIPE / BSCE_TORCH) and the venv's PyTorch (.venv/bin/python).
@@ -57,6 +58,10 @@
 #                 whether cuDNN's deterministic settings suffice; the README
 #                 expects close, not identical, GPU results, so a FAIL there
 #                 is a finding, not a broken build.
+#   pilot         with --pilot NAME only: `bsce-pipe run configs/pilot-NAME.yaml
+#                 --gpus 0` (one CIFAR-100 order, 5 steps: the choices only a
+#                 GPU run settles; the file's header says what to look at),
+#                 limit GPU_CHECK_PILOT_S (1800). Results in pilot/results.json.
 #
 # --cpu: the same steps on the CPU (the summary says so): ResNet-32 batch 128
 # x 3 iterations and ResNet-18 batch 8 x 2, one round; loaders 20 / 5
@@ -169,12 +174,31 @@ PY
 esac
 
 # ---------------------------------------------------------------------------
-usage() { echo "usage: bash scripts/gpu-check.sh OUTDIR [--cpu]" >&2; exit 2; }
-[ $# -ge 1 ] && [ $# -le 2 ] || usage
+usage() { echo "usage: bash scripts/gpu-check.sh OUTDIR [--cpu] [--pilot NAME]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
 case "$1" in -*) usage ;; esac
-OUT="$1"
-CPU=0
-if [ $# -eq 2 ]; then [ "$2" = --cpu ] && CPU=1 || usage; fi
+OUT="$1"; shift
+CPU=0 PILOT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu) CPU=1 ;;
+    --pilot) [ $# -ge 2 ] || usage; PILOT="$2"; shift ;;
+    *) usage ;;
+  esac
+  shift
+done
+if [ -n "$PILOT" ]; then
+  PILOT_CONFIG="$ROOT/configs/pilot-$PILOT.yaml"
+  if [ ! -f "$PILOT_CONFIG" ]; then
+    known=$(cd "$ROOT/configs" && ls pilot-*.yaml 2>/dev/null | sed 's/^pilot-//; s/\.yaml$//' | tr '\n' ' ')
+    echo "gpu-check: no pilot '$PILOT' (configs/pilot-$PILOT.yaml); known: ${known:-none}" >&2
+    exit 2
+  fi
+  if [ $CPU = 1 ]; then
+    echo "gpu-check: --pilot is GPU work (CIFAR-100 for 15-20 GPU-minutes, days on a CPU); run it without --cpu" >&2
+    exit 2
+  fi
+fi
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 mkdir -p "$OUT/logs" "$OUT/bench"
@@ -204,6 +228,7 @@ else
   : "${GPU_CHECK_DOCTOR_S:=30}" "${GPU_CHECK_TRAIN_S:=75}" "${GPU_CHECK_LOADER_S:=30}"
   : "${GPU_CHECK_SMOKE_S:=180}" "${GPU_CHECK_DETERMINISM_S:=60}"
 fi
+: "${GPU_CHECK_PILOT_S:=1800}"
 
 # step NAME LIMIT_S STDOUT_FILE CMD...: runs CMD under timeout, records
 # status, exit code and wall time in steps.tsv.
@@ -266,6 +291,17 @@ if [ "$(cut -f1,2 "$OUT/steps.tsv" | grep -c '^smoke	ok$')" = 1 ]; then
 else
   printf 'determinism\tskipped\t-\t0\t%s\n' "$GPU_CHECK_DETERMINISM_S" >> "$OUT/steps.tsv"
   echo "skipped: it reruns a stage of the smoke run, which did not complete" > "$OUT/logs/determinism.err"
+fi
+
+# A pilot (--pilot NAME): configs/pilot-NAME.yaml, copied into OUTDIR/pilot
+# with its data paths made absolute (data/ of this checkout, downloaded there
+# when missing), run like the smoke config.
+if [ -n "$PILOT" ]; then
+  rm -rf "$OUT/pilot"
+  mkdir -p "$OUT/pilot"
+  sed "s#path: \.\./data/#path: $ROOT/data/#" "$PILOT_CONFIG" > "$OUT/pilot/pilot-$PILOT.yaml"
+  step pilot "$GPU_CHECK_PILOT_S" "$OUT/logs/pilot.out" \
+    bash "$SELF" __smoke "$OUT/pilot/pilot-$PILOT.yaml" "$OUT/pilot/store" "${GPUARGS[@]}"
 fi
 
 ENDED=$(date +%s.%N)

@@ -680,3 +680,198 @@ fn a_small_image_folder_trains_at_its_own_size_and_a_crop_above_it_is_refused() 
         .json();
     assert_eq!(j["params"]["crop"], 192, "{}", j["params"]);
 }
+
+/// `bsce-torch probe` runs one step of each method on the params the plan
+/// writes; `tests/parity/check.py`, an independent PyTorch implementation
+/// of the networks, losses and SGD written from the formulas, recomputes
+/// every loss term, gradient and updated parameter from the same weights
+/// and batch and must agree to 1e-5 relative.
+#[test]
+fn every_training_step_agrees_with_an_independent_pytorch_implementation() {
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        r#"
+datasets:
+  synth:
+    synthetic: {classes: 4, train_per_class: 10, test_per_class: 2, image_size: 16, seed: 7}
+orders:
+  o: {numpy_seed: 1993}
+settings:
+  s: {base: 2, increment: 2}
+methods:
+  ce: {preset: finetune, memory: {per_class: 2}}
+  bsce: {extends: ce, bsce: true}
+  icarl: {preset: icarl, memory: {per_class: 2}}
+  icarl_bsce: {extends: icarl, bsce: true}
+  icarl_bsce_bce: {extends: icarl, bsce: true, bsce_choices: {icarl_distillation: {kind: sigmoid_bce, weight: 1.0}}}
+  lucir: {preset: lucir, memory: {per_class: 2}}
+  lucir_bsce: {extends: lucir, bsce: true}
+  lucir_bsce_nomr: {extends: lucir, bsce: true, bsce_choices: {margin_ranking: false}}
+  lucir_cbf: {extends: lucir, balanced_finetune: true}
+  lucir_bsce_cbf: {extends: lucir, bsce: true, balanced_finetune: true}
+  podnet: {preset: podnet, memory: {per_class: 2}}
+  podnet_bsce: {extends: podnet, bsce: true}
+  podnet_bsce_before: {extends: podnet, bsce: true, bsce_choices: {nca_prior: before_scale}}
+  podnet_bsce_softmax: {extends: podnet, bsce: true, bsce_choices: {nca_prior: balanced_softmax}}
+recipes:
+  r: {epochs: 1, batch_size: 8, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
+  bce: {epochs: 1, batch_size: 8, lr: 2.0, weight_decay: 0.00001}
+experiments:
+  e: {dataset: synth, orders: [o], settings: [s], methods: [ce, bsce, icarl, icarl_bsce, icarl_bsce_bce, lucir, lucir_bsce, lucir_bsce_nomr, lucir_cbf, lucir_bsce_cbf, podnet, podnet_bsce, podnet_bsce_before, podnet_bsce_softmax], recipe: r, method_recipes: {icarl: bce}, network: tiny}
+"#,
+    );
+    let torch = Path::new(BIN).with_file_name("bsce-torch");
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/check.py");
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    for method in [
+        "ce",
+        "bsce",
+        "icarl",
+        "icarl_bsce",
+        "icarl_bsce_bce",
+        "lucir",
+        "lucir_bsce",
+        "lucir_bsce_nomr",
+        "lucir_cbf",
+        "lucir_bsce_cbf",
+        "podnet",
+        "podnet_bsce",
+        "podnet_bsce_before",
+        "podnet_bsce_softmax",
+    ] {
+        for (task, label) in [(0, "b2/t0"), (1, "s/t1")] {
+            let label = format!("train/synth/o/{method}/seed0/{label}");
+            let params =
+                p.run(&["explain", "c.yaml", &label, "--json"]).ok().json()["params"].clone();
+            let finetunes = params["method"]["balanced_finetune"] == true && task > 0;
+            for phase in ["main", "finetune"] {
+                if phase == "finetune" && !finetunes {
+                    continue;
+                }
+                let out = p.path(&format!("probe/{method}/t{task}/{phase}"));
+                let spec = p.path(&format!("probe/{method}-t{task}-{phase}.json"));
+                std::fs::create_dir_all(spec.parent().unwrap()).unwrap();
+                std::fs::write(
+                    &spec,
+                    serde_json::to_vec(&serde_json::json!({
+                        "params": params, "phase": phase, "batch": 8, "image_size": 16, "seed": task,
+                    }))
+                    .unwrap(),
+                )
+                .unwrap();
+                let probe = Command::new(&torch)
+                    .arg("probe")
+                    .arg(&spec)
+                    .arg(&out)
+                    .output()
+                    .unwrap();
+                assert!(
+                    probe.status.success(),
+                    "probe {label} {phase}: {}",
+                    String::from_utf8_lossy(&probe.stderr)
+                );
+                let r = Command::new("python3")
+                    .arg(&check)
+                    .arg(&out)
+                    .output()
+                    .unwrap();
+                cases += 1;
+                if !r.status.success() {
+                    failures.push(format!(
+                        "{label} ({phase}):\n{}{}",
+                        String::from_utf8_lossy(&r.stdout),
+                        String::from_utf8_lossy(&r.stderr)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} steps disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // 14 methods x 2 tasks, and fine-tuning: 2 LUCIR, 4 PODNet methods.
+    assert_eq!(cases, 14 * 2 + 6);
+}
+
+/// The pilot configs put each choice only a GPU run settles side by side,
+/// and `gpu-check.sh --pilot NAME` knows them.
+#[test]
+fn the_pilots_put_each_open_choice_side_by_side() {
+    let p = Project::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = p.path("store");
+    let params = |pilot: &str, method: &str| {
+        let config = root.join(format!("configs/pilot-{pilot}.yaml"));
+        let label = format!("train/cifar100/podnet0/{method}/seed0/cifar_5steps/t1");
+        p.run(&[
+            "explain",
+            config.to_str().unwrap(),
+            &label,
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+        ])
+        .ok()
+        .json()["params"]
+            .clone()
+    };
+    // iCaRL at its BCE rate; iCaRL+BSCE at the softmax rate, with each
+    // distillation.
+    assert_eq!(params("icarl-bsce", "icarl")["recipe"]["lr"], 2.0);
+    for (m, kind) in [
+        ("icarl_bsce", "softmax_kd"),
+        ("icarl_bsce_sigmoid_kd", "sigmoid_bce"),
+    ] {
+        let p = params("icarl-bsce", m);
+        assert_eq!(p["recipe"]["lr"], 0.1, "{m}");
+        assert_eq!(
+            p["method"]["bsce_choices"]["icarl_distillation"]["kind"],
+            kind
+        );
+    }
+    // PODNet+BSCE's three placements of the prior.
+    for (m, prior) in [
+        ("podnet_bsce", "after_scale"),
+        ("podnet_bsce_before", "before_scale"),
+        ("podnet_bsce_softmax", "balanced_softmax"),
+    ] {
+        assert_eq!(
+            params("podnet-bsce", m)["method"]["bsce_choices"]["nca_prior"],
+            prior,
+            "{m}"
+        );
+    }
+    // LUCIR+BSCE with and without margin ranking, beside LUCIR.
+    assert_eq!(params("lucir-bsce", "lucir")["method"]["bsce"], false);
+    assert_eq!(
+        params("lucir-bsce", "lucir_bsce")["method"]["bsce_choices"]["margin_ranking"],
+        true
+    );
+    assert_eq!(
+        params("lucir-bsce", "lucir_bsce_no_mr")["method"]["bsce_choices"]["margin_ranking"],
+        false
+    );
+    let check = |args: &[&str]| {
+        Command::new("bash")
+            .arg(root.join("scripts/gpu-check.sh"))
+            .arg(p.path("gpu"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let r = check(&["--pilot", "nosuch"]);
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("known: icarl-bsce lucir-bsce podnet-bsce"),
+        "{err}"
+    );
+    let r = check(&["--cpu", "--pilot", "icarl-bsce"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--pilot is GPU work"));
+}

@@ -322,26 +322,60 @@ def backbone_forward(v, spec: NetSpec, x, train, updates=None, knobs=Knobs()):
     return BackboneOut(raw=x.mean(dim=(2, 3)), features=_relu(x).mean(dim=(2, 3)), attention=att)
 
 
-# ReLU inputs seen by backbone_forward while `KINKS.on` (check.py's
-# diagnostic: a float32 run may put an input within rounding of 0 on the
-# other side of the kink, which changes every gradient upstream of it).
+# The ReLUs of the current model's forward pass (step() marks it with
+# KINKS.current()). check.py logs their inputs and may flip the side a few
+# of them take: an input within float32 rounding of 0 has no determined
+# side in a float32 run, and the side decides which gradient flows through
+# it (README, "Precision"). Everything else uses F.relu unchanged.
 class _Kinks:
     def __init__(self):
-        self.on = False
-        self.inputs = []
+        self.active = False  # inside the current model's forward
+        self.log = False  # record the inputs
+        self.calls = 0
+        self.inputs = []  # one tensor per ReLU call, in call order
+        self.flips = {}  # call index -> LongTensor of flat element indices
+
+    def current(self):
+        kinks = self
+
+        class _Scope:
+            def __enter__(self):
+                kinks.active, kinks.calls, kinks.inputs = True, 0, []
+
+            def __exit__(self, *exc):
+                kinks.active = False
+
+        return _Scope()
 
     def near_zero(self, rel):
-        """Number of logged ReLU inputs with |x| < rel * max|x| of their tensor."""
-        return sum(int((t.abs() < rel * t.abs().max()).sum()) for t in self.inputs)
+        """[(|x| / max|x|, call, flat index)] of logged inputs under `rel`, smallest first."""
+        out = []
+        for call, t in enumerate(self.inputs):
+            scale = float(t.abs().max())
+            if scale == 0:
+                continue
+            r = (t.abs() / scale).flatten()
+            for j in torch.nonzero(r < rel).flatten().tolist():
+                out.append((float(r[j]), call, j))
+        return sorted(out)
 
 
 KINKS = _Kinks()
 
 
 def _relu(t):
-    if KINKS.on:
-        KINKS.inputs.append(t.detach())
-    return F.relu(t)
+    if not KINKS.active:
+        return F.relu(t)
+    call = KINKS.calls
+    KINKS.calls += 1
+    if KINKS.log:
+        KINKS.inputs.append(t.detach().clone())
+    idx = KINKS.flips.get(call)
+    if idx is None:
+        return F.relu(t)
+    mask = (t.detach() > 0).to(t.dtype).flatten()
+    mask[idx] = 1 - mask[idx]
+    return t * mask.view_as(t)
 
 
 def l2n(x):
@@ -515,6 +549,7 @@ class StepResult:
     total: float
     trainable: list
     grads: dict
+    grads_unclamped: dict
     after: dict
     bn_train: bool
     lr: float
@@ -615,11 +650,12 @@ def step(case: Case, dtype=torch.float64, knobs=Knobs()):
             old = dict(out=ob, logits=logits(pv, case.prev_head, case.prev_blocks, of))
 
     updates = {}
-    if phase == "finetune":
-        with torch.no_grad():
-            cb = backbone_forward(v, case.net, x, train=bn_train, updates=updates, knobs=knobs)
-    else:
-        cb = backbone_forward(v, case.net, x, train=True, updates=updates, knobs=knobs)
+    with KINKS.current():
+        if phase == "finetune":
+            with torch.no_grad():
+                cb = backbone_forward(v, case.net, x, train=bn_train, updates=updates, knobs=knobs)
+        else:
+            cb = backbone_forward(v, case.net, x, train=True, updates=updates, knobs=knobs)
     f = cb.raw if uses_raw_features(preset) else cb.features
     sims = similarities(v, case.head, case.blocks, f)
 
@@ -681,13 +717,14 @@ def step(case: Case, dtype=torch.float64, knobs=Knobs()):
     total = sum(terms.values())
     params = [v[n] for n in trainable]
     grads = torch.autograd.grad(total, params, allow_unused=True)
-    grad_out, after = {}, {}
+    grad_out, grad_raw, after = {}, {}, {}
     with torch.no_grad():
         for n, t in v.items():
             after[n] = t.detach().clone()
         for n, g in zip(trainable, grads):
             if g is None:  # torch.optim.SGD skips a parameter without a gradient
                 continue
+            grad_raw[n] = g.detach().clone()
             if clamp is not None and knobs.apply_clamp:
                 g = g.clamp(-clamp, clamp)
             grad_out[n] = g.detach().clone()
@@ -702,6 +739,7 @@ def step(case: Case, dtype=torch.float64, knobs=Knobs()):
         total=float(total.detach()),
         trainable=trainable,
         grads=grad_out,
+        grads_unclamped=grad_raw,
         after=after,
         bn_train=bn_train,
         lr=float(lr),

@@ -62,15 +62,20 @@ def random_model(ns, hs, blocks, gen, dtype=torch.float32):
 
 
 def _relu_inputs(ns, images, cur, prev, dtype):
-    R.KINKS.on, R.KINKS.inputs = True, []
+    out = []
+    R.KINKS.log = True
     try:
         with torch.no_grad():
-            R.backbone_forward({n: t.to(dtype) for n, t in cur.items()}, ns, images.to(dtype), True, {})
+            with R.KINKS.current():
+                R.backbone_forward({n: t.to(dtype) for n, t in cur.items()}, ns, images.to(dtype), True, {})
+            out += R.KINKS.inputs
             if prev is not None:
-                R.backbone_forward({n: t.to(dtype) for n, t in prev.items()}, ns, images.to(dtype), False)
-        return R.KINKS.inputs
+                with R.KINKS.current():
+                    R.backbone_forward({n: t.to(dtype) for n, t in prev.items()}, ns, images.to(dtype), False)
+                out += R.KINKS.inputs
+        return out
     finally:
-        R.KINKS.on, R.KINKS.inputs = False, []
+        R.KINKS.log, R.KINKS.inputs = False, []
 
 
 def _kinks(ns, images, cur, prev):
@@ -80,7 +85,7 @@ def _kinks(ns, images, cur, prev):
     return sum(int(((x > 0) != (y > 0)).sum()) for x, y in zip(a, b))
 
 
-def fabricate(out, sp, knobs=R.Knobs(), seed=0, tamper=None):
+def fabricate(out, sp, knobs=R.Knobs(), seed=0, tamper=None, flips=None):
     """Writes a probe folder for SPEC `sp` computed by the reference in
     float32 with `knobs`; `tamper(result_dict, grads, after)` may edit the
     report before it is written."""
@@ -132,7 +137,11 @@ def fabricate(out, sp, knobs=R.Knobs(), seed=0, tamper=None):
                   images=images, labels=labels, counts=counts)
     if prev is not None:
         case.prev_net, case.prev_head, case.prev_blocks, case.previous = ns, hs, prev_blocks, prev
-    res = R.step(case, torch.float32, knobs)
+    R.KINKS.flips = flips or {}
+    try:
+        res = R.step(case, torch.float32, knobs)
+    finally:
+        R.KINKS.flips = {}
 
     model = {"preset": method["preset"], "net": ns.to_json(), "head": hs.to_json(), "blocks": blocks,
              "features": method["features"], "uses_raw_features": R.uses_raw_features(method["preset"])}
@@ -205,6 +214,29 @@ NEGATIVE = [
 ]
 
 
+def kink_test(root, verbose, case="icarl_t1_small"):
+    """A probe whose float32 run took one ReLU input near 0 on the other
+    side must still pass, with the kink named."""
+    for seed in range(200, 220):
+        out = os.path.join(root, "ok-kink")
+        fabricate(out, specs.CASES[case], seed=seed)
+        c, *_ = check.load_case(out)
+        check._step(c, R.Knobs(), log=True)
+        near = R.KINKS.near_zero(check.KINK_REL)
+        R.KINKS.inputs = []
+        if near:
+            rel, call, j = near[0]
+            fabricate(out, specs.CASES[case], seed=seed, flips={call: torch.tensor([j])})
+            rep, text = run_check(out, verbose)
+            if rep.fail or f"ReLU {call} element {j}" not in text:
+                print(f"UNEXPECTED FAIL kink at ReLU {call} element {j}:\n{text}")
+                return 1
+            print(f"pass  a float32 kink (ReLU {call} element {j}, |x|/max {rel:.1e}) is resolved")
+            return 0
+    print("kink test: no ReLU input near 0 in 20 batches")
+    return 1
+
+
 def main(argv):
     verbose = "--verbose" in argv
     keep = argv[argv.index("--keep") + 1] if "--keep" in argv else None
@@ -230,6 +262,7 @@ def main(argv):
             print(f"UNEXPECTED FAIL alias mr -> margin_ranking:\n{text}")
         else:
             print("pass  alias: probe term 'mr' matched to margin_ranking")
+        bad += kink_test(root, verbose)
         for j, (name, case, knobs, tamper, needle) in enumerate(NEGATIVE):
             out = os.path.join(root, f"bad-{j}")
             fabricate(out, specs.CASES[case], knobs=knobs, seed=100 + j, tamper=tamper)

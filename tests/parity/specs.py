@@ -135,6 +135,20 @@ def _cases():
     # Later task, several old blocks.
     c["lucir_t2"] = spec(train_params("lucir", False, start=4, end=6, task=2))
     c["podnet_t2"] = spec(train_params("podnet", False, start=4, end=6, task=2))
+    # One new class (LUCIR's K capped at 1), later iCaRL and fine-tuning
+    # tasks, the clamp in PODNet's fine-tuning, LUCIR+BSCE's CBF without MR.
+    c["lucir_t1_one_new"] = spec(train_params("lucir", False, start=2, end=3))
+    c["podnet_t1_one_new"] = spec(train_params("podnet", False, start=2, end=3))
+    c["icarl_t2"] = spec(train_params("icarl", False, start=4, end=6, task=2))
+    c["icarl_t2_bsce"] = spec(train_params("icarl", True, start=4, end=6, task=2))
+    c["finetune_t2_bsce"] = spec(train_params("finetune", True, start=4, end=6, task=2))
+    c["podnet_t1_finetune_clamp"] = spec(
+        train_params("podnet", False, finetune=True, hyper={"gradient_clamp": 0.01}), phase="finetune"
+    )
+    c["lucir_t1_finetune_bsce_no_mr"] = spec(
+        train_params("lucir", True, finetune=True, margin_ranking=False), phase="finetune"
+    )
+    c["podnet_t0_bsce_before"] = spec(train_params("podnet", True, start=0, end=2, nca_prior="before_scale"))
     # The real networks.
     c["lucir_t1_resnet32_lucir"] = spec(train_params("lucir", False, network="resnet32_lucir"))
     c["podnet_t1_resnet32"] = spec(train_params("podnet", False, network="resnet32"))
