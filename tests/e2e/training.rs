@@ -710,81 +710,80 @@ methods:
   lucir_bsce_nomr: {extends: lucir, bsce: true, bsce_choices: {margin_ranking: false}}
   lucir_cbf: {extends: lucir, balanced_finetune: true}
   lucir_bsce_cbf: {extends: lucir, bsce: true, balanced_finetune: true}
+  lucir_bsce_nomr_cbf: {extends: lucir, bsce: true, balanced_finetune: true, bsce_choices: {margin_ranking: false}}
   podnet: {preset: podnet, memory: {per_class: 2}}
   podnet_bsce: {extends: podnet, bsce: true}
   podnet_bsce_before: {extends: podnet, bsce: true, bsce_choices: {nca_prior: before_scale}}
   podnet_bsce_softmax: {extends: podnet, bsce: true, bsce_choices: {nca_prior: balanced_softmax}}
+  podnet_bsce_cbf: {extends: podnet, bsce: true, balanced_finetune: true}
 recipes:
   r: {epochs: 1, batch_size: 8, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
   bce: {epochs: 1, batch_size: 8, lr: 2.0, weight_decay: 0.00001}
 experiments:
-  e: {dataset: synth, orders: [o], settings: [s], methods: [ce, bsce, icarl, icarl_bsce, icarl_bsce_bce, lucir, lucir_bsce, lucir_bsce_nomr, lucir_cbf, lucir_bsce_cbf, podnet, podnet_bsce, podnet_bsce_before, podnet_bsce_softmax], recipe: r, method_recipes: {icarl: bce}, network: tiny}
+  e: {dataset: synth, orders: [o], settings: [s], methods: [ce, bsce, icarl, icarl_bsce, icarl_bsce_bce, lucir, lucir_bsce, lucir_bsce_nomr, lucir_cbf, lucir_bsce_cbf, lucir_bsce_nomr_cbf, podnet, podnet_bsce, podnet_bsce_before, podnet_bsce_softmax, podnet_bsce_cbf], recipe: r, method_recipes: {icarl: bce}, network: tiny}
 "#,
     );
     let torch = Path::new(BIN).with_file_name("bsce-torch");
     let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/check.py");
     let mut cases = 0;
     let mut failures = Vec::new();
-    for method in [
-        "ce",
-        "bsce",
-        "icarl",
-        "icarl_bsce",
-        "icarl_bsce_bce",
-        "lucir",
-        "lucir_bsce",
-        "lucir_bsce_nomr",
-        "lucir_cbf",
-        "lucir_bsce_cbf",
-        "podnet",
-        "podnet_bsce",
-        "podnet_bsce_before",
-        "podnet_bsce_softmax",
-    ] {
-        for (task, label) in [(0, "b2/t0"), (1, "s/t1")] {
-            let label = format!("train/synth/o/{method}/seed0/{label}");
-            let params =
-                p.run(&["explain", "c.yaml", &label, "--json"]).ok().json()["params"].clone();
-            let finetunes = params["method"]["balanced_finetune"] == true && task > 0;
-            for phase in ["main", "finetune"] {
-                if phase == "finetune" && !finetunes {
-                    continue;
-                }
-                let out = p.path(&format!("probe/{method}/t{task}/{phase}"));
-                let spec = p.path(&format!("probe/{method}-t{task}-{phase}.json"));
-                std::fs::create_dir_all(spec.parent().unwrap()).unwrap();
-                std::fs::write(
-                    &spec,
-                    serde_json::to_vec(&serde_json::json!({
-                        "params": params, "phase": phase, "batch": 8, "image_size": 16, "seed": task,
-                    }))
-                    .unwrap(),
-                )
+    let mut finetuned = Vec::new();
+    let status = p.run(&["status", "c.yaml", "--json"]).ok().json();
+    // Every train node: a base task shared by a method and its BSCE
+    // variant (balanced data) is one node, probed once.
+    let trains: Vec<String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "train")
+        .map(|n| n["label"].as_str().unwrap().to_string())
+        .collect();
+    for label in &trains {
+        let params = p.run(&["explain", "c.yaml", label, "--json"]).ok().json()["params"].clone();
+        let task = params["task"].as_u64().unwrap();
+        let finetunes = params["method"]["balanced_finetune"] == true && task > 0;
+        for phase in ["main", "finetune"] {
+            if phase == "finetune" && !finetunes {
+                continue;
+            }
+            let name = label.replace('/', "_");
+            let out = p.path(&format!("probe/{name}/{phase}"));
+            let spec = p.path(&format!("probe/{name}-{phase}.json"));
+            std::fs::create_dir_all(spec.parent().unwrap()).unwrap();
+            std::fs::write(
+                &spec,
+                serde_json::to_vec(&serde_json::json!({
+                    "params": params, "phase": phase, "batch": 8, "image_size": 16, "seed": task,
+                }))
+                .unwrap(),
+            )
+            .unwrap();
+            let probe = Command::new(&torch)
+                .arg("probe")
+                .arg(&spec)
+                .arg(&out)
+                .output()
                 .unwrap();
-                let probe = Command::new(&torch)
-                    .arg("probe")
-                    .arg(&spec)
-                    .arg(&out)
-                    .output()
-                    .unwrap();
-                assert!(
-                    probe.status.success(),
-                    "probe {label} {phase}: {}",
-                    String::from_utf8_lossy(&probe.stderr)
-                );
-                let r = Command::new("python3")
-                    .arg(&check)
-                    .arg(&out)
-                    .output()
-                    .unwrap();
-                cases += 1;
-                if !r.status.success() {
-                    failures.push(format!(
-                        "{label} ({phase}):\n{}{}",
-                        String::from_utf8_lossy(&r.stdout),
-                        String::from_utf8_lossy(&r.stderr)
-                    ));
-                }
+            assert!(
+                probe.status.success(),
+                "probe {label} {phase}: {}",
+                String::from_utf8_lossy(&probe.stderr)
+            );
+            let r = Command::new("python3")
+                .arg(&check)
+                .arg(&out)
+                .output()
+                .unwrap();
+            cases += 1;
+            if phase == "finetune" {
+                finetuned.push(label.clone());
+            }
+            if !r.status.success() {
+                failures.push(format!(
+                    "{label} ({phase}):\n{}{}",
+                    String::from_utf8_lossy(&r.stdout),
+                    String::from_utf8_lossy(&r.stderr)
+                ));
             }
         }
     }
@@ -794,8 +793,12 @@ experiments:
         failures.len(),
         failures.join("\n")
     );
-    // 14 methods x 2 tasks, and fine-tuning: 2 LUCIR, 4 PODNet methods.
-    assert_eq!(cases, 14 * 2 + 6);
+    // Every method's second task, the base tasks they do not share, and
+    // fine-tuning where a method has it (PODNet by default, PODNet+BSCE
+    // and LUCIR when asked).
+    assert_eq!(trains.iter().filter(|l| l.ends_with("/s/t1")).count(), 16);
+    assert_eq!(finetuned.len(), 5, "{finetuned:?}");
+    assert!(cases >= 16 + 4 + 5, "{cases}");
 }
 
 /// The pilot configs put each choice only a GPU run settles side by side,
@@ -874,4 +877,19 @@ fn the_pilots_put_each_open_choice_side_by_side() {
     let r = check(&["--cpu", "--pilot", "icarl-bsce"]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("--pilot is GPU work"));
+}
+
+/// The parity checker is not a test that cannot fail: fed steps made with
+/// a deliberate deviation (a margin, a clamp, a BatchNorm momentum, a
+/// weight, a frozen block reported as trained, ...), it fails each.
+#[test]
+fn the_parity_check_fails_on_every_deliberate_deviation() {
+    let selftest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/selftest.py");
+    let r = Command::new("python3").arg(&selftest).output().unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
 }

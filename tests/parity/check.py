@@ -8,8 +8,10 @@
                                   reference-style PyTorch state-dict keys
 
 Tolerance, per tensor: max|ours - ref| <= 1e-5 * max|ref| + 1e-7 (the
-same for each scalar term and the total). The reference runs in float64
-from the probe's float32 weights. See README.md.
+same for each scalar term and the total; a clamped gradient's max|ref| is
+the unclamped one's). The reference runs in float64 from the probe's
+float32 weights; ReLU inputs within float32 rounding of 0 may be taken on
+the other side (README.md, "Precision").
 """
 
 import json

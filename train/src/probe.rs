@@ -264,8 +264,10 @@ pub fn run(spec_path: &Path, out: &Path) -> Result<()> {
 /// 0), so that a parity check sees them used: running statistics, affine
 /// parameters, σ and η.
 fn jitter(model: &mut Model) {
+    // In name order: the draws, and so the weights, follow from the seed.
+    let vars: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
     tch::no_grad(|| {
-        for (name, mut v) in model.vs.variables() {
+        for (name, mut v) in vars {
             let shape = v.size();
             let (kind, dev) = (v.kind(), v.device());
             let u = Tensor::rand(shape.as_slice(), (kind, dev));

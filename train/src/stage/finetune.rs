@@ -161,7 +161,14 @@ pub fn finetune_step(
     let feats = tch::no_grad(|| feature_of(&model.backbone.forward_t(x, bn_train)));
     let logits = model.head.forward(&feats);
     let mut terms = vec![classification(p, model, &logits, y, counts, log_counts)];
-    if p.method.preset == Preset::Lucir {
+    // As in the main phase: LUCIR+BSCE keeps margin ranking unless its
+    // choices turn it off.
+    let margin_ranking_off = p.method.bsce
+        && p.method
+            .bsce_choices
+            .as_ref()
+            .is_some_and(|c| c.margin_ranking == Some(false));
+    if p.method.preset == Preset::Lucir && !margin_ranking_off {
         terms.push((
             "margin_ranking",
             loss::lucir_margin_ranking(
