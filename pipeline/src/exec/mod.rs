@@ -23,10 +23,10 @@ pub mod executor;
 pub mod gpus;
 pub mod job;
 pub mod node;
+mod schedule;
 pub mod slurm;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{mpsc, Mutex};
 use std::time::Instant;
@@ -43,6 +43,7 @@ use crate::store::{ActionRecord, CachedAction, OutputEntry, Store, StoreError};
 pub use cancel::CancelToken;
 pub use context::RunContext;
 use gpus::GpuPool;
+use schedule::Schedule;
 
 /// Rounds a run gives stages whose inputs changed on disk before it
 /// fails them (each round recomputes the changed inputs first).
@@ -507,51 +508,21 @@ impl<'a> Engine<'a> {
         let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
         let sources = self.present_sources()?;
         self.store.local().clean_stale_tmp();
-        let n = self.plan.nodes.len();
         let mut summary = RunSummary::default();
         let mut emit = |e: RunEvent, summary: &mut RunSummary| {
             summary.record(&e);
             reporter.on_event(&e);
         };
-        emit(RunEvent::Planned { total: n }, &mut summary);
-
-        #[derive(Clone, Copy, PartialEq)]
-        enum State {
-            Waiting,
-            Running,
-            Done,
-            Failed,
-        }
-        let mut state = vec![State::Waiting; n];
-        let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> = vec![None; n];
-        // Distinct upstream nodes not yet done, and who waits on whom.
-        let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); n];
-        let mut missing: Vec<usize> = vec![0; n];
-        for (id, node) in self.plan.nodes.iter().enumerate() {
-            let mut ups: Vec<NodeId> = node.inputs.iter().map(|i| i.node).collect();
-            ups.sort_unstable();
-            ups.dedup();
-            missing[id] = ups.len();
-            for u in ups {
-                users[u].push(id);
-            }
-        }
-        // Ready nodes in plan order (the topological order's ranks), so the
-        // schedule does not depend on thread timing.
-        let mut rank = vec![0usize; n];
-        for (r, &id) in order.iter().enumerate() {
-            rank[id] = r;
-        }
-        let mut ready: BinaryHeap<Reverse<(usize, NodeId)>> = order
-            .iter()
-            .filter(|&&id| missing[id] == 0)
-            .map(|&id| Reverse((rank[id], id)))
-            .collect();
-        // Resolved as to-run, waiting for a job slot (or a GPU).
-        // Kept in plan order too, so a chain started first is finished first.
-        let mut runnable: BinaryHeap<Reverse<(usize, NodeId)>> = BinaryHeap::new();
-        let mut resolved: BTreeMap<NodeId, (KeyRecord, Digest, bool)> = BTreeMap::new();
-        let mut gpu_waiting: VecDeque<(NodeId, KeyRecord, Digest, bool)> = VecDeque::new();
+        emit(
+            RunEvent::Planned {
+                total: self.plan.nodes.len(),
+            },
+            &mut summary,
+        );
+        let mut sched: Schedule<(KeyRecord, Digest, bool)> = Schedule::new(self.plan, &order);
+        // Resolved GPU stages waiting for a GPU slot; CPU stages behind them
+        // go on.
+        let mut gpu_waiting: VecDeque<(NodeId, (KeyRecord, Digest, bool))> = VecDeque::new();
         let mut gpus = GpuPool::new(
             &opts.gpus,
             opts.stages_per_gpu,
@@ -571,28 +542,6 @@ impl<'a> Engine<'a> {
         };
         let mut running = 0usize;
         let mut stop_launching = false;
-        // Whether a done node was served from the store (for requeues).
-        let mut from_cache = vec![false; n];
-        // Stages whose input changed on disk: (stage, its producers).
-        let mut requeued: Vec<(NodeId, Vec<NodeId>)> = Vec::new();
-        let mut rounds = 0usize;
-
-        // Marks `id` done and queues the users whose last input it was.
-        // Only waiting users count it: after a requeue, a node that is
-        // done again may have users that already ran.
-        let finish = |id: NodeId,
-                      state: &[State],
-                      missing: &mut Vec<usize>,
-                      ready: &mut BinaryHeap<Reverse<(usize, NodeId)>>| {
-            for &u in &users[id] {
-                if state[u] == State::Waiting {
-                    missing[u] -= 1;
-                    if missing[u] == 0 {
-                        ready.push(Reverse((rank[u], u)));
-                    }
-                }
-            }
-        };
 
         std::thread::scope(|scope| -> Result<(), EngineError> {
             // Rounds: the first runs the plan; a later one only what waits
@@ -609,11 +558,10 @@ impl<'a> Engine<'a> {
                     // nothing another lookup writes, so a batch of ready nodes
                     // is looked up on every core; the results are applied in
                     // plan order, so events and the schedule stay as they were.
-                    while !stop_launching && !ready.is_empty() {
-                        let batch: Vec<NodeId> = std::iter::from_fn(|| ready.pop())
-                            .map(|Reverse((_, id))| id)
-                            .collect();
-                        let lookup = |&id: &NodeId| self.look_up(id, opts, &sources, &outputs);
+                    while !stop_launching && sched.has_ready() {
+                        let batch = sched.take_ready();
+                        let outputs = sched.outputs();
+                        let lookup = |&id: &NodeId| self.look_up(id, opts, &sources, outputs);
                         let looked: Vec<_> = if batch.len() >= PARALLEL_LOOKUP_MIN {
                             batch.par_iter().map(lookup).collect()
                         } else {
@@ -622,28 +570,21 @@ impl<'a> Engine<'a> {
                         for (id, found) in batch.into_iter().zip(looked) {
                             match found? {
                                 Lookup::Cached { key, record } => {
-                                    let node = &self.plan.nodes[id];
-                                    outputs[id] = Some(record.outputs);
-                                    state[id] = State::Done;
-                                    from_cache[id] = true;
+                                    sched.done(id, record.outputs, true);
                                     emit(
                                         RunEvent::Cached {
-                                            label: node.label.clone(),
+                                            label: self.plan.nodes[id].label.clone(),
                                             key,
                                             saved_seconds: record.wall_seconds,
                                         },
                                         &mut summary,
                                     );
-                                    finish(id, &state, &mut missing, &mut ready);
                                 }
                                 Lookup::ToRun {
                                     record,
                                     key,
                                     forced,
-                                } => {
-                                    resolved.insert(id, (record, key, forced));
-                                    runnable.push(Reverse((rank[id], id)));
-                                }
+                                } => sched.to_run(id, (record, key, forced)),
                             }
                         }
                     }
@@ -654,17 +595,13 @@ impl<'a> Engine<'a> {
                         let gpu_first = gpus.enabled()
                             && gpu_waiting
                                 .front()
-                                .is_some_and(|(id, ..)| gpus.peek(self.plan.nodes[*id].kind));
+                                .is_some_and(|(id, _)| gpus.peek(self.plan.nodes[*id].kind));
                         let next = if gpu_first {
                             gpu_waiting.pop_front()
                         } else {
-                            runnable.pop().map(|Reverse((_, id))| {
-                                let (record, key, forced) =
-                                    resolved.remove(&id).expect("resolved before runnable");
-                                (id, record, key, forced)
-                            })
+                            sched.next_runnable()
                         };
-                        let Some((id, record, key, forced)) = next else {
+                        let Some((id, (record, key, forced))) = next else {
                             break;
                         };
                         let node = &self.plan.nodes[id];
@@ -672,7 +609,7 @@ impl<'a> Engine<'a> {
                             match gpus.acquire(node.kind) {
                                 Some(s) => Some(s),
                                 None => {
-                                    gpu_waiting.push_back((id, record, key, forced));
+                                    gpu_waiting.push_back((id, (record, key, forced)));
                                     continue;
                                 }
                             }
@@ -687,181 +624,134 @@ impl<'a> Engine<'a> {
                             device,
                             threads_per_stage,
                             &sources[id],
-                            &outputs,
+                            sched.outputs(),
                         )?;
                         work.gpu = slot;
-                        state[id] = State::Running;
+                        sched.started(id);
                         running += 1;
                         let tx = tx.clone();
                         let engine = &*self;
                         let cancel = cancel.clone();
                         scope.spawn(move || child::run_stage(engine, work, &cancel, tx));
                     }
-                    if running == 0 && (stop_launching || (ready.is_empty() && runnable.is_empty()))
-                    {
+                    if running == 0 && (stop_launching || !sched.has_pending()) {
                         break;
                     }
                     // With nothing running every GPU is free, so nothing waits.
                     debug_assert!(running > 0 || gpu_waiting.is_empty());
                     let Ok(msg) = rx.recv() else { break };
-                    match msg {
+                    let (id, gpu, result) = match msg {
                         // Workers stop their own children; this only wakes us.
-                        child::WorkerMessage::Cancel => {}
-                        child::WorkerMessage::Event(e) => emit(e, &mut summary),
-                        child::WorkerMessage::Done { id, gpu, result } => {
-                            running -= 1;
-                            if let Some(slot) = gpu {
-                                gpus.release(slot);
-                            }
-                            let label = self.plan.nodes[id].label.clone();
-                            match result {
-                                child::Outcome::Executed {
+                        child::WorkerMessage::Cancel => continue,
+                        child::WorkerMessage::Event(e) => {
+                            emit(e, &mut summary);
+                            continue;
+                        }
+                        child::WorkerMessage::Done { id, gpu, result } => (id, gpu, result),
+                    };
+                    running -= 1;
+                    if let Some(slot) = gpu {
+                        gpus.release(slot);
+                    }
+                    let label = self.plan.nodes[id].label.clone();
+                    match result {
+                        child::Outcome::Executed {
+                            key,
+                            outputs,
+                            wall_seconds,
+                        } => {
+                            sched.done(id, outputs, false);
+                            emit(
+                                RunEvent::Finished {
+                                    label,
                                     key,
-                                    outputs: out,
                                     wall_seconds,
-                                } => {
-                                    outputs[id] = Some(out);
-                                    state[id] = State::Done;
-                                    emit(
-                                        RunEvent::Finished {
-                                            label,
-                                            key,
-                                            wall_seconds,
-                                        },
-                                        &mut summary,
-                                    );
-                                    finish(id, &state, &mut missing, &mut ready);
-                                }
-                                child::Outcome::CachedByOther {
+                                },
+                                &mut summary,
+                            );
+                        }
+                        child::Outcome::CachedByOther {
+                            key,
+                            outputs,
+                            saved_seconds,
+                        } => {
+                            sched.done(id, outputs, true);
+                            emit(
+                                RunEvent::Cached {
+                                    label,
                                     key,
-                                    outputs: out,
                                     saved_seconds,
-                                } => {
-                                    outputs[id] = Some(out);
-                                    state[id] = State::Done;
-                                    from_cache[id] = true;
-                                    emit(
-                                        RunEvent::Cached {
-                                            label,
-                                            key,
-                                            saved_seconds,
-                                        },
-                                        &mut summary,
-                                    );
-                                    finish(id, &state, &mut missing, &mut ready);
-                                }
-                                child::Outcome::Failed {
+                                },
+                                &mut summary,
+                            );
+                        }
+                        child::Outcome::Failed {
+                            error,
+                            bad_input,
+                            log_tail,
+                        } => {
+                            emit(
+                                RunEvent::Failed {
+                                    label,
                                     error,
                                     bad_input,
                                     log_tail,
-                                } => {
-                                    state[id] = State::Failed;
-                                    emit(
-                                        RunEvent::Failed {
-                                            label: label.clone(),
-                                            error,
-                                            bad_input,
-                                            log_tail,
-                                        },
-                                        &mut summary,
-                                    );
-                                    // Everything downstream is skipped, once each.
-                                    let mut stack = vec![id];
-                                    while let Some(f) = stack.pop() {
-                                        for &u in &users[f] {
-                                            if state[u] == State::Waiting {
-                                                state[u] = State::Failed;
-                                                emit(
-                                                    RunEvent::Skipped {
-                                                        label: self.plan.nodes[u].label.clone(),
-                                                        because: self.plan.nodes[f].label.clone(),
-                                                    },
-                                                    &mut summary,
-                                                );
-                                                stack.push(u);
-                                            }
-                                        }
-                                    }
-                                    if !opts.keep_going {
-                                        stop_launching = true;
-                                    }
-                                }
-                                child::Outcome::InputChanged { message, producers } => {
-                                    // Waits for its producers' second round.
-                                    state[id] = State::Waiting;
-                                    emit(
-                                        RunEvent::Requeued {
-                                            label,
-                                            message,
-                                            producers: producers
-                                                .iter()
-                                                .map(|&p| {
-                                                    (
-                                                        self.plan.nodes[p].label.clone(),
-                                                        from_cache[p],
-                                                    )
-                                                })
-                                                .collect(),
-                                        },
-                                        &mut summary,
-                                    );
-                                    requeued.push((id, producers));
-                                }
-                                child::Outcome::Interrupted => {
-                                    state[id] = State::Failed;
-                                }
+                                },
+                                &mut summary,
+                            );
+                            for (u, because) in sched.failed(id) {
+                                emit(
+                                    RunEvent::Skipped {
+                                        label: self.plan.nodes[u].label.clone(),
+                                        because: self.plan.nodes[because].label.clone(),
+                                    },
+                                    &mut summary,
+                                );
+                            }
+                            if !opts.keep_going {
+                                stop_launching = true;
                             }
                         }
+                        child::Outcome::InputChanged { message, producers } => {
+                            emit(
+                                RunEvent::Requeued {
+                                    label,
+                                    message,
+                                    producers: producers
+                                        .iter()
+                                        .map(|&p| {
+                                            (self.plan.nodes[p].label.clone(), sched.was_cached(p))
+                                        })
+                                        .collect(),
+                                },
+                                &mut summary,
+                            );
+                            // Waits for its producers' second round.
+                            sched.input_changed(id, producers);
+                        }
+                        child::Outcome::Interrupted => sched.interrupted(id),
                     }
                 }
-                if requeued.is_empty() || stop_launching {
+                if stop_launching {
                     break;
                 }
-                rounds += 1;
-                for (id, producers) in std::mem::take(&mut requeued) {
-                    if rounds > MAX_REQUEUE_ROUNDS {
-                        // The store keeps changing under us: give up on it.
-                        state[id] = State::Failed;
-                        emit(
-                            RunEvent::Failed {
-                                label: self.plan.nodes[id].label.clone(),
-                                error: format!(
+                let Some(round) = sched.next_round(MAX_REQUEUE_ROUNDS) else {
+                    break;
+                };
+                // The store keeps changing under us: give up on these.
+                for id in round.given_up {
+                    emit(
+                        RunEvent::Failed {
+                            label: self.plan.nodes[id].label.clone(),
+                            error: format!(
                                 "its inputs changed on disk in {MAX_REQUEUE_ROUNDS} rounds in a \
                                  row; is something writing into the store?"
                             ),
-                                bad_input: false,
-                                log_tail: String::new(),
-                            },
-                            &mut summary,
-                        );
-                        continue;
-                    }
-                    for p in producers {
-                        state[p] = State::Waiting;
-                        outputs[p] = None;
-                        from_cache[p] = false;
-                    }
-                }
-                // Recount what each waiting node still needs; queue the ready.
-                for id in 0..n {
-                    if state[id] != State::Waiting {
-                        continue;
-                    }
-                    let mut ups: Vec<NodeId> = self.plan.nodes[id]
-                        .inputs
-                        .iter()
-                        .map(|i| i.node)
-                        .filter(|&u| state[u] != State::Done)
-                        .collect();
-                    ups.sort_unstable();
-                    ups.dedup();
-                    missing[id] = ups.len();
-                    if ups.iter().any(|&u| state[u] == State::Failed) {
-                        continue;
-                    }
-                    if missing[id] == 0 {
-                        ready.push(Reverse((rank[id], id)));
-                    }
+                            bad_input: false,
+                            log_tail: String::new(),
+                        },
+                        &mut summary,
+                    );
                 }
             }
             Ok(())
