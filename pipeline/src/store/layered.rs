@@ -441,3 +441,145 @@ pub fn check_record(key: &Digest, bytes: &[u8]) -> Result<ActionRecord, String> 
     }
     Ok(rec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{KeyRecord, KEY_VERSION};
+    use crate::store::remote::dir::DirRemote;
+    use crate::store::Provenance;
+    use std::path::Path;
+
+    /// The one output of an `order` stage (a record must declare its kind's outputs).
+    const OUT: &str = crate::registry::files::ORDER;
+
+    /// A record of one output holding `bytes`, its blob in `local`.
+    fn record(local: &LocalStore, label: &str, bytes: &[u8]) -> ActionRecord {
+        let key_record = KeyRecord {
+            kind: "order".into(),
+            key_version: KEY_VERSION,
+            code_digest: "code".into(),
+            params: serde_json::json!({ "label": label }),
+            inputs: Default::default(),
+            libraries: Default::default(),
+        };
+        ActionRecord {
+            key: key_record.key(),
+            label: label.into(),
+            key_record,
+            outputs: [(OUT.to_string(), local.insert_bytes(bytes).unwrap())].into(),
+            provenance: Provenance::default(),
+        }
+    }
+
+    fn layered(root: &Path, remote: &Path, mode: RemoteMode) -> Layered {
+        let url = format!("file://{}", remote.display());
+        Layered::new(
+            LocalStore::open(root).unwrap(),
+            Box::new(DirRemote::new(&url).unwrap()),
+            mode,
+        )
+    }
+
+    fn blob_bytes(store: &Layered, rec: &ActionRecord) -> Vec<u8> {
+        let path = store
+            .local()
+            .intact_blob_path(&rec.outputs[OUT], OUT)
+            .unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn a_record_put_on_one_machine_is_pulled_with_its_blobs_on_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("remote");
+        std::fs::create_dir_all(&remote).unwrap();
+        let a = layered(&dir.path().join("a"), &remote, RemoteMode::ReadWrite);
+        let rec = record(a.local(), "order/x", b"the order");
+        a.put_action(&rec).unwrap();
+        assert_eq!(a.stats().pushed_blobs, 1, "{:?}", a.stats());
+
+        let b = layered(&dir.path().join("b"), &remote, RemoteMode::ReadWrite);
+        assert!(b.local().get_action(&rec.key).unwrap().is_none());
+        // Without fetching: the remote's record, marked as only there.
+        let seen = b.lookup(&rec.key, false).unwrap().unwrap();
+        assert!(only_in_remote(&seen));
+        assert!(b.local().get_action(&rec.key).unwrap().is_none());
+        // Fetched: record and blob land in the local store, intact.
+        let got = b.lookup(&rec.key, true).unwrap().unwrap();
+        assert!(!only_in_remote(&got));
+        assert_eq!(blob_bytes(&b, &got), b"the order");
+        assert!(b.local().get_action(&rec.key).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_blob_changed_in_the_remote_is_refused_and_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("remote");
+        std::fs::create_dir_all(&remote).unwrap();
+        let a = layered(&dir.path().join("a"), &remote, RemoteMode::ReadWrite);
+        let rec = record(a.local(), "order/x", b"the order");
+        a.put_action(&rec).unwrap();
+        // Rewrite the remote's copy of the blob behind its back.
+        let digest = rec.outputs[OUT].digest.to_hex();
+        let blob = walkdir::WalkDir::new(&remote)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_type().is_file() && e.file_name().to_string_lossy() == digest)
+            .expect("the pushed blob")
+            .into_path();
+        std::fs::write(&blob, b"not the order").unwrap();
+
+        let b = layered(&dir.path().join("b"), &remote, RemoteMode::ReadWrite);
+        assert!(b.lookup(&rec.key, true).unwrap().is_none(), "a miss");
+        assert!(b.local().get_action(&rec.key).unwrap().is_none());
+        assert!(!b.local().blob_path(&rec.outputs[OUT].digest).exists());
+    }
+
+    #[test]
+    fn a_read_only_remote_is_pulled_from_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("remote");
+        std::fs::create_dir_all(&remote).unwrap();
+        let ro = layered(&dir.path().join("a"), &remote, RemoteMode::ReadOnly);
+        let rec = record(ro.local(), "order/x", b"mine");
+        ro.put_action(&rec).unwrap();
+        assert!(ro.local().get_action(&rec.key).unwrap().is_some());
+        let files = walkdir::WalkDir::new(&remote)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .count();
+        assert_eq!(files, 0, "nothing pushed");
+        // What another machine pushed is still pulled.
+        let rw = layered(&dir.path().join("b"), &remote, RemoteMode::ReadWrite);
+        let theirs = record(rw.local(), "order/y", b"theirs");
+        rw.put_action(&theirs).unwrap();
+        let got = ro.lookup(&theirs.key, true).unwrap().unwrap();
+        assert_eq!(blob_bytes(&ro, &got), b"theirs");
+    }
+
+    #[test]
+    fn an_unreachable_remote_is_a_miss_and_the_local_store_still_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        // A remote folder that cannot exist: its parent is a file.
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let s = layered(
+            &dir.path().join("a"),
+            &file.join("remote"),
+            RemoteMode::ReadWrite,
+        );
+        let rec = record(s.local(), "order/x", b"local");
+        s.put_action(&rec).unwrap();
+        assert!(
+            s.is_down() || s.stats().pushed_blobs == 0,
+            "{:?}",
+            s.stats()
+        );
+        let got = s.lookup(&rec.key, true).unwrap().unwrap();
+        assert_eq!(blob_bytes(&s, &got), b"local");
+        let other = record(s.local(), "order/z", b"other");
+        assert!(s.lookup(&other.key, true).unwrap().is_none());
+    }
+}
