@@ -13,7 +13,6 @@ use super::cancel::CancelToken;
 use super::executor::{ExecError, ExitHow, Prepared, Resources, StageExit};
 use super::gpus::GpuSlot;
 use super::job::{ChildMessage, SourceLocation, StageJob};
-use super::Engine;
 use crate::digest::Digest;
 use crate::events::RunEvent;
 use crate::host::unix_ms;
@@ -24,6 +23,15 @@ use crate::store::atomic::temp_name;
 use crate::store::local::{make_writable, BlobCheck};
 use crate::store::lock::FileLock;
 use crate::store::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance};
+
+/// What running one stage reads of the engine: the store its outputs and
+/// records go into, the run's context (binaries, provenance), and what
+/// launches the prepared stage.
+pub(crate) struct StageEnv<'a> {
+    pub store: &'a dyn crate::store::Store,
+    pub ctx: &'a super::RunContext,
+    pub executor: &'a dyn super::executor::StageExecutor,
+}
 
 pub(crate) struct StageRun<'a> {
     pub id: NodeId,
@@ -89,14 +97,14 @@ pub(crate) enum Outcome {
 }
 
 pub(crate) fn run_stage(
-    engine: &Engine,
+    env: &StageEnv<'_>,
     run: StageRun,
     cancel: &CancelToken,
     tx: Sender<WorkerMessage>,
 ) {
     let id = run.id;
     let gpu = run.gpu;
-    let result = execute(engine, run, cancel, &tx).unwrap_or_else(|error| Outcome::Failed {
+    let result = execute(env, run, cancel, &tx).unwrap_or_else(|error| Outcome::Failed {
         error: error.to_string(),
         bad_input: false,
         log_tail: String::new(),
@@ -105,12 +113,12 @@ pub(crate) fn run_stage(
 }
 
 fn execute(
-    engine: &Engine,
+    env: &StageEnv<'_>,
     run: StageRun,
     cancel: &CancelToken,
     tx: &Sender<WorkerMessage>,
 ) -> Result<Outcome, ExecError> {
-    let store = engine.store.local();
+    let store = env.store.local();
     let label = run.node.label.clone();
     let lock_path = store.lock_path(&run.key);
     let lock =
@@ -138,7 +146,7 @@ fn execute(
         };
     if !run.forced {
         // Another process may have made it, or the remote has it.
-        if let Some(rec) = engine.store.lookup(&run.key, true)? {
+        if let Some(rec) = env.store.lookup(&run.key, true)? {
             store.remove_resume(&run.key);
             return Ok(Outcome::CachedByOther {
                 key: run.key,
@@ -148,7 +156,7 @@ fn execute(
         }
     }
     // Never feed a consumer a blob that changed since it was stored.
-    if let Some(changed) = check_inputs(engine, &run)? {
+    if let Some(changed) = check_inputs(env, &run)? {
         return Ok(changed);
     }
     let _ = tx.send(WorkerMessage::Event(RunEvent::Started {
@@ -158,11 +166,11 @@ fn execute(
         device: run.device.clone(),
     }));
     let work = temp_name(&store.tmp_dir(), "work");
-    let result = prepare(engine, &run, &work).and_then(|prepared| {
+    let result = prepare(env, &run, &work).and_then(|prepared| {
         let res = Resources {
             exe: match run.node.kind.spec().runner {
-                Runner::Torch => engine.ctx.torch_exe.clone(),
-                Runner::Pipe => engine.ctx.exe.clone(),
+                Runner::Torch => env.ctx.torch_exe.clone(),
+                Runner::Pipe => env.ctx.exe.clone(),
             },
             threads: run.threads,
         };
@@ -178,9 +186,9 @@ fn execute(
                 }));
             }
         };
-        let exit = engine.executor.run(&prepared, &res, cancel, &on_message)?;
+        let exit = env.executor.run(&prepared, &res, cancel, &on_message)?;
         finish(
-            engine,
+            env,
             &run,
             &prepared,
             exit,
@@ -201,8 +209,8 @@ fn execute(
 
 /// The stage's work folder: its inputs linked in from the store, an empty
 /// `out/`, and `job.json`, all the child reads.
-fn prepare(engine: &Engine, run: &StageRun, work: &Path) -> Result<Prepared, ExecError> {
-    let store = engine.store.local();
+fn prepare(env: &StageEnv<'_>, run: &StageRun, work: &Path) -> Result<Prepared, ExecError> {
+    let store = env.store.local();
     let out_dir = work.join("out");
     fs::create_dir_all(&out_dir).map_err(|e| ExecError::io(&out_dir, e))?;
     let mut inputs = BTreeMap::new();
@@ -249,14 +257,14 @@ fn prepare(engine: &Engine, run: &StageRun, work: &Path) -> Result<Prepared, Exe
 /// After the stage ended: its log and outputs into the store, then the
 /// action record (or the failure record).
 fn finish(
-    engine: &Engine,
+    env: &StageEnv<'_>,
     run: &StageRun,
     prepared: &Prepared,
     exit: StageExit,
     started_ms: u64,
     wall_seconds: f64,
 ) -> Result<Outcome, ExecError> {
-    let store = engine.store.local();
+    let store = env.store.local();
     let log_bytes = fs::read(&prepared.log).unwrap_or_default();
     let log_tail = tail(&log_bytes, 20);
     if exit.how == ExitHow::Cancelled {
@@ -276,15 +284,15 @@ fn finish(
         Err(e) => return Err(e.into()),
     };
     let mut stage = exit.provenance;
-    for (k, v) in &engine.ctx.batch {
+    for (k, v) in &env.ctx.batch {
         stage.insert(k.clone(), serde_json::Value::String(v.clone()));
     }
     let provenance = Provenance {
-        tool_version: engine.ctx.tool_version.clone(),
-        git_commit: engine.ctx.git_commit.clone(),
-        host: engine.ctx.host.clone(),
+        tool_version: env.ctx.tool_version.clone(),
+        git_commit: env.ctx.git_commit.clone(),
+        host: env.ctx.host.clone(),
         device: run.device.clone(),
-        run_id: engine.ctx.run_id.clone(),
+        run_id: env.ctx.run_id.clone(),
         started_unix_ms: started_ms,
         wall_seconds,
         peak_rss_kib: exit.peak_rss_kib,
@@ -312,15 +320,15 @@ fn finish(
         } else {
             format!("{how}: {last}")
         };
-        return Ok(fail(engine, run, error, bad_input, log_tail, provenance));
+        return Ok(fail(env, run, error, bad_input, log_tail, provenance));
     }
     // An input changed while the stage read it: its result is not kept.
-    if let Some(changed) = check_inputs(engine, run)? {
+    if let Some(changed) = check_inputs(env, run)? {
         return Ok(changed);
     }
-    let outputs = match ingest(engine, run.node.kind, &prepared.out_dir) {
+    let outputs = match ingest(env, run.node.kind, &prepared.out_dir) {
         Ok(o) => o,
-        Err(error) => return Ok(fail(engine, run, error, false, log_tail, provenance)),
+        Err(error) => return Ok(fail(env, run, error, false, log_tail, provenance)),
     };
     let record = ActionRecord {
         key: run.key,
@@ -329,7 +337,7 @@ fn finish(
         outputs: outputs.clone(),
         provenance,
     };
-    engine.store.put_action(&record)?;
+    env.store.put_action(&record)?;
     store.put_label(&LabelRecord {
         label: run.node.label.clone(),
         key: run.key,
@@ -346,13 +354,13 @@ fn finish(
 /// Checks every input blob against the stamp its producer's record holds
 /// (re-hashing only one whose stamp moved). A changed blob is quarantined
 /// and named, with the nodes that must remake it.
-fn check_inputs(engine: &Engine, run: &StageRun) -> Result<Option<Outcome>, ExecError> {
+fn check_inputs(env: &StageEnv<'_>, run: &StageRun) -> Result<Option<Outcome>, ExecError> {
     let mut messages = Vec::new();
     let mut producers = Vec::new();
     for input in &run.inputs {
         for (file, entry) in &input.files {
             let Some(entry) = entry else { continue };
-            let what = match engine.store.local().check_blob(entry)? {
+            let what = match env.store.local().check_blob(entry)? {
                 BlobCheck::Intact | BlobCheck::Restamped(_) => continue,
                 BlobCheck::Missing => "is no longer in the store".to_string(),
                 BlobCheck::Corrupt {
@@ -384,7 +392,7 @@ fn check_inputs(engine: &Engine, run: &StageRun) -> Result<Option<Outcome>, Exec
 /// flat files its registry row declares: a missing or undeclared file, a
 /// folder or a link is a stage bug, reported as a failure.
 fn ingest(
-    engine: &Engine,
+    env: &StageEnv<'_>,
     kind: crate::registry::StageKind,
     out_dir: &Path,
 ) -> Result<BTreeMap<String, OutputEntry>, String> {
@@ -405,7 +413,7 @@ fn ingest(
                 declared.join(", ")
             ));
         }
-        let e = engine
+        let e = env
             .store
             .local()
             .insert_file(&entry.path())
@@ -424,14 +432,14 @@ fn ingest(
 }
 
 fn fail(
-    engine: &Engine,
+    env: &StageEnv<'_>,
     run: &StageRun,
     error: String,
     bad_input: bool,
     log_tail: String,
     provenance: Provenance,
 ) -> Outcome {
-    let _ = engine.store.local().put_failure(&FailureRecord {
+    let _ = env.store.local().put_failure(&FailureRecord {
         key: run.key,
         label: run.node.label.clone(),
         error: error.clone(),

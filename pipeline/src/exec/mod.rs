@@ -171,6 +171,15 @@ impl<'a> Engine<'a> {
     /// Every source digested and checked against its `sha256`, or the
     /// first one that is missing as an error: what `run` needs before it
     /// starts (status reports missing sources instead).
+    /// The part of the engine a stage run reads.
+    fn stage_env(&self) -> child::StageEnv<'_> {
+        child::StageEnv {
+            store: self.store,
+            ctx: self.ctx,
+            executor: self.executor,
+        }
+    }
+
     pub fn check_sources(&self) -> Result<(), EngineError> {
         self.present_sources().map(drop)
     }
@@ -542,6 +551,7 @@ impl<'a> Engine<'a> {
         };
         let mut running = 0usize;
         let mut stop_launching = false;
+        let env = &self.stage_env();
 
         std::thread::scope(|scope| -> Result<(), EngineError> {
             // Rounds: the first runs the plan; a later one only what waits
@@ -630,9 +640,8 @@ impl<'a> Engine<'a> {
                         sched.started(id);
                         running += 1;
                         let tx = tx.clone();
-                        let engine = &*self;
                         let cancel = cancel.clone();
-                        scope.spawn(move || child::run_stage(engine, work, &cancel, tx));
+                        scope.spawn(move || child::run_stage(env, work, &cancel, tx));
                     }
                     if running == 0 && (stop_launching || !sched.has_pending()) {
                         break;

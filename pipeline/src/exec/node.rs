@@ -98,7 +98,7 @@ impl<'a> Engine<'a> {
         )?;
         let (tx, rx) = mpsc::channel();
         // Runs on this thread: the worker-thread split is the scheduler's.
-        child::run_stage(self, run, cancel, tx);
+        child::run_stage(&self.stage_env(), run, cancel, tx);
         let mut result = None;
         for msg in rx.try_iter() {
             match msg {
