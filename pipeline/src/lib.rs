@@ -13,7 +13,7 @@
 //! | [`digest`]  | sha256 digests                                               |
 //! | [`sources`] | digests of files outside the store, with a stat cache       |
 //! | [`store`]   | content-addressed store: blobs, action records, locks; remote seam |
-//! | [`exec`]    | status and the local scheduler; stage child processes        |
+//! | [`exec`]    | status and the local scheduler (`Engine::run` over `exec::schedule`'s pure bookkeeping); one stage run (`exec::child`, given a narrow `StageEnv`); Slurm |
 //! | [`events`]  | run events and the summary built from them                   |
 //! | [`maintenance`] | `cache verify`, `cache gc`, `cache du`                   |
 //! | [`host`]    | this machine's name and clock (a leaf)                       |
