@@ -34,7 +34,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::classifier::HeadSpec;
 use crate::loss;
-use crate::method::{head_spec, net_spec, uses_raw_features, Preset};
+use crate::method::{net_spec, uses_raw_features, Preset};
 use crate::stage::{finetune, tapped, train, write_json, Model, ModelInfo};
 use crate::{Result, StageError};
 
@@ -96,14 +96,9 @@ pub fn run(spec_path: &Path, out: &Path) -> Result<()> {
         vec![]
     };
     let info = ModelInfo {
-        preset,
-        network: p.network,
-        augment: p.augment,
-        crop: p.crop,
-        head: head_spec(&p.method),
         blocks: previous_blocks.clone(),
         classes: (0..p.start as u32).collect(),
-        features: Some(p.method.features),
+        ..ModelInfo::untrained(p)
     };
     // The old model (frozen teacher) and the current one, which starts as
     // a copy of it and grows this task's block, as a train stage does.

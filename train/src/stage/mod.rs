@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::classifier::{Head, HeadSpec};
-use crate::method::{net_spec, Augmentation, Network, Preset};
+use crate::method::{head_spec, net_spec, Augmentation, Network, Preset, TrainParams};
 use crate::net::Backbone;
 use crate::{Result, StageError};
 
@@ -41,6 +41,22 @@ pub struct ModelInfo {
     /// the choice existed, which used the classifier's input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<bsce_pipeline::params::FeatureTap>,
+}
+
+impl ModelInfo {
+    /// The model of `p`'s method before its first task: no class yet.
+    pub fn untrained(p: &TrainParams) -> ModelInfo {
+        ModelInfo {
+            preset: p.method.preset,
+            network: p.network,
+            augment: p.augment,
+            crop: p.crop,
+            head: head_spec(&p.method),
+            blocks: vec![],
+            classes: vec![],
+            features: Some(p.method.features),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

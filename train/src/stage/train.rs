@@ -15,7 +15,7 @@ use crate::classifier::HeadSpec;
 use crate::data::{augment, gather, substream, Batches};
 use crate::loss;
 use crate::memory::{class_mean, herding, random_selection, MemoryBudget};
-use crate::method::{augment_spec, head_spec, uses_raw_features, Preset, Selection, TrainParams};
+use crate::method::{augment_spec, uses_raw_features, Preset, Selection, TrainParams};
 use crate::net::BackboneOut;
 use crate::runtime;
 use crate::{Result, StageError};
@@ -65,16 +65,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             (model, Some(old), memory, info)
         }
         None => {
-            let info = ModelInfo {
-                preset,
-                network: p.network,
-                augment: p.augment,
-                crop: p.crop,
-                head: head_spec(&p.method),
-                blocks: vec![],
-                classes: vec![],
-                features: Some(p.method.features),
-            };
+            let info = ModelInfo::untrained(&p);
             (Model::build(&info, device)?, None, Memory::default(), info)
         }
     };
