@@ -368,6 +368,16 @@ pub enum Augmentation {
     ImagenetPodnet,
 }
 
+/// Per-channel normalisation of the network's input, `(pixel / 255 - mean)
+/// / std` (RGB), where a dataset's statistics are not the ones its
+/// augmentation's reference uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
 /// How an image-folder dataset is augmented in training; each preset then
 /// takes its reference's variant (normalisation, colour jitter).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +410,10 @@ pub struct TrainParams {
     /// keys of every other stage stay as they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crop: Option<u32>,
+    /// The dataset's own normalisation, where its config gives one; absent:
+    /// the augmentation's reference statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalization>,
     pub seed: u64,
     pub deterministic: bool,
 }

@@ -508,6 +508,7 @@ impl Builder {
                             } if *crop != IMAGENET_CROP => Some(*crop),
                             _ => None,
                         },
+                        normalize: ds.normalize.clone(),
                         seed,
                         deterministic: exp.deterministic,
                     };

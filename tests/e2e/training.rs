@@ -589,6 +589,39 @@ fn a_small_image_folder_trains_with_cifar_style_augmentation_when_asked() {
         "{}",
         r.stderr
     );
+    // The dataset's own statistics: in the train params (so in the key),
+    // in the model's description (so evaluation normalises alike), and a
+    // standard deviation that cannot divide is refused by name.
+    let own = config(", augment: cifar", "finetune").replace(
+        "size: 32, augment: cifar}}",
+        "size: 32, augment: cifar}, normalize: {mean: [0.3, 0.3, 0.2], std: [0.2, 0.2, 0.25]}}",
+    );
+    assert!(own.contains("normalize"), "{own}");
+    p.write("c.yaml", &own);
+    let j = params(&p);
+    assert_eq!(j["normalize"]["std"][2], 0.25, "{j}");
+    assert_eq!(j["augment"], "cifar_lucir", "{j}");
+    let r = p.run(&["run", "c.yaml", "--json"]).ok();
+    assert_eq!(r.json()["failed"], 0, "{}", r.stderr);
+    let rec = find_action(&p.store(), "train/scans/o/m/seed0/b2/t0");
+    let d = rec["outputs"]["model.json"]["digest"].as_str().unwrap();
+    let model: Value = serde_json::from_slice(
+        &std::fs::read(p.store().join("cas").join(&d[..2]).join(&d[2..])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(model["normalize"]["mean"][0], 0.3, "{model}");
+    p.write(
+        "c.yaml",
+        &own.replace("std: [0.2, 0.2, 0.25]", "std: [0.2, 0, 0.25]"),
+    );
+    let r = p.run(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("datasets.scans.normalize.std[1]")
+            && r.stderr.contains("expected a finite number above 0"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

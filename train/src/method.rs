@@ -3,8 +3,8 @@
 //! typed in `bsce_pipeline::params`, shared with the plan that writes them.
 
 pub use bsce_pipeline::params::{
-    Augmentation, EvalParams, EvaluationParams, FinetuneSpec, MethodParams, Network, Preset,
-    Recipe, Schedule, Selection, TrainParams,
+    Augmentation, EvalParams, EvaluationParams, FinetuneSpec, MethodParams, Network, Normalization,
+    Preset, Recipe, Schedule, Selection, TrainParams,
 };
 
 use crate::classifier::HeadSpec;
@@ -46,8 +46,13 @@ pub fn net_spec(network: Network) -> NetSpec {
 }
 
 /// The augmentation, with its crop replaced by `crop` when given (an
-/// image folder whose images are smaller than ImageNet's).
-pub fn augment_spec(augmentation: Augmentation, crop: Option<u32>) -> Result<AugmentSpec> {
+/// image folder whose images are smaller than ImageNet's) and its
+/// normalisation by the dataset's own when it has one.
+pub fn augment_spec(
+    augmentation: Augmentation,
+    crop: Option<u32>,
+    normalize: Option<&Normalization>,
+) -> Result<AugmentSpec> {
     let mut spec = match augmentation {
         Augmentation::CifarPodnet => AugmentSpec::cifar_podnet(),
         Augmentation::CifarLucir => AugmentSpec::cifar_lucir(),
@@ -63,6 +68,10 @@ pub fn augment_spec(augmentation: Augmentation, crop: Option<u32>) -> Result<Aug
         }
         spec.random_resized_crop = Some(i64::from(c));
         spec.center_crop = Some(i64::from(c));
+    }
+    if let Some(n) = normalize {
+        spec.mean = n.mean;
+        spec.std = n.std;
     }
     Ok(spec)
 }
@@ -101,6 +110,21 @@ mod tests {
             milestones: vec![80, 120],
             gamma: 0.1,
         }
+    }
+
+    #[test]
+    fn a_datasets_own_normalisation_replaces_the_references() {
+        let reference = augment_spec(Augmentation::CifarLucir, None, None).unwrap();
+        assert_eq!(reference.mean, [0.5071, 0.4866, 0.4409]);
+        let own = Normalization {
+            mean: [0.1, 0.2, 0.3],
+            std: [0.4, 0.5, 0.6],
+        };
+        let spec = augment_spec(Augmentation::CifarLucir, None, Some(&own)).unwrap();
+        assert_eq!((spec.mean, spec.std), (own.mean, own.std));
+        // The rest of the augmentation is the reference's.
+        assert_eq!(spec.crop_padding, reference.crop_padding);
+        assert_eq!(spec.flip, reference.flip);
     }
 
     #[test]

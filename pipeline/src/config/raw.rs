@@ -110,6 +110,11 @@ pub struct RawDataset {
     /// imagenet1k without.
     #[serde(default)]
     pub profile: Option<crate::params::Profile>,
+    /// The input normalisation, `{mean: [r, g, b], std: [r, g, b]}` of
+    /// pixel / 255. Default: the statistics of the augmentation's reference
+    /// (CIFAR-100's for CIFAR-style training, ImageNet's for ImageNet-style).
+    #[serde(default)]
+    pub normalize: Option<crate::params::Normalization>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,9 @@ use super::raw::*;
 use super::{did_you_mean, ConfigError};
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
-use crate::params::{IcarlDistillation, OrderSpec, Profile, Recipe, SyntheticSpec, IMAGENET_CROP};
+use crate::params::{
+    IcarlDistillation, Normalization, OrderSpec, Profile, Recipe, SyntheticSpec, IMAGENET_CROP,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -58,6 +60,8 @@ pub struct DatasetDef {
     /// Known before preparation for synthetic sets and CIFAR-100.
     pub classes: Option<u32>,
     pub profile: Profile,
+    /// `normalize:` of the config, checked.
+    pub normalize: Option<Normalization>,
 }
 
 #[derive(Debug, Clone)]
@@ -482,6 +486,23 @@ fn resolve_slurm(
 fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, ConfigError> {
     let at = format!("datasets.{name}");
     let profile = d.profile;
+    if let Some(n) = &d.normalize {
+        for (key, values) in [("mean", n.mean), ("std", n.std)] {
+            for (i, v) in values.iter().enumerate() {
+                let ok = v.is_finite() && (key == "mean" || *v > 0.0);
+                if !ok {
+                    return Err(cx.err(
+                        format!("{at}.normalize.{key}[{i}]"),
+                        format!(
+                            "is {v}; expected a finite number{}",
+                            if key == "std" { " above 0" } else { "" }
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let normalize = d.normalize;
     let one = match (d.synthetic, d.cifar100, d.image_folder) {
         (Some(s), None, None) => Source::Synthetic(s),
         (None, Some(c), None) => Source::Cifar100(c),
@@ -529,6 +550,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             }
             DatasetDef {
                 name: name.into(),
+                normalize: None,
                 classes: Some(s.classes),
                 profile: Profile::Cifar100,
                 source: DatasetSource::Synthetic(s),
@@ -553,6 +575,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             }
             DatasetDef {
                 name: name.into(),
+                normalize: None,
                 classes: Some(100),
                 profile: Profile::Cifar100,
                 source: DatasetSource::Cifar100 {
@@ -593,6 +616,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             }
             DatasetDef {
                 name: name.into(),
+                normalize: None,
                 classes: None,
                 source: DatasetSource::ImageFolder {
                     root: cx.relative(&f.root),
@@ -626,6 +650,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             }
         }
     };
+    def.normalize = normalize;
     def.profile = profile.unwrap_or(match &def.source {
         DatasetSource::ImageFolder {
             subset: Some(_), ..

@@ -51,7 +51,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         .iter()
         .map(|&i| pos[labels[i] as usize] as i64)
         .collect();
-    let aug = augment_spec(info.augment, info.crop)?;
+    let aug = augment_spec(info.augment, info.crop, info.normalize.as_ref())?;
     let raw = uses_raw_features(info.preset);
     let tap = info.features.unwrap_or(if raw {
         FeatureTap::PreActivation

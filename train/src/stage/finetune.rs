@@ -309,6 +309,7 @@ mod tests {
             network: crate::method::Network::Tiny,
             augment: Augmentation::CifarPodnet,
             crop: None,
+            normalize: None,
             head,
             blocks: vec![2, 2],
             classes: vec![0, 1, 2, 3],
@@ -350,6 +351,7 @@ mod tests {
             network: crate::method::Network::Tiny,
             augment: Augmentation::CifarPodnet,
             crop: None,
+            normalize: None,
             seed: 1,
             deterministic: true,
         };
@@ -364,7 +366,7 @@ mod tests {
                 )
             })
             .collect();
-        let aug = augment_spec(Augmentation::CifarPodnet, None).unwrap();
+        let aug = augment_spec(Augmentation::CifarPodnet, None, None).unwrap();
         let raw = |o: &BackboneOut| o.raw.shallow_clone();
         let target = |i: usize| labels[i] as i64;
         let counts = Tensor::from_slice(&[3i64; 4]);

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::classifier::{Head, HeadSpec};
-use crate::method::{head_spec, net_spec, Augmentation, Network, Preset, TrainParams};
+use crate::method::{
+    head_spec, net_spec, Augmentation, Network, Normalization, Preset, TrainParams,
+};
 use crate::net::Backbone;
 use crate::{Result, StageError};
 
@@ -31,6 +33,9 @@ pub struct ModelInfo {
     /// The augmentation's crop where the dataset's differs from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crop: Option<u32>,
+    /// The dataset's own input normalisation, where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalization>,
     pub head: HeadSpec,
     /// Classes added by each task, in order: rebuilds the head's blocks.
     pub blocks: Vec<i64>,
@@ -51,6 +56,7 @@ impl ModelInfo {
             network: p.network,
             augment: p.augment,
             crop: p.crop,
+            normalize: p.normalize.clone(),
             head: head_spec(&p.method),
             blocks: vec![],
             classes: vec![],

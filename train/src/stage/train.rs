@@ -51,7 +51,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let hwc = (meta.height as i64, meta.width as i64, meta.channels as i64);
     let pos = positions(&order.classes, meta.num_classes());
     let labels = ds.labels(SplitName::Train);
-    let aug = augment_spec(p.augment, p.crop)?;
+    let aug = augment_spec(p.augment, p.crop, p.normalize.as_ref())?;
     aug.validate(hwc)?;
     let preset = p.method.preset;
 
