@@ -961,6 +961,7 @@ fn resolve_methods(
         let bsce_choices: BsceChoices =
             serde_json::from_value(merged(&|m| m.bsce_choices.as_ref().map(|b| json!(b))))
                 .expect("fields of BsceChoices");
+        check_options_apply(cx, name, &chain, raw, preset, bsce)?;
         let features =
             pick(&|m| m.features.map(|f| json!(f))).and_then(|v| serde_json::from_value(v).ok());
         let mem = |f: &dyn Fn(&RawMemory) -> Option<u32>| {
@@ -1277,6 +1278,84 @@ fn check_increasing(milestones: &[u32], at: &str, cx: &Ctx) -> Result<(), Config
     }
 }
 
+/// Options a method would silently ignore are errors, named at the key
+/// of the method in its `extends` chain that set them: BSCE choices
+/// without `bsce: true`, and a BSCE choice or hyper-parameter of another
+/// preset (class-balanced fine-tuning is checked where it is read).
+fn check_options_apply(
+    cx: &Ctx,
+    name: &str,
+    chain: &[&str],
+    raw: &BTreeMap<String, RawMethod>,
+    preset: MethodPreset,
+    bsce: bool,
+) -> Result<(), ConfigError> {
+    // The method nearest `name` that writes `section.field`.
+    let set_by = |section: &str, field: &str| {
+        chain.iter().copied().find(|n| {
+            let m = &raw[*n];
+            let v = match section {
+                "bsce_choices" => m.bsce_choices.as_ref().map(|b| json!(b)),
+                _ => m.hyper.as_ref().map(|h| json!(h)),
+            };
+            v.is_some_and(|v| v.get(field).is_some_and(|f| !f.is_null()))
+        })
+    };
+    let owner = |p: MethodPreset| match p {
+        MethodPreset::Finetune => "finetune",
+        MethodPreset::Icarl => "icarl",
+        MethodPreset::Lucir => "lucir",
+        MethodPreset::Podnet => "podnet",
+    };
+    for (field, for_preset) in [
+        ("nca_prior", MethodPreset::Podnet),
+        ("margin_ranking", MethodPreset::Lucir),
+        ("icarl_distillation", MethodPreset::Icarl),
+    ] {
+        let Some(at) = set_by("bsce_choices", field) else {
+            continue;
+        };
+        let key = format!("methods.{at}.bsce_choices.{field}");
+        if preset != for_preset {
+            return Err(cx.err(
+                key,
+                format!(
+                    "is a choice of {}; `{name}` is {} and would ignore it",
+                    owner(for_preset),
+                    owner(preset)
+                ),
+            ));
+        }
+        if !bsce {
+            return Err(cx.err(
+                key,
+                format!("applies with `bsce: true` only; `{name}` trains without BSCE and would ignore it"),
+            ));
+        }
+    }
+    for (field, for_preset) in [
+        ("less_forget", MethodPreset::Lucir),
+        ("pod_flat", MethodPreset::Podnet),
+        ("pod_spatial", MethodPreset::Podnet),
+        ("classifier_scaling", MethodPreset::Podnet),
+        ("learned_scale", MethodPreset::Podnet),
+    ] {
+        if let Some(at) = set_by("hyper", field) {
+            if preset != for_preset {
+                return Err(cx.err(
+                    format!("methods.{at}.hyper.{field}"),
+                    format!(
+                        "is a setting of {}; `{name}` is {} and would ignore it",
+                        owner(for_preset),
+                        owner(preset)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The numbers one method of an `extends` chain writes (`finetune`,
 /// `hyper`, `bsce_choices`), each checked at its own key: finite, and in
 /// the range its use needs.
@@ -1433,6 +1512,32 @@ recipes:
         .unwrap_err();
         assert_eq!(e.path, "methods.a.hyper.pod_flat");
         assert_eq!(e.position.map(|p| p.line), Some(11), "{e}");
+    }
+
+    #[test]
+    fn an_option_the_method_would_ignore_is_an_error_at_its_key() {
+        let err = |methods: &str| config(methods, "").unwrap_err();
+        // A BSCE choice of another preset.
+        let e = err("  a: {preset: lucir, bsce: true, bsce_choices: {nca_prior: before_scale}}\n");
+        assert_eq!(e.path, "methods.a.bsce_choices.nca_prior", "{e}");
+        assert!(
+            e.to_string().contains("a choice of podnet; `a` is lucir"),
+            "{e}"
+        );
+        // A BSCE choice without BSCE: named where it is written, also when
+        // the BSCE variant that extends it would use it.
+        let e = err("  a: {preset: lucir, bsce_choices: {margin_ranking: false}}\n  b: {extends: a, bsce: true}\n");
+        assert_eq!(e.path, "methods.a.bsce_choices.margin_ranking", "{e}");
+        assert!(e.to_string().contains("`bsce: true` only"), "{e}");
+        // A hyper-parameter of another preset.
+        let e = err("  a: {preset: podnet, hyper: {less_forget: 5}}\n");
+        assert_eq!(e.path, "methods.a.hyper.less_forget", "{e}");
+        // The same options where they apply are accepted.
+        config(
+            "  a: {preset: lucir, hyper: {less_forget: 5}}\n  b: {extends: a, bsce: true, bsce_choices: {margin_ranking: false}}\n",
+            "",
+        )
+        .unwrap();
     }
 
     #[test]
