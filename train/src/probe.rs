@@ -35,7 +35,7 @@ use tch::{Device, Kind, Tensor};
 use crate::classifier::HeadSpec;
 use crate::loss;
 use crate::method::{net_spec, uses_raw_features, Preset};
-use crate::stage::{finetune, tapped, train, write_json, Model, ModelInfo};
+use crate::stage::{classifier_input, finetune, train, write_json, Model, ModelInfo};
 use crate::{Result, StageError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -175,14 +175,7 @@ pub fn run(spec_path: &Path, out: &Path) -> Result<()> {
     .map_err(|e| StageError::Other(format!("writing inputs: {e}")))?;
     save(&model.vs, &out.join("before.safetensors"))?;
 
-    let feature_of = |o: &crate::net::BackboneOut| {
-        if uses_raw_features(preset) {
-            o.raw.shallow_clone()
-        } else {
-            o.features.shallow_clone()
-        }
-    };
-    let _ = tapped;
+    let feature_of = |o: &crate::net::BackboneOut| classifier_input(preset, o);
     let (terms, lr, bn_train, restore) = match spec.phase {
         Phase::Main => {
             let mut opt = train::optimizer(p, &model)?;

@@ -38,7 +38,10 @@ use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use bsce_stages::task_artefacts::{finite, FinetuneLog, LogEntry, TrainLog};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::steps::{classification, extract, freeze_unlearned_scale, images_of_class, sgd_step};
+use super::steps::{
+    classification, extract, freeze_unlearned_scale, images_of_class, keeps_margin_ranking,
+    sgd_step,
+};
 use super::Model;
 use crate::data::{augment, gather, AugmentSpec, Batches};
 use crate::loss;
@@ -161,14 +164,7 @@ pub fn finetune_step(
     let feats = tch::no_grad(|| feature_of(&model.backbone.forward_t(x, bn_train)));
     let logits = model.head.forward(&feats);
     let mut terms = vec![classification(p, model, &logits, y, counts, log_counts)];
-    // As in the main phase: LUCIR+BSCE keeps margin ranking unless its
-    // choices turn it off.
-    let margin_ranking_off = p.method.bsce
-        && p.method
-            .bsce_choices
-            .as_ref()
-            .is_some_and(|c| c.margin_ranking == Some(false));
-    if p.method.preset == Preset::Lucir && !margin_ranking_off {
+    if p.method.preset == Preset::Lucir && keeps_margin_ranking(p) {
         terms.push((
             "margin_ranking",
             loss::lucir_margin_ranking(

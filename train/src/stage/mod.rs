@@ -9,6 +9,7 @@
 pub mod evaluate;
 pub mod finetune;
 mod steps;
+pub(crate) use steps::classifier_input;
 pub mod train;
 
 use std::collections::BTreeMap;

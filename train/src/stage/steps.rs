@@ -25,6 +25,28 @@ pub(super) fn freeze_unlearned_scale(p: &TrainParams, model: &Model) {
     }
 }
 
+/// The classifier's input: the pre-activation features for LUCIR and
+/// PODNet, the post-ReLU ones for the linear heads.
+pub(crate) fn classifier_input(preset: Preset, out: &BackboneOut) -> Tensor {
+    if crate::method::uses_raw_features(preset) {
+        out.raw.shallow_clone()
+    } else {
+        out.features.shallow_clone()
+    }
+}
+
+/// Whether LUCIR's margin ranking is in the loss: always without BSCE;
+/// with it, unless `bsce_choices.margin_ranking` turns it off. The main
+/// phase and fine-tuning both ask here.
+pub(crate) fn keeps_margin_ranking(p: &TrainParams) -> bool {
+    !p.method.bsce
+        || p.method
+            .bsce_choices
+            .as_ref()
+            .and_then(|c| c.margin_ranking)
+            != Some(false)
+}
+
 /// The training images (of `n`) whose incremental class is `c`.
 pub(super) fn images_of_class(n: usize, target_of: &dyn Fn(usize) -> i64, c: usize) -> Vec<usize> {
     (0..n).filter(|&i| target_of(i) as usize == c).collect()

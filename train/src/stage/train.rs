@@ -9,13 +9,16 @@ use bsce_stages::task_artefacts::{finite, EpochLog, LogEntry, TrainLog};
 use serde_json::json;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use super::steps::{classification, extract, freeze_unlearned_scale, images_of_class, sgd_step};
+use super::steps::{
+    classification, classifier_input, extract, freeze_unlearned_scale, images_of_class,
+    keeps_margin_ranking, sgd_step,
+};
 use super::{positions, tapped, write_json, Memory, Model, ModelInfo};
 use crate::classifier::HeadSpec;
 use crate::data::{augment, gather, substream, Batches};
 use crate::loss;
 use crate::memory::{class_mean, herding, random_selection, MemoryBudget};
-use crate::method::{augment_spec, uses_raw_features, Preset, Selection, TrainParams};
+use crate::method::{augment_spec, Preset, Selection, TrainParams};
 use crate::net::BackboneOut;
 use crate::runtime;
 use crate::{Result, StageError};
@@ -100,13 +103,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     // Grow the head: new classes, imprinted from their mean features where
     // the method does so (LUCIR, PODNet from task 1 on).
     // The classifier's input, and the features herding and NME use.
-    let feature_of = |out: &BackboneOut| {
-        if uses_raw_features(preset) {
-            out.raw.shallow_clone()
-        } else {
-            out.features.shallow_clone()
-        }
-    };
+    let feature_of = |out: &BackboneOut| classifier_input(preset, out);
     let tap = p.method.features;
     info.features = Some(tap);
     let memory_feature_of = |out: &BackboneOut| tapped(out, tap);
@@ -472,7 +469,7 @@ fn task_loss(
                     "less_forget",
                     loss::lucir_less_forget(&feature_of(out), &feature_of(old_out), lambda),
                 ));
-                if !bsce || choices.margin_ranking != Some(false) {
+                if keeps_margin_ranking(p) {
                     let cos = model.head.similarities(&feature_of(out));
                     terms.push((
                         "margin_ranking",
