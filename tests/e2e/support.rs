@@ -191,16 +191,50 @@ pub fn wait_for(child: &mut Child, pred: impl Fn(&str) -> bool) -> String {
 }
 
 pub fn find_action(store: &Path, label: &str) -> Value {
+    let mut found: Vec<Value> = Vec::new();
     for e in walkdir::WalkDir::new(store.join("ac")) {
         let e = e.unwrap();
         if e.file_type().is_file() {
             let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
             if v["label"] == label {
-                return v;
+                found.push(v);
             }
         }
     }
-    panic!("no action record for {label}");
+    // Two records under one label (the node ran under two keys) would make
+    // the answer depend on the directory order: the caller must say which
+    // key it means (`current_action`).
+    match found.len() {
+        0 => panic!("no action record for {label}"),
+        1 => found.pop().unwrap(),
+        n => panic!("{n} action records for {label}: use current_action to name the key"),
+    }
+}
+
+/// The action record of `label` under the key `config` gives it now (as
+/// `status --json` reports it), whatever other keys the node ran under.
+pub fn current_action(p: &Project, config: &str, label: &str) -> Value {
+    let j = p.run(&["status", config, "--json"]).ok().json();
+    let key = j["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["label"] == label)
+        .unwrap_or_else(|| panic!("{config} has no node {label}"))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = p
+        .store()
+        .join("ac")
+        .join(&key[..2])
+        .join(format!("{}.json", &key[2..]));
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    assert_eq!(v["label"], label, "{}", path.display());
+    v
 }
 
 /// Each bad input: one clear error, exit 2, and no store created.
