@@ -37,8 +37,11 @@
 #                 array onto the device and augment them there (crop, flip,
 #                 brightness, normalise). Ratio = loader / our training step:
 #                 above 1, the loader never starves the step.
-#   loader-resnet18 the same from 256x256 stored images with ImageNet's
-#                 augmentation (random-resized crop to 224, flip).
+#   loader-resnet18 the same from whole images stored at a short side of
+#                 256 (256x341, 341x256, 256x256) with ImageNet's augmentation:
+#                 each window cut and resized to 224 on the CPU's cores (its
+#                 JSON says how many: cpu_threads), then flipped and
+#                 normalised; the rate ResNet-18 needs is its train step's.
 #   smoke         `bsce-pipe run configs/gpu-smoke.yaml --gpus 0` end to end:
 #                 synthetic data of CIFAR-100's shape (100 classes, 500 + 100
 #                 32x32 images each), 50 base classes then 5 steps of 10,

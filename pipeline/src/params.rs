@@ -253,7 +253,31 @@ pub enum PrepareParams {
         val: ValParams,
         /// Short side the images are resized to.
         size: u32,
+        /// What of each resized image is stored.
+        keep: Keep,
     },
+}
+
+/// What an image folder's preparation stores of each image resized to a
+/// short side of `size` (torchvision's `Resize(size)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// The whole image, aspect ratio kept (`augment: imagenet`: training's
+    /// RandomResizedCrop samples the whole field of view, evaluation takes
+    /// the centre crop of it).
+    Whole,
+    /// The central `size x size` window (`augment: cifar`).
+    CentreSquare,
+}
+
+impl Keep {
+    pub fn for_style(style: AugmentStyle) -> Keep {
+        match style {
+            AugmentStyle::Imagenet => Keep::Whole,
+            AugmentStyle::Cifar => Keep::CentreSquare,
+        }
+    }
 }
 
 /// Where an image folder's test images are.

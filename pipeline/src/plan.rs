@@ -14,8 +14,8 @@ use crate::config::{presets, Config, DatasetSource, Experiment, MethodPreset, Ne
 use crate::digest::Digest;
 use crate::key::canonical_json;
 use crate::params::{
-    AggregateParams, AggregateRun, AugmentStyle, Augmentation, EvalParams, OrderParams, PlotParams,
-    PrepareParams, RenderParams, TasksParams, TrainParams, ValParams, IMAGENET_CROP,
+    AggregateParams, AggregateRun, AugmentStyle, Augmentation, EvalParams, Keep, OrderParams,
+    PlotParams, PrepareParams, RenderParams, TasksParams, TrainParams, ValParams, IMAGENET_CROP,
 };
 use crate::registry::files;
 
@@ -329,7 +329,7 @@ fn prepare_node(name: &str, source: &DatasetSource) -> PlanNode {
             subset,
             size,
             crop: _,
-            augment: _,
+            augment,
         } => {
             let mut sources = vec![SourceInput {
                 name: "root".into(),
@@ -352,6 +352,7 @@ fn prepare_node(name: &str, source: &DatasetSource) -> PlanNode {
                 train_dir: train_dir.clone(),
                 val,
                 size: *size,
+                keep: Keep::for_style(*augment),
             };
             (params, sources)
         }

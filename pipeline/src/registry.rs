@@ -156,6 +156,8 @@ pub mod files {
     pub const TRAIN_LABELS: &str = "train.labels";
     pub const TEST_IMAGES: &str = "test.images";
     pub const TEST_LABELS: &str = "test.labels";
+    pub const TRAIN_SIZES: &str = "train.sizes";
+    pub const TEST_SIZES: &str = "test.sizes";
     pub const ORDER: &str = "order.json";
     pub const TASKS: &str = "tasks.json";
     pub const WEIGHTS: &str = "model.safetensors";
@@ -176,7 +178,15 @@ pub mod files {
     pub const PLOT_SVG: &str = "plot.svg";
     pub const PLOT_PNG: &str = "plot.png";
 
-    pub const DATASET: &[&str] = &[META, TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
+    pub const DATASET: &[&str] = &[
+        META,
+        TRAIN_IMAGES,
+        TRAIN_SIZES,
+        TRAIN_LABELS,
+        TEST_IMAGES,
+        TEST_SIZES,
+        TEST_LABELS,
+    ];
     /// What a train stage hands the next task and its evaluation (not its log).
     pub const MODEL_FILES: &[&str] = &[WEIGHTS, MODEL, MEMORY];
     /// What an `aggregate` stage writes: each frame as Parquet and CSV.
@@ -348,6 +358,10 @@ pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
     (
         "train/src/probe.rs",
         "`bsce-torch probe`: one training step written out for the parity tests; no stage runs it",
+    ),
+    (
+        "train/src/crops.rs",
+        "`bsce-torch crops`: the data path's batches written out for people and tests; no stage runs it",
     ),
     (
         "train/build.rs",

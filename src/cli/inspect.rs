@@ -125,7 +125,11 @@ fn inspect_path(path: &Path, digester: &SourceDigester) -> Result<serde_json::Va
         return Ok(serde_json::json!({
             "format": format!("prepared dataset ({})", meta.source_format),
             "digest": d.to_hex(), "classes": meta.classes.len(), "class_names": meta.classes,
-            "image_size": format!("{}x{}x{}", meta.height, meta.width, meta.channels),
+            "image_size": if meta.aspect_kept {
+                format!("short side {}, aspect ratio kept, x{}", meta.height, meta.channels)
+            } else {
+                format!("{}x{}x{}", meta.height, meta.width, meta.channels)
+            },
             "train": meta.train_count, "test": meta.test_count,
         }));
     }
@@ -140,13 +144,7 @@ fn inspect_path(path: &Path, digester: &SourceDigester) -> Result<serde_json::Va
         }));
     }
     if path.is_dir() && image_folder::detect(path) {
-        let spec = image_folder::ImageFolderSpec {
-            root: path.to_path_buf(),
-            train_dir: "train".into(),
-            val: image_folder::ValSource::Folders { dir: "val".into() },
-            subset: None,
-            size: 256,
-        };
+        let spec = image_folder::ImageFolderSpec::new(path);
         let scan = image_folder::scan(&spec).map_err(bad)?;
         let d = digest(true)?;
         return Ok(serde_json::json!({

@@ -138,13 +138,17 @@ fn an_image_folder_tree_is_inspected_prepared_and_ordered() {
     assert_eq!(meta["classes"], serde_json::json!(["n01", "n03"]));
     assert_eq!(meta["train_count"], 8);
     assert_eq!(meta["height"], 16);
-    // The prepared artefact itself can be inspected.
+    assert_eq!(meta["aspect_kept"], true);
+    // Whole images, short side 16, long side torchvision's
+    // int(16 * long / short): 40x30 -> 21, 50x35 -> 22, 60x40 -> 24,
+    // 70x45 -> 24; two classes kept.
     let d = rec["outputs"]["train.images"]["digest"].as_str().unwrap();
     assert_eq!(
         rec["outputs"]["train.images"]["size"],
-        8 * 16 * 16 * 3,
+        2 * (21 + 22 + 24 + 24) * 16 * 3,
         "{d}"
     );
+    assert_eq!(rec["outputs"]["train.sizes"]["size"], 8 * 4);
     // An order that does not fit the prepared class count fails the stage.
     p.write(
         "c.yaml",
@@ -165,7 +169,7 @@ fn an_image_folder_tree_is_inspected_prepared_and_ordered() {
 #[test]
 fn an_image_folder_larger_than_the_stage_memory_is_prepared_streaming() {
     let p = Project::new();
-    // 1,100 images at 256 px: 216 MB of train.images.
+    // 1,100 images of 96x72, stored whole at 341x256: 288 MB.
     write_image_tree(&p.path("tree"), 4, 270, 5);
     p.write("c.yaml", &image_tree_config(256));
     let r = p.run(&["run", "c.yaml", "--json"]).ok();
@@ -173,7 +177,7 @@ fn an_image_folder_larger_than_the_stage_memory_is_prepared_streaming() {
     let rec = find_action(&p.store(), "prepare/inet");
     let artefact = rec["outputs"]["train.images"]["size"].as_u64().unwrap()
         + rec["outputs"]["test.images"]["size"].as_u64().unwrap();
-    assert_eq!(artefact, 1100 * 256 * 256 * 3);
+    assert_eq!(artefact, 1100 * 341 * 256 * 3);
     let peak = rec["provenance"]["peak_rss_kib"].as_u64().unwrap() * 1024;
     assert!(
         peak > 0 && peak < 64 << 20 && peak < artefact / 3,
@@ -255,8 +259,10 @@ fn a_killed_image_folder_preparation_resumes_its_finished_shards() {
     for f in [
         "meta.json",
         "train.images",
+        "train.sizes",
         "train.labels",
         "test.images",
+        "test.sizes",
         "test.labels",
     ] {
         assert_eq!(
@@ -264,4 +270,113 @@ fn a_killed_image_folder_preparation_resumes_its_finished_shards() {
             "{f}"
         );
     }
+}
+
+/// Textured RGB, different in every image: smooth waves plus noise, so a
+/// resize that samples the wrong place or a wrong filter shows.
+fn textured(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+    image::RgbImage::from_fn(w, h, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let wave = |f: f32, g: f32| {
+            (127.0 + 90.0 * ((x as f32 * f + y as f32 * g + seed as f32).sin())) as i32
+        };
+        let noise = (state % 41) as i32 - 20;
+        let px = |v: i32| (v + noise).clamp(0, 255) as u8;
+        image::Rgb([
+            px(wave(0.05, 0.02)),
+            px(wave(0.013, 0.07)),
+            px(wave(0.11, 0.003)),
+        ])
+    })
+}
+
+/// The ImageNet data path against torchvision on the original images
+/// (tests/crops/check.py): evaluation crops equal Resize(256) +
+/// CenterCrop(224) within one grey level per pixel, and training windows
+/// follow RandomResizedCrop's scale, ratio and position over the whole
+/// image. The same check fails on images prepared as centre squares, as
+/// they were before: their crops never reach the margins.
+#[test]
+fn imagenet_crops_match_torchvision_on_the_original_images() {
+    use bsce_stages::dataset::image_folder::{prepare_image_folder, ImageFolderSpec, Keep};
+    let p = Project::new();
+    // Landscape, portrait, nearly square and wide, as PNGs (PIL and the
+    // image crate decode a PNG to the same bytes; JPEG decoders differ).
+    let sizes = [(400u32, 300u32), (300, 500), (257, 256), (512, 300)];
+    let mut manifest = serde_json::json!({"train": [], "test": []});
+    for (split, key) in [("train", "train"), ("val", "test")] {
+        for (k, &(w, h)) in sizes.iter().enumerate() {
+            let dir = p.path(&format!("tree/{split}/n0{k}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("a.png");
+            textured(w, h, k as u32 + if split == "val" { 10 } else { 0 })
+                .save(&path)
+                .unwrap();
+            manifest[key]
+                .as_array_mut()
+                .unwrap()
+                .push(path.display().to_string().into());
+        }
+    }
+    p.write("manifest.json", &manifest.to_string());
+    let torch = Path::new(BIN).with_file_name("bsce-torch");
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crops/check.py");
+    let run_check = |keep: Keep, name: &str| {
+        let out = p.path(name);
+        std::fs::create_dir_all(&out).unwrap();
+        let spec = ImageFolderSpec {
+            keep,
+            ..ImageFolderSpec::new(p.path("tree"))
+        };
+        prepare_image_folder(&spec, &out, &p.path(&format!("{name}.resume")), &|_, _| {}).unwrap();
+        // Evaluation as the stages run it; 2,000 training draws per image
+        // at a 16-px crop (the window's distribution does not depend on
+        // the output size).
+        let draws: Vec<usize> = (0..sizes.len()).flat_map(|i| [i; 2000]).collect();
+        for (what, spec) in [
+            (
+                "eval",
+                serde_json::json!({"augment": "imagenet", "split": "test", "indices": [0, 1, 2, 3], "train": false}),
+            ),
+            (
+                "train",
+                serde_json::json!({"augment": "imagenet", "crop": 16, "split": "train", "indices": draws, "train": true, "seed": 5}),
+            ),
+        ] {
+            let file = p.path(&format!("{name}-{what}.json"));
+            std::fs::write(&file, spec.to_string()).unwrap();
+            let r = Command::new(&torch)
+                .arg("crops")
+                .arg(&out)
+                .arg(&file)
+                .arg(p.path(&format!("{name}-{what}")))
+                .output()
+                .unwrap();
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        }
+        Command::new("python3")
+            .arg(&check)
+            .arg(p.path("manifest.json"))
+            .arg(p.path(&format!("{name}-eval")))
+            .arg(p.path(&format!("{name}-train")))
+            .output()
+            .unwrap()
+    };
+    let whole = run_check(Keep::Whole, "whole");
+    let text = String::from_utf8_lossy(&whole.stdout).to_string()
+        + &String::from_utf8_lossy(&whole.stderr);
+    println!("{text}");
+    assert!(whole.status.success(), "{text}");
+    assert!(text.contains("crops check passed"), "{text}");
+    let square = run_check(Keep::CentreSquare, "square");
+    let text = String::from_utf8_lossy(&square.stdout).to_string()
+        + &String::from_utf8_lossy(&square.stderr);
+    assert!(!square.status.success(), "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("train 512x300"),
+        "{text}"
+    );
 }

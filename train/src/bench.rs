@@ -5,7 +5,8 @@
 //! Two networks, each at the input size it trains at: `resnet32` (PODNet's
 //! CIFAR ResNet-32, 32x32 inputs, CIFAR augmentation) and `resnet18`
 //! (LUCIR's ImageNet ResNet-18, 224x224 inputs, ImageNet augmentation from
-//! 256x256 stored images). Both with a 100-way linear head.
+//! whole images stored at a short side of 256). Both with a 100-way linear
+//! head.
 
 use std::time::Instant;
 
@@ -13,10 +14,11 @@ use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Cuda, Device, Kind, Tensor};
 
 use crate::classifier::{Head, HeadSpec};
-use crate::data::{augment, gather, AugmentSpec};
+use crate::data::{load, AugmentSpec, Shape};
 use crate::loss;
 use crate::net::{Backbone, NetSpec};
 use crate::{Result, StageError};
+use bsce_stages::dataset::artefact::{offsets_of, SplitImages};
 
 /// The network a benchmark runs, with its input size and data path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,9 +26,11 @@ pub enum BenchNet {
     /// `NetSpec::resnet32()` on 32x32 inputs; loader: CIFAR-sized u8
     /// images, `AugmentSpec::cifar_podnet()`.
     Resnet32,
-    /// `NetSpec::resnet18()` on 224x224 inputs; loader: 256x256 u8 images
-    /// (what image-folder preparation stores), `AugmentSpec::imagenet()`
-    /// (random-resized crop to 224, flip).
+    /// `NetSpec::resnet18()` on 224x224 inputs; loader: u8 images at a
+    /// short side of 256, a third each 256x341, 341x256 and 256x256 (what
+    /// image-folder preparation stores of ImageNet's 4:3, 3:4 and square
+    /// photos), `AugmentSpec::imagenet()` (random-resized crop to 224 on
+    /// the CPU, flip).
     Resnet18,
 }
 
@@ -64,12 +68,13 @@ impl BenchNet {
         }
     }
 
-    /// The side of the stored images the loader reads, and how many it
-    /// holds (256x256 x 1,024 is 200 MB; CIFAR's 50,000 are 150 MB).
-    fn stored(self) -> (i64, usize) {
+    /// The (height, width) of the stored images the loader reads, and how
+    /// many it holds (1,024 at 256 x ~313 are 250 MB; CIFAR's 50,000 are
+    /// 150 MB).
+    fn stored(self) -> (Vec<(u16, u16)>, usize) {
         match self {
-            BenchNet::Resnet32 => (32, 50_000),
-            BenchNet::Resnet18 => (256, 1_024),
+            BenchNet::Resnet32 => (vec![(32, 32)], 50_000),
+            BenchNet::Resnet18 => (vec![(256, 341), (341, 256), (256, 256)], 1_024),
         }
     }
 
@@ -170,21 +175,23 @@ pub fn loader(
     device: Device,
 ) -> Result<Value> {
     setup(device);
-    let (side, n) = net.stored();
-    let size = (side * side * 3) as usize;
-    let images: Vec<u8> = (0..n * size)
+    let (shapes, n) = net.stored();
+    let sizes: Vec<(u16, u16)> = (0..n).map(|i| shapes[i % shapes.len()]).collect();
+    let offsets = offsets_of(&sizes);
+    let images: Vec<u8> = (0..offsets[n])
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
         .collect();
+    let images = SplitImages::new(&images, &sizes, &offsets);
     let spec = net.augment();
-    spec.validate((side, side, 3))?;
+    let short = shapes.iter().map(|&(h, w)| h.min(w)).min().unwrap_or(0);
+    spec.validate(Shape {
+        channels: 3,
+        short_side: i64::from(short),
+        uniform: images.uniform_size().map(|(h, w)| (h as i64, w as i64)),
+    })?;
     let one = |b: usize| {
         let idx: Vec<usize> = (0..batch).map(|k| (b * 7919 + k * 104_729) % n).collect();
-        let x = augment(
-            &gather(&images, (side, side, 3), &idx, device),
-            &spec,
-            true,
-            b as u64,
-        );
+        let x = load(images, &idx, &spec, true, b as u64, device);
         let _ = x.sum(Kind::Float).double_value(&[]);
     };
     for b in 0..warmup {
@@ -197,8 +204,8 @@ pub fn loader(
     let secs = t.elapsed().as_secs_f64();
     Ok(json!({
         "images_per_s": (batches * batch) as f64 / secs, "seconds": secs,
-        "net": net.name(), "stored_size": side, "image_size": net.input_size(),
+        "net": net.name(), "stored_sizes": shapes, "image_size": net.input_size(),
         "batch": batch, "batches": batches, "device": device_name(device),
-        "threads": tch::get_num_threads(),
+        "threads": tch::get_num_threads(), "cpu_threads": rayon::current_num_threads(),
     }))
 }

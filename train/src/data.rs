@@ -1,14 +1,25 @@
-//! The training data path. The prepared dataset stays memory-mapped as u8
-//! NHWC; [`gather`] copies one batch of it to the training device in a
-//! single transfer, and [`augment`] turns it into normalised f32 NCHW there.
-//! Per-sample augmentation parameters are drawn on the CPU from a
-//! [`SplitMix64`] seeded by the caller, then applied with batched tensor
-//! ops, so a seed fixes the augmentation on any device and no data-loader
-//! workers are needed.
+//! The training data path: [`load`] turns dataset images into one
+//! normalised f32 NCHW batch on the training device. The prepared dataset
+//! stays memory-mapped as u8 RGB. Per-sample augmentation parameters are
+//! drawn on the CPU from a [`SplitMix64`] seeded by the caller, so a seed
+//! fixes the augmentation on any device.
+//!
+//! Two paths, by the spec's crop:
+//! - CIFAR style (padded crop; every image one size): [`gather`] copies the
+//!   batch to the device in one transfer and [`augment`] crops, flips,
+//!   jitters and normalises it there with batched tensor ops.
+//! - ImageNet style (`random_resized_crop`; images of their own size, the
+//!   whole field of view kept): each sample's window is cut and resized on
+//!   the CPU, in parallel, with PIL's antialiased bilinear filter (the
+//!   resampler preparation uses), and flipped; evaluation takes the centre
+//!   window. The device then jitters and normalises.
 //!
 //! Transforms: ../shared/reference/cil-protocols.md §2 and
 //! method-formulas.md §3.1 (PODNet), §4.1 (LUCIR).
 
+use bsce_stages::dataset::artefact::{DatasetMeta, SplitImages};
+use bsce_stages::dataset::resample::{centre_offset, Axis, Resampler};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -69,8 +80,9 @@ impl AugmentSpec {
 
     /// ImageNet: RandomResizedCrop(224) and flip for training, the central
     /// 224 window for evaluation, ImageNet statistics. The prepared images
-    /// are already the central 256 x 256 of a short-side-256 resize, so the
-    /// centre crop completes torchvision's Resize(256) + CenterCrop(224).
+    /// are whole, resized to a short side of 256, so the random crop sees
+    /// the whole field of view and the centre crop completes torchvision's
+    /// Resize(256) + CenterCrop(224).
     /// No colour jitter, as in L (PODNet's: [`AugmentSpec::imagenet_podnet`]).
     pub fn imagenet() -> Self {
         AugmentSpec {
@@ -94,16 +106,18 @@ impl AugmentSpec {
         }
     }
 
-    /// Checks the spec against the dataset's image shape (H, W, C), once,
-    /// before training, so that [`augment`] can assume it.
-    pub fn validate(&self, image_hwc: (i64, i64, i64)) -> Result<()> {
-        let (h, w, c) = image_hwc;
+    /// Checks the spec against the dataset's images, once, before
+    /// training, so that [`load`] can assume it.
+    pub fn validate(&self, shape: Shape) -> Result<()> {
         let bad =
             |key: &str, message: String| Err(StageError::param(format!("augment.{key}"), message));
-        if c != 3 {
+        if shape.channels != 3 {
             return bad(
                 "mean",
-                format!("the dataset has {c} channels; mean and std are given for 3 (RGB)"),
+                format!(
+                    "the dataset has {} channels; mean and std are given for 3 (RGB)",
+                    shape.channels
+                ),
             );
         }
         if self.crop_padding < 0 {
@@ -124,32 +138,201 @@ impl AugmentSpec {
         if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
             return bad("mean", format!("holds {m}; expected finite values"));
         }
-        if let Some(size) = self.random_resized_crop {
-            if size < 1 {
+        match self.random_resized_crop {
+            Some(size) => {
+                if size < 1 {
+                    return bad(
+                        "random_resized_crop",
+                        format!("is {size}; expected at least 1"),
+                    );
+                }
+                if self.crop_padding > 0 {
+                    return bad(
+                        "crop_padding",
+                        format!(
+                            "is {} while random_resized_crop is set; a training crop is one or the other",
+                            self.crop_padding
+                        ),
+                    );
+                }
+                if self.center_crop.is_none() {
+                    return bad(
+                        "center_crop",
+                        "is unset while random_resized_crop is set; evaluation needs a \
+                         crop of that size"
+                            .into(),
+                    );
+                }
+            }
+            None if shape.uniform.is_none() => {
                 return bad(
                     "random_resized_crop",
-                    format!("is {size}; expected at least 1"),
+                    "is unset, but the dataset's images have their own sizes (an image \
+                     folder prepared whole); a padded crop needs one size (`augment: cifar`)"
+                        .into(),
                 );
             }
-            if self.crop_padding > 0 {
+            None => {}
+        }
+        if let Some(size) = self.center_crop {
+            if size < 1 || size > shape.short_side {
                 return bad(
-                    "crop_padding",
+                    "center_crop",
                     format!(
-                        "is {} while random_resized_crop is set; a training crop is one or the other",
-                        self.crop_padding
+                        "is {size}; expected 1..={0} (the images' short side is {0})",
+                        shape.short_side
                     ),
                 );
             }
         }
-        if let Some(size) = self.center_crop {
-            if size < 1 || size > h.min(w) {
-                return bad(
-                    "center_crop",
-                    format!("is {size}; expected 1..={} for {h}x{w} images", h.min(w)),
-                );
-            }
-        }
         Ok(())
+    }
+}
+
+/// What [`AugmentSpec::validate`] checks a spec against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub channels: i64,
+    /// The shortest side of any image.
+    pub short_side: i64,
+    /// (height, width) of every image, when they share one.
+    pub uniform: Option<(i64, i64)>,
+}
+
+impl Shape {
+    pub fn of(meta: &DatasetMeta) -> Shape {
+        let (h, w) = (i64::from(meta.height), i64::from(meta.width));
+        Shape {
+            channels: i64::from(meta.channels),
+            short_side: h.min(w),
+            uniform: (!meta.aspect_kept).then_some((h, w)),
+        }
+    }
+    pub fn fixed(h: i64, w: i64, c: i64) -> Shape {
+        Shape {
+            channels: c,
+            short_side: h.min(w),
+            uniform: Some((h, w)),
+        }
+    }
+}
+
+/// One normalised f32 [B, 3, H, W] batch of the images at `indices`, on
+/// `device`: augmented when `train` (drawn from `seed`: same seed, same
+/// batch, on any device), else only centre-cropped (if the spec says so)
+/// and normalised. The spec must have passed [`AugmentSpec::validate`]
+/// for these images.
+pub fn load(
+    images: SplitImages<'_>,
+    indices: &[usize],
+    spec: &AugmentSpec,
+    train: bool,
+    seed: u64,
+    device: Device,
+) -> Tensor {
+    load_drawn(images, indices, spec, train, seed, device).0
+}
+
+/// [`load`], with each sample's draws (for `bsce-torch crops`); draws are
+/// empty for the CIFAR-style path and for evaluation.
+pub fn load_drawn(
+    images: SplitImages<'_>,
+    indices: &[usize],
+    spec: &AugmentSpec,
+    train: bool,
+    seed: u64,
+    device: Device,
+) -> (Tensor, Vec<SampleDraw>) {
+    let Some(size) = spec.random_resized_crop else {
+        let (h, w) = images
+            .uniform_size()
+            .expect("a padded crop reads images of one size (validated)");
+        let batch = gather(images.bytes(), (h as i64, w as i64, 3), indices, device);
+        return (augment(&batch, spec, train, seed), Vec::new());
+    };
+    let b = indices.len() as i64;
+    let (out, draws) = if train {
+        let draws = draw_params(
+            spec,
+            |k| {
+                let (_, h, w) = images.image(indices[k]);
+                (h as i64, w as i64)
+            },
+            b,
+            seed,
+        );
+        (resized_crops(images, indices, &draws, size as usize), draws)
+    } else {
+        let size = spec.center_crop.expect("validated") as usize;
+        (centre_crops(images, indices, size), Vec::new())
+    };
+    let side = out.len() as i64 / (b * 3);
+    let side = (side as f64).sqrt() as i64;
+    let x = Tensor::from_slice(&out)
+        .view([b, side, side, 3])
+        .to_device(device)
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float)
+        / 255.0;
+    let x = jitter(x, spec, &draws, train);
+    (normalise(x, spec), draws)
+}
+
+/// Each sample's window resized to `size x size` (flipped where drawn),
+/// RGB bytes one sample after another.
+fn resized_crops(
+    images: SplitImages<'_>,
+    indices: &[usize],
+    draws: &[SampleDraw],
+    size: usize,
+) -> Vec<u8> {
+    let per = size * size * 3;
+    let mut out = vec![0u8; indices.len() * per];
+    out.par_chunks_mut(per)
+        .zip(indices.par_iter().zip(draws))
+        .for_each_init(Resampler::default, |r, (dst, (&i, d))| {
+            let (src, h, w) = images.image(i);
+            r.resize(
+                src,
+                w,
+                h,
+                Axis::window(d.left as usize, d.width as usize, size),
+                Axis::window(d.top as usize, d.height as usize, size),
+                dst,
+            );
+            if d.flip {
+                for row in dst.chunks_exact_mut(size * 3) {
+                    mirror_row(row);
+                }
+            }
+        });
+    out
+}
+
+/// The central `size x size` window of each image (torchvision's
+/// CenterCrop), RGB bytes one sample after another.
+fn centre_crops(images: SplitImages<'_>, indices: &[usize], size: usize) -> Vec<u8> {
+    let per = size * size * 3;
+    let mut out = vec![0u8; indices.len() * per];
+    out.par_chunks_mut(per)
+        .zip(indices.par_iter())
+        .for_each(|(dst, &i)| {
+            let (src, h, w) = images.image(i);
+            let (top, left) = (centre_offset(h, size), centre_offset(w, size));
+            for (y, row) in dst.chunks_exact_mut(size * 3).enumerate() {
+                let at = ((top + y) * w + left) * 3;
+                row.copy_from_slice(&src[at..at + size * 3]);
+            }
+        });
+    out
+}
+
+fn mirror_row(row: &mut [u8]) {
+    let n = row.len() / 3;
+    for k in 0..n / 2 {
+        for c in 0..3 {
+            row.swap(3 * k + c, 3 * (n - 1 - k) + c);
+        }
     }
 }
 
@@ -185,50 +368,59 @@ pub fn gather(
 }
 
 /// The horizontal mirror of an NCHW batch (A's RandomHorizontalFlip(p=1)
-/// for NME's flipped features). It commutes with [`augment`]'s
+/// for NME's flipped features). It commutes with [`load`]'s
 /// normalisation and centre crop, so it may be applied to either side.
 pub fn flip_horizontal(x: &Tensor) -> Tensor {
     x.flip([3])
 }
 
-/// Turns a u8 [B, C, H, W] batch into normalised f32 NCHW on the same
-/// device. `train` applies the spec's random transforms, drawn from
-/// `gen_seed` (same seed, same batch, on any device); otherwise only the
-/// centre crop, if any, and the normalisation, and `gen_seed` is unused.
+/// The CIFAR-style path: turns a u8 [B, C, H, W] batch of one image size
+/// into normalised f32 NCHW on the same device. `train` applies the
+/// padded crop, the flip and the brightness, drawn from `gen_seed`;
+/// otherwise only the centre crop, if any, and the normalisation, and
+/// `gen_seed` is unused.
 ///
-/// Per sample, in order: the crop (padded or random-resized), the flip, the
-/// brightness factor. That order of draws is part of what a seed means.
-/// Differences from torchvision's PIL path, all below a grey level: the
-/// brightness is applied in float and not rounded back to u8, and the
-/// random-resized crop is resampled bilinearly without PIL's antialiasing
-/// when it shrinks.
+/// Per sample, in order: the crop, the flip, the brightness factor. That
+/// order of draws is part of what a seed means (the ImageNet-style path
+/// draws the same way). The brightness is applied in float and not rounded
+/// back to u8 (below a grey level from torchvision's PIL path).
 pub fn augment(batch: &Tensor, spec: &AugmentSpec, train: bool, gen_seed: u64) -> Tensor {
-    let (b, c, h, w) = batch
+    assert!(
+        spec.random_resized_crop.is_none(),
+        "a random-resized crop is cut on the CPU: use load"
+    );
+    let (b, _, h, w) = batch
         .size4()
         .expect("augment takes a u8 batch [B, C, H, W]");
-    let device = batch.device();
     let mut x = batch.to_kind(Kind::Float) / 255.0;
     if train {
-        let draws = draw_params(spec, b, h, w, gen_seed);
-        x = match spec.random_resized_crop {
-            Some(size) => resized_crop(&x, &draws, size),
-            None if spec.crop_padding > 0 || spec.flip => {
-                padded_crop(&x, &draws, spec.crop_padding)
-            }
-            None => x,
-        };
-        if spec.brightness > 0.0 {
-            let factors: Vec<f32> = draws.iter().map(|d| d.brightness as f32).collect();
-            let factors = Tensor::from_slice(&factors)
-                .view([b, 1, 1, 1])
-                .to_device(device);
-            x = (x * factors).clamp(0.0, 1.0);
+        let draws = draw_params(spec, |_| (h, w), b, gen_seed);
+        if spec.crop_padding > 0 || spec.flip {
+            x = padded_crop(&x, &draws, spec.crop_padding);
         }
+        x = jitter(x, spec, &draws, true);
     } else if let Some(size) = spec.center_crop {
-        let top = centre_offset(h, size);
-        let left = centre_offset(w, size);
+        let top = centre_offset(h as usize, size as usize) as i64;
+        let left = centre_offset(w as usize, size as usize) as i64;
         x = x.narrow(2, top, size).narrow(3, left, size);
     }
+    normalise(x, spec)
+}
+
+/// The drawn brightness factors, in training.
+fn jitter(x: Tensor, spec: &AugmentSpec, draws: &[SampleDraw], train: bool) -> Tensor {
+    if !(train && spec.brightness > 0.0) {
+        return x;
+    }
+    let factors: Vec<f32> = draws.iter().map(|d| d.brightness as f32).collect();
+    let factors = Tensor::from_slice(&factors)
+        .view([draws.len() as i64, 1, 1, 1])
+        .to_device(x.device());
+    (x * factors).clamp(0.0, 1.0)
+}
+
+fn normalise(x: Tensor, spec: &AugmentSpec) -> Tensor {
+    let (device, c) = (x.device(), x.size()[1]);
     let stats = |v: [f64; 3]| {
         Tensor::from_slice(&v.map(|s| s as f32))
             .view([1, c, 1, 1])
@@ -239,21 +431,28 @@ pub fn augment(batch: &Tensor, spec: &AugmentSpec, train: bool, gen_seed: u64) -
 
 /// One sample's random augmentation parameters. For the padded crop the
 /// window is in padded coordinates; for the random-resized crop it is in
-/// the input image.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct SampleDraw {
-    top: i64,
-    left: i64,
-    height: i64,
-    width: i64,
-    flip: bool,
-    brightness: f64,
+/// the image.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct SampleDraw {
+    pub top: i64,
+    pub left: i64,
+    pub height: i64,
+    pub width: i64,
+    pub flip: bool,
+    pub brightness: f64,
 }
 
-fn draw_params(spec: &AugmentSpec, b: i64, h: i64, w: i64, seed: u64) -> Vec<SampleDraw> {
+/// Sample k's draws, for an image of `dims(k)` = (height, width).
+fn draw_params(
+    spec: &AugmentSpec,
+    dims: impl Fn(usize) -> (i64, i64),
+    b: i64,
+    seed: u64,
+) -> Vec<SampleDraw> {
     let mut rng = SplitMix64::new(seed);
-    (0..b)
-        .map(|_| {
+    (0..b as usize)
+        .map(|k| {
+            let (h, w) = dims(k);
             let (top, left, height, width) = match spec.random_resized_crop {
                 Some(_) => random_resized_window(&mut rng, h, w),
                 None => {
@@ -352,36 +551,6 @@ fn padded_crop(x: &Tensor, draws: &[SampleDraw], pad: i64) -> Tensor {
         &cols.view([b, 1, 1, w]).expand([b, c, h, w], false),
         false,
     )
-}
-
-/// Resamples each sample's window to `size x size` with one bilinear
-/// `grid_sampler` call. The affine map sends output pixel centres to
-/// `top + (k + ½)·height/size − ½` (the half-pixel convention of
-/// torchvision's resize); border padding clamps at the image edge as
-/// resize does. A flip negates the x scale, which mirrors the window.
-fn resized_crop(x: &Tensor, draws: &[SampleDraw], size: i64) -> Tensor {
-    let (b, c, h, w) = x.size4().expect("an NCHW batch");
-    let (hf, wf) = (h as f64, w as f64);
-    let mut theta = Vec::with_capacity(6 * draws.len());
-    for d in draws {
-        let sx = d.width as f64 / wf * if d.flip { -1.0 } else { 1.0 };
-        let tx = (2 * d.left + d.width) as f64 / wf - 1.0;
-        let sy = d.height as f64 / hf;
-        let ty = (2 * d.top + d.height) as f64 / hf - 1.0;
-        theta.extend([sx, 0.0, tx, 0.0, sy, ty].map(|v| v as f32));
-    }
-    let theta = Tensor::from_slice(&theta)
-        .view([b, 2, 3])
-        .to_device(x.device());
-    let grid = Tensor::affine_grid_generator(&theta, [b, c, size, size], false);
-    const BILINEAR: i64 = 0;
-    const BORDER: i64 = 1;
-    x.grid_sampler(&grid, BILINEAR, BORDER, false)
-}
-
-/// torchvision's CenterCrop offset: round((len - size) / 2), half to even.
-fn centre_offset(len: i64, size: i64) -> i64 {
-    ((len - size) as f64 / 2.0).round_ties_even() as i64
 }
 
 /// One training batch: dataset indices, their labels (i64, ready for a
@@ -515,7 +684,7 @@ impl SplitMix64 {
 
 #[cfg(test)]
 mod tests {
-    use bsce_stages::dataset::artefact::{Dataset, MappedDataset, Split};
+    use bsce_stages::dataset::artefact::{offsets_of, Dataset, MappedDataset, Split, SplitName};
 
     use super::*;
 
@@ -572,7 +741,7 @@ mod tests {
         let size = h * w * 3;
         let picked = [3, 0, 3, 4];
         let t = gather(
-            &ds.train_images,
+            ds.images(SplitName::Train).bytes(),
             (h as i64, w as i64, 3),
             &picked,
             Device::Cpu,
@@ -583,12 +752,15 @@ mod tests {
         for (k, &i) in picked.iter().enumerate() {
             assert_eq!(
                 &back[k * size..(k + 1) * size],
-                &ds.train_images[i * size..(i + 1) * size]
+                &ds.images(SplitName::Train).bytes()[i * size..(i + 1) * size]
             );
         }
         // Channel-major layout: [k][c][y][x] is byte ((y * w + x) * 3 + c).
         let nchw = bytes(&t);
-        assert_eq!(nchw[h * w + 1], ds.train_images[3 * size + 3 + 1]);
+        assert_eq!(
+            nchw[h * w + 1],
+            ds.images(SplitName::Train).bytes()[3 * size + 3 + 1]
+        );
     }
 
     #[test]
@@ -667,7 +839,7 @@ mod tests {
         let out = augment(&batch, &spec, true, 42);
         assert_eq!(out.size(), vec![b, 3, h, w]);
         let out = floats(&out);
-        let draws = draw_params(&spec, b, h, w, 42);
+        let draws = draw_params(&spec, |_| (h, w), b, 42);
         assert!(
             draws.iter().any(|d| d.top != pad || d.left != pad),
             "all centred"
@@ -710,7 +882,7 @@ mod tests {
             ..plain()
         };
         let out = augment(&batch, &spec, true, 5);
-        let draws = draw_params(&spec, b, h, w, 5);
+        let draws = draw_params(&spec, |_| (h, w), b, 5);
         let flipped = draws.iter().filter(|d| d.flip).count();
         assert!(flipped > 0 && flipped < 32, "{flipped} of 32 flipped");
         for (k, d) in draws.iter().enumerate() {
@@ -735,7 +907,7 @@ mod tests {
             ..plain()
         };
         let out = augment(&batch, &spec, true, 3);
-        let draws = draw_params(&spec, b as i64, 2, 2, 3);
+        let draws = draw_params(&spec, |_| (2, 2), b as i64, 3);
         let (lo, hi) = (1.0 - 63.0 / 255.0, 1.0 + 63.0 / 255.0);
         assert!(draws.iter().all(|d| (lo..hi).contains(&d.brightness)));
         assert!(
@@ -795,82 +967,103 @@ mod tests {
         assert_eq!(random_resized_window(&mut rng, 400, 4), (197, 0, 5, 4));
     }
 
-    #[test]
-    fn resized_crop_resamples_the_window_bilinearly() {
-        // A horizontal ramp: pixel value = column.
-        let (h, w) = (8i64, 16i64);
-        let ramp = Tensor::arange(w, (Kind::Float, Device::Cpu))
-            .view([1, 1, 1, w])
-            .expand([1, 3, h, w], false)
-            .contiguous();
-        let whole = SampleDraw {
-            top: 0,
-            left: 0,
-            height: h,
-            width: w,
-            flip: false,
-            brightness: 1.0,
-        };
-        // The whole image at its own size is the image, and flipped its mirror.
-        let same = resized_crop(
-            &ramp.narrow(3, 0, h),
-            &[SampleDraw { width: h, ..whole }],
-            h,
-        );
-        assert!(same.allclose(&ramp.narrow(3, 0, h), 1e-5, 1e-5, false));
-        let mirror = resized_crop(
-            &ramp.narrow(3, 0, h),
-            &[SampleDraw {
-                width: h,
-                flip: true,
-                ..whole
-            }],
-            h,
-        );
-        assert!(mirror.allclose(&flip_horizontal(&ramp.narrow(3, 0, h)), 1e-5, 1e-5, false));
-        // Columns 4..12 stretched to 16: output column k samples the ramp at
-        // 4 + (k + ½)·8/16 − ½, which bilinear interpolation reproduces.
-        let stretched = resized_crop(
-            &ramp,
-            &[SampleDraw {
-                top: 2,
-                left: 4,
-                height: 4,
-                width: 8,
-                ..whole
-            }],
-            16,
-        );
-        assert_eq!(stretched.size(), vec![1, 3, 16, 16]);
-        let row = floats(&stretched.get(0).get(1).get(5));
-        for (k, v) in row.iter().enumerate() {
-            let expected = 4.0 + (k as f32 + 0.5) * 0.5 - 0.5;
-            assert!((v - expected).abs() < 1e-4, "column {k}: {v} vs {expected}");
+    /// Images of their own sizes, in memory: image k's pixel (y, x) holds
+    /// (x, y, k) (mod 256), so a crop tells where it came from.
+    fn whole_images(sizes: &[(u16, u16)]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        for (k, &(h, w)) in sizes.iter().enumerate() {
+            for y in 0..h as usize {
+                for x in 0..w as usize {
+                    bytes.extend([x as u8, y as u8, k as u8]);
+                }
+            }
         }
+        (bytes, offsets_of(sizes))
     }
 
     #[test]
-    fn imagenet_training_crops_to_the_output_size() {
-        let batch = gather(&pattern(2, 40, 48), (40, 48, 3), &[0, 1], Device::Cpu);
+    fn imagenet_evaluation_is_the_centre_window_of_each_image() {
+        let sizes = [(30u16, 40u16), (40, 30), (30, 30)];
+        let (bytes, offsets) = whole_images(&sizes);
+        let images = SplitImages::new(&bytes, &sizes, &offsets);
         let spec = AugmentSpec {
-            random_resized_crop: Some(24),
-            center_crop: Some(24),
-            ..AugmentSpec::imagenet()
+            random_resized_crop: Some(20),
+            center_crop: Some(20),
+            ..plain()
         };
-        spec.validate((40, 48, 3)).unwrap();
-        let train = augment(&batch, &spec, true, 1);
-        assert_eq!(train.size(), vec![2, 3, 24, 24]);
-        assert_eq!(train, augment(&batch, &spec, true, 1));
-        assert_ne!(train, augment(&batch, &spec, true, 2));
-        assert_eq!(augment(&batch, &spec, false, 1).size(), vec![2, 3, 24, 24]);
+        let x = load(images, &[0, 1, 2], &spec, false, 7, Device::Cpu) * 255.0;
+        assert_eq!(x.size(), vec![3, 3, 20, 20]);
+        // torchvision's offsets: round(10 / 2) = 5 each way; round(20/2)=10.
+        for (k, (top, left)) in [(5i64, 10i64), (10, 5), (5, 5)].into_iter().enumerate() {
+            let px = |c: i64, y: i64, col: i64| x_at(&x, k as i64, c, y, col);
+            assert_eq!(
+                (px(0, 0, 0), px(1, 0, 0), px(2, 0, 0)),
+                (left, top, k as i64)
+            );
+            assert_eq!((px(0, 19, 19), px(1, 19, 19)), (left + 19, top + 19));
+        }
+    }
+
+    fn x_at(x: &Tensor, k: i64, c: i64, y: i64, col: i64) -> i64 {
+        x.double_value(&[k, c, y, col]).round() as i64
+    }
+
+    #[test]
+    fn imagenet_training_crops_come_from_anywhere_in_the_whole_image() {
+        // Wide images: the left and right margins a centre square would
+        // drop are drawn from too, at torchvision's scale and ratio.
+        let sizes = [(32u16, 96u16); 4];
+        let (bytes, offsets) = whole_images(&sizes);
+        let images = SplitImages::new(&bytes, &sizes, &offsets);
+        let spec = AugmentSpec {
+            random_resized_crop: Some(16),
+            center_crop: Some(16),
+            flip: true,
+            ..plain()
+        };
+        let mut reached = [false; 96];
+        let mut flips = 0;
+        for seed in 0..200 {
+            let (x, draws) = load_drawn(images, &[0, 1, 2, 3], &spec, true, seed, Device::Cpu);
+            assert_eq!(x.size(), vec![4, 3, 16, 16]);
+            for (k, d) in draws.iter().enumerate() {
+                assert!(d.left >= 0 && d.left + d.width <= 96 && d.top + d.height <= 32);
+                let area = (d.height * d.width) as f64 / (32.0 * 96.0);
+                assert!((0.07..=1.0).contains(&area), "{d:?}");
+                reached[d.left as usize..(d.left + d.width) as usize].fill(true);
+                // The crop's first column comes from the window's left edge
+                // (its right edge when flipped): column values are x.
+                let first = x.double_value(&[k as i64, 0, 8, 0]) * 255.0;
+                let edge = if d.flip { d.left + d.width - 1 } else { d.left } as f64;
+                assert!(
+                    (first - edge).abs() <= d.width as f64 / 16.0 + 1.0,
+                    "{d:?}: {first}"
+                );
+                flips += d.flip as usize;
+            }
+            assert_eq!(
+                x,
+                load(images, &[0, 1, 2, 3], &spec, true, seed, Device::Cpu)
+            );
+        }
+        assert!(
+            reached.iter().all(|&r| r),
+            "columns never drawn: {reached:?}"
+        );
+        assert!((300..500).contains(&flips), "{flips} flips of 800");
     }
 
     #[test]
     fn validate_names_the_offending_field() {
-        let hwc = (32, 32, 3);
+        let hwc = Shape::fixed(32, 32, 3);
+        let whole = Shape {
+            channels: 3,
+            short_side: 256,
+            uniform: None,
+        };
         assert!(AugmentSpec::cifar_podnet().validate(hwc).is_ok());
         assert!(AugmentSpec::cifar_lucir().validate(hwc).is_ok());
-        assert!(AugmentSpec::imagenet().validate((256, 256, 3)).is_ok());
+        assert!(AugmentSpec::imagenet().validate(whole).is_ok());
         let cases = [
             (
                 AugmentSpec {
@@ -913,7 +1106,21 @@ mod tests {
                 hwc,
                 "augment.crop_padding",
             ),
-            (plain(), (32, 32, 1), "augment.mean"),
+            (plain(), Shape::fixed(32, 32, 1), "augment.mean"),
+            // A padded crop needs images of one size.
+            (
+                AugmentSpec::cifar_lucir(),
+                whole,
+                "augment.random_resized_crop",
+            ),
+            (
+                AugmentSpec {
+                    center_crop: None,
+                    ..AugmentSpec::imagenet()
+                },
+                whole,
+                "augment.center_crop",
+            ),
         ];
         for (spec, hwc, key) in cases {
             let err = spec.validate(hwc).unwrap_err().to_string();

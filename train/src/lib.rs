@@ -12,7 +12,8 @@
 //! | [`checkpoint`] | model weights as safetensors                                  |
 //! | [`loss`]       | CE, BSCE, distillation, LUCIR's and PODNet's losses          |
 //! | [`memory`]     | herding / random exemplar selection, NME class means         |
-//! | [`data`]       | batches from the u8 dataset, augmented on the training device |
+//! | [`data`]       | batches from the u8 dataset: crops on the CPU, augmented on the training device |
+//! | [`crops`]      | `bsce-torch crops`: the data path's batches written out       |
 //! | [`method`]     | stage params, recipes' lr schedules, each preset's choices    |
 //! | [`stage`]      | the `train` and `evaluate` stages (run by `bsce-torch`)       |
 //!
@@ -22,6 +23,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod classifier;
+pub mod crops;
 pub mod data;
 pub mod loss;
 pub mod memory;

@@ -8,7 +8,9 @@
 //! `bsce-torch bench-train BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
 //! `bsce-torch bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
 //! `bsce-torch probe SPEC.json OUT_DIR` (one training step written out for
-//! the parity tests, `train/src/probe.rs`).
+//! the parity tests, `train/src/probe.rs`),
+//! `bsce-torch crops DATASET_DIR SPEC.json OUT_DIR` (what the network sees:
+//! batches of the data path written out, `train/src/crops.rs`).
 //! The benchmarks default to `resnet32` on `cuda:0` when libtorch sees a
 //! GPU, else on the CPU, with 3 warm-up iterations.
 //!
@@ -26,7 +28,8 @@ use tch::Cuda;
 
 const USAGE: &str = "usage: bsce-torch doctor [--json] | exec-stage JOB (started by bsce-pipe)\n       \
      bsce-torch bench-train|bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]\n       \
-     bsce-torch probe SPEC.json OUT_DIR (one training step written out; see tests/parity/README.md)";
+     bsce-torch probe SPEC.json OUT_DIR (one training step written out; see tests/parity/README.md)\n       \
+     bsce-torch crops DATASET_DIR SPEC.json OUT_DIR (the data path's batches written out; see train/src/crops.rs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +76,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        ["crops", dataset, spec, out] => {
+            match bsce_train::crops::run(Path::new(dataset), Path::new(spec), Path::new(out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         ["exec-stage", job] => {
             bsce_pipeline::exec::job::die_with_parent();
             bsce_stages::stage::exec_stage(

@@ -35,7 +35,8 @@ use tch::{Device, Kind, Tensor};
 use crate::classifier::HeadSpec;
 use crate::loss;
 use crate::method::{net_spec, uses_raw_features, Preset};
-use crate::stage::{classifier_input, finetune, train, write_json, Model, ModelInfo};
+use crate::stage::steps::classifier_input;
+use crate::stage::{finetune, train, write_json, Model, ModelInfo};
 use crate::{Result, StageError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,15 +1,21 @@
 //! The canonical dataset artefact: what every preparation stage writes and
 //! every training stage memory-maps.
 //!
-//! A prepared dataset is a directory of five files:
+//! A prepared dataset is a directory of seven files:
 //!
 //! | file           | content                                                    |
 //! |----------------|------------------------------------------------------------|
 //! | `meta.json`    | [`DatasetMeta`]: format tag, class names, image shape, counts |
-//! | `train.images` | u8, N x H x W x C (NHWC, RGB), no header                   |
+//! | `train.images` | u8, the N images one after another, each H x W x C (RGB), no header |
+//! | `train.sizes`  | u16 little-endian (H, W) per image, N entries              |
 //! | `train.labels` | u16 little-endian, N entries, dense class ids 0..classes   |
-//! | `test.images`  | as `train.images`                                          |
-//! | `test.labels`  | as `train.labels`                                          |
+//! | `test.*`       | as `train.*`                                               |
+//!
+//! Every image of CIFAR, of the synthetic sets and of an image folder
+//! prepared as centre squares has the shape in `meta.json`. An image folder
+//! prepared whole (ImageNet: `aspect_kept`) keeps each image's aspect
+//! ratio, so its images differ in size: `<split>.sizes` gives each one's,
+//! and an image starts where the ones before it end.
 //!
 //! Raw headerless arrays keep the files memory-mappable and make their
 //! digests independent of any serialisation library. Every file is written
@@ -48,6 +54,18 @@ impl SplitName {
     pub fn labels_file(self) -> String {
         format!("{}.labels", self.as_str())
     }
+    pub fn sizes_file(self) -> String {
+        format!("{}.sizes", self.as_str())
+    }
+}
+
+/// `<split>.sizes`: (height, width) per image, u16 little-endian.
+pub fn sizes_bytes(sizes: &[(u16, u16)]) -> Vec<u8> {
+    sizes
+        .iter()
+        .flat_map(|&(h, w)| [h.to_le_bytes(), w.to_le_bytes()])
+        .flatten()
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,9 +75,14 @@ pub struct DatasetMeta {
     /// Which reader produced it: `cifar100-python`, `cifar100-binary`,
     /// `image-folder`, `synthetic`.
     pub source_format: String,
+    /// Every image's size; with `aspect_kept`, both are the short side.
     pub height: u32,
     pub width: u32,
     pub channels: u32,
+    /// Images keep their source's aspect ratio: each one's short side is
+    /// `height` (= `width`), its size is in `<split>.sizes`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aspect_kept: bool,
     pub classes: Vec<String>,
     pub train_count: u64,
     pub test_count: u64,
@@ -69,8 +92,9 @@ pub struct DatasetMeta {
 }
 
 impl DatasetMeta {
-    pub fn image_bytes(&self) -> usize {
-        (self.height * self.width * self.channels) as usize
+    /// The bytes of every image, where they all have the same size.
+    pub fn image_bytes(&self) -> Option<usize> {
+        (!self.aspect_kept).then_some((self.height * self.width * self.channels) as usize)
     }
     pub fn num_classes(&self) -> usize {
         self.classes.len()
@@ -154,6 +178,7 @@ impl Dataset {
             height: self.height,
             width: self.width,
             channels: self.channels,
+            aspect_kept: false,
             classes: self.classes.clone(),
             train_count: self.train.labels.len() as u64,
             test_count: self.test.labels.len() as u64,
@@ -162,13 +187,19 @@ impl Dataset {
         })
     }
 
-    /// Writes the five files into `dir` (which must exist). The engine makes
-    /// the directory atomic; this only has to write deterministic bytes.
+    /// Writes the seven files into `dir` (which must exist). The engine
+    /// makes the directory atomic; this only has to write deterministic
+    /// bytes.
     pub fn write(&self, dir: &Path) -> Result<DatasetMeta> {
         let meta = self.meta()?;
+        let size = (self.height as u16, self.width as u16);
         for split in SplitName::ALL {
             let s = self.split(split);
             write_file(&dir.join(split.images_file()), &s.images)?;
+            write_file(
+                &dir.join(split.sizes_file()),
+                &sizes_bytes(&vec![size; s.labels.len()]),
+            )?;
             let mut labels = Vec::with_capacity(s.labels.len() * 2);
             for l in &s.labels {
                 labels.extend_from_slice(&l.to_le_bytes());
@@ -203,83 +234,200 @@ pub fn read_meta(dir: &Path) -> Result<DatasetMeta> {
 }
 
 /// A prepared dataset opened for reading: images memory-mapped, labels
-/// decoded (they are small).
+/// and sizes decoded (they are small).
 pub struct MappedDataset {
     pub meta: DatasetMeta,
-    pub train_images: memmap2::Mmap,
-    pub train_labels: Vec<u16>,
-    pub test_images: memmap2::Mmap,
-    pub test_labels: Vec<u16>,
+    train: MappedSplit,
+    test: MappedSplit,
+}
+
+struct MappedSplit {
+    images: memmap2::Mmap,
+    labels: Vec<u16>,
+    sizes: Vec<(u16, u16)>,
+    /// Where image i starts in `images`; one more entry than images.
+    offsets: Vec<usize>,
+}
+
+/// One split's images, each with its own size.
+#[derive(Clone, Copy)]
+pub struct SplitImages<'a> {
+    bytes: &'a [u8],
+    sizes: &'a [(u16, u16)],
+    offsets: &'a [usize],
+    /// (height, width) of every image, when they all share one.
+    uniform: Option<(usize, usize)>,
+}
+
+impl<'a> SplitImages<'a> {
+    /// RGB images of `sizes`, one after another at `offsets` (from
+    /// [`offsets_of`]), as tests and benchmarks build them in memory.
+    pub fn new(bytes: &'a [u8], sizes: &'a [(u16, u16)], offsets: &'a [usize]) -> Self {
+        assert_eq!(
+            offsets.len(),
+            sizes.len() + 1,
+            "one offset per image, and the end"
+        );
+        assert_eq!(
+            offsets[sizes.len()],
+            bytes.len(),
+            "the images fill the bytes"
+        );
+        SplitImages {
+            bytes,
+            sizes,
+            offsets,
+            uniform: uniform_size(sizes),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.sizes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.sizes.is_empty()
+    }
+    /// Image `i` as RGB bytes, row after row, with its height and width.
+    ///
+    /// Panics on an index past the end: indices come from the stage's own
+    /// split bookkeeping, so that is a bug, not bad input.
+    pub fn image(&self, i: usize) -> (&'a [u8], usize, usize) {
+        assert!(
+            i < self.len(),
+            "image index {i} is out of range; the split holds {} images",
+            self.len()
+        );
+        let (h, w) = self.sizes[i];
+        (
+            &self.bytes[self.offsets[i]..self.offsets[i + 1]],
+            h as usize,
+            w as usize,
+        )
+    }
+    /// The size every image shares, if they do.
+    pub fn uniform_size(&self) -> Option<(usize, usize)> {
+        self.uniform
+    }
+    /// All images' bytes, one after another.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+/// Byte offsets of images of `sizes` (RGB), one entry more than images.
+pub fn offsets_of(sizes: &[(u16, u16)]) -> Vec<usize> {
+    let mut offsets = Vec::with_capacity(sizes.len() + 1);
+    let mut at = 0usize;
+    offsets.push(0);
+    for &(h, w) in sizes {
+        at += h as usize * w as usize * 3;
+        offsets.push(at);
+    }
+    offsets
+}
+
+fn uniform_size(sizes: &[(u16, u16)]) -> Option<(usize, usize)> {
+    let first = *sizes.first()?;
+    sizes
+        .iter()
+        .all(|&s| s == first)
+        .then_some((first.0 as usize, first.1 as usize))
 }
 
 impl MappedDataset {
     pub fn open(dir: &Path) -> Result<Self> {
         let meta = read_meta(dir)?;
-        let (train_images, train_labels) = open_split(dir, &meta, SplitName::Train)?;
-        let (test_images, test_labels) = open_split(dir, &meta, SplitName::Test)?;
-        Ok(MappedDataset {
-            meta,
-            train_images,
-            train_labels,
-            test_images,
-            test_labels,
-        })
+        let train = open_split(dir, &meta, SplitName::Train)?;
+        let test = open_split(dir, &meta, SplitName::Test)?;
+        Ok(MappedDataset { meta, train, test })
     }
 
-    pub fn images(&self, split: SplitName) -> &[u8] {
+    fn mapped(&self, split: SplitName) -> &MappedSplit {
         match split {
-            SplitName::Train => &self.train_images,
-            SplitName::Test => &self.test_images,
+            SplitName::Train => &self.train,
+            SplitName::Test => &self.test,
+        }
+    }
+    pub fn images(&self, split: SplitName) -> SplitImages<'_> {
+        let m = self.mapped(split);
+        SplitImages {
+            bytes: &m.images,
+            sizes: &m.sizes,
+            offsets: &m.offsets,
+            uniform: uniform_size(&m.sizes),
         }
     }
     pub fn labels(&self, split: SplitName) -> &[u16] {
-        match split {
-            SplitName::Train => &self.train_labels,
-            SplitName::Test => &self.test_labels,
-        }
+        &self.mapped(split).labels
     }
 }
 
-fn open_split(
-    dir: &Path,
-    meta: &DatasetMeta,
-    split: SplitName,
-) -> Result<(memmap2::Mmap, Vec<u16>)> {
+fn open_split(dir: &Path, meta: &DatasetMeta, split: SplitName) -> Result<MappedSplit> {
     let count = match split {
         SplitName::Train => meta.train_count,
         SplitName::Test => meta.test_count,
     } as usize;
+    let u16s = |name: String, per_image: usize, what: &str| -> Result<Vec<u16>> {
+        let path = dir.join(name);
+        let raw = fs::read(&path).map_err(|e| StageError::io(&path, e))?;
+        if raw.len() != count * 2 * per_image {
+            return Err(StageError::invalid(
+                &path,
+                format!(
+                    "holds {} bytes; expected {} ({what} per image, {count} images)",
+                    raw.len(),
+                    count * 2 * per_image
+                ),
+            ));
+        }
+        Ok(raw
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    };
+    let sizes: Vec<(u16, u16)> = u16s(split.sizes_file(), 2, "two u16")?
+        .chunks_exact(2)
+        .map(|c| (c[0], c[1]))
+        .collect();
+    let spath = dir.join(split.sizes_file());
+    for (i, &(h, w)) in sizes.iter().enumerate() {
+        let fits = if meta.aspect_kept {
+            h.min(w) as u32 == meta.height
+        } else {
+            (h as u32, w as u32) == (meta.height, meta.width)
+        };
+        if !fits {
+            return Err(StageError::invalid(
+                &spath,
+                format!(
+                    "image {i} is {h}x{w}; meta.json says {}",
+                    if meta.aspect_kept {
+                        format!("a short side of {}", meta.height)
+                    } else {
+                        format!("{}x{}", meta.height, meta.width)
+                    }
+                ),
+            ));
+        }
+    }
+    let offsets = offsets_of(&sizes);
     let ipath = dir.join(split.images_file());
     let f = fs::File::open(&ipath).map_err(|e| StageError::io(&ipath, e))?;
     // SAFETY: store blobs are read-only once written; nothing truncates them
     // while a stage runs.
     let images = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| StageError::io(&ipath, e))?;
-    if images.len() != count * meta.image_bytes() {
+    let expected = offsets[count];
+    if images.len() != expected {
         return Err(StageError::invalid(
             &ipath,
             format!(
-                "holds {} bytes; meta.json says {count} images of {} bytes",
+                "holds {} bytes; {} says its {count} images take {expected}",
                 images.len(),
-                meta.image_bytes()
+                split.sizes_file()
             ),
         ));
     }
     let lpath = dir.join(split.labels_file());
-    let raw = fs::read(&lpath).map_err(|e| StageError::io(&lpath, e))?;
-    if raw.len() != count * 2 {
-        return Err(StageError::invalid(
-            &lpath,
-            format!(
-                "holds {} bytes; expected {} (u16 per image)",
-                raw.len(),
-                count * 2
-            ),
-        ));
-    }
-    let labels: Vec<u16> = raw
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
+    let labels = u16s(split.labels_file(), 1, "u16")?;
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= meta.num_classes()) {
         return Err(StageError::invalid(
             &lpath,
@@ -289,7 +437,12 @@ fn open_split(
             ),
         ));
     }
-    Ok((images, labels))
+    Ok(MappedSplit {
+        images,
+        labels,
+        sizes,
+        offsets,
+    })
 }
 
 #[cfg(test)]
@@ -323,8 +476,11 @@ mod tests {
         assert_eq!(meta.test_class_counts, vec![0, 1]);
         let m = MappedDataset::open(dir.path()).unwrap();
         assert_eq!(m.meta, meta);
-        assert_eq!(&m.train_images[..], &ds.train.images[..]);
-        assert_eq!(m.test_labels, vec![1]);
+        let train = m.images(SplitName::Train);
+        assert_eq!(train.bytes(), &ds.train.images[..]);
+        assert_eq!(train.uniform_size(), Some((2, 2)));
+        assert_eq!(train.image(1), (&ds.train.images[12..], 2, 2));
+        assert_eq!(m.labels(SplitName::Test), [1]);
     }
 
     #[test]

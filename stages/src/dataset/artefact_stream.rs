@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use crate::dataset::artefact::{DatasetMeta, SplitName, FORMAT_TAG, META_FILE};
+use crate::dataset::artefact::{sizes_bytes, DatasetMeta, SplitName, FORMAT_TAG, META_FILE};
 use crate::error::{Result, StageError};
 
 /// Checks the shape, the classes and every label, and counts images per
@@ -59,6 +59,7 @@ pub fn meta_from_labels(
         height,
         width,
         channels,
+        aspect_kept: false,
         classes: classes.to_vec(),
         train_count: train_labels.len() as u64,
         test_count: test_labels.len() as u64,
@@ -67,20 +68,25 @@ pub fn meta_from_labels(
     })
 }
 
-/// `<split>.labels` and `meta.json` in `dir`; the images files are the
-/// caller's.
+/// One split's labels and image sizes (height, width), in artefact order.
+pub struct SplitIndex<'a> {
+    pub labels: &'a [u16],
+    pub sizes: &'a [(u16, u16)],
+}
+
+/// `<split>.labels`, `<split>.sizes` and `meta.json` in `dir`; the images
+/// files are the caller's.
 pub fn write_labels_and_meta(
     dir: &Path,
     meta: &DatasetMeta,
-    train_labels: &[u16],
-    test_labels: &[u16],
+    train: SplitIndex<'_>,
+    test: SplitIndex<'_>,
 ) -> Result<()> {
-    for (split, labels) in [
-        (SplitName::Train, train_labels),
-        (SplitName::Test, test_labels),
-    ] {
-        let bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    for (split, index) in [(SplitName::Train, train), (SplitName::Test, test)] {
+        assert_eq!(index.labels.len(), index.sizes.len(), "one size per label");
+        let bytes: Vec<u8> = index.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
         write_file(&dir.join(split.labels_file()), &bytes)?;
+        write_file(&dir.join(split.sizes_file()), &sizes_bytes(index.sizes))?;
     }
     let mut json = serde_json::to_vec_pretty(meta).expect("meta serialises");
     json.push(b'\n');
@@ -108,7 +114,7 @@ mod tests {
             classes: vec!["a".into(), "b".into(), "c".into()],
             train: Split {
                 images: (0..24).collect(),
-                labels: vec![2, 0, 2, 513 % 3],
+                labels: vec![2, 0, 2, 0],
             },
             test: Split {
                 images: (0..6).collect(),
@@ -127,8 +133,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m, meta);
-        write_labels_and_meta(streamed.path(), &m, &ds.train.labels, &ds.test.labels).unwrap();
-        for f in ["meta.json", "train.labels", "test.labels"] {
+        let index = |labels: &'static [u16]| SplitIndex {
+            labels,
+            sizes: &[(2, 1); 4][..labels.len()],
+        };
+        write_labels_and_meta(streamed.path(), &m, index(&[2, 0, 2, 0]), index(&[1])).unwrap();
+        for f in [
+            "meta.json",
+            "train.labels",
+            "test.labels",
+            "train.sizes",
+            "test.sizes",
+        ] {
             assert_eq!(
                 fs::read(streamed.path().join(f)).unwrap(),
                 fs::read(held.path().join(f)).unwrap(),

@@ -24,14 +24,14 @@
 //! ordered by class, then by path, so the artefact does not depend on the
 //! order a file system lists a directory in.
 //!
-//! Size policy: the short side is resized to `size` with a triangle
-//! (bilinear, widened to the scale factor when shrinking so it antialiases)
-//! filter, the long side to `round(long * size / short)`, then the centre
-//! `size x size` window is kept. Only the taps that the kept window needs are
-//! computed. The filter runs in 14-bit fixed point with weights that sum to
-//! exactly 1, so a flat colour stays exact and the bytes do not depend on
-//! floating-point contraction or thread scheduling. EXIF orientation is
-//! ignored, as in the PIL pipelines the paper's numbers come from. Grey,
+//! Size policy (torchvision's `Resize(size)`, from PIL's bilinear filter,
+//! [`super::resample`]): the short side becomes `size`, the long side
+//! `int(long * size / short)`. [`Keep::Whole`] (ImageNet) stores that whole
+//! image, aspect ratio kept, so training's RandomResizedCrop samples the
+//! whole field of view and evaluation's CenterCrop is the centre of
+//! torchvision's resize. [`Keep::CentreSquare`] (an image folder trained
+//! CIFAR-style) keeps its central `size x size` window. EXIF orientation
+//! is ignored, as in the PIL pipelines the paper's numbers come from. Grey,
 //! grey+alpha, CMYK and 16-bit inputs become 8-bit RGB (alpha dropped).
 
 use std::collections::HashMap;
@@ -46,8 +46,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::dataset::artefact::{DatasetMeta, SplitName};
-use crate::dataset::artefact_stream::{meta_from_labels, write_labels_and_meta};
+use crate::dataset::artefact::{offsets_of, DatasetMeta, SplitName};
+use crate::dataset::artefact_stream::{meta_from_labels, write_labels_and_meta, SplitIndex};
+use crate::dataset::resample::{centre_offset, short_side_size, Axis, Resampler};
 use crate::dataset::shard_journal::ShardJournal;
 use crate::error::{Result, StageError};
 
@@ -66,12 +67,23 @@ pub struct ImageFolderSpec {
     /// A file listing the wnids to keep, one per line; `#` starts a comment.
     /// Used as given: the caller resolves it against the config's folder.
     pub subset: Option<PathBuf>,
-    /// Side of the square images written, in pixels.
+    /// Short side of the images written, in pixels.
     pub size: u32,
+    pub keep: Keep,
+}
+
+/// What of each resized image the artefact keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// All of it, aspect ratio kept.
+    Whole,
+    /// The central `size x size` window.
+    CentreSquare,
 }
 
 impl ImageFolderSpec {
-    /// `train/` and `val/<wnid>/` under `root`, all classes, 256 x 256.
+    /// `train/` and `val/<wnid>/` under `root`, all classes, whole images
+    /// with a short side of 256.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ImageFolderSpec {
             root: root.into(),
@@ -81,6 +93,7 @@ impl ImageFolderSpec {
             },
             subset: None,
             size: 256,
+            keep: Keep::Whole,
         }
     }
 }
@@ -194,14 +207,19 @@ fn prepare_in_shards(
     let plan = Plan::build(spec)?;
     let labels = |entries: &[Entry]| entries.iter().map(|e| e.label).collect::<Vec<u16>>();
     let (train_labels, test_labels) = (labels(&plan.train), labels(&plan.val));
-    let meta = meta_from_labels(
+    let mut meta = meta_from_labels(
         SOURCE_FORMAT,
         [spec.size, spec.size, CHANNELS as u32],
         &plan.classes,
         &train_labels,
         &test_labels,
     )?;
-    let image_bytes = meta.image_bytes();
+    meta.aspect_kept = spec.keep == Keep::Whole;
+    let (train_sizes, test_sizes) = (
+        stored_sizes(spec, &plan.train)?,
+        stored_sizes(spec, &plan.val)?,
+    );
+    let (train_offsets, test_offsets) = (offsets_of(&train_sizes), offsets_of(&test_sizes));
     let splits = [
         (SplitName::Train, &plan.train),
         (SplitName::Test, &plan.val),
@@ -215,10 +233,10 @@ fn prepare_in_shards(
     }
     let names = splits.map(|(split, _)| split.images_file());
     let files = [
-        (names[0].as_str(), (plan.train.len() * image_bytes) as u64),
-        (names[1].as_str(), (plan.val.len() * image_bytes) as u64),
+        (names[0].as_str(), train_offsets[plan.train.len()] as u64),
+        (names[1].as_str(), test_offsets[plan.val.len()] as u64),
     ];
-    let fingerprint = plan.fingerprint(spec, shard_len);
+    let fingerprint = plan.fingerprint(spec, shard_len, [&train_sizes, &test_sizes]);
     let mut journal = ShardJournal::open(resume_dir, &fingerprint, &files, shards.len())?;
 
     let total = (plan.train.len() + plan.val.len()) as u64;
@@ -244,14 +262,16 @@ fn prepare_in_shards(
         if journal.is_done(shard) {
             continue;
         }
-        let (entries, (file, path)) = match split {
-            SplitName::Train => (&plan.train, &outputs[0]),
-            SplitName::Test => (&plan.val, &outputs[1]),
+        let (entries, sizes, offsets, (file, path)) = match split {
+            SplitName::Train => (&plan.train, &train_sizes, &train_offsets, &outputs[0]),
+            SplitName::Test => (&plan.val, &test_sizes, &test_offsets, &outputs[1]),
         };
+        let range = first..first + len;
         decode_shard(
-            &entries[first..first + len],
-            first,
-            spec.size,
+            &entries[range.clone()],
+            &sizes[range.clone()],
+            &offsets[range],
+            spec,
             file,
             path,
             &on_image,
@@ -263,7 +283,18 @@ fn prepare_in_shards(
     }
     drop(outputs);
 
-    write_labels_and_meta(out_dir, &meta, &train_labels, &test_labels)?;
+    write_labels_and_meta(
+        out_dir,
+        &meta,
+        SplitIndex {
+            labels: &train_labels,
+            sizes: &train_sizes,
+        },
+        SplitIndex {
+            labels: &test_labels,
+            sizes: &test_sizes,
+        },
+    )?;
     for name in &names {
         journal.move_out(name, &out_dir.join(name))?;
     }
@@ -274,6 +305,49 @@ fn prepare_in_shards(
         resumed_images,
         decoded_images: total - resumed_images,
     })
+}
+
+/// Each image's stored (height, width), from its file's header alone (no
+/// decoding): every offset in the artefact is known before the first image
+/// is decoded, so shards can be written in any order and resumed.
+fn stored_sizes(spec: &ImageFolderSpec, entries: &[Entry]) -> Result<Vec<(u16, u16)>> {
+    let size = spec.size as usize;
+    if spec.keep == Keep::CentreSquare {
+        return Ok(vec![(spec.size as u16, spec.size as u16); entries.len()]);
+    }
+    entries
+        .par_iter()
+        .map(|e| {
+            let (w, h) = image::ImageReader::open(&e.path)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|err| StageError::io(&e.path, err))?
+                .into_dimensions()
+                .map_err(|err| {
+                    StageError::invalid(&e.path, format!("cannot read the image's size: {err}"))
+                })?;
+            stored_size(&e.path, w as usize, h as usize, size)
+        })
+        .collect()
+}
+
+/// The stored (height, width) of a `width x height` source image.
+fn stored_size(path: &Path, width: usize, height: usize, size: usize) -> Result<(u16, u16)> {
+    if width == 0 || height == 0 {
+        return Err(StageError::invalid(path, "image has no pixels"));
+    }
+    let (w, h) = short_side_size(width, height, size);
+    if w.max(h) > u16::MAX as usize {
+        return Err(StageError::invalid(
+            path,
+            format!(
+                "is {width}x{height}: at a short side of {size} its long side would be {} pixels; \
+                 at most {} are stored",
+                w.max(h),
+                u16::MAX
+            ),
+        ));
+    }
+    Ok((h as u16, w as u16))
 }
 
 struct Entry {
@@ -291,13 +365,26 @@ struct Plan {
 
 impl Plan {
     /// sha256 of everything the prepared bytes depend on besides the
-    /// files' content (which the stage key covers): the size, the shard
-    /// length, the classes and every image's path under the root and
-    /// label, in artefact order. Paths are relative, so a tree moved
+    /// files' content (which the stage key covers): the size, what is kept,
+    /// the shard length, every image's stored size, the classes and every
+    /// image's path under the root and label, in artefact order. Paths are relative, so a tree moved
     /// elsewhere still resumes.
-    fn fingerprint(&self, spec: &ImageFolderSpec, shard_len: usize) -> String {
+    fn fingerprint(
+        &self,
+        spec: &ImageFolderSpec,
+        shard_len: usize,
+        sizes: [&[(u16, u16)]; 2],
+    ) -> String {
         let mut h = Sha256::new();
-        h.update(format!("size={} shard={shard_len}\n", spec.size));
+        h.update(format!(
+            "size={} keep={:?} shard={shard_len}\n",
+            spec.size, spec.keep
+        ));
+        for split in sizes {
+            for (y, x) in split {
+                h.update([y.to_le_bytes(), x.to_le_bytes()].concat());
+            }
+        }
         for c in &self.classes {
             h.update(c.as_bytes());
             h.update(b"\n");
@@ -644,30 +731,29 @@ fn no_images(folder: &Path) -> StageError {
     StageError::invalid(folder, "holds no images (.jpg, .jpeg or .png files)")
 }
 
-/// Decodes `entries` (images `first..` of their split) in parallel and
-/// writes each at its offset in `file`.
+/// Decodes `entries` in parallel and writes each at its offset in `file`,
+/// at its stored size.
 fn decode_shard(
     entries: &[Entry],
-    first: usize,
-    size: u32,
+    sizes: &[(u16, u16)],
+    offsets: &[usize],
+    spec: &ImageFolderSpec,
     file: &fs::File,
     path: &Path,
     on_image: &(dyn Fn() + Sync),
 ) -> Result<()> {
-    let image_bytes = size as usize * size as usize * CHANNELS;
     // Images after a known failure are skipped, those before it still run,
     // so the error reported is always the first bad file in artefact order.
     let first_bad = AtomicUsize::new(usize::MAX);
     let failure: Mutex<Option<(usize, StageError)>> = Mutex::new(None);
     entries.par_iter().enumerate().for_each_init(
-        || (Scratch::default(), vec![0u8; image_bytes]),
+        || (Scratch::default(), Vec::new()),
         |(scratch, image), (i, entry)| {
             if i > first_bad.load(Ordering::Relaxed) {
                 return;
             }
-            let offset = ((first + i) * image_bytes) as u64;
-            let written = decode_into(&entry.path, size as usize, scratch, image).and_then(|()| {
-                file.write_all_at(image, offset)
+            let written = decode_into(&entry.path, spec, sizes[i], scratch, image).and_then(|()| {
+                file.write_all_at(image, offsets[i] as u64)
                     .map_err(|e| StageError::io(path, e))
             });
             match written {
@@ -692,15 +778,18 @@ fn decode_shard(
 #[derive(Default)]
 struct Scratch {
     file: Vec<u8>,
-    columns: AxisFilter,
-    rows: AxisFilter,
-    /// Source rows filtered vertically, `INTERMEDIATE_BITS` fractional bits,
-    /// only the columns the kept window needs.
-    filtered: Vec<u16>,
-    accumulator: Vec<i32>,
+    resampler: Resampler,
 }
 
-fn decode_into(path: &Path, size: usize, scratch: &mut Scratch, out: &mut [u8]) -> Result<()> {
+/// Decodes the image at `path` into `out`, resized to its `stored`
+/// (height, width).
+fn decode_into(
+    path: &Path,
+    spec: &ImageFolderSpec,
+    stored: (u16, u16),
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     scratch.file.clear();
     fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut scratch.file))
@@ -720,10 +809,42 @@ fn decode_into(path: &Path, size: usize, scratch: &mut Scratch, out: &mut [u8]) 
         .map_err(|e| StageError::invalid(path, format!("cannot decode image: {e}")))?;
     let rgb = decoded.into_rgb8();
     let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    if width == 0 || height == 0 {
-        return Err(StageError::invalid(path, "image has no pixels"));
-    }
-    resize_centre_crop(rgb.as_raw(), width, height, size, scratch, out);
+    let size = spec.size as usize;
+    let (x, y) = match spec.keep {
+        Keep::Whole => {
+            // The offsets were planned from the header's size.
+            if stored_size(path, width, height, size)? != stored {
+                return Err(StageError::invalid(
+                    path,
+                    format!(
+                        "decodes to {width}x{height}, not the size its header gave when the \
+                         preparation was planned; was it replaced meanwhile?"
+                    ),
+                ));
+            }
+            let (sw, sh) = short_side_size(width, height, size);
+            (Axis::whole(width, sw), Axis::whole(height, sh))
+        }
+        Keep::CentreSquare => {
+            if width == 0 || height == 0 {
+                return Err(StageError::invalid(path, "image has no pixels"));
+            }
+            let (sw, sh) = short_side_size(width, height, size);
+            let centred = |len: usize, scaled: usize| Axis {
+                lo: 0,
+                len,
+                scaled,
+                offset: centre_offset(scaled, size),
+                out: size,
+            };
+            (centred(width, sw), centred(height, sh))
+        }
+    };
+    out.clear();
+    out.resize(x.out * y.out * CHANNELS, 0);
+    scratch
+        .resampler
+        .resize(rgb.as_raw(), width, height, x, y, out);
     Ok(())
 }
 
@@ -735,137 +856,6 @@ fn decode_into(path: &Path, size: usize, scratch: &mut Scratch, out: &mut [u8]) 
 fn is_truncated_jpeg(bytes: &[u8]) -> bool {
     let marker = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
     bytes.starts_with(&[0xFF, 0xD8]) && marker(0xD9) < marker(0xDA)
-}
-
-const WEIGHT_BITS: u32 = 14;
-const WEIGHT_ONE: i32 = 1 << WEIGHT_BITS;
-/// Fractional bits kept between the two passes; with 14-bit weights the
-/// vertical sums stay below 2^31.
-const INTERMEDIATE_BITS: u32 = 8;
-
-/// Triangle-filter taps of one axis for the kept output window.
-#[derive(Default)]
-struct AxisFilter {
-    /// First source index of each output pixel's window.
-    first: Vec<usize>,
-    /// Window length; shorter windows are padded with zero weights.
-    taps: usize,
-    /// `taps` weights per output pixel, each row summing to `WEIGHT_ONE`.
-    weights: Vec<i32>,
-}
-
-impl AxisFilter {
-    /// Output pixel `o` of `0..out_len` is pixel `offset + o` of the source
-    /// axis `src_len` scaled to `scaled_len`.
-    fn plan(&mut self, src_len: usize, scaled_len: usize, offset: usize, out_len: usize) {
-        let ratio = src_len as f64 / scaled_len as f64;
-        let support = ratio.max(1.0);
-        self.taps = ((2.0 * support).ceil() as usize + 1).min(src_len);
-        self.first.clear();
-        self.weights.clear();
-        let mut real = Vec::with_capacity(self.taps);
-        for o in 0..out_len {
-            let centre = ((offset + o) as f64 + 0.5) * ratio - 0.5;
-            let lo = ((centre - support).ceil().max(0.0)) as usize;
-            let hi = ((centre + support).floor() as usize).min(src_len - 1);
-            real.clear();
-            real.extend((lo..=hi).map(|i| (1.0 - (i as f64 - centre).abs() / support).max(0.0)));
-            let sum: f64 = real.iter().sum();
-            let first = lo.min(src_len - self.taps);
-            self.first.push(first);
-            let row = self.weights.len();
-            self.weights.resize(row + self.taps, 0);
-            let mut total = 0;
-            let mut largest = lo - first;
-            for (k, w) in real.iter().enumerate() {
-                let q = (w / sum * WEIGHT_ONE as f64).round() as i32;
-                let slot = row + lo - first + k;
-                self.weights[slot] = q;
-                total += q;
-                if q > self.weights[row + largest] {
-                    largest = lo - first + k;
-                }
-            }
-            // Rounding may miss 1.0 by a few units; the largest tap absorbs
-            // it, so a flat colour maps to itself exactly.
-            self.weights[row + largest] += WEIGHT_ONE - total;
-        }
-    }
-}
-
-/// Resizes the short side to `size`, keeps the centre `size x size`
-/// window and writes it into `out` as RGB.
-fn resize_centre_crop(
-    src: &[u8],
-    width: usize,
-    height: usize,
-    size: usize,
-    scratch: &mut Scratch,
-    out: &mut [u8],
-) {
-    let short = width.min(height);
-    let scaled = |long: usize| ((long * size * 2 + short) / (2 * short)).max(size);
-    let (scaled_w, scaled_h) = (scaled(width), scaled(height));
-    scratch
-        .columns
-        .plan(width, scaled_w, (scaled_w - size) / 2, size);
-    scratch
-        .rows
-        .plan(height, scaled_h, (scaled_h - size) / 2, size);
-
-    // Rows first: that pass runs over contiguous bytes and vectorises, and
-    // it shrinks the image before the column pass, which cannot.
-    let columns = &scratch.columns;
-    let rows = &scratch.rows;
-    let col_lo = columns.first[0];
-    let col_hi = columns.first[size - 1] + columns.taps;
-    let span = (col_hi - col_lo) * CHANNELS;
-    let stride = width * CHANNELS;
-    let down = WEIGHT_BITS - INTERMEDIATE_BITS;
-    scratch.filtered.clear();
-    scratch.filtered.resize(size * span, 0);
-    let acc = &mut scratch.accumulator;
-    let row_filters = rows.first.iter().zip(rows.weights.chunks_exact(rows.taps));
-    for (dst, (&first, weights)) in scratch.filtered.chunks_exact_mut(span).zip(row_filters) {
-        acc.clear();
-        acc.resize(span, 1 << (down - 1));
-        for (k, &w) in weights.iter().enumerate() {
-            if w == 0 {
-                continue;
-            }
-            let start = (first + k) * stride + col_lo * CHANNELS;
-            for (a, &v) in acc.iter_mut().zip(&src[start..start + span]) {
-                *a += w * i32::from(v);
-            }
-        }
-        for (d, &a) in dst.iter_mut().zip(acc.iter()) {
-            *d = (a >> down) as u16;
-        }
-    }
-
-    let shift = WEIGHT_BITS + INTERMEDIATE_BITS;
-    let round = 1 << (shift - 1);
-    for (src_row, dst) in scratch
-        .filtered
-        .chunks_exact(span)
-        .zip(out.chunks_exact_mut(size * CHANNELS))
-    {
-        let pixels = dst
-            .chunks_exact_mut(CHANNELS)
-            .zip(&columns.first)
-            .zip(columns.weights.chunks_exact(columns.taps));
-        for ((px, &first), weights) in pixels {
-            let start = (first - col_lo) * CHANNELS;
-            let window = &src_row[start..start + columns.taps * CHANNELS];
-            let (mut r, mut g, mut b) = (round, round, round);
-            for (&w, s) in weights.iter().zip(window.chunks_exact(CHANNELS)) {
-                r += w * i32::from(s[0]);
-                g += w * i32::from(s[1]);
-                b += w * i32::from(s[2]);
-            }
-            px.copy_from_slice(&[(r >> shift) as u8, (g >> shift) as u8, (b >> shift) as u8]);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -940,9 +930,12 @@ mod tests {
         save(&root.join("val/n03/v4.png"), solid(9, 9, [9, 99, 199]));
     }
 
+    /// Centre squares: most tests look at the square window; the whole
+    /// images' own tests set `keep: Keep::Whole`.
     fn spec(root: &Path) -> ImageFolderSpec {
         ImageFolderSpec {
             size: SIZE,
+            keep: Keep::CentreSquare,
             ..ImageFolderSpec::new(root)
         }
     }
@@ -959,7 +952,7 @@ mod tests {
     fn read_back(out: &Path) -> Dataset {
         let m = MappedDataset::open(out).unwrap();
         let split = |s: SplitName| Split {
-            images: m.images(s).to_vec(),
+            images: m.images(s).bytes().to_vec(),
             labels: m.labels(s).to_vec(),
         };
         Dataset {
@@ -1140,25 +1133,161 @@ mod tests {
             ),
             (
                 "test.images",
-                "fe509b5b0946b8794eacc59b66d74f022e92eee40d837db298d7d4b8a637a317",
+                "ca3eeb9bf5612ebf98364e3711eb9f946f5aef7096305d66213584696ead7fd6",
             ),
             (
                 "test.labels",
                 "524bfd8fb7380bed71f6c59ee880fe0bf7a4f90c570eb2205c122841ee095198",
             ),
             (
+                "test.sizes",
+                "f2c6bf9cf004da24146b90c4aa932556731f7580a2092ab0871015550fff641a",
+            ),
+            (
                 "train.images",
-                "d4eebe2cdab3690b2a1b99e3acc0bea49ab9e28906c15c29a2408419062ffbf9",
+                "78a7bd9e15ce8e767b600a9b949bfbc55ba4ab9a554a5d35a5abe7036eef9f9b",
             ),
             (
                 "train.labels",
                 "a89938fa805ad4b7f172beb89c1560d1ca4e6b89165c34124e153459955488e1",
+            ),
+            (
+                "train.sizes",
+                "f23e00dce93fdef89e7387c491c12bf8c53ca221fafaaf3338c0dc0c2422c995",
             ),
         ]
         .into_iter()
         .map(|(n, d)| (n.to_string(), d.to_string()))
         .collect();
         assert_eq!(got, expected);
+
+        let whole = dir.path().join("whole");
+        fs::create_dir_all(&whole).unwrap();
+        let s = ImageFolderSpec {
+            keep: Keep::Whole,
+            ..s
+        };
+        prepare_image_folder(&s, &whole, &dir.path().join("r2"), &|_, _| {}).unwrap();
+        let expected: Vec<(String, String)> = PINNED_WHOLE
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(file_digests(&whole), expected);
+    }
+
+    const PINNED_WHOLE: [(&str, &str); 7] = [
+        (
+            "meta.json",
+            "2a37696d4b43bbf022deb2c39dc097d53462078329f920da7b4fd68cf4bad2f5",
+        ),
+        (
+            "test.images",
+            "cc215f08f1716a217776b9ec18f6aec31ab57448b7506a7bebe08f19f7a1d859",
+        ),
+        (
+            "test.labels",
+            "524bfd8fb7380bed71f6c59ee880fe0bf7a4f90c570eb2205c122841ee095198",
+        ),
+        (
+            "test.sizes",
+            "0826c9537d3eb61e8770dc1e17d1df618b5ebfc8da9f084faf593b7d0d87d4e5",
+        ),
+        (
+            "train.images",
+            "8c08c533b01ebb414ebb6a0a58fd99eb685e75c462d775caf8ca01423660722b",
+        ),
+        (
+            "train.labels",
+            "a89938fa805ad4b7f172beb89c1560d1ca4e6b89165c34124e153459955488e1",
+        ),
+        (
+            "train.sizes",
+            "30cbabe4342fa97306aa612e3ac456fcfd76e6deaf45f38eeb4b06d703e15c18",
+        ),
+    ];
+
+    /// ImageNet's preparation: every image whole, its short side `size`,
+    /// its long side torchvision's `int(size * long / short)`; the sizes
+    /// file says each one's, and the bytes are the resampler's resize of
+    /// the decoded image.
+    #[test]
+    fn whole_images_keep_their_field_of_view_at_torchvision_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        // Left third red, the rest blue: a centre square would lose the red.
+        let thirds = |w: u32, h: u32| {
+            DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, _| {
+                Rgb(if x < w / 3 { [255, 0, 0] } else { [0, 0, 255] })
+            }))
+        };
+        save(&tree.join("train/a/wide.png"), thirds(90, 30));
+        save(&tree.join("train/a/tall.png"), thirds(20, 50));
+        save(
+            &tree.join("train/b/square.jpg"),
+            solid(16, 16, [10, 200, 30]),
+        );
+        save(&tree.join("val/a/v.png"), thirds(33, 12));
+        save(&tree.join("val/b/v.png"), solid(8, 8, [1, 2, 3]));
+        let s = ImageFolderSpec {
+            size: 10,
+            keep: Keep::Whole,
+            ..spec(&tree)
+        };
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let report = prepare_image_folder(&s, &out, &dir.path().join("r"), &|_, _| {}).unwrap();
+        assert!(report.meta.aspect_kept);
+        assert_eq!((report.meta.height, report.meta.width), (10, 10));
+        let m = MappedDataset::open(&out).unwrap();
+        let train = m.images(SplitName::Train);
+        assert_eq!(train.uniform_size(), None);
+        // 90x30 -> 30x10; 20x50 -> 10x25; 16x16 -> 10x10; 33x12 -> 27x10
+        // (27.5 truncated); 8x8 -> 10x10.
+        // Class a holds tall.png, then wide.png.
+        let sizes: Vec<(usize, usize)> = (0..3)
+            .map(|i| (train.image(i).1, train.image(i).2))
+            .collect();
+        assert_eq!(sizes, [(25, 10), (10, 30), (10, 10)]);
+        let test = m.images(SplitName::Test);
+        assert_eq!((test.image(0).1, test.image(0).2), (10, 27));
+        // The wide image's left third survives, red, and its right blue.
+        let (wide, h, w) = train.image(1);
+        assert_eq!(&wide[..3], [255, 0, 0]);
+        assert_eq!(&wide[(w - 1) * 3..w * 3], [0, 0, 255]);
+        assert_eq!(wide.len(), h * w * 3);
+        let reds = wide.chunks_exact(3).filter(|p| p[0] > 128).count();
+        assert_eq!(reds, h * w / 3, "a third of the image is red");
+        // A flat colour stays exact at any scale.
+        assert!(train
+            .image(2)
+            .0
+            .chunks_exact(3)
+            .all(|p| p.iter().zip([10, 200, 30]).all(|(a, b)| a.abs_diff(b) <= 2)));
+        assert!(test.image(1).0.chunks_exact(3).all(|p| p == [1, 2, 3]));
+    }
+
+    #[test]
+    fn an_image_whose_long_side_would_not_fit_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        save(
+            &dir.path().join("train/a/strip.png"),
+            solid(6000, 2, [0, 0, 0]),
+        );
+        save(&dir.path().join("val/a/v.png"), solid(8, 8, [0, 0, 0]));
+        let s = ImageFolderSpec {
+            size: 256,
+            keep: Keep::Whole,
+            ..spec(dir.path())
+        };
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let e = prepare_image_folder(&s, &out, &dir.path().join("r"), &|_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("strip.png") && e.contains("is 6000x2") && e.contains("768000 pixels"),
+            "{e}"
+        );
     }
 
     fn prepared(s: &ImageFolderSpec, root: &Path, name: &str, shard_len: usize) -> PathBuf {
@@ -1181,7 +1310,9 @@ mod tests {
     fn fail_in_fourth_shard(s: &ImageFolderSpec, out: &Path, resume: &Path) -> Vec<u8> {
         let bad = s.root.join("train/n03/t04.png");
         let good = fs::read(&bad).unwrap();
-        fs::write(&bad, b"not a png").unwrap();
+        // Cut after the header (signature and IHDR): the plan still reads
+        // the image's size, the decoder fails.
+        fs::write(&bad, &good[..60]).unwrap();
         let e = prepare_in_shards(s, out, resume, 3, &|_, _| {})
             .unwrap_err()
             .to_string();
@@ -1191,11 +1322,18 @@ mod tests {
 
     #[test]
     fn an_interrupted_preparation_resumes_its_finished_shards_and_writes_the_same_bytes() {
+        for keep in [Keep::CentreSquare, Keep::Whole] {
+            resumes_and_writes_the_same_bytes(keep);
+        }
+    }
+
+    fn resumes_and_writes_the_same_bytes(keep: Keep) {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
         textured_tree(&tree);
         let s = ImageFolderSpec {
             size: 24,
+            keep,
             ..spec(&tree)
         };
         let reference = prepared(&s, dir.path(), "reference", 3);
@@ -1538,9 +1676,26 @@ mod tests {
         assert_eq!(load(&s).unwrap().test.labels, [0, 1, 2]);
     }
 
+    /// The centre square of a short-side resize, as `Keep::CentreSquare`
+    /// stores it.
     fn resize(src: &[u8], width: usize, height: usize, size: usize) -> Vec<u8> {
+        let (sw, sh) = short_side_size(width, height, size);
+        let centred = |len: usize, scaled: usize| Axis {
+            lo: 0,
+            len,
+            scaled,
+            offset: centre_offset(scaled, size),
+            out: size,
+        };
         let mut out = vec![0; size * size * 3];
-        resize_centre_crop(src, width, height, size, &mut Scratch::default(), &mut out);
+        Resampler::default().resize(
+            src,
+            width,
+            height,
+            centred(width, sw),
+            centred(height, sh),
+            &mut out,
+        );
         out
     }
 
@@ -1612,6 +1767,7 @@ mod tests {
 
     #[test]
     fn filter_weights_are_non_negative_and_sum_to_exactly_one() {
+        use crate::dataset::resample::{AxisFilter, WEIGHT_ONE};
         let mut f = AxisFilter::default();
         for (src, scaled, out) in [
             (375, 256, 256),
@@ -1619,7 +1775,13 @@ mod tests {
             (2999, 3, 3),
             (7, 300, 256),
         ] {
-            f.plan(src, scaled, (scaled - out) / 2, out);
+            f.plan(Axis {
+                lo: 0,
+                len: src,
+                scaled,
+                offset: (scaled - out) / 2,
+                out,
+            });
             for (o, row) in f.weights.chunks_exact(f.taps).enumerate() {
                 assert!(
                     row.iter().all(|&w| w >= 0),

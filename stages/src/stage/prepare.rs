@@ -9,7 +9,7 @@ use bsce_pipeline::params::{PrepareParams, ValParams};
 use serde_json::Value;
 
 use crate::dataset::artefact::DatasetMeta;
-use crate::dataset::image_folder::{prepare_image_folder, ImageFolderSpec, ValSource};
+use crate::dataset::image_folder::{prepare_image_folder, ImageFolderSpec, Keep, ValSource};
 use crate::dataset::synthetic::generate;
 use crate::dataset::{cifar, download};
 use crate::error::{Result, StageError};
@@ -27,10 +27,11 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             train_dir,
             val,
             size,
+            keep,
         } => {
             // Streamed to disk, not held: the one source that can outgrow
-            // memory (ImageNet-1k is 250 GB prepared).
-            let spec = image_folder_spec(job, train_dir, val, size)?;
+            // memory (ImageNet-1k is about 340 GB prepared).
+            let spec = image_folder_spec(job, train_dir, val, size, keep)?;
             let report =
                 prepare_image_folder(&spec, &job.out_dir, &job.resume_dir, &|done, total| {
                     reporter.progress(done, Some(total), "images")
@@ -98,6 +99,7 @@ fn image_folder_spec(
     train_dir: String,
     val: ValParams,
     size: u32,
+    keep: bsce_pipeline::params::Keep,
 ) -> Result<ImageFolderSpec> {
     let source = |name: &str| {
         job.sources
@@ -123,5 +125,9 @@ fn image_folder_spec(
         val,
         subset: job.sources.get("subset").map(|s| s.path.clone()),
         size,
+        keep: match keep {
+            bsce_pipeline::params::Keep::Whole => Keep::Whole,
+            bsce_pipeline::params::Keep::CentreSquare => Keep::CentreSquare,
+        },
     })
 }

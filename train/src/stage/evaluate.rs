@@ -9,7 +9,7 @@ use bsce_stages::task_artefacts::{ClassifierResult, Evaluation};
 use tch::{Device, Kind, Tensor};
 
 use super::{positions, write_json, Model};
-use crate::data::{augment, gather};
+use crate::data::{load, Shape};
 use crate::memory::nme_scores;
 use crate::method::{augment_spec, uses_raw_features, EvalParams};
 use crate::runtime;
@@ -41,7 +41,6 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         )));
     }
     let meta = &ds.meta;
-    let hwc = (meta.height as i64, meta.width as i64, meta.channels as i64);
     let pos = positions(&order.classes, meta.num_classes());
     let labels = ds.labels(SplitName::Test);
     let idx: Vec<usize> = (0..labels.len())
@@ -52,6 +51,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         .map(|&i| pos[labels[i] as usize] as i64)
         .collect();
     let aug = augment_spec(info.augment, info.crop, info.normalize.as_ref())?;
+    aug.validate(Shape::of(meta))?;
     let raw = uses_raw_features(info.preset);
     let tap = info.features.unwrap_or(if raw {
         FeatureTap::PreActivation
@@ -64,12 +64,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let (mut cnn, mut nme) = (Vec::new(), Vec::new());
     tch::no_grad(|| {
         for (b, chunk) in idx.chunks(BATCH).enumerate() {
-            let x = augment(
-                &gather(ds.images(SplitName::Test), hwc, chunk, device),
-                &aug,
-                false,
-                0,
-            );
+            let x = load(ds.images(SplitName::Test), chunk, &aug, false, 0, device);
             let out = model.backbone.forward_t(&x, false);
             let f = if raw { &out.raw } else { &out.features };
             cnn.push(model.head.forward(f).to_device(Device::Cpu));

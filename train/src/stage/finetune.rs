@@ -43,7 +43,7 @@ use super::steps::{
     sgd_step,
 };
 use super::Model;
-use crate::data::{augment, gather, AugmentSpec, Batches};
+use crate::data::{load, AugmentSpec, Batches};
 use crate::loss;
 use crate::memory::herding;
 use crate::method::{FinetuneSpec, Preset, TrainParams};
@@ -56,7 +56,6 @@ pub struct Finetune<'a> {
     pub spec: &'a FinetuneSpec,
     pub seed: u64,
     pub ds: &'a MappedDataset,
-    pub hwc: (i64, i64, i64),
     pub aug: &'a AugmentSpec,
     pub device: Device,
     /// m: exemplars per class in the balanced set.
@@ -198,7 +197,6 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()
         let feats = extract(
             model,
             f.ds,
-            f.hwc,
             &idx,
             f.aug,
             f.device,
@@ -222,16 +220,13 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()
         let started = Instant::now();
         let mut sums: BTreeMap<&'static str, f64> = BTreeMap::new();
         for batch in batches.epoch(epoch as u64) {
-            let x = augment(
-                &gather(
-                    f.ds.images(SplitName::Train),
-                    f.hwc,
-                    batch.indices,
-                    f.device,
-                ),
+            let x = load(
+                f.ds.images(SplitName::Train),
+                batch.indices,
                 f.aug,
                 true,
                 batch.augment_seed,
+                f.device,
             );
             let y = Tensor::from_slice(batch.labels).to(f.device);
             let terms = finetune_step(
@@ -381,7 +376,6 @@ mod tests {
                 spec: &spec,
                 seed: 1,
                 ds: &ds,
-                hwc: (8, 8, 3),
                 aug: &aug,
                 device: Device::Cpu,
                 per_class: 3,

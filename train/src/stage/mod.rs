@@ -8,8 +8,7 @@
 
 pub mod evaluate;
 pub mod finetune;
-mod steps;
-pub(crate) use steps::classifier_input;
+pub(crate) mod steps;
 pub mod train;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::Model;
-use crate::data::{augment, flip_horizontal, gather, AugmentSpec};
+use crate::data::{flip_horizontal, load, AugmentSpec};
 use crate::loss;
 use crate::method::{Preset, TrainParams};
 use crate::net::BackboneOut;
@@ -132,7 +132,6 @@ pub(super) fn sgd_step(
 pub(super) fn extract(
     model: &Model,
     ds: &MappedDataset,
-    hwc: (i64, i64, i64),
     idx: &[usize],
     aug: &AugmentSpec,
     device: Device,
@@ -143,12 +142,7 @@ pub(super) fn extract(
         let parts: Vec<Tensor> = idx
             .chunks(EXTRACT_BATCH)
             .map(|chunk| {
-                let mut x = augment(
-                    &gather(ds.images(SplitName::Train), hwc, chunk, device),
-                    aug,
-                    false,
-                    0,
-                );
+                let mut x = load(ds.images(SplitName::Train), chunk, aug, false, 0, device);
                 if flipped {
                     x = flip_horizontal(&x);
                 }

@@ -15,7 +15,7 @@ use super::steps::{
 };
 use super::{positions, tapped, write_json, Memory, Model, ModelInfo};
 use crate::classifier::HeadSpec;
-use crate::data::{augment, gather, substream, Batches};
+use crate::data::{load, substream, Batches, Shape};
 use crate::loss;
 use crate::memory::{class_mean, herding, random_selection, MemoryBudget};
 use crate::method::{augment_spec, Preset, Selection, TrainParams};
@@ -51,11 +51,10 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         ));
     }
     let meta = &ds.meta;
-    let hwc = (meta.height as i64, meta.width as i64, meta.channels as i64);
     let pos = positions(&order.classes, meta.num_classes());
     let labels = ds.labels(SplitName::Train);
     let aug = augment_spec(p.augment, p.crop, p.normalize.as_ref())?;
-    aug.validate(hwc)?;
+    aug.validate(Shape::of(meta))?;
     let preset = p.method.preset;
 
     // Previous task: its model (grown below), a frozen copy for
@@ -122,7 +121,6 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             let f = l2_normalise(&extract(
                 &model,
                 &ds,
-                hwc,
                 &idx,
                 &aug,
                 device,
@@ -162,11 +160,13 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         let mut sums: std::collections::BTreeMap<&'static str, f64> = Default::default();
         let mut seen = 0usize;
         for (b, batch) in batches.epoch(epoch as u64).enumerate() {
-            let x = augment(
-                &gather(ds.images(SplitName::Train), hwc, batch.indices, device),
+            let x = load(
+                ds.images(SplitName::Train),
+                batch.indices,
                 &aug,
                 true,
                 batch.augment_seed,
+                device,
             );
             let y = Tensor::from_slice(batch.labels).to(device);
             let terms = main_step(
@@ -224,7 +224,6 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 spec,
                 seed: job.seed,
                 ds: &ds,
-                hwc,
                 aug: &aug,
                 device,
                 per_class: m,
@@ -251,16 +250,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             let idx = images_of_class(labels.len(), &target_of, c);
             let chosen = match p.method.selection {
                 Selection::Herding => {
-                    let f = extract(
-                        &model,
-                        &ds,
-                        hwc,
-                        &idx,
-                        &aug,
-                        device,
-                        false,
-                        &memory_feature_of,
-                    );
+                    let f = extract(&model, &ds, &idx, &aug, device, false, &memory_feature_of);
                     herding(&f, m)
                 }
                 Selection::Random => random_selection(idx.len(), m, substream(job.seed, c as u64)),
@@ -290,26 +280,8 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             }
             _ => images_of_class(labels.len(), &target_of, c),
         };
-        let f = extract(
-            &model,
-            &ds,
-            hwc,
-            &idx,
-            &aug,
-            device,
-            false,
-            &memory_feature_of,
-        );
-        let ff = extract(
-            &model,
-            &ds,
-            hwc,
-            &idx,
-            &aug,
-            device,
-            true,
-            &memory_feature_of,
-        );
+        let f = extract(&model, &ds, &idx, &aug, device, false, &memory_feature_of);
+        let ff = extract(&model, &ds, &idx, &aug, device, true, &memory_feature_of);
         means.push(
             Vec::<f32>::try_from(class_mean(&f, Some(&ff)).to_device(Device::Cpu))
                 .unwrap_or_default(),
