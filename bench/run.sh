@@ -74,5 +74,12 @@ echo "== data path: gather + augment 128-image CIFAR batches from the in-memory 
 loader=$("$TORCH_BIN" bench-loader 128 200 | python3 -c "import json,sys; print(json.load(sys.stdin)['images_per_s'])")
 printf 'loader: %.0f images/s, %.0fx the training step above: it never starves it\n' "$loader" "$(echo "$loader / $ours" | bc -l)"
 
+echo "== ImageNet data path: random-resized crops of whole 256-px images cut and resized on the CPU"
+# Per core: the CPU's share (crop + resize, one thread); a ResNet-18 on one
+# GPU needs its training step's rate (gpu-check's train-resnet18) in all.
+"$TORCH_BIN" bench-loader 128 20 --net resnet18 --device cpu --warmup 2 | python3 -c "
+import json, sys; j = json.load(sys.stdin)
+print('crop + resize to 224: %.0f images/s per core (one thread); whole CPU path with %d threads, normalisation on the CPU included: %.0f images/s' % (j['cpu_crop_images_per_s_per_core'], j['cpu_threads'], j['images_per_s']))"
+
 echo "== JPEG decode + resize throughput (image-folder preparation)"
 cargo bench -q -p bsce-stages --bench jpeg 2>/dev/null | grep images/s

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Cuda, Device, Kind, Tensor};
 
 use crate::classifier::{Head, HeadSpec};
-use crate::data::{load, AugmentSpec, Shape};
+use crate::data::{crop_on_cpu, load, AugmentSpec, Shape};
 use crate::loss;
 use crate::net::{Backbone, NetSpec};
 use crate::{Result, StageError};
@@ -189,9 +189,10 @@ pub fn loader(
         short_side: i64::from(short),
         uniform: images.uniform_size().map(|(h, w)| (h as i64, w as i64)),
     })?;
+    let indices =
+        |b: usize| -> Vec<usize> { (0..batch).map(|k| (b * 7919 + k * 104_729) % n).collect() };
     let one = |b: usize| {
-        let idx: Vec<usize> = (0..batch).map(|k| (b * 7919 + k * 104_729) % n).collect();
-        let x = load(images, &idx, &spec, true, b as u64, device);
+        let x = load(images, &indices(b), &spec, true, b as u64, device);
         let _ = x.sum(Kind::Float).double_value(&[]);
     };
     for b in 0..warmup {
@@ -202,8 +203,24 @@ pub fn loader(
         one(b);
     }
     let secs = t.elapsed().as_secs_f64();
+    // The CPU's share alone (ImageNet style: the window cut and resized per
+    // sample), single-threaded: what one core feeds.
+    let cpu_crop_per_core = spec.random_resized_crop.map(|_| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a one-thread pool");
+        let t = Instant::now();
+        pool.install(|| {
+            for b in 0..batches {
+                let _ = crop_on_cpu(images, &indices(b), &spec, true, b as u64);
+            }
+        });
+        (batches * batch) as f64 / t.elapsed().as_secs_f64()
+    });
     Ok(json!({
         "images_per_s": (batches * batch) as f64 / secs, "seconds": secs,
+        "cpu_crop_images_per_s_per_core": cpu_crop_per_core,
         "net": net.name(), "stored_sizes": shapes, "image_size": net.input_size(),
         "batch": batch, "batches": batches, "device": device_name(device),
         "threads": tch::get_num_threads(), "cpu_threads": rayon::current_num_threads(),

@@ -243,39 +243,52 @@ pub fn load_drawn(
     seed: u64,
     device: Device,
 ) -> (Tensor, Vec<SampleDraw>) {
-    let Some(size) = spec.random_resized_crop else {
+    if spec.random_resized_crop.is_none() {
         let (h, w) = images
             .uniform_size()
             .expect("a padded crop reads images of one size (validated)");
         let batch = gather(images.bytes(), (h as i64, w as i64, 3), indices, device);
         return (augment(&batch, spec, train, seed), Vec::new());
-    };
+    }
     let b = indices.len() as i64;
-    let (out, draws) = if train {
-        let draws = draw_params(
-            spec,
-            |k| {
-                let (_, h, w) = images.image(indices[k]);
-                (h as i64, w as i64)
-            },
-            b,
-            seed,
-        );
-        (resized_crops(images, indices, &draws, size as usize), draws)
-    } else {
-        let size = spec.center_crop.expect("validated") as usize;
-        (centre_crops(images, indices, size), Vec::new())
-    };
-    let side = out.len() as i64 / (b * 3);
-    let side = (side as f64).sqrt() as i64;
+    let (out, draws, side) = crop_on_cpu(images, indices, spec, train, seed);
     let x = Tensor::from_slice(&out)
-        .view([b, side, side, 3])
+        .view([b, side as i64, side as i64, 3])
         .to_device(device)
         .permute([0, 3, 1, 2])
         .to_kind(Kind::Float)
         / 255.0;
     let x = jitter(x, spec, &draws, train);
     (normalise(x, spec), draws)
+}
+
+/// The CPU half of the ImageNet-style path: each sample's drawn window
+/// resized to `random_resized_crop` and flipped where drawn (training), or
+/// its centre `center_crop` window (evaluation). Returns RGB bytes one
+/// sample after another, the draws (empty in evaluation) and the side.
+pub fn crop_on_cpu(
+    images: SplitImages<'_>,
+    indices: &[usize],
+    spec: &AugmentSpec,
+    train: bool,
+    seed: u64,
+) -> (Vec<u8>, Vec<SampleDraw>, usize) {
+    if train {
+        let size = spec.random_resized_crop.expect("an ImageNet-style spec") as usize;
+        let draws = draw_params(
+            spec,
+            |k| {
+                let (_, h, w) = images.image(indices[k]);
+                (h as i64, w as i64)
+            },
+            indices.len() as i64,
+            seed,
+        );
+        (resized_crops(images, indices, &draws, size), draws, size)
+    } else {
+        let size = spec.center_crop.expect("validated") as usize;
+        (centre_crops(images, indices, size), Vec::new(), size)
+    }
 }
 
 /// Each sample's window resized to `size x size` (flipped where drawn),
