@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets up bsce-pipe on a Debian machine: the project-local Python venv with
-# PyPI torch==2.13.0 (libtorch for tch, numpy for the order tests) and the
-# release build, pdflatex (Debian texlive) for the LaTeX test, nginx for
-# the HTTP remote cache tests, Slurm and munge for the Slurm executor tests. Reuses caches kept outside the clone when they exist:
+# Sets up bsce-pipe to run on a Debian machine: the project-local Python
+# venv with PyPI torch==2.13.0 (libtorch for tch, numpy for class orders)
+# and the release build. What only the tests use (servers, LaTeX, extra
+# Python packages) is scripts/test-setup.sh's. Reuses caches kept outside
+# the clone when they exist:
 #   $BSCE_CACHE (default ~/.cache/bsce-pipe)/torch-2.13.0   the venv
 #   $BSCE_CACHE/target                                      cargo's target dir
 # Usage: scripts/setup.sh [--run CONFIG]
@@ -19,61 +20,6 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "setup: python3 not found; apt-get install python3 python3-venv" >&2; exit 1; }
-
-# pdflatex, for the test that compiles the report's LaTeX tables: the two
-# Debian texlive packages that hold LaTeX and booktabs (about 40 MB).
-if ! command -v pdflatex >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing texlive-latex-base and texlive-latex-recommended (pdflatex, booktabs)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      texlive-latex-base texlive-latex-recommended >/dev/null
-  else
-    say "pdflatex not found: the LaTeX test needs it (apt-get install texlive-latex-base texlive-latex-recommended)"
-  fi
-fi
-
-# nginx with WebDAV, for the tests of the HTTP remote cache (Bazel's HTTP
-# cache protocol: GET/PUT/HEAD). The tests start their own nginx on
-# 127.0.0.1 with a config of their own; nothing is enabled system-wide.
-if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing nginx-light and libnginx-mod-http-dav-ext (the HTTP remote cache tests)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      nginx-light libnginx-mod-http-dav-ext >/dev/null
-    # Debian starts the packaged server; the tests run their own.
-    { command -v service >/dev/null && service nginx stop; } >/dev/null 2>&1 || true
-  else
-    say "nginx not found: the HTTP remote tests need it (apt-get install nginx-light libnginx-mod-http-dav-ext)"
-  fi
-fi
-
-# Slurm (slurmctld, slurmd, the client commands) and munge, for the tests of
-# the Slurm executor: scripts/slurm-cluster.sh starts a private single-node
-# cluster from them; nothing is enabled system-wide.
-if ! command -v slurmctld >/dev/null && ! [ -x /usr/sbin/slurmctld ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing slurmctld, slurmd, slurm-client and munge (the Slurm executor tests)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      slurmctld slurmd slurm-client munge >/dev/null
-    # Debian may start the packaged daemons; the tests run their own.
-    { command -v service >/dev/null && for s in slurmd slurmctld; do service "$s" stop; done; } >/dev/null 2>&1 || true
-  else
-    say "slurmctld not found: the Slurm tests need it (apt-get install slurmctld slurmd slurm-client munge)"
-  fi
-fi
-
-# s3s-fs, the S3-compatible server the S3 remote tests start on 127.0.0.1
-# (built from crates.io once, about 5 minutes, into the shared cache; newer
-# s3s-fs versions need a newer Rust than this toolchain).
-S3S_ROOT="$CACHE/s3s-fs"
-if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
-  say "building s3s-fs 0.14.1 into $S3S_ROOT (the S3 remote tests; about 5 minutes, once)"
-  CARGO_TARGET_DIR="$CACHE/s3s-build" cargo install --quiet --locked s3s-fs@0.14.1 \
-    --features binary --root "$S3S_ROOT"
-fi
 
 # The venv: a symlink .venv -> the shared cache, so every clone reuses one
 # 4.7 GB install. A half-finished install is never taken as done: the marker

@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: set-up first (reusing caches), then every unit,
+# Runs the whole test suite: set-up first (scripts/setup.sh, then what only
+# tests use: scripts/test-setup.sh; both reuse caches), then every unit,
 # end-to-end and snapshot test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/test-setup.sh
 source scripts/env.sh
-# Test-only Python packages, into the venv (once): torchvision and Pillow,
-# for tests/crops/check.py (the ImageNet data path against torchvision on
-# the original images). --no-deps: the venv's torch is the one pinned.
-if ! python3 -c 'import torchvision, PIL' 2>/dev/null; then
-  printf '\033[1mtest:\033[0m installing torchvision==0.28.0 and pillow==13.0.0 into the venv (15 MB, once)\n' >&2
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps torchvision==0.28.0 pillow==13.0.0
-fi
 # The Slurm tests start a private single-node cluster (scripts/slurm-cluster.sh);
 # it is stopped when the tests end.
 trap 'bash scripts/slurm-cluster.sh stop' EXIT

@@ -242,10 +242,15 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             if json {
                 cmd.arg("--json");
             }
-            let status = cmd
-                .status()
+            // Its output passes through `out!`, as every command's does: a
+            // closed reader ends the command with 141, not a panic of the
+            // child's `println!`.
+            let o = cmd
+                .stderr(std::process::Stdio::inherit())
+                .output()
                 .map_err(|e| Error::Other(anyhow::anyhow!("running {}: {e}", torch.display())))?;
-            Ok(Exit::unless(status.success(), Exit::Store))
+            out_raw!("{}", String::from_utf8_lossy(&o.stdout));
+            Ok(Exit::unless(o.status.success(), Exit::Store))
         }
         Command::Digest { files } => {
             for f in files {

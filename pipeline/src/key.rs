@@ -187,6 +187,11 @@ pub enum DirtyReason {
     NotInStore {
         failed: bool,
     },
+    /// The last attempt on these inputs failed on its environment (a full
+    /// disk, the network, a kill): the inputs are not blamed.
+    EnvironmentFailed {
+        error: String,
+    },
     /// A source the config names is neither on disk nor downloadable, so
     /// the stage has no key yet.
     SourceMissing {
@@ -223,6 +228,10 @@ impl fmt::Display for DirtyReason {
             DirtyReason::NotInStore { failed: true } => {
                 write!(f, "same inputs failed last time")
             }
+            DirtyReason::EnvironmentFailed { error } => write!(
+                f,
+                "last attempt failed on its environment, not its inputs ({error}); trying again"
+            ),
             DirtyReason::NotInStore { failed: false } => {
                 write!(f, "result was removed from the store")
             }

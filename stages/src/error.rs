@@ -26,11 +26,41 @@ pub enum StageError {
     /// base classes ...). `key` is the parameter's name as the user wrote it.
     #[error("{key}: {message}")]
     InvalidParam { key: String, message: String },
+    /// A server could not be reached or broke off (DNS, refused, timed
+    /// out): the network failed, not the stage's inputs.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("{0}")]
     Other(String),
 }
 
 impl StageError {
+    /// The stage's environment failed, not the stage on its inputs: a full
+    /// disk or quota, the network. A rerun may succeed, so the failure does
+    /// not mark the inputs as failing.
+    pub fn is_environment(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            StageError::Unreachable(_) => true,
+            StageError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    StorageFull
+                        | QuotaExceeded
+                        | ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | NotConnected
+                        | TimedOut
+                        | HostUnreachable
+                        | NetworkUnreachable
+                        | NetworkDown
+                )
+            }
+            _ => false,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StageError::Io {
             path: path.into(),

@@ -392,6 +392,43 @@ fn missing_or_unreadable_config_is_a_clear_error() {
     assert!(!p.store().exists());
 }
 
+/// A download that cannot reach its server (the network down) fails the
+/// stage, exit 1 (not bad input), with one summary line for what it
+/// blocks; the next attempt does not blame the inputs ("same inputs failed
+/// last time") but says the environment failed.
+#[test]
+fn a_network_failure_is_not_blamed_on_the_inputs() {
+    let p = Project::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Nothing listens there any more: connection refused.
+    p.write(
+        "c.yaml",
+        &format!(
+            "datasets:\n  c:\n    cifar100:\n      path: data/cifar.tar.gz\n      url: http://127.0.0.1:{port}/cifar.tar.gz\n      sha256: {}\n\
+             orders:\n  o: {{numpy_seed: 0}}\nsettings:\n  t: {{base: 50, increment: 10}}\n\
+             experiments:\n  e: {{dataset: c, orders: [o], settings: [t]}}\n",
+            "0".repeat(64)
+        ),
+    );
+    let r = p.run(&["run", "c.yaml", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("FAILED   prepare/c"), "{}", r.stderr);
+    assert!(r.stderr.contains("downstream of prepare/c"), "{}", r.stderr);
+    assert_eq!(r.json()["failed_on_input"], 0);
+    let st = p.status("c.yaml");
+    let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
+    assert_eq!(c.2.len(), 1, "{c:?}");
+    assert!(
+        c.2[0].starts_with("last attempt failed on its environment, not its inputs")
+            && c.2[0].contains("127.0.0.1"),
+        "{c:?}"
+    );
+}
+
 #[test]
 fn a_failing_stage_is_reported_recorded_and_never_cached() {
     let p = Project::new();
@@ -662,6 +699,19 @@ fn printing_commands_end_quietly_on_a_closed_pipe() {
         assert!(!stderr.contains("panicked"), "{args}: {stderr}");
         assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
     }
+    // A reader that is gone before the first line (doctor's output comes
+    // from bsce-torch, through bsce-pipe).
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; \"{BIN}\" doctor | (exec 0<&-; sleep 1)"
+        ))
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "doctor: {stderr}");
+    assert!(!stderr.contains("panicked"), "doctor: {stderr}");
 }
 
 #[test]
@@ -776,6 +826,37 @@ fn a_stdout_that_cannot_be_written_is_an_error_not_success() {
         assert!(
             stderr.contains("error: writing to stdout: No space left on device"),
             "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// The README's first command sets up what running needs and nothing else:
+/// the test servers and test-only packages are the test command's
+/// (scripts/test-setup.sh, which scripts/test.sh runs).
+#[test]
+fn the_run_setup_installs_no_test_server() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = std::fs::read_to_string(root.join("scripts/setup.sh")).unwrap();
+    for test_only in [
+        "apt-get update",
+        "nginx",
+        "slurm",
+        "s3s",
+        "texlive",
+        "torchvision",
+    ] {
+        assert!(
+            !setup.to_lowercase().contains(test_only),
+            "scripts/setup.sh mentions {test_only}"
+        );
+    }
+    let tests = std::fs::read_to_string(root.join("scripts/test.sh")).unwrap();
+    assert!(tests.contains("bash scripts/setup.sh\nbash scripts/test-setup.sh\n"));
+    let extra = std::fs::read_to_string(root.join("scripts/test-setup.sh")).unwrap();
+    for server in ["nginx", "slurmctld", "s3s-fs", "pdflatex", "torchvision"] {
+        assert!(
+            extra.contains(server),
+            "scripts/test-setup.sh has no {server}"
         );
     }
 }

@@ -254,6 +254,85 @@ fn cache_push_and_pull_sync_a_config_explicitly() {
     assert!(r.stderr.contains("needs a remote"), "{}", r.stderr);
 }
 
+/// A remote that refuses this machine (HTTP 403: a wrong credential; a
+/// login page answering 200 for every path) is one warning, not one per
+/// request; the run goes on locally; `cache pull` says the remote was
+/// unavailable and exits 1.
+#[test]
+fn a_remote_that_refuses_access_is_one_warning_and_pull_fails() {
+    let server = Nginx::start();
+    for (path, says) in [
+        ("denied", "HTTP 403: check the remote's credentials"),
+        ("portal", "is an HTML page, not a cache record"),
+    ] {
+        let url = format!("http://127.0.0.1:{}/{path}/cache", server.port);
+        let a = Project::new();
+        a.write("c.yaml", SHARED);
+        let r = a.run(&["run", "c.yaml", "--remote", &url]).ok();
+        assert_eq!(
+            r.stderr.matches("refuses access").count(),
+            1,
+            "{path}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(says), "{path}: {}", r.stderr);
+        assert!(
+            !r.stderr.contains("treated as a miss"),
+            "{path}: {}",
+            r.stderr
+        );
+        let b = Project::new();
+        b.write("c.yaml", SHARED);
+        let p = b.run(&["cache", "pull", "c.yaml", "--remote", &url, "--json"]);
+        assert_eq!(p.code, 1, "{path}: {}", p.stderr);
+        assert_eq!(p.json()["remote_unavailable"], true, "{path}");
+    }
+}
+
+/// A blob truncated on the remote (a killed upload on a server without
+/// atomic renames, a disk that filled there) is uploaded again by the next
+/// push, which compares sizes, not just presence: file:// and HTTP alike.
+#[test]
+fn a_blob_truncated_on_the_remote_is_pushed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Nginx::start();
+    for (url, cas) in [
+        (
+            format!("file://{}", dir.path().display()),
+            dir.path().join("cas"),
+        ),
+        (server.url(), server.dir.path().join("data/cache/cas")),
+    ] {
+        let a = Project::new();
+        a.write("c.yaml", SHARED);
+        a.run(&["run", "c.yaml", "--remote", &url]).ok();
+        // The largest blob, cut in half on the server.
+        let blob = walkdir::WalkDir::new(&cas)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .max_by_key(|e| e.metadata().unwrap().len())
+            .unwrap()
+            .into_path();
+        let full = std::fs::read(&blob).unwrap();
+        std::fs::write(&blob, &full[..full.len() / 2]).unwrap();
+        let j = a
+            .run(&["cache", "push", "c.yaml", "--remote", &url, "--json"])
+            .ok()
+            .json();
+        assert_eq!(j["transfer"]["pushed_blobs"], 1, "{url}: {j}");
+        assert_eq!(std::fs::read(&blob).unwrap(), full, "{url}");
+        // And another machine pulls everything.
+        let b = Project::new();
+        b.write("c.yaml", SHARED);
+        let j = b
+            .run(&["cache", "pull", "c.yaml", "--remote", &url, "--json"])
+            .ok()
+            .json();
+        assert_eq!(j["not_available"], serde_json::json!([]), "{url}: {j}");
+    }
+}
+
 #[test]
 fn machines_share_through_nginx_webdav_and_a_server_stopped_mid_run_is_not_fatal() {
     let mut server = Nginx::start();

@@ -201,6 +201,66 @@ fn a_damaged_record_is_a_miss_with_one_warning_and_verify_finds_and_repairs() {
     assert!(executed(&r.json()).contains(&tasks_label));
 }
 
+/// A store disk that fills while a model is written: the train stage fails
+/// with the I/O error it hit (ENOSPC, the file named), exit 1 (a stage
+/// failed), not "bad input" with the error's Debug form.
+#[test]
+fn a_full_disk_during_training_names_enospc_and_is_not_bad_input() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let p = Project::new();
+    let mnt = p.path("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: mount -t tmpfs is not permitted here");
+        return;
+    }
+    let _guard = Tmpfs(mnt.clone());
+    p.write("c.yaml", SHARED);
+    let store = mnt.join("store");
+    let store_arg = store.to_str().unwrap();
+    p.run(&["run", "c.yaml", "--store", store_arg]).ok();
+    // Fill the disk but 48 KiB, then train again: the job file, the
+    // log and the small JSON outputs fit, the weights (MBs) do not.
+    let df = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let avail: u64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let blocks = (avail.saturating_sub(48 << 10)) / (16 << 10);
+    Command::new("dd")
+        .args(["if=/dev/zero", "bs=16k", &format!("count={blocks}")])
+        .arg(format!("of={}", mnt.join("filler").display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let r = p.run(&["run", "c.yaml", "--store", store_arg, "--force", "train/"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("FAILED   train/")
+            && r.stderr.contains(".safetensors: No space left on device")
+            && !r.stderr.contains("IoError(")
+            && !r.stderr.contains("panicked"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn a_full_disk_during_prepare_names_enospc_and_records_the_failure() {
     // SAFETY: geteuid has no preconditions.
@@ -243,8 +303,12 @@ fn a_full_disk_during_prepare_names_enospc_and_records_the_failure() {
     let st = p
         .run(&["status", "c.yaml", "--store", store.to_str().unwrap()])
         .ok();
+    // A full disk is the environment, not the inputs: not "same inputs
+    // failed last time".
     assert!(
-        st.stdout.contains("same inputs failed last time"),
+        st.stdout
+            .contains("last attempt failed on its environment, not its inputs")
+            && st.stdout.contains("No space left on device"),
         "{}",
         st.stdout
     );

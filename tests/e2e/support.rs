@@ -663,7 +663,8 @@ pub fn table_of(p: &Project) -> String {
 }
 
 /// An nginx serving WebDAV PUT on 127.0.0.1 from a folder of its own, as a
-/// Bazel-style HTTP cache; killed when dropped. scripts/setup.sh installs
+/// Bazel-style HTTP cache (`/denied/` answers 403, `/portal/` a login page
+/// for every path); killed when dropped. scripts/test-setup.sh installs
 /// nginx.
 pub struct Nginx {
     pub child: Child,
@@ -676,7 +677,7 @@ impl Nginx {
         let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).exists())
-            .expect("nginx not found: scripts/setup.sh installs nginx-light (the HTTP remote tests need it)");
+            .expect("nginx not found: scripts/test-setup.sh installs nginx-light (the HTTP remote tests need it)");
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -691,7 +692,9 @@ impl Nginx {
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
              scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n\
              server {{\n    listen 127.0.0.1:{port};\n    root {d}/data;\n\
-             location / {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw group:r all:r; }}\n  }}\n}}\n"
+             location / {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw group:r all:r; }}\n\
+             location /denied/ {{ return 403; }}\n\
+             location /portal/ {{ default_type text/html; return 200 \"<!DOCTYPE html><html>Sign in</html>\"; }}\n  }}\n}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let child = Command::new(bin)
@@ -738,7 +741,7 @@ impl Drop for Nginx {
     }
 }
 
-/// An S3-compatible server (s3s-fs, which scripts/setup.sh installs under
+/// An S3-compatible server (s3s-fs, which scripts/test-setup.sh installs under
 /// $BSCE_CACHE/s3s-fs) on 127.0.0.1 with one bucket; killed when dropped.
 pub struct S3Server {
     pub child: Child,
@@ -758,7 +761,7 @@ impl S3Server {
             .unwrap_or_else(|_| cache.join("s3s-fs/bin/s3s-fs"));
         assert!(
             bin.is_file(),
-            "{} not found: scripts/setup.sh installs s3s-fs (the S3 remote tests need it)",
+            "{} not found: scripts/test-setup.sh installs s3s-fs (the S3 remote tests need it)",
             bin.display()
         );
         let dir = tempfile::tempdir().unwrap();

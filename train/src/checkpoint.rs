@@ -30,8 +30,7 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<()> {
     let tmp = temp_name(dir, "safetensors");
     let result = (|| {
         let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        Tensor::write_safetensors(&named, &tmp)
-            .map_err(|e| StageError::invalid(path, format!("cannot write weights: {e}")))?;
+        Tensor::write_safetensors(&named, &tmp).map_err(|e| write_error(&tmp, e))?;
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| StageError::io(&tmp, e))?;
@@ -42,6 +41,20 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A failed weights write: an I/O failure (a full disk) as the I/O error
+/// it is, with the file it hit, not as bad input; anything else as what
+/// libtorch said.
+fn write_error(tmp: &Path, e: tch::TchError) -> StageError {
+    match e {
+        tch::TchError::SafeTensorError {
+            err: safetensors::SafeTensorError::IoError(io),
+            ..
+        }
+        | tch::TchError::Io(io) => StageError::io(tmp, io),
+        e => StageError::Other(format!("{}: cannot write weights: {e}", tmp.display())),
+    }
 }
 
 /// Copies the weights in `path` into `vs`, which must hold exactly the same

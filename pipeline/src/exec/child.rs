@@ -303,11 +303,15 @@ fn finish(
         let how = exit.how.describe();
         // The stage's own error, sent over its stdout pipe, reaches us even
         // when its log (on the store's disk) could not be written.
-        let bad_input = exit.error.as_ref().is_some_and(|r| r.1);
+        let bad_input = exit.error.as_ref().is_some_and(|r| r.bad_input);
+        // Killed (the OOM killer, a signal) or cancelled: nothing about
+        // the inputs is known.
+        let environment = exit.error.as_ref().is_some_and(|r| r.environment)
+            || matches!(exit.how, ExitHow::Signalled(_) | ExitHow::Cancelled);
         let last = exit
             .error
             .as_ref()
-            .map(|r| r.0.as_str())
+            .map(|r| r.message.as_str())
             .unwrap_or_else(|| {
                 log_tail
                     .lines()
@@ -320,7 +324,17 @@ fn finish(
         } else {
             format!("{how}: {last}")
         };
-        return Ok(fail(env, run, error, bad_input, log_tail, provenance));
+        return Ok(fail(
+            env,
+            run,
+            Failure {
+                error,
+                bad_input,
+                environment,
+            },
+            log_tail,
+            provenance,
+        ));
     }
     // An input changed while the stage read it: its result is not kept.
     if let Some(changed) = check_inputs(env, run)? {
@@ -328,7 +342,16 @@ fn finish(
     }
     let outputs = match ingest(env, run.node.kind, &prepared.out_dir) {
         Ok(o) => o,
-        Err(error) => return Ok(fail(env, run, error, false, log_tail, provenance)),
+        Err(error) => {
+            // Storing the outputs failed: the store's disk, not the stage.
+            let environment = error.contains("(os error 28)") || error.contains("(os error 122)");
+            let failure = Failure {
+                error,
+                bad_input: false,
+                environment,
+            };
+            return Ok(fail(env, run, failure, log_tail, provenance));
+        }
     };
     let record = ActionRecord {
         key: run.key,
@@ -431,20 +454,32 @@ fn ingest(
     Ok(outputs)
 }
 
+/// Why a stage run failed, as the failure record keeps it.
+struct Failure {
+    error: String,
+    bad_input: bool,
+    environment: bool,
+}
+
 fn fail(
     env: &StageEnv<'_>,
     run: &StageRun,
-    error: String,
-    bad_input: bool,
+    failure: Failure,
     log_tail: String,
     provenance: Provenance,
 ) -> Outcome {
+    let Failure {
+        error,
+        bad_input,
+        environment,
+    } = failure;
     let _ = env.store.local().put_failure(&FailureRecord {
         key: run.key,
         label: run.node.label.clone(),
         error: error.clone(),
         log_tail: log_tail.clone(),
         provenance,
+        environment,
     });
     Outcome::Failed {
         error,

@@ -52,9 +52,18 @@ pub struct StageExit {
     pub peak_rss_kib: u64,
     /// What the stage reported about itself (provenance lines).
     pub provenance: BTreeMap<String, serde_json::Value>,
-    /// The error the stage sent over its pipe before failing, and whether
-    /// its input is at fault.
-    pub error: Option<(String, bool)>,
+    /// The error the stage sent over its pipe before failing.
+    pub error: Option<StageFailure>,
+}
+
+/// A stage's own account of its failure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageFailure {
+    pub message: String,
+    /// Its input is at fault: the run exits 2.
+    pub bad_input: bool,
+    /// Its environment failed (disk, network), not its inputs.
+    pub environment: bool,
 }
 
 impl ExitHow {
@@ -154,7 +163,7 @@ impl StageExecutor for LocalExecutor {
         let pid = child.id() as i32;
         let stdout = child.stdout.take().expect("piped");
         let provenance: Mutex<BTreeMap<String, serde_json::Value>> = Mutex::default();
-        let error: Mutex<Option<(String, bool)>> = Mutex::default();
+        let error: Mutex<Option<StageFailure>> = Mutex::default();
         // Cancellation kills the child; the pid stays registered until the
         // child is a zombie we have not reaped, so a kill never reaches a
         // recycled pid.
@@ -176,10 +185,17 @@ impl StageExecutor for LocalExecutor {
                         Ok(ChildMessage::Provenance { key, value }) => {
                             provenance.lock().expect("not poisoned").insert(key, value);
                         }
-                        Ok(ChildMessage::Error { message, bad_input }) => {
+                        Ok(ChildMessage::Error {
+                            message,
+                            bad_input,
+                            environment,
+                        }) => {
                             let _ = writeln!(log, "error: {message}");
-                            *error.lock().expect("not poisoned") =
-                                Some((format!("error: {message}"), bad_input));
+                            *error.lock().expect("not poisoned") = Some(StageFailure {
+                                message: format!("error: {message}"),
+                                bad_input,
+                                environment,
+                            });
                         }
                         Ok(m @ ChildMessage::Progress { .. }) => on_message(m),
                         Err(_) => {

@@ -82,6 +82,11 @@ pub enum ChildMessage {
         /// the run exits 2, as for a bad config.
         #[serde(default)]
         bad_input: bool,
+        /// The stage's environment failed (a full disk, the network), not
+        /// its inputs: the failure says nothing about the key, and the next
+        /// run tries again without "same inputs failed".
+        #[serde(default)]
+        environment: bool,
     },
 }
 
@@ -137,10 +142,11 @@ impl ChildReporter {
         });
     }
 
-    pub fn error(&self, message: &str, bad_input: bool) {
+    pub fn error(&self, message: &str, bad_input: bool, environment: bool) {
         self.send(&ChildMessage::Error {
             message: message.into(),
             bad_input,
+            environment,
         });
     }
 

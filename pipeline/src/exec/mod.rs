@@ -39,7 +39,7 @@ use crate::events::{Reporter, RunEvent, RunSummary};
 use crate::key::{diff_records, DirtyReason, KeyRecord, StageKey, KEY_VERSION};
 use crate::plan::{NodeId, Plan, PlanNode};
 use crate::sources::{SourceDigester, SourceError};
-use crate::store::{ActionRecord, CachedAction, OutputEntry, Store, StoreError};
+use crate::store::{ActionRecord, CachedAction, FailureRecord, OutputEntry, Store, StoreError};
 pub use cancel::CancelToken;
 pub use context::RunContext;
 use gpus::GpuPool;
@@ -116,6 +116,18 @@ pub struct RunOptions {
     /// `status`/`explain` with a remote: download what the remote has
     /// (`cache pull`) instead of only reading its records.
     pub fetch: bool,
+}
+
+/// Why a stage that failed last time runs again: its inputs failed it, or
+/// its environment did (and then the inputs are not blamed).
+fn failed_before(f: &FailureRecord) -> DirtyReason {
+    if f.environment {
+        DirtyReason::EnvironmentFailed {
+            error: f.error.clone(),
+        }
+    } else {
+        DirtyReason::NotInStore { failed: true }
+    }
 }
 
 impl RunOptions {
@@ -319,8 +331,10 @@ impl<'a> Engine<'a> {
         let local = self.store.local();
         let Some(last) = local.get_label(&node.label)? else {
             // Never succeeded; it may have failed on these very inputs.
-            if pending.is_empty() && local.get_failure(&record.key())?.is_some() {
-                return Ok(vec![DirtyReason::NotInStore { failed: true }]);
+            if pending.is_empty() {
+                if let Some(f) = local.get_failure(&record.key())? {
+                    return Ok(vec![failed_before(&f)]);
+                }
             }
             return Ok(vec![DirtyReason::NewStage]);
         };
@@ -341,8 +355,10 @@ impl<'a> Engine<'a> {
             }
             return Ok(vec![DirtyReason::OutputsMissing]);
         }
-        let failed = local.get_failure(&key)?.is_some();
-        Ok(vec![DirtyReason::NotInStore { failed }])
+        Ok(vec![match local.get_failure(&key)? {
+            Some(f) => failed_before(&f),
+            None => DirtyReason::NotInStore { failed: false },
+        }])
     }
 
     /// What a run would do now, without running anything.

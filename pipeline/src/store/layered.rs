@@ -84,6 +84,18 @@ pub struct Layered {
     stats: Mutex<TransferStats>,
 }
 
+fn looks_like_html(bytes: &[u8]) -> bool {
+    let start: Vec<u8> = bytes
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(15)
+        .map(|b| b.to_ascii_lowercase())
+        .collect();
+    start.starts_with(b"<!doctype html")
+        || start.starts_with(b"<html")
+        || start.starts_with(b"<head")
+}
+
 impl Layered {
     pub fn new(local: LocalStore, remote: Box<dyn RemoteCache>, mode: RemoteMode) -> Self {
         Layered {
@@ -110,6 +122,14 @@ impl Layered {
                 if !self.down.swap(true, Ordering::Relaxed) {
                     eprintln!(
                         "warning: remote cache {} is unavailable ({m}); going on without it",
+                        self.remote.describe()
+                    );
+                }
+            }
+            RemoteError::Denied(m) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "warning: remote cache {} refuses access ({m}); going on without it",
                         self.remote.describe()
                     );
                 }
@@ -142,6 +162,15 @@ impl Layered {
         };
         match check_record(key, &bytes) {
             Ok(rec) => Some(rec),
+            // A web page where a record should be: a login portal or a
+            // proxy answering for the cache. Every key would get the same.
+            Err(_) if looks_like_html(&bytes) => {
+                self.failed(RemoteError::Denied(format!(
+                    "ac/{} is an HTML page, not a cache record: a login page or proxy in the way?",
+                    key.to_hex()
+                )));
+                None
+            }
             Err(why) => {
                 self.refused(&format!("record ac/{} {why}", key.to_hex()));
                 None
@@ -255,7 +284,8 @@ impl Layered {
         Ok(Some(rec))
     }
 
-    /// Uploads a local action: its blobs first (those the remote lacks),
+    /// Uploads a local action: its blobs first (those the remote lacks, or
+    /// holds at another size: a blob truncated there is uploaded again),
     /// the record last, so no reader sees a record before its blobs.
     /// Returns whether it reached the remote.
     pub fn push(&self, rec: &ActionRecord) -> bool {
@@ -269,11 +299,13 @@ impl Layered {
             .chain(rec.provenance.log);
         for d in blobs {
             let path = self.local.blob_path(&d);
-            let r = self.remote.has_blob(&d).and_then(|has| {
-                if has {
-                    return Ok(false);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let r = self.remote.blob_size(&d).and_then(|remote| {
+                match remote {
+                    Some(Some(s)) if s == size => return Ok(false),
+                    Some(None) => return Ok(false),
+                    _ => {}
                 }
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 let shown = Transfer::start("push", size, &d, &self.remote.describe());
                 let r = self.remote.put_blob(&d, &path).map(|()| true);
                 shown.end(r.is_ok());

@@ -94,4 +94,8 @@ pub struct FailureRecord {
     pub error: String,
     pub log_tail: String,
     pub provenance: Provenance,
+    /// The environment failed (a full disk, the network, a kill), not the
+    /// stage on these inputs: the next run retries without blaming them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub environment: bool,
 }

@@ -47,7 +47,7 @@ pub fn download(
                 progressed: true, ..
             } if attempt < ATTEMPTS => attempt += 1,
             Transfer::Interrupted { error, .. } => {
-                return Err(StageError::Other(format!(
+                return Err(StageError::Unreachable(format!(
                     "{url}: the transfer broke off ({error}); {} keeps what arrived, run again \
                      to resume",
                     part.display()
@@ -111,7 +111,7 @@ fn transfer(
     }
     let mut response = request
         .call()
-        .map_err(|e| StageError::Other(format!("{url}: {e}")))?;
+        .map_err(|e| StageError::Unreachable(format!("{url}: {e}")))?;
     let status = response.status().as_u16();
     let content_range = response
         .headers()

@@ -69,7 +69,7 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
                     | crate::StageError::ChecksumMismatch { .. }
                     | crate::StageError::InvalidParam { .. }
             );
-            reporter.error(&e.to_string(), bad_input);
+            reporter.error(&e.to_string(), bad_input, e.is_environment());
             ExitCode::from(1)
         }
     }

@@ -56,9 +56,7 @@ impl DirRemote {
     fn err(&self, path: &Path, e: std::io::Error) -> RemoteError {
         let msg = format!("{}: {e}", path.display());
         match e.kind() {
-            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
-                RemoteError::Rejected(msg)
-            }
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => RemoteError::Denied(msg),
             _ => RemoteError::Unavailable(msg),
         }
     }
@@ -95,11 +93,11 @@ impl RemoteCache for DirRemote {
         self.write(&self.path("ac", key), |tmp| fs::write(tmp, bytes))
     }
 
-    fn has_blob(&self, digest: &Digest) -> RemoteResult<bool> {
+    fn blob_size(&self, digest: &Digest) -> RemoteResult<Option<Option<u64>>> {
         let p = self.path("cas", digest);
         match fs::metadata(&p) {
-            Ok(m) => Ok(m.is_file()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Ok(m) => Ok(m.is_file().then_some(Some(m.len()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err(&p, e)),
         }
     }

@@ -85,6 +85,9 @@ impl HttpRemote {
         match status {
             200..=299 => Ok(Some(())),
             404 => Ok(None),
+            401 | 403 => Err(RemoteError::Denied(format!(
+                "{url}: HTTP {status}: check the remote's credentials"
+            ))),
             500..=599 | 408 | 429 => Err(RemoteError::Unavailable(format!("{url}: HTTP {status}"))),
             _ => Err(RemoteError::Rejected(format!("{url}: HTTP {status}"))),
         }
@@ -141,13 +144,18 @@ impl RemoteCache for HttpRemote {
             .ok_or_else(|| RemoteError::Rejected(format!("{url}: HTTP 404 on PUT")))
     }
 
-    fn has_blob(&self, digest: &Digest) -> RemoteResult<bool> {
+    fn blob_size(&self, digest: &Digest) -> RemoteResult<Option<Option<u64>>> {
         let url = self.url("cas", digest);
         let resp = self
-            .with_auth(self.agent.head(&url))
+            .with_auth(self.agent.head(&url).header("Accept-Encoding", "identity"))
             .call()
             .map_err(|e| transport(&url, e))?;
-        Ok(self.status(&url, resp.status().as_u16())?.is_some())
+        Ok(self.status(&url, resp.status().as_u16())?.map(|()| {
+            resp.headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        }))
     }
 
     fn get_blob(&self, digest: &Digest, dest: &Path, max_bytes: u64) -> RemoteResult<bool> {

@@ -21,13 +21,18 @@ use std::path::Path;
 
 use crate::digest::Digest;
 
-/// Why a remote call failed. `Unavailable` (refused, timed out, 5xx) makes
-/// the layer stop asking for the rest of the run; `Rejected` (a 4xx other
-/// than 404, a refused write) is reported and treated as a miss.
+/// Why a remote call failed. `Unavailable` (refused, timed out, 5xx) and
+/// `Denied` (the remote refuses this machine: HTTP 401/403, an S3
+/// credential it does not accept, a read-only or forbidden folder, a login
+/// page in place of the cache) make the layer stop asking for the rest of
+/// the run, with one warning; `Rejected` (another 4xx, a record or blob
+/// that fails its checks) is reported and treated as a miss.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     Rejected(String),
 }
@@ -44,7 +49,10 @@ pub trait RemoteCache: Send + Sync {
     /// a miss.
     fn get_action(&self, key: &Digest) -> RemoteResult<Option<Vec<u8>>>;
     fn put_action(&self, key: &Digest, bytes: &[u8]) -> RemoteResult<()>;
-    fn has_blob(&self, digest: &Digest) -> RemoteResult<bool>;
+    /// The size of `cas/<digest>`, `None` on a miss (`Some(None)`: present,
+    /// size not told). Push compares it with the local blob's, so a blob
+    /// truncated on the server is uploaded again.
+    fn blob_size(&self, digest: &Digest) -> RemoteResult<Option<Option<u64>>>;
     /// Streams `cas/<digest>` into `dest` (created); `false` on a miss. At
     /// most `max_bytes` are written: a longer body is an error.
     fn get_blob(&self, digest: &Digest, dest: &Path, max_bytes: u64) -> RemoteResult<bool>;

@@ -95,8 +95,21 @@ impl S3Remote {
         );
         match e {
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }
-            | object_store::Error::InvalidPath { .. } => RemoteError::Rejected(msg),
+            | object_store::Error::Unauthenticated { .. } => RemoteError::Denied(msg),
+            object_store::Error::InvalidPath { .. } => RemoteError::Rejected(msg),
+            // The S3 client reports a refused signature or key as a
+            // generic error carrying the service's code.
+            _ if [
+                "SignatureDoesNotMatch",
+                "InvalidAccessKeyId",
+                "AccessDenied",
+                "403 Forbidden",
+            ]
+            .iter()
+            .any(|c| msg.contains(c)) =>
+            {
+                RemoteError::Denied(msg)
+            }
             _ => RemoteError::Unavailable(msg),
         }
     }
@@ -135,12 +148,12 @@ impl RemoteCache for S3Remote {
         })
     }
 
-    fn has_blob(&self, digest: &Digest) -> RemoteResult<bool> {
+    fn blob_size(&self, digest: &Digest) -> RemoteResult<Option<Option<u64>>> {
         let p = self.path("cas", digest);
         self.rt.block_on(async {
             match self.store.head(&p).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Ok(meta) => Ok(Some(Some(meta.size))),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.err(&p, e)),
             }
         })
