@@ -48,17 +48,10 @@ fn main() {
             "--untracked-files=normal",
         ])
         .is_some_and(|s| !s.is_empty());
-    let version = env!("CARGO_PKG_VERSION");
-    let long = match (commit.is_empty(), dirty) {
-        (true, _) => format!("{version} (commit unknown: not built from a git checkout)"),
-        (false, false) => format!("{version} (commit {commit})"),
-        (false, true) => format!("{version} (commit {commit}, dirty)"),
-    };
     let provenance = if dirty {
         format!("{commit}-dirty")
     } else {
         commit
     };
     println!("cargo:rustc-env=BSCE_GIT_COMMIT={provenance}");
-    println!("cargo:rustc-env=BSCE_LONG_VERSION={long}");
 }

@@ -89,8 +89,14 @@ for net in ("resnet32", "resnet18"):
     s = by[name]
     if rows:
         r = rows[0]
-        s["ours"] = (f"{rate(r['images_per_s'])} ({r['stored_size']} px stored -> {r['image_size']} px, "
-                     f"batch {r['batch']}, {r['device']})")
+        stored = ", ".join(f"{h}x{w}" for h, w in r["stored_sizes"])
+        s["ours"] = (f"{rate(r['images_per_s'])} ({stored} px stored -> {r['image_size']} px, "
+                     f"batch {r['batch']}, {r['device']}")
+        if r.get("cpu_crop_images_per_s_per_core"):
+            # ImageNet style: the crops are cut on the CPU; one core's rate.
+            s["ours"] += (f"; crops cut on the CPU at {rate(r['cpu_crop_images_per_s_per_core'])} "
+                          f"per core, {r['cpu_threads']} threads")
+        s["ours"] += ")"
         if best.get(net):
             s["peer"] = f"our {net} training step: {rate(best[net])}"
             s["ratio"] = f"{r['images_per_s'] / best[net]:.1f}x"

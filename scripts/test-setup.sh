@@ -10,50 +10,42 @@ cd "$(dirname "$0")/.."
 CACHE="${BSCE_CACHE:-$HOME/.cache/bsce-pipe}"
 say() { printf '\033[1mtest-setup:\033[0m %s\n' "$*" >&2; }
 
+# have TOOL: whether TOOL is on PATH or in /usr/sbin (root's PATH may lack it).
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+
+# apt_install WHY PACKAGE...: the Debian packages, as root; otherwise says
+# what to install. Debian may start a packaged daemon; the tests run their
+# own, so the services named in $STOP are stopped again.
+apt_install() {
+  local why=$1; shift
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing $* ($why)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    for s in ${STOP:-}; do
+      { command -v service >/dev/null && service "$s" stop; } >/dev/null 2>&1 || true
+    done
+  else
+    say "not installed: $why needs it (apt-get install $*)"
+  fi
+}
+
 # pdflatex, for the test that compiles the report's LaTeX tables: the two
 # Debian texlive packages that hold LaTeX and booktabs (about 40 MB).
-if ! command -v pdflatex >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing texlive-latex-base and texlive-latex-recommended (pdflatex, booktabs)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      texlive-latex-base texlive-latex-recommended >/dev/null
-  else
-    say "pdflatex not found: the LaTeX test needs it (apt-get install texlive-latex-base texlive-latex-recommended)"
-  fi
-fi
+have pdflatex ||
+  apt_install "the LaTeX test: pdflatex, booktabs" texlive-latex-base texlive-latex-recommended
 
 # nginx with WebDAV, for the tests of the HTTP remote cache (Bazel's HTTP
 # cache protocol: GET/PUT/HEAD). The tests start their own nginx on
 # 127.0.0.1 with a config of their own; nothing is enabled system-wide.
-if ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing nginx-light and libnginx-mod-http-dav-ext (the HTTP remote cache tests)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      nginx-light libnginx-mod-http-dav-ext >/dev/null
-    # Debian starts the packaged server; the tests run their own.
-    { command -v service >/dev/null && service nginx stop; } >/dev/null 2>&1 || true
-  else
-    say "nginx not found: the HTTP remote tests need it (apt-get install nginx-light libnginx-mod-http-dav-ext)"
-  fi
-fi
+have nginx || STOP=nginx \
+  apt_install "the HTTP remote cache tests" nginx-light libnginx-mod-http-dav-ext
 
 # Slurm (slurmctld, slurmd, the client commands) and munge, for the tests of
 # the Slurm executor: scripts/slurm-cluster.sh starts a private single-node
 # cluster from them; nothing is enabled system-wide.
-if ! command -v slurmctld >/dev/null && ! [ -x /usr/sbin/slurmctld ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing slurmctld, slurmd, slurm-client and munge (the Slurm executor tests)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      slurmctld slurmd slurm-client munge >/dev/null
-    # Debian may start the packaged daemons; the tests run their own.
-    { command -v service >/dev/null && for s in slurmd slurmctld; do service "$s" stop; done; } >/dev/null 2>&1 || true
-  else
-    say "slurmctld not found: the Slurm tests need it (apt-get install slurmctld slurmd slurm-client munge)"
-  fi
-fi
+have slurmctld || STOP="slurmd slurmctld" \
+  apt_install "the Slurm executor tests" slurmctld slurmd slurm-client munge
 
 # s3s-fs, the S3-compatible server the S3 remote tests start on 127.0.0.1
 # (built from crates.io once, about 5 minutes, into the shared cache; newer

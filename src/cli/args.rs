@@ -4,13 +4,22 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// `0.1.0 (commit <sha>[, dirty])`, from build.rs.
-const LONG_VERSION: &str = env!("BSCE_LONG_VERSION");
+/// `0.1.0 (commit <sha>[, dirty])`: the commit build.rs found, formatted
+/// as reports and provenance format it.
+fn long_version() -> &'static str {
+    static LONG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LONG.get_or_init(|| {
+        bsce_pipeline::exec::context::long_version(
+            env!("CARGO_PKG_VERSION"),
+            option_env!("BSCE_GIT_COMMIT"),
+        )
+    })
+}
 
 #[derive(Parser)]
 #[command(
     name = "bsce-pipe",
-    version = LONG_VERSION,
+    version = long_version(),
     about = "Reproduce Balanced Softmax Cross-Entropy for Incremental Learning, every result computed once"
 )]
 pub struct Cli {

@@ -238,12 +238,7 @@ fn cache_push_and_pull_sync_a_config_explicitly() {
     let n = j["pushed"].as_array().unwrap().len();
     assert_eq!(n as u64, j["stages"].as_u64().unwrap(), "{j}");
     assert_eq!(assert_remote_consistent(remote.path()), n);
-    let b = Project::new();
-    b.write("c.yaml", SHARED);
-    let j = b
-        .run(&["cache", "pull", "c.yaml", "--remote", &url, "--json"])
-        .ok()
-        .json();
+    let (b, j) = pull_shared_on_a_fresh_machine(&url);
     assert_eq!(j["pulled"].as_array().unwrap().len(), n, "{j}");
     assert_eq!(j["not_available"], serde_json::json!([]));
     let st = b.status("c.yaml");
@@ -323,12 +318,7 @@ fn a_blob_truncated_on_the_remote_is_pushed_again() {
         assert_eq!(j["transfer"]["pushed_blobs"], 1, "{url}: {j}");
         assert_eq!(std::fs::read(&blob).unwrap(), full, "{url}");
         // And another machine pulls everything.
-        let b = Project::new();
-        b.write("c.yaml", SHARED);
-        let j = b
-            .run(&["cache", "pull", "c.yaml", "--remote", &url, "--json"])
-            .ok()
-            .json();
+        let (_, j) = pull_shared_on_a_fresh_machine(&url);
         assert_eq!(j["not_available"], serde_json::json!([]), "{url}: {j}");
     }
 }

@@ -362,3 +362,46 @@ fn the_readme_quickstart_example_is_what_the_quickstart_prints() {
     };
     assert_eq!(files(example), files(&r.stderr));
 }
+
+/// The README's Commands table against the binary: every command it lists
+/// exists, and every `--flag` it shows for a command is in that command's
+/// `--help`. A flag renamed or dropped in the code, or invented in the
+/// README, fails here.
+#[test]
+fn every_command_and_flag_in_the_readme_is_in_the_binarys_help() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme.find("\n## Commands\n").expect("a Commands section");
+    let end = start + readme[start..].find("\n## Config reference").unwrap();
+    let p = Project::new();
+    let mut checked = 0;
+    for row in readme[start..end].lines().filter(|l| l.starts_with("| `")) {
+        let cell = &row[3..row[3..].find('`').unwrap() + 3];
+        // The command: its leading lower-case words (`cache gc`, `order show`).
+        let words: Vec<&str> = cell
+            .split_whitespace()
+            .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+            .collect();
+        assert!(!words.is_empty(), "no command in {row}");
+        let mut args = words.clone();
+        args.push("--help");
+        let help = p.run(&args);
+        assert_eq!(help.code, 0, "{cell}: {}", help.stderr);
+        let flags: Vec<&str> = row
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|t| t.starts_with("--") && t.len() > 2)
+            .collect();
+        for flag in flags {
+            assert!(
+                help.stdout.contains(flag),
+                "README row `{cell}` shows {flag}, which `{}` does not list",
+                args.join(" ")
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} flags found in the README's table"
+    );
+}

@@ -206,24 +206,10 @@ fn a_damaged_record_is_a_miss_with_one_warning_and_verify_finds_and_repairs() {
 /// failed), not "bad input" with the error's Debug form.
 #[test]
 fn a_full_disk_during_training_names_enospc_and_is_not_bad_input() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
-        return;
-    }
     let p = Project::new();
-    let mnt = p.path("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: mount -t tmpfs is not permitted here");
+    let Some((mnt, _guard)) = small_tmpfs(&p, "16m") else {
         return;
-    }
-    let _guard = Tmpfs(mnt.clone());
+    };
     p.write("c.yaml", SHARED);
     let store = mnt.join("store");
     let store_arg = store.to_str().unwrap();
@@ -263,25 +249,10 @@ fn a_full_disk_during_training_names_enospc_and_is_not_bad_input() {
 
 #[test]
 fn a_full_disk_during_prepare_names_enospc_and_records_the_failure() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
-        return;
-    }
     let p = Project::new();
-    let mnt = p.path("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        // Root without CAP_SYS_ADMIN (some containers): no small disk to fill.
-        eprintln!("skipped: mount -t tmpfs is not permitted here");
+    let Some((mnt, _guard)) = small_tmpfs(&p, "1m") else {
         return;
-    }
-    let _guard = Tmpfs(mnt.clone());
+    };
     // About 7 MB of images into a 1 MiB store.
     p.write(
         "c.yaml",

@@ -525,6 +525,30 @@ pub fn action_files(p: &Project) -> Vec<(String, PathBuf)> {
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.
+/// A tmpfs of `size` (as mount writes it: `1m`) at `p`'s `small/`, and
+/// the guard that unmounts it; `None`, with a note on stderr, where
+/// mounting is not permitted (not root; root without CAP_SYS_ADMIN in
+/// some containers): the caller's test then has no small disk to fill.
+pub fn small_tmpfs(p: &Project, size: &str) -> Option<(PathBuf, Tmpfs)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return None;
+    }
+    let mnt = p.path("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: mount -t tmpfs is not permitted here");
+        return None;
+    }
+    Some((mnt.clone(), Tmpfs(mnt)))
+}
+
 pub struct Tmpfs(pub PathBuf);
 impl Drop for Tmpfs {
     fn drop(&mut self) {
@@ -656,6 +680,18 @@ pub fn assert_remote_consistent(remote: &Path) -> usize {
         records += 1;
     }
     records
+}
+
+/// A new machine with the SHARED config pulls it from `url`: the project
+/// and `cache pull --json`'s answer.
+pub fn pull_shared_on_a_fresh_machine(url: &str) -> (Project, Value) {
+    let b = Project::new();
+    b.write("c.yaml", SHARED);
+    let j = b
+        .run(&["cache", "pull", "c.yaml", "--remote", url, "--json"])
+        .ok()
+        .json();
+    (b, j)
 }
 
 pub fn table_of(p: &Project) -> String {

@@ -46,15 +46,39 @@ impl RunContext {
 impl RunContext {
     /// `0.1.0 (commit <sha>[, dirty])`, as `bsce-pipe --version` says it.
     pub fn long_version(&self) -> String {
-        match self.git_commit.as_deref() {
-            None => format!(
-                "{} (commit unknown: not built from a git checkout)",
-                self.tool_version
-            ),
-            Some(c) => match c.strip_suffix("-dirty") {
-                Some(c) => format!("{} (commit {c}, dirty)", self.tool_version),
-                None => format!("{} (commit {c})", self.tool_version),
-            },
+        long_version(&self.tool_version, self.git_commit.as_deref())
+    }
+}
+
+/// `0.1.0 (commit <sha>[, dirty])` from the version and the commit as
+/// provenance records it (`<sha>-dirty` for a tree with uncommitted
+/// changes): the one formatting `--version`, reports and provenance share.
+pub fn long_version(tool_version: &str, git_commit: Option<&str>) -> String {
+    match git_commit.filter(|c| !c.is_empty()) {
+        None => format!("{tool_version} (commit unknown: not built from a git checkout)"),
+        Some(c) => match c.strip_suffix("-dirty") {
+            Some(c) => format!("{tool_version} (commit {c}, dirty)"),
+            None => format!("{tool_version} (commit {c})"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod long_version_tests {
+    use super::long_version;
+
+    #[test]
+    fn one_line_per_kind_of_checkout() {
+        assert_eq!(long_version("0.1.0", Some("abc")), "0.1.0 (commit abc)");
+        assert_eq!(
+            long_version("0.1.0", Some("abc-dirty")),
+            "0.1.0 (commit abc, dirty)"
+        );
+        for none in [None, Some("")] {
+            assert_eq!(
+                long_version("0.1.0", none),
+                "0.1.0 (commit unknown: not built from a git checkout)"
+            );
         }
     }
 }

@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 
 use crate::dataset::artefact::{offsets_of, DatasetMeta, SplitName};
 use crate::dataset::artefact_stream::{meta_from_labels, write_labels_and_meta, SplitIndex};
-use crate::dataset::resample::{centre_offset, short_side_size, Axis, Resampler};
+use crate::dataset::resample::{short_side_size, Axis, Resampler};
 use crate::dataset::shard_journal::ShardJournal;
 use crate::error::{Result, StageError};
 
@@ -830,14 +830,10 @@ fn decode_into(
                 return Err(StageError::invalid(path, "image has no pixels"));
             }
             let (sw, sh) = short_side_size(width, height, size);
-            let centred = |len: usize, scaled: usize| Axis {
-                lo: 0,
-                len,
-                scaled,
-                offset: centre_offset(scaled, size),
-                out: size,
-            };
-            (centred(width, sw), centred(height, sh))
+            (
+                Axis::centred(width, sw, size),
+                Axis::centred(height, sh, size),
+            )
         }
     };
     out.clear();
@@ -1680,20 +1676,13 @@ mod tests {
     /// stores it.
     fn resize(src: &[u8], width: usize, height: usize, size: usize) -> Vec<u8> {
         let (sw, sh) = short_side_size(width, height, size);
-        let centred = |len: usize, scaled: usize| Axis {
-            lo: 0,
-            len,
-            scaled,
-            offset: centre_offset(scaled, size),
-            out: size,
-        };
         let mut out = vec![0; size * size * 3];
         Resampler::default().resize(
             src,
             width,
             height,
-            centred(width, sw),
-            centred(height, sh),
+            Axis::centred(width, sw, size),
+            Axis::centred(height, sh, size),
             &mut out,
         );
         out

@@ -40,6 +40,18 @@ impl Axis {
         }
     }
 
+    /// The whole source axis scaled to `scaled`, its central `out` pixels
+    /// written (torchvision's `CenterCrop` offset).
+    pub fn centred(len: usize, scaled: usize, out: usize) -> Axis {
+        Axis {
+            lo: 0,
+            len,
+            scaled,
+            offset: centre_offset(scaled, out),
+            out,
+        }
+    }
+
     /// Source pixels `lo..lo + len` resized to `out` (a crop, then a resize).
     pub fn window(lo: usize, len: usize, out: usize) -> Axis {
         Axis {

@@ -57,6 +57,7 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
         );
         return ExitCode::from(2);
     };
+    report_panics();
     let reporter = ChildReporter::default();
     match run(&job, &reporter) {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +73,84 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
             reporter.error(&e.to_string(), bad_input, e.is_environment());
             ExitCode::from(1)
         }
+    }
+}
+
+/// A panic in a stage (libtorch's errors reach Rust as tch panics: a GPU
+/// out of memory among them) is sent over the pipe like a stage's error:
+/// its headline, not a C++ stack trace or `note: Some details are
+/// omitted`, is what the FAILED line shows. The default hook still writes
+/// the whole message to the log.
+fn report_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let (headline, environment) = panic_headline(&payload);
+        ChildReporter::default().error(&headline, false, environment);
+        default(info);
+    }));
+}
+
+/// What a stage's panic message comes down to: its first meaningful line,
+/// without libtorch's C++ trace (`Exception raised from ...`), and whether
+/// it is the machine's fault (memory), not the inputs'.
+fn panic_headline(payload: &str) -> (String, bool) {
+    let text = payload
+        .split("Exception raised from")
+        .next()
+        .unwrap_or_default();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("the stage panicked with no message");
+    // tch wraps libtorch's message: `called Result::unwrap() on an Err
+    // value: Torch("CUDA out of memory. ...`.
+    let line = line
+        .split_once("Torch(\"")
+        .map(|(_, rest)| rest.strip_suffix("\")").unwrap_or(rest))
+        .unwrap_or(line);
+    let lower = line.to_ascii_lowercase();
+    let environment = lower.contains("out of memory") || lower.contains("not enough memory");
+    (format!("panicked: {line}"), environment)
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::panic_headline;
+
+    #[test]
+    fn a_torch_out_of_memory_panic_is_one_line_and_the_machines_fault() {
+        let payload = "called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. \
+                       Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)\nException \
+                       raised from malloc at ../c10/cuda/CUDACachingAllocator.cpp:1073 (most recent \
+                       call first):\nframe #0: c10::Error::Error(...)\")";
+        let (line, environment) = panic_headline(payload);
+        assert_eq!(
+            line,
+            "panicked: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
+        );
+        assert!(environment);
+        let (line, environment) =
+            panic_headline("DefaultCPUAllocator: not enough memory: you tried to allocate 8 GB");
+        assert!(line.starts_with("panicked: DefaultCPUAllocator"), "{line}");
+        assert!(environment);
+    }
+
+    #[test]
+    fn any_other_panic_keeps_its_first_line_and_blames_nothing() {
+        let (line, environment) = panic_headline("\n  index out of bounds: the len is 3\nmore");
+        assert_eq!(line, "panicked: index out of bounds: the len is 3");
+        assert!(!environment);
+        assert_eq!(
+            panic_headline("").0,
+            "panicked: the stage panicked with no message"
+        );
     }
 }
 
