@@ -357,11 +357,40 @@ pub fn render_template(name: &str, source: &str, view: &TableView) -> Result<Str
     env.add_filter("md", |s: String| markdown_escape(&s));
     let fail = |e: minijinja::Error| StageError::param(name.to_string(), format!("{e:#}"));
     env.add_template(name, source).map_err(fail)?;
-    let mut text = env
-        .get_template(name)
-        .map_err(fail)?
-        .render(view)
-        .map_err(fail)?;
+    let template = env.get_template(name).map_err(fail)?;
+    let mut text = template.render(view).map_err(|e| {
+        if e.kind() != minijinja::ErrorKind::UndefinedError {
+            return fail(e);
+        }
+        // minijinja says "undefined value" and where; the name is what a
+        // template author needs, with what the template is given.
+        let given: Vec<String> = match serde_json::to_value(view) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let mut unknown: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !given.contains(v))
+            .collect();
+        unknown.sort();
+        let what = if unknown.is_empty() {
+            "a field that is not there".to_string()
+        } else {
+            unknown
+                .iter()
+                .map(|u| format!("`{u}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        StageError::param(
+            name.to_string(),
+            format!(
+                "{e}: the template uses {what}; it is given {} (reports/README.md)",
+                given.join(", ")
+            ),
+        )
+    })?;
     if !text.ends_with('\n') {
         text.push('\n');
     }

@@ -451,8 +451,16 @@ impl Output {
             .with_context(|| format!("creating {}", parent.display()))?;
         let name = path.file_name().expect("a file").to_string_lossy();
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        // A write that fails (a full disk) takes its temporary file with it.
+        let written = std::fs::write(&tmp, bytes)
+            .with_context(|| format!("writing {}", tmp.display()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
         self.folded.insert(rel.to_lowercase(), rel.to_string());
         self.written.push(rel.to_string());
         Ok(())

@@ -141,4 +141,12 @@ fn a_template_error_names_the_template_and_line() {
     let msg = e.to_string();
     assert!(msg.contains("tables.cifar markdown template"), "{msg}");
     assert!(msg.contains("line 2") || msg.contains(":2"), "{msg}");
+    // The undefined name, and what a template is given instead.
+    assert!(msg.contains("the template uses `nope`"), "{msg}");
+    assert!(
+        msg.contains("it is given ") && msg.contains("rows") && msg.contains("table"),
+        "{msg}"
+    );
+    // Once, not repeated by the alternate formatting.
+    assert_eq!(msg.matches("undefined value").count(), 1, "{msg}");
 }

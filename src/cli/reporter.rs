@@ -247,9 +247,14 @@ impl Reporter for TerminalReporter {
                     bar.finish_and_clear();
                 }
                 self.line(format!("FAILED   {label}: {error}"));
-                if !log_tail.is_empty() {
-                    let indented: Vec<String> =
-                        log_tail.lines().map(|l| format!("  | {l}")).collect();
+                // The log's last lines, less the error line the FAILED
+                // line already shows.
+                let indented: Vec<String> = log_tail
+                    .lines()
+                    .filter(|l| l.trim().is_empty() || !error.contains(l.trim()))
+                    .map(|l| format!("  | {l}"))
+                    .collect();
+                if indented.iter().any(|l| l.trim() != "|") {
                     self.line(indented.join("\n"));
                 }
                 self.tick();

@@ -452,6 +452,14 @@ fn a_failing_stage_is_reported_recorded_and_never_cached() {
         r.stderr
     );
     assert!(r.stderr.contains("broken.tar.gz"), "{}", r.stderr);
+    // The error once: the log tail under it leaves out the line it repeats.
+    let failed = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("FAILED   prepare/c"))
+        .unwrap();
+    let message = &failed[failed.find("error: ").unwrap()..];
+    assert_eq!(r.stderr.matches(message).count(), 1, "{}", r.stderr);
     // One summary line for what the failure blocked, counted per kind;
     // each stage in --json (and with --verbose).
     assert!(

@@ -249,6 +249,34 @@ fn cache_push_and_pull_sync_a_config_explicitly() {
     assert!(r.stderr.contains("needs a remote"), "{}", r.stderr);
 }
 
+/// A push killed mid-copy leaves its temporary file on a `file://` remote;
+/// the next writer removes it once it is an hour old (a dead writer's),
+/// and leaves a fresh one (a live upload elsewhere) alone.
+#[test]
+fn a_killed_pushs_temporary_file_on_a_file_remote_is_removed_later() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let cas = remote.path().join("cas");
+    std::fs::create_dir_all(&cas).unwrap();
+    let stale = cas.join(".tmp-4242-0a1b2c-ThreadId(2)");
+    let live = cas.join(".tmp-4343-0d1e2f-ThreadId(3)");
+    for f in [&stale, &live] {
+        std::fs::write(f, vec![7u8; 1 << 20]).unwrap();
+    }
+    let touched = Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let a = Project::new();
+    a.write("c.yaml", SHARED);
+    a.run(&["run", "c.yaml", "--remote", &url]).ok();
+    assert!(!stale.exists(), "a dead writer's temporary file stays");
+    assert!(live.exists(), "a live upload's temporary file was removed");
+    assert_remote_consistent(remote.path());
+}
+
 /// A remote that refuses this machine (HTTP 403: a wrong credential; a
 /// login page answering 200 for every path) is one warning, not one per
 /// request; the run goes on locally; `cache pull` says the remote was

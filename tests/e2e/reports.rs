@@ -405,3 +405,26 @@ fn every_command_and_flag_in_the_readme_is_in_the_binarys_help() {
         "only {checked} flags found in the README's table"
     );
 }
+
+/// A report written to a disk that fills up fails with the cause and
+/// leaves no temporary file behind (`.<name>.tmp-<pid>`).
+#[test]
+fn a_report_that_runs_out_of_disk_leaves_no_temporary_file() {
+    let p = Project::new();
+    p.write("c.yaml", SHARED);
+    p.run(&["run", "c.yaml"]).ok();
+    let Some((mnt, _guard)) = small_tmpfs(&p, "16k") else {
+        return;
+    };
+    let out = mnt.join("report");
+    let r = p.run(&["report", "c.yaml", "--out", out.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    let leftovers: Vec<String> = walkdir::WalkDir::new(&mnt)
+        .into_iter()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

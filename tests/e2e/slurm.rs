@@ -129,6 +129,69 @@ fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run()
     assert_eq!(c.2, vec!["same inputs failed last time"]);
 }
 
+/// One queued job cancelled by hand (`scancel`): its dependants are
+/// skipped downstream of that job, not of the first input each waits for
+/// (prepare, which succeeded).
+#[test]
+fn a_job_cancelled_by_hand_is_named_as_what_its_dependants_wait_for() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.5, cpus: 1}}\n"),
+    );
+    let cancelled = "train/synth/a/ce/seed0/s2/t1";
+    let mut child = p
+        .cmd(&["run", "c.yaml", "--verbose"])
+        .env("SLURM_CONF", slurm_cluster())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = wait_for(&mut child, |s| {
+        s.contains(&format!("submit   {cancelled} "))
+    });
+    // run.json names every job once the whole DAG is submitted.
+    let start = std::time::Instant::now();
+    let id = loop {
+        let run: Option<Value> = p
+            .slurm_run_dirs()
+            .first()
+            .and_then(|d| std::fs::read(d.join("run.json")).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(id) = run
+            .as_ref()
+            .and_then(|r| r["jobs"][cancelled]["id"].as_str())
+        {
+            break id.to_string();
+        }
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "no job for {cancelled}: {run:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let ok = Command::new("scancel")
+        .arg(&id)
+        .env("SLURM_CONF", slurm_cluster())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "scancel {id}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = seen + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("FAILED   {cancelled}: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(" downstream of {cancelled}: ")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("downstream of prepare/"), "{stderr}");
+}
+
 #[test]
 fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
     let _cluster = slurm_exclusive();

@@ -639,6 +639,7 @@ impl<'a> Engine<'a> {
                     },
                 }
             }
+            let ended_now: std::collections::BTreeSet<&str> = ended.iter().copied().collect();
             for label in ended {
                 let job = pending.remove(label).expect("pending");
                 let event = match dir.read_outcome(job.n) {
@@ -674,13 +675,43 @@ impl<'a> Engine<'a> {
                         let (state, reason) = final_state(&job.id)
                             .unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
                         if reason.contains("DependencyNeverSatisfied") {
-                            let because = job
-                                .after
-                                .iter()
-                                .filter_map(|a| label_of.get(a.as_str()))
-                                .next()
-                                .map(|s| s.to_string())
-                                .unwrap_or_default();
+                            // The input that ended without succeeding
+                            // (failed, cancelled by hand, itself skipped),
+                            // not merely the first: a job waits for several,
+                            // and some may still be queued or running.
+                            let still_live =
+                                |dep: &str| pending.contains_key(dep) && !ended_now.contains(dep);
+                            let succeeded = |dep: &str| {
+                                run.jobs.get(dep).is_some_and(|j| {
+                                    dir.read_outcome(j.n).is_some_and(|o| {
+                                        matches!(
+                                            o.result,
+                                            NodeResult::Executed { .. } | NodeResult::Cached { .. }
+                                        )
+                                    })
+                                })
+                            };
+                            let deps = |j: &Job| -> Vec<&str> {
+                                j.after
+                                    .iter()
+                                    .filter_map(|a| label_of.get(a.as_str()).copied())
+                                    .collect()
+                            };
+                            // Followed up to the job that ended by itself:
+                            // a job whose own inputs all succeeded.
+                            let mut because = deps(job).first().copied().unwrap_or_default();
+                            let mut at = job;
+                            while let Some(d) = deps(at)
+                                .into_iter()
+                                .find(|d| !succeeded(d) && !still_live(d))
+                            {
+                                because = d;
+                                match run.jobs.get(d) {
+                                    Some(j) => at = j,
+                                    None => break,
+                                }
+                            }
+                            let because = because.to_string();
                             RunEvent::Skipped {
                                 label: label.into(),
                                 because,

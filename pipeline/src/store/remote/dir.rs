@@ -1,6 +1,9 @@
 //! `file:///path`: a directory, local or shared (NFS), holding `ac/<key>`
 //! and `cas/<sha256>`. Writes go to a temporary name in the same folder
-//! and are renamed into place, so a reader never sees half a file.
+//! and are renamed into place, so a reader never sees half a file. A
+//! writer killed mid-copy leaves its temporary file behind: the first write
+//! of each process removes those untouched for an hour ([`STALE_TMP`]), on
+//! any machine (an upload in progress touches its file as it copies).
 
 use std::fs;
 use std::io::ErrorKind;
@@ -11,7 +14,11 @@ use crate::digest::Digest;
 
 pub struct DirRemote {
     root: PathBuf,
+    swept: std::sync::Once,
 }
+
+/// A temporary file not written to for this long belongs to a dead writer.
+pub const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl DirRemote {
     pub fn new(url: &str) -> Result<Self, String> {
@@ -23,7 +30,28 @@ impl DirRemote {
         }
         Ok(DirRemote {
             root: PathBuf::from(path),
+            swept: std::sync::Once::new(),
         })
+    }
+
+    /// Removes the temporary files of dead writers (untouched for
+    /// [`STALE_TMP`]) from `ac/` and `cas/`. Best effort: a file another
+    /// process removes first, or cannot be removed, is left.
+    fn sweep_stale_tmp(&self) {
+        for map in ["ac", "cas"] {
+            let Ok(entries) = fs::read_dir(self.root.join(map)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let stale = e.file_name().to_string_lossy().starts_with(".tmp-")
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TMP));
+                if stale {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     fn path(&self, map: &str, d: &Digest) -> PathBuf {
@@ -37,6 +65,7 @@ impl DirRemote {
     ) -> RemoteResult<()> {
         let dir = dest.parent().expect("has a parent");
         fs::create_dir_all(dir).map_err(|e| self.err(dir, e))?;
+        self.swept.call_once(|| self.sweep_stale_tmp());
         let tmp = dir.join(format!(
             ".tmp-{}-{}-{:?}",
             std::process::id(),
