@@ -674,32 +674,38 @@ impl Builder {
     }
 }
 
+/// A bare node for the engine's unit tests: `label`, reading `inputs`
+/// (each named `in<n>`).
+#[cfg(test)]
+pub(crate) fn test_node(label: &str, inputs: &[NodeId]) -> PlanNode {
+    PlanNode {
+        kind: StageKind::Order,
+        label: label.into(),
+        params: serde_json::json!({}),
+        inputs: inputs
+            .iter()
+            .map(|&n| NodeInput {
+                name: format!("in{n}"),
+                node: n,
+                files: vec![],
+            })
+            .collect(),
+        sources: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn node(label: &str, inputs: &[NodeId]) -> PlanNode {
-        PlanNode {
-            kind: StageKind::Order,
-            label: label.into(),
-            params: json!({}),
-            inputs: inputs
-                .iter()
-                .map(|&n| NodeInput {
-                    name: format!("in{n}"),
-                    node: n,
-                    files: vec![],
-                })
-                .collect(),
-            sources: vec![],
-        }
-    }
 
     #[test]
     fn topo_order_respects_edges() {
         let plan = Plan {
-            nodes: vec![node("c", &[1, 2]), node("a", &[]), node("b", &[1])],
+            nodes: vec![
+                test_node("c", &[1, 2]),
+                test_node("a", &[]),
+                test_node("b", &[1]),
+            ],
             ..Plan::default()
         };
         let order = plan.topo_order().unwrap();
@@ -710,7 +716,11 @@ mod tests {
     #[test]
     fn cycles_are_reported_with_their_labels() {
         let plan = Plan {
-            nodes: vec![node("a", &[1]), node("b", &[0]), node("root", &[])],
+            nodes: vec![
+                test_node("a", &[1]),
+                test_node("b", &[0]),
+                test_node("root", &[]),
+            ],
             ..Plan::default()
         };
         assert_eq!(plan.topo_order().unwrap_err(), vec!["a", "b"]);

@@ -232,8 +232,7 @@ impl<R> Schedule<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::StageKind;
-    use crate::plan::{NodeInput, PlanNode};
+    use crate::plan::{test_node, NodeInput};
 
     /// A plan of `edges[i]` = the inputs of node i (named n0, n1, ...).
     fn plan(edges: &[&[NodeId]]) -> (Plan, Vec<NodeId>) {
@@ -241,20 +240,7 @@ mod tests {
             nodes: edges
                 .iter()
                 .enumerate()
-                .map(|(i, ins)| PlanNode {
-                    kind: StageKind::Order,
-                    label: format!("n{i}"),
-                    params: serde_json::Value::Null,
-                    inputs: ins
-                        .iter()
-                        .map(|&n| NodeInput {
-                            name: format!("in{n}"),
-                            node: n,
-                            files: vec![],
-                        })
-                        .collect(),
-                    sources: vec![],
-                })
+                .map(|(i, ins)| test_node(&format!("n{i}"), ins))
                 .collect(),
             ..Plan::default()
         };

@@ -315,7 +315,7 @@ impl Layered {
                 Ok(true) => {
                     let mut s = self.stats.lock().expect("not poisoned");
                     s.pushed_blobs += 1;
-                    s.pushed_bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    s.pushed_bytes += size;
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -513,6 +513,22 @@ mod tests {
         )
     }
 
+    /// Machine `a` (a store under `dir/a`) with the folder remote `remote`
+    /// (created) in `mode`, after it put one `order/x` record whose output
+    /// holds `bytes`.
+    fn machine_with_remote(
+        dir: &Path,
+        remote: &Path,
+        mode: RemoteMode,
+        bytes: &[u8],
+    ) -> (Layered, ActionRecord) {
+        std::fs::create_dir_all(remote).unwrap();
+        let a = layered(&dir.join("a"), remote, mode);
+        let rec = record(a.local(), "order/x", bytes);
+        a.put_action(&rec).unwrap();
+        (a, rec)
+    }
+
     fn blob_bytes(store: &Layered, rec: &ActionRecord) -> Vec<u8> {
         let path = store
             .local()
@@ -525,10 +541,8 @@ mod tests {
     fn a_record_put_on_one_machine_is_pulled_with_its_blobs_on_another() {
         let dir = tempfile::tempdir().unwrap();
         let remote = dir.path().join("remote");
-        std::fs::create_dir_all(&remote).unwrap();
-        let a = layered(&dir.path().join("a"), &remote, RemoteMode::ReadWrite);
-        let rec = record(a.local(), "order/x", b"the order");
-        a.put_action(&rec).unwrap();
+        let (a, rec) =
+            machine_with_remote(dir.path(), &remote, RemoteMode::ReadWrite, b"the order");
         assert_eq!(a.stats().pushed_blobs, 1, "{:?}", a.stats());
 
         let b = layered(&dir.path().join("b"), &remote, RemoteMode::ReadWrite);
@@ -548,10 +562,8 @@ mod tests {
     fn a_blob_changed_in_the_remote_is_refused_and_never_stored() {
         let dir = tempfile::tempdir().unwrap();
         let remote = dir.path().join("remote");
-        std::fs::create_dir_all(&remote).unwrap();
-        let a = layered(&dir.path().join("a"), &remote, RemoteMode::ReadWrite);
-        let rec = record(a.local(), "order/x", b"the order");
-        a.put_action(&rec).unwrap();
+        let (_a, rec) =
+            machine_with_remote(dir.path(), &remote, RemoteMode::ReadWrite, b"the order");
         // Rewrite the remote's copy of the blob behind its back.
         let digest = rec.outputs[OUT].digest.to_hex();
         let blob = walkdir::WalkDir::new(&remote)
@@ -572,10 +584,7 @@ mod tests {
     fn a_read_only_remote_is_pulled_from_and_never_written() {
         let dir = tempfile::tempdir().unwrap();
         let remote = dir.path().join("remote");
-        std::fs::create_dir_all(&remote).unwrap();
-        let ro = layered(&dir.path().join("a"), &remote, RemoteMode::ReadOnly);
-        let rec = record(ro.local(), "order/x", b"mine");
-        ro.put_action(&rec).unwrap();
+        let (ro, rec) = machine_with_remote(dir.path(), &remote, RemoteMode::ReadOnly, b"mine");
         assert!(ro.local().get_action(&rec.key).unwrap().is_some());
         let files = walkdir::WalkDir::new(&remote)
             .into_iter()
