@@ -158,6 +158,19 @@ if "determinism" in by:
         if not d.get("identical"):
             fail("determinism", "outputs differ between two runs of the same stage")
 
+# warm workers against a fresh process per stage
+if "warm-cold" in by:
+    s = by["warm-cold"]
+    d = load("warm-cold.json")
+    if d:
+        s["ours"] = (f"{d['stages']} evaluate stages in warm workers: median {d['warm_median_s']:.2f} s"
+                     + ("" if d["identical"] else "; OUTPUTS DIFFER"))
+        s["peer"] = f"the same stages cold (a process each): median {d['cold_median_s']:.2f} s"
+        if d["warm_median_s"] > 0:
+            s["ratio"] = f"{d['cold_median_s'] / d['warm_median_s']:.2f}x"
+        if not d["identical"]:
+            fail("warm-cold", "outputs differ between warm and cold")
+
 failed = [s for s in steps if s["status"] != "ok"]
 when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 where = "the CPU (`--cpu`: smaller sizes and fewer iterations; not GPU figures)" if not gpu else "cuda:0"
@@ -184,7 +197,7 @@ for s in steps:
     md.append(f"| {s['step']} | {esc(s['ours'])} | {esc(s['peer'])} | {s['ratio']} | {s['wall_s']:.1f} | {esc(status)} |")
 md += ["", "Ratios: training, ours / PyTorch (above 1: faster); loader, loader / our training step "
        "(above 1: the loader never starves the step). What each step measures: the header of "
-       "scripts/gpu-check.sh. Raw figures: bench/*.jsonl, doctor.json, smoke/, determinism.json; logs in logs/."]
+       "scripts/gpu-check.sh. Raw figures: bench/*.jsonl, doctor.json, smoke/, determinism.json, warm-cold.json; logs in logs/."]
 for s in failed:
     md += ["", f"## {s['step']}: {s['status']}" + (f" ({s['note']})" if s["note"] else ""), "", "```"]
     try:

@@ -61,6 +61,11 @@
 #                 whether cuDNN's deterministic settings suffice; the README
 #                 expects close, not identical, GPU results, so a FAIL there
 #                 is a finding, not a broken build.
+#   warm-cold     reruns every evaluate stage of the smoke run cold
+#                 (`--force evaluate/ --cold`: a fresh bsce-torch process per
+#                 stage, CUDA context included) and sets their wall times
+#                 against the smoke run's, which ran in warm workers; their
+#                 outputs must be byte-identical. Ratio = cold / warm median.
 #   pilot         with --pilot NAME only: `bsce-pipe run configs/pilot-NAME.yaml
 #                 --gpus 0` (one CIFAR-100 order, 5 steps: the choices only a
 #                 GPU run settles; the file's header says what to look at),
@@ -174,6 +179,37 @@ print(json.dumps(res, indent=1))
 sys.exit(0 if ok else 1)
 PY
   exit $? ;;
+__warmcold) # CONFIG STORE OUTJSON GPUARGS...
+  shift
+  cfg=$1 store=$2 out=$3; shift 3
+  snapshot() { "$JPY" - "$store" <<'PY'
+import glob, json, sys
+recs = [json.load(open(f)) for f in glob.glob(sys.argv[1] + "/ac/*/*.json")]
+print(json.dumps({r["label"]: {"wall": r["provenance"]["wall_seconds"],
+                               "outputs": {k: v["digest"] for k, v in r["outputs"].items()},
+                               "worker": r["provenance"]["stage"].get("worker")}
+                  for r in recs if r["label"].startswith("evaluate/")}))
+PY
+  }
+  snapshot > "$out.warm"
+  "$PIPE" run "$cfg" --store "$store" "$@" --force evaluate/ --cold --json > "$out.run" || exit $?
+  snapshot > "$out.cold"
+  "$JPY" - "$out" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+warm, cold = json.load(open(out + ".warm")), json.load(open(out + ".cold"))
+same = all(warm[l]["outputs"] == cold[l]["outputs"] for l in warm)
+was_warm = sum(1 for w in warm.values() if w["worker"])
+rerun_cold = sum(1 for c in cold.values() if not c["worker"])
+res = {"stages": len(warm), "ran_warm": was_warm, "reran_cold": rerun_cold,
+       "warm_median_s": statistics.median(w["wall"] for w in warm.values()),
+       "cold_median_s": statistics.median(c["wall"] for c in cold.values()),
+       "identical": same}
+json.dump(res, open(out, "w"), indent=1)
+print(json.dumps(res, indent=1))
+sys.exit(0 if same and was_warm == len(warm) and rerun_cold == len(cold) else 1)
+PY
+  exit $? ;;
 esac
 
 # ---------------------------------------------------------------------------
@@ -222,14 +258,14 @@ if [ $CPU = 1 ]; then
   R32=(128 3 1 1) R18=(8 2 1 1)            # batch iters warmup rounds
   L32=(128 20) L18=(16 5)                  # batch batches
   : "${GPU_CHECK_DOCTOR_S:=60}" "${GPU_CHECK_TRAIN_S:=240}" "${GPU_CHECK_LOADER_S:=90}"
-  : "${GPU_CHECK_SMOKE_S:=600}" "${GPU_CHECK_DETERMINISM_S:=240}"
+  : "${GPU_CHECK_SMOKE_S:=600}" "${GPU_CHECK_DETERMINISM_S:=240}" "${GPU_CHECK_WARMCOLD_S:=240}"
 else
   MODE=gpu DEV=cuda:0 GPUARGS=(--gpus 0)
   R32=(128 200 20 3) R18=(128 30 5 3)
   L32=(128 400) L18=(128 40)
-  # Worst case, every step at its limit: 30 + 2 x 75 + 2 x 30 + 180 + 60 = 480 s.
+  # Worst case, every step at its limit: 30 + 2 x 75 + 2 x 30 + 180 + 60 + 60 = 540 s.
   : "${GPU_CHECK_DOCTOR_S:=30}" "${GPU_CHECK_TRAIN_S:=75}" "${GPU_CHECK_LOADER_S:=30}"
-  : "${GPU_CHECK_SMOKE_S:=180}" "${GPU_CHECK_DETERMINISM_S:=60}"
+  : "${GPU_CHECK_SMOKE_S:=180}" "${GPU_CHECK_DETERMINISM_S:=60}" "${GPU_CHECK_WARMCOLD_S:=60}"
 fi
 : "${GPU_CHECK_PILOT_S:=1800}"
 
@@ -294,6 +330,14 @@ if [ "$(cut -f1,2 "$OUT/steps.tsv" | grep -c '^smoke	ok$')" = 1 ]; then
 else
   printf 'determinism\tskipped\t-\t0\t%s\n' "$GPU_CHECK_DETERMINISM_S" >> "$OUT/steps.tsv"
   echo "skipped: it reruns a stage of the smoke run, which did not complete" > "$OUT/logs/determinism.err"
+fi
+
+if [ "$(cut -f1,2 "$OUT/steps.tsv" | grep -c '^smoke	ok$')" = 1 ]; then
+  step warm-cold "$GPU_CHECK_WARMCOLD_S" "$OUT/logs/warm-cold.out" \
+    bash "$SELF" __warmcold "$SMOKE" "$OUT/smoke/store" "$OUT/warm-cold.json" "${GPUARGS[@]}"
+else
+  printf 'warm-cold\tskipped\t-\t0\t%s\n' "$GPU_CHECK_WARMCOLD_S" >> "$OUT/steps.tsv"
+  echo "skipped: it reruns stages of the smoke run, which did not complete" > "$OUT/logs/warm-cold.err"
 fi
 
 # A pilot (--pilot NAME): configs/pilot-NAME.yaml, copied into OUTDIR/pilot

@@ -30,7 +30,7 @@ pub enum Exit {
     /// 3: a store problem: corrupt blobs or records found, the store
     /// locked by a gc, an I/O error inside it.
     Store,
-    /// 130: interrupted (SIGINT, SIGTERM).
+    /// 130: interrupted (SIGINT, SIGTERM, SIGHUP).
     Interrupted,
     /// 141: the reader of stdout went away (`status CONFIG | head -1`).
     StdoutClosed,

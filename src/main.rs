@@ -135,6 +135,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             json: as_json,
             executor,
             detach,
+            cold,
         } => {
             let args = run::RunArgs {
                 store: (&store).into(),
@@ -148,6 +149,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
                     ExecutorArg::Slurm => run::ExecutorChoice::Slurm,
                 }),
                 detach,
+                cold,
             };
             if dry_run {
                 let loaded = store::load(&config, &args.store, ctx)?;
@@ -208,7 +210,14 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             } else {
                 print::report(&r, &config, true);
             }
-            Ok(Exit::unless(r.failed.is_empty(), Exit::Failed))
+            Ok(if r.failed.is_empty() {
+                Exit::Success
+            } else if r.failed_on_input {
+                // A template error: the config's input (exit 2, as `run`).
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            })
         }
         Command::Explain {
             config,

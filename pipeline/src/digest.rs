@@ -27,7 +27,7 @@ impl Digest {
         Self::of_reader(&mut f)
     }
 
-    pub fn of_reader(r: &mut dyn Read) -> io::Result<(Digest, u64)> {
+    pub(crate) fn of_reader(r: &mut dyn Read) -> io::Result<(Digest, u64)> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -51,7 +51,7 @@ impl Digest {
 
     /// The 64 lowercase hex digits, written into `buf` without allocating
     /// (keys and blob paths are made per stage, 100,000 times a run).
-    pub fn hex_bytes<'a>(&self, buf: &'a mut [u8; 64]) -> &'a [u8] {
+    pub(crate) fn hex_bytes<'a>(&self, buf: &'a mut [u8; 64]) -> &'a [u8] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         for (i, b) in self.0.iter().enumerate() {
             buf[2 * i] = DIGITS[(b >> 4) as usize];
@@ -76,7 +76,7 @@ impl Digest {
     }
 
     /// 64 bits taken from the digest, for seeding stage RNGs from the key.
-    pub fn seed64(&self) -> u64 {
+    pub(crate) fn seed64(&self) -> u64 {
         u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes"))
     }
 }

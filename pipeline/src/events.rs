@@ -47,6 +47,14 @@ pub enum RunEvent {
         bad_input: bool,
         log_tail: String,
     },
+    /// Not run: its key failed on these same inputs before (not on its
+    /// environment), and the run was asked not to try such a stage again
+    /// ([`crate::exec::RunOptions::skip_failed`]). Counted as failed.
+    FailedBefore {
+        label: String,
+        error: String,
+        bad_input: bool,
+    },
     /// An input of `label` changed on disk after it was stored: the blob
     /// was quarantined, `label`'s result (if it ran) was not kept, and the
     /// stages that made the input (label, whether it had been served from
@@ -123,6 +131,15 @@ impl RunSummary {
                 error,
                 bad_input,
                 ..
+            } => {
+                self.failed += 1;
+                self.failed_on_input += usize::from(*bad_input);
+                self.failed_labels.insert(label.clone(), error.clone());
+            }
+            RunEvent::FailedBefore {
+                label,
+                error,
+                bad_input,
             } => {
                 self.failed += 1;
                 self.failed_on_input += usize::from(*bad_input);

@@ -28,7 +28,7 @@ use crate::digest::Digest;
 ///
 /// 2: code digests are path- and order-free and cover the files reachable
 /// from each kind's entry points (`stages/src/code_digest.rs`).
-pub const KEY_VERSION: u32 = 2;
+pub(crate) const KEY_VERSION: u32 = 2;
 
 /// The key of a stage instance.
 pub type StageKey = Digest;
@@ -74,7 +74,7 @@ impl KeyRecord {
     /// digest or libraries. A code change that does not change the
     /// computation then reruns the stage with the same random stream and
     /// gives byte-identical outputs (and early cutoff downstream).
-    pub fn identity_seed(&self, seed_inputs: &[&str]) -> u64 {
+    pub(crate) fn identity_seed(&self, seed_inputs: &[&str]) -> u64 {
         let KeyRecord {
             kind,
             key_version: _,
@@ -103,7 +103,7 @@ impl KeyRecord {
 /// JSON with object keys sorted at every level and no insignificant
 /// whitespace. Independent of serde_json's `preserve_order` feature, which
 /// another crate in the tree could switch on.
-pub fn canonical_json(v: &Value) -> String {
+pub(crate) fn canonical_json(v: &Value) -> String {
     let mut out = String::new();
     write_canonical(v, &mut out);
     out
@@ -198,6 +198,13 @@ pub enum DirtyReason {
         name: String,
         path: std::path::PathBuf,
     },
+    /// This config never ran the stage in this store: the reasons after
+    /// this one compare with the last run of the same label by another
+    /// config sharing the store (`config`), or with a record pulled from a
+    /// remote cache (`None`).
+    ComparedWith {
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 impl fmt::Display for DirtyReason {
@@ -238,6 +245,16 @@ impl fmt::Display for DirtyReason {
             DirtyReason::SourceMissing { name, path } => {
                 write!(f, "source {name} is missing: {}", path.display())
             }
+            DirtyReason::ComparedWith { config: Some(c) } => write!(
+                f,
+                "not run by this config in this store; compared with the last run by {}",
+                c.display()
+            ),
+            DirtyReason::ComparedWith { config: None } => write!(
+                f,
+                "not run by this config in this store; compared with the record pulled from \
+                 the remote cache"
+            ),
         }
     }
 }
@@ -245,7 +262,7 @@ impl fmt::Display for DirtyReason {
 /// Explains the difference between the last recorded key of a logical stage
 /// and the current one. `pending` names inputs whose digest is not known yet
 /// because their producer must run first (input name -> producer label).
-pub fn diff_records(
+pub(crate) fn diff_records(
     old: &KeyRecord,
     new: &KeyRecord,
     pending: &BTreeMap<String, String>,

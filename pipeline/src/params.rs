@@ -187,7 +187,7 @@ impl MethodParams {
     /// - a BSCE choice is kept only for the preset it concerns, and
     ///   distillation and margin-ranking choices only where there are old
     ///   classes.
-    pub fn for_task(&self, task: usize, counts_equal: bool) -> MethodParams {
+    pub(crate) fn for_task(&self, task: usize, counts_equal: bool) -> MethodParams {
         let mut m = self.clone();
         let base = task == 0;
         if base || !m.balanced_finetune {
@@ -272,7 +272,7 @@ pub enum Keep {
 }
 
 impl Keep {
-    pub fn for_style(style: AugmentStyle) -> Keep {
+    pub(crate) fn for_style(style: AugmentStyle) -> Keep {
         match style {
             AugmentStyle::Imagenet => Keep::Whole,
             AugmentStyle::Cifar => Keep::CentreSquare,

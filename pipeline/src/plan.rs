@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::catalog::StageKind;
-use crate::config::{presets, Config, DatasetSource, Experiment, MethodPreset, Network, ValDef};
+use crate::config::{defaults, presets, Config, DatasetSource, Experiment, MethodPreset, ValDef};
 use crate::digest::Digest;
 use crate::key::canonical_json;
 use crate::params::{
@@ -67,6 +67,10 @@ pub struct Plan {
     pub tables: Vec<(String, NodeId)>,
     /// (experiment, setting) -> its `plot` node.
     pub plots: Vec<(String, String, NodeId)>,
+    /// The config file it was made from (absolute): the store keeps the
+    /// last run of each stage per config, so that another config sharing
+    /// the store never explains this one's reruns unannounced.
+    pub config: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -136,7 +140,10 @@ impl Plan {
             }
         }
         b.results(config, include);
-        b.plan
+        Plan {
+            config: config.file.clone(),
+            ..b.plan
+        }
     }
 
     /// The report's nodes (render, plot) and everything upstream of them,
@@ -156,7 +163,10 @@ impl Plan {
             }
         }
         let mut new_id = vec![usize::MAX; self.nodes.len()];
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            config: self.config.clone(),
+            ..Plan::default()
+        };
         for (id, node) in self.nodes.iter().enumerate() {
             if keep[id] {
                 new_id[id] = plan.nodes.len();
@@ -197,6 +207,54 @@ impl Plan {
         plan
     }
 
+    /// Per node, a digest of what it computes as far as the config
+    /// decides it: its kind, params and sources (as the config names them)
+    /// and, through its inputs, the same of every stage upstream. Two
+    /// plans' nodes with equal definitions compute the same key from the
+    /// same code and data; a config edit changes the definition of every
+    /// stage it reaches. Unlike a key, it is known before anything runs
+    /// (`status` compares a queued Slurm job's submitted config with this
+    /// one's). `None` on a cycle.
+    pub fn definitions(&self) -> Option<Vec<Digest>> {
+        let order = self.topo_order().ok()?;
+        let mut defs: Vec<Option<Digest>> = vec![None; self.nodes.len()];
+        for id in order {
+            let node = &self.nodes[id];
+            let inputs: Vec<Value> = node
+                .inputs
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "name": i.name,
+                        "files": i.files,
+                        "node": defs[i.node].expect("topological order").to_hex(),
+                    })
+                })
+                .collect();
+            let sources: Vec<Value> = node
+                .sources
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.name,
+                        "path": s.path,
+                        "tree": s.is_tree,
+                        "url": s.url,
+                        "sha256": s.expected.map(|d| d.to_hex()),
+                    })
+                })
+                .collect();
+            let def = serde_json::json!({
+                "kind": node.kind.as_str(),
+                "params": node.params,
+                "sources": sources,
+                "inputs": inputs,
+            });
+            defs[id] = Some(Digest::of_bytes(canonical_json(&def).as_bytes()));
+        }
+        defs.into_iter().collect()
+    }
+
     /// Nodes that read `id`'s outputs.
     pub fn dependants(&self, id: NodeId) -> Vec<NodeId> {
         (0..self.nodes.len())
@@ -205,7 +263,7 @@ impl Plan {
     }
 
     /// A topological order, or the labels on a cycle.
-    pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<String>> {
+    pub(crate) fn topo_order(&self) -> Result<Vec<NodeId>, Vec<String>> {
         let n = self.nodes.len();
         let mut indeg: Vec<usize> = self.nodes.iter().map(|x| x.inputs.len()).collect();
         let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); n];
@@ -401,15 +459,6 @@ fn known_balanced(source: &DatasetSource) -> bool {
     )
 }
 
-fn default_network(source: &DatasetSource, preset: MethodPreset) -> Network {
-    match (source, preset) {
-        (DatasetSource::ImageFolder { .. }, MethodPreset::Podnet) => Network::Resnet18Podnet,
-        (DatasetSource::ImageFolder { .. }, _) => Network::Resnet18,
-        (_, MethodPreset::Lucir) => Network::Resnet32Lucir,
-        _ => Network::Resnet32,
-    }
-}
-
 /// A train stage's augmentation: the dataset's style, in the variant of
 /// the preset's reference. PODNet's ImageNet options turn `color_jitter`
 /// on (A `options/podnet/podnet_cnn_imagenet{100,1000}.yaml`:
@@ -468,7 +517,7 @@ impl Builder {
             let recipe = config.recipes[&exp.recipes[method_name]].clone();
             let network = exp
                 .network
-                .unwrap_or_else(|| default_network(&ds.source, m.preset));
+                .unwrap_or_else(|| defaults::network(&ds.source, m.preset));
             let method = presets::method_params(m, ds.profile);
             for &seed in &exp.seeds {
                 let run = format!(
@@ -724,5 +773,33 @@ mod tests {
             ..Plan::default()
         };
         assert_eq!(plan.topo_order().unwrap_err(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_definition_moves_with_the_node_and_everything_downstream_only() {
+        let plan = |b_params: Value| Plan {
+            nodes: vec![
+                test_node("a", &[]),
+                PlanNode {
+                    params: b_params,
+                    ..test_node("b", &[0])
+                },
+                test_node("c", &[1]),
+                test_node("d", &[0]),
+            ],
+            ..Plan::default()
+        };
+        let before = plan(serde_json::json!({"lr": 0.1})).definitions().unwrap();
+        let same = plan(serde_json::json!({"lr": 0.1})).definitions().unwrap();
+        let after = plan(serde_json::json!({"lr": 0.2})).definitions().unwrap();
+        assert_eq!(before, same);
+        assert_eq!(before[0], after[0], "upstream of the edit");
+        assert_ne!(before[1], after[1], "the edited node");
+        assert_ne!(before[2], after[2], "downstream of it");
+        assert_eq!(before[3], after[3], "beside it");
+        // The label is a name, not what is computed.
+        let mut renamed = plan(serde_json::json!({"lr": 0.1}));
+        renamed.nodes[3].label = "d2".into();
+        assert_eq!(renamed.definitions().unwrap(), before);
     }
 }

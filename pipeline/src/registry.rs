@@ -152,17 +152,17 @@ pub fn code_kinds() -> Vec<(String, Vec<&'static str>, Vec<&'static str>)> {
 /// Files of a prepared dataset.
 pub mod files {
     pub const META: &str = "meta.json";
-    pub const TRAIN_IMAGES: &str = "train.images";
-    pub const TRAIN_LABELS: &str = "train.labels";
-    pub const TEST_IMAGES: &str = "test.images";
-    pub const TEST_LABELS: &str = "test.labels";
-    pub const TRAIN_SIZES: &str = "train.sizes";
-    pub const TEST_SIZES: &str = "test.sizes";
+    pub(crate) const TRAIN_IMAGES: &str = "train.images";
+    pub(crate) const TRAIN_LABELS: &str = "train.labels";
+    pub(crate) const TEST_IMAGES: &str = "test.images";
+    pub(crate) const TEST_LABELS: &str = "test.labels";
+    pub(crate) const TRAIN_SIZES: &str = "train.sizes";
+    pub(crate) const TEST_SIZES: &str = "test.sizes";
     pub const ORDER: &str = "order.json";
     pub const TASKS: &str = "tasks.json";
-    pub const WEIGHTS: &str = "model.safetensors";
-    pub const MODEL: &str = "model.json";
-    pub const MEMORY: &str = "memory.json";
+    pub(crate) const WEIGHTS: &str = "model.safetensors";
+    pub(crate) const MODEL: &str = "model.json";
+    pub(crate) const MEMORY: &str = "memory.json";
     pub const TRAIN_LOG: &str = "log.json";
     pub const EVALUATION: &str = "eval.json";
     pub const TIDY_PARQUET: &str = "tidy.parquet";
@@ -188,7 +188,7 @@ pub mod files {
         TEST_LABELS,
     ];
     /// What a train stage hands the next task and its evaluation (not its log).
-    pub const MODEL_FILES: &[&str] = &[WEIGHTS, MODEL, MEMORY];
+    pub(crate) const MODEL_FILES: &[&str] = &[WEIGHTS, MODEL, MEMORY];
     /// What an `aggregate` stage writes: each frame as Parquet and CSV.
     pub const FRAMES: &[&str] = &[
         TIDY_PARQUET,
@@ -331,6 +331,11 @@ pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
     (
         "stages/src/stage/mod.rs",
         "routes a job to its kind and answers the engine's catalog questions",
+    ),
+    (
+        "stages/src/stage/worker.rs",
+        "a warm worker's loop: feeds jobs one at a time to the same entry as exec-stage \
+         (byte-identical outputs warm and cold are tested)",
     ),
     (
         "stages/src/error.rs",

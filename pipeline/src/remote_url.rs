@@ -3,7 +3,7 @@
 //! can check `store.remote` without reaching into the store.
 
 /// `url` with any `user:password@` removed, for messages.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -22,7 +22,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Whether `url` names a remote this build can open (without opening it).
-pub fn check_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     let shown = redact(url);
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let ok = match scheme {

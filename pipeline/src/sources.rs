@@ -157,7 +157,7 @@ fn rel(root: &Path, f: &Path) -> String {
 mod rayon_free {
     use super::*;
 
-    pub fn par_digests(files: &[PathBuf]) -> Result<Vec<Digest>, SourceError> {
+    pub(crate) fn par_digests(files: &[PathBuf]) -> Result<Vec<Digest>, SourceError> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)

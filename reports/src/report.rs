@@ -48,6 +48,8 @@ pub struct ReportSummary {
     pub executed: usize,
     pub executed_labels: Vec<String>,
     pub failed: BTreeMap<String, String>,
+    /// Every failed stage failed on its input (a template error): exit 2.
+    pub failed_on_input: bool,
     pub missing: Vec<MissingRun>,
     pub files: Vec<String>,
 }
@@ -108,6 +110,8 @@ pub struct Prepared {
     pub missing: Vec<MissingRun>,
     pub executed: Vec<String>,
     pub failed: BTreeMap<String, String>,
+    /// Every failed stage failed on its input.
+    pub failed_on_input: bool,
 }
 
 impl Prepared {
@@ -163,8 +167,11 @@ pub fn prepare(
             );
         }
     }
+    // A result stage is deterministic: one that failed on these inputs
+    // (a template error) fails again, and a run has just shown it.
     let opts = RunOptions {
         jobs: jobs.max(1),
+        skip_failed: true,
         ..RunOptions::default()
     };
     let summary = engine.run(&opts, &CancelToken::new(), reporter)?;
@@ -175,6 +182,7 @@ pub fn prepare(
         status,
         missing,
         executed: summary.executed_labels,
+        failed_on_input: summary.failed > 0 && summary.failed_on_input == summary.failed,
         failed: summary.failed_labels,
     })
 }
@@ -255,6 +263,7 @@ pub fn write(
         missing,
         executed,
         failed,
+        failed_on_input,
         ..
     } = prepared;
     Ok(ReportSummary {
@@ -262,6 +271,7 @@ pub fn write(
         executed: executed.len(),
         executed_labels: executed,
         failed,
+        failed_on_input,
         missing,
         files,
     })

@@ -84,6 +84,10 @@ pub enum Command {
         /// queue states, `cancel` cancels them)
         #[arg(long)]
         detach: bool,
+        /// Start every stage in a fresh process (by default libtorch stages run one after
+        /// another in warm worker processes, one per job slot)
+        #[arg(long)]
+        cold: bool,
     },
     /// Cancel the queued and running Slurm jobs of CONFIG's runs (scancel).
     Cancel {

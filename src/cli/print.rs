@@ -15,7 +15,14 @@ use serde_json::Value;
 pub fn status(r: &StatusReport) {
     for row in &r.nodes {
         match (&row.reasons, row.slurm.is_some()) {
-            (_, true) => out!("{:<8} {}: {}", row.state, row.label, row.detail),
+            (Some(why), true) => out!(
+                "{:<8} {}: {}; {}",
+                row.state,
+                row.label,
+                why.join("; "),
+                row.detail
+            ),
+            (None, true) => out!("{:<8} {}: {}", row.state, row.label, row.detail),
             (Some(why), false) => out!("to-run   {}: {}", row.label, why.join("; ")),
             (None, false) => out!("{:<8} {}", row.state, row.label),
         }

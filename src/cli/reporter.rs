@@ -259,6 +259,13 @@ impl Reporter for TerminalReporter {
                 }
                 self.tick();
             }
+            RunEvent::FailedBefore { label, error, .. } => {
+                self.line(format!(
+                    "FAILED   {label}: {error} (failed on the same inputs last time; not run \
+                     again until they change)"
+                ));
+                self.tick();
+            }
             RunEvent::Requeued {
                 label,
                 message,

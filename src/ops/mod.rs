@@ -46,8 +46,11 @@ impl Ctx {
 /// only complete records); a second one exits at once with 130.
 pub fn cancel_on_signals(cancel: &CancelToken) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // SIGHUP: the terminal closed (an SSH session dropped). The run stops
+    // as for Ctrl-C, its stages stopped and nothing half-stored, rather
+    // than being killed outright (exit 129, stages killed mid-write).
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     let cancel = cancel.clone();
     std::thread::spawn(move || {

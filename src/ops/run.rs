@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use bsce_pipeline::config;
-use bsce_pipeline::events::{Reporter, RunSummary};
+use bsce_pipeline::events::{Reporter, RunEvent, RunSummary};
+use bsce_pipeline::exec::worker::WorkerPool;
 use bsce_pipeline::exec::{force_names, CancelToken, Engine, RunOptions};
 use bsce_pipeline::plan::Plan;
 use bsce_pipeline::store::{LocalStore, TransferStats};
@@ -34,6 +35,8 @@ pub struct RunArgs {
     /// None: the config's `executor.use`.
     pub executor: Option<ExecutorChoice>,
     pub detach: bool,
+    /// Every stage in a fresh process: no warm workers.
+    pub cold: bool,
 }
 
 /// What a run did.
@@ -76,6 +79,7 @@ pub fn options(loaded: &store::Loaded, args: &RunArgs) -> Result<(RunOptions, bo
         keep_going: args.keep_going,
         force: args.force.clone(),
         fetch: false,
+        skip_failed: false,
     };
     Ok((opts, slurm))
 }
@@ -140,6 +144,17 @@ pub fn run(
             }
         }
     } else {
+        // libtorch's stages run in warm workers unless `--cold`; the pool
+        // ends its workers when it goes out of scope, with the run.
+        let pool = WorkerPool::new();
+        let engine = if args.cold {
+            engine
+        } else {
+            Engine {
+                executor: &pool,
+                ..engine
+            }
+        };
         engine.run(&opts, &cancel, reporter)?
     };
     reporter.finish();
@@ -165,7 +180,10 @@ pub fn run(
             &run_ctx,
             &out,
             opts.jobs,
-            report_reporter,
+            &mut ShownOnce {
+                inner: report_reporter,
+                shown: &summary.failed_labels,
+            },
         )?)
     } else {
         None
@@ -201,4 +219,27 @@ pub fn label_hint(plan: &Plan, label: &str, otherwise: &str) -> String {
     config::did_you_mean(label, plan.nodes.iter().map(|n| n.label.as_str()))
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_else(|| otherwise.into())
+}
+
+/// The report's reporter at the end of a run: a result stage the run has
+/// just shown failing is not shown again (the report does not retry it:
+/// [`RunOptions::skip_failed`]).
+struct ShownOnce<'a> {
+    inner: &'a mut dyn Reporter,
+    shown: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Reporter for ShownOnce<'_> {
+    fn on_event(&mut self, event: &RunEvent) {
+        if let RunEvent::FailedBefore { label, .. } = event {
+            if self.shown.contains_key(label) {
+                return;
+            }
+        }
+        self.inner.on_event(event);
+    }
+
+    fn finish(&mut self) {
+        self.inner.finish();
+    }
 }

@@ -86,7 +86,7 @@ pub fn run(
         env,
     };
     let mut summary = RunSummary::default();
-    let run = engine.submit_slurm(&status, sub, reporter, &mut summary)?;
+    let run = slurm::submit(engine.plan, &status, sub, reporter, &mut summary)?;
     if detach {
         ctx.note(&format!(
             "submitted {jobs} slurm jobs (run {id}, job name {name}); {cached} stages were in the store.\n\
@@ -101,28 +101,59 @@ pub fn run(
     }
     if !run.jobs.is_empty() {
         let poll = Duration::from_secs_f64(cfg.slurm.poll_seconds);
-        engine.watch_slurm(&dir, &run, poll, cancel, reporter, &mut summary)?;
+        slurm::watch(&dir, &run, poll, cancel, reporter, &mut summary)?;
     }
     summary.wall_seconds = start.elapsed().as_secs_f64();
     Ok(Some(summary))
 }
 
-/// The live jobs of `cfg`'s Slurm runs in this store: label -> (job id,
-/// queue state). Asks Slurm only when such a run exists; a machine
-/// without Slurm commands shows none.
-pub fn live_jobs(root: &Path, cfg: &Config) -> BTreeMap<String, (String, QueueState)> {
+/// A queued or running job of a Slurm run of the config.
+#[derive(Debug, Clone)]
+pub struct LiveJob {
+    pub id: String,
+    pub queue: QueueState,
+    /// Whether the job computes the stage as the config defines it now.
+    /// False after an edit that reaches the stage: the job computes the
+    /// version it was submitted with (its run file keeps that config).
+    pub current: bool,
+}
+
+/// Label -> the live job of a Slurm run of this config (the latest run's
+/// when several hold one), with whether it computes the stage as the
+/// config now defines it: a queued job's stage is matched by what it
+/// computes, not by its label alone. Asks Slurm only when such a run
+/// exists; a machine without Slurm commands shows none.
+pub fn live_jobs(loaded: &store::Loaded) -> BTreeMap<String, LiveJob> {
+    let defined = |plan: &Plan| -> BTreeMap<String, Digest> {
+        let defs = plan.definitions().unwrap_or_default();
+        plan.nodes.iter().map(|n| n.label.clone()).zip(defs).collect()
+    };
+    let now = defined(&loaded.plan);
     let mut live = BTreeMap::new();
-    for dir in RunDir::all(root) {
+    for dir in RunDir::all(&loaded.root) {
         let Ok(run) = dir.read() else { continue };
-        if run.config_path != cfg.file || run.cancelled {
+        if run.config_path != loaded.cfg.file || run.cancelled {
             continue;
         }
         let Ok(states) = slurm::queue_states(&run.run_id) else {
             continue;
         };
+        // A submitted config that no longer loads is not what the config
+        // defines now.
+        let submitted = config::parse(&run.config_text, &run.config_path, &loaded.catalog)
+            .map(|c| defined(&Plan::from_config(&c)))
+            .unwrap_or_default();
         for (label, job) in &run.jobs {
             if let Some(q) = states.get(&job.id).filter(|q| slurm::is_live(&q.state)) {
-                live.insert(label.clone(), (job.id.clone(), q.clone()));
+                let current = submitted.get(label).is_some_and(|d| now.get(label) == Some(d));
+                live.insert(
+                    label.clone(),
+                    LiveJob {
+                        id: job.id.clone(),
+                        queue: q.clone(),
+                        current,
+                    },
+                );
             }
         }
     }
@@ -130,11 +161,22 @@ pub fn live_jobs(root: &Path, cfg: &Config) -> BTreeMap<String, (String, QueueSt
 }
 
 /// `status`'s word and detail for a stage with a live job.
-pub fn describe(job: &str, q: &QueueState) -> (&'static str, String) {
+pub fn describe(job: &LiveJob) -> (&'static str, String) {
+    let (id, q) = (&job.id, &job.queue);
+    if !job.current {
+        return (
+            "to-run",
+            format!(
+                "slurm job {id} ({}) computes the version submitted before the config was \
+                 edited; this one is not queued",
+                q.state
+            ),
+        );
+    }
     match q.state.as_str() {
-        "PENDING" => ("queued", format!("slurm job {job} PENDING ({})", q.reason)),
-        "RUNNING" | "COMPLETING" => ("running", format!("slurm job {job} on {}", q.node)),
-        other => ("queued", format!("slurm job {job} {other}")),
+        "PENDING" => ("queued", format!("slurm job {id} PENDING ({})", q.reason)),
+        "RUNNING" | "COMPLETING" => ("running", format!("slurm job {id} on {}", q.node)),
+        other => ("queued", format!("slurm job {id} {other}")),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct SlurmJobRow {
     pub state: String,
     pub node: String,
     pub reason: String,
+    /// False when the job computes the version of the stage submitted
+    /// before the config was edited (the row's state is then `to-run`).
+    pub current: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,13 +72,11 @@ pub fn status(
     dry_run: bool,
     args: &StoreArgs,
 ) -> Result<StatusReport> {
-    let Loaded {
-        cfg, plan, root, ..
-    } = loaded;
+    let Loaded { plan, .. } = loaded;
     let reading = store::Reading::open(loaded, args)?;
     let status = reading.engine(loaded).status(opts)?;
     // Stages a Slurm run of this config has queued or running.
-    let live = slurm::live_jobs(root, cfg);
+    let live = slurm::live_jobs(loaded);
     let mut report = StatusReport {
         stages: plan.nodes.len(),
         cached: 0,
@@ -117,15 +118,21 @@ pub fn status(
                         });
                     }
                 }
-                if let Some((job, q)) = live.get(&node.label) {
-                    let (state, detail) = slurm::describe(job, q);
+                if let Some(job) = live.get(&node.label) {
+                    let (state, detail) = slurm::describe(job);
+                    let q = &job.queue;
                     report.nodes.push(StatusRow {
                         slurm: Some(SlurmJobRow {
-                            job: job.clone(),
+                            job: job.id.clone(),
                             state: q.state.clone(),
                             node: q.node.clone(),
                             reason: q.reason.clone(),
+                            current: job.current,
                         }),
+                        // A job computing an earlier version leaves this
+                        // one to run, for its own reasons.
+                        reasons: (!job.current)
+                            .then(|| reasons.iter().map(|r| r.to_string()).collect()),
                         detail,
                         ..row(state, *key)
                     });

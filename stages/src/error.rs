@@ -39,24 +39,9 @@ impl StageError {
     /// disk or quota, the network. A rerun may succeed, so the failure does
     /// not mark the inputs as failing.
     pub fn is_environment(&self) -> bool {
-        use std::io::ErrorKind::*;
         match self {
             StageError::Unreachable(_) => true,
-            StageError::Io { source, .. } => {
-                matches!(
-                    source.kind(),
-                    StorageFull
-                        | QuotaExceeded
-                        | ConnectionRefused
-                        | ConnectionReset
-                        | ConnectionAborted
-                        | NotConnected
-                        | TimedOut
-                        | HostUnreachable
-                        | NetworkUnreachable
-                        | NetworkDown
-                )
-            }
+            StageError::Io { source, .. } => bsce_pipeline::host::io_is_environment(source.kind()),
             _ => false,
         }
     }

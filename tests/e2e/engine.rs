@@ -106,6 +106,38 @@ fn a_param_change_reruns_exactly_that_stage_and_its_dependants() {
     );
 }
 
+/// Issue 23, L6: two configs share a store. Each config's rerun reasons
+/// compare with its own last run; a stage it never ran is compared with
+/// another config's run, and says so.
+#[test]
+fn rerun_reasons_come_from_the_configs_own_last_run() {
+    let p = Project::new();
+    let seed = |n: u32| SMALL.replace("numpy_seed: 1993", &format!("numpy_seed: {n}"));
+    p.write("a.yaml", SMALL);
+    p.run(&["run", "a.yaml"]).ok();
+    p.write("b.yaml", &seed(7));
+    let order_a = |config: &str| {
+        let st = p.status(config);
+        st.into_iter().find(|s| s.0 == "order/synth/a").unwrap().2
+    };
+    let why = order_a("b.yaml");
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(
+        why[0].starts_with("not run by this config in this store; compared with the last run by ")
+            && why[0].ends_with("a.yaml"),
+        "{why:?}"
+    );
+    assert_eq!(why[1], "param spec.numpy_seed.seed changed 1993 -> 7");
+    p.run(&["run", "b.yaml"]).ok();
+    // a.yaml's next edit is explained against a.yaml's run, not b.yaml's
+    // (which ran last and would say 7 -> 11).
+    p.write("a.yaml", &seed(11));
+    assert_eq!(
+        order_a("a.yaml"),
+        vec!["param spec.numpy_seed.seed changed 1993 -> 11"]
+    );
+}
+
 #[test]
 fn a_code_change_reruns_that_stage_and_cuts_off_identical_outputs() {
     let p = Project::new();

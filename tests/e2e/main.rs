@@ -11,3 +11,4 @@ mod reports;
 mod slurm;
 mod store;
 mod training;
+mod workers;

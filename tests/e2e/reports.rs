@@ -182,6 +182,51 @@ fn a_run_ends_with_its_report_and_every_number_comes_from_the_tidy_frame() {
     assert_eq!(j["executed"], 0, "{j}");
 }
 
+/// Issue 23 (L5's leftover): a render stage that fails is shown once. The
+/// report written at the end of the run does not try it again, and a
+/// later `report` says it failed on the same inputs without rerunning it.
+#[test]
+fn a_failing_template_is_one_failed_line_and_is_not_retried_on_the_same_inputs() {
+    let p = Project::new();
+    p.write("my.md.j2", "# {{ table.caption }} {{ nosuch.field }}\n");
+    p.write(
+        "c.yaml",
+        &REPORTED.replace(
+            "    reference_source: \"a made-up paper\"\n",
+            "    reference_source: \"a made-up paper\"\n    templates: {markdown: my.md.j2}\n",
+        ),
+    );
+    // A template is the config's input: exit 2 from `run` and `report`.
+    let r = p.run(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let failed: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("FAILED   render/acc"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", r.stderr);
+    assert!(failed[0].contains("nosuch"), "{}", failed[0]);
+    let r = p.run(&["report", "c.yaml", "--json"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["executed"], 0, "not rendered again: {j}");
+    let again: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("FAILED   render/acc"))
+        .collect();
+    assert_eq!(again.len(), 1, "{}", r.stderr);
+    assert!(
+        again[0].contains("failed on the same inputs last time; not run again"),
+        "{}",
+        again[0]
+    );
+    // Fixed, it renders.
+    p.write("my.md.j2", "# {{ table.caption }}\n");
+    let j = p.run(&["report", "c.yaml", "--json"]).ok().json();
+    assert_eq!(j["executed_labels"], serde_json::json!(["render/acc"]), "{j}");
+}
+
 #[test]
 fn report_lists_missing_runs_and_never_trains() {
     let p = Project::new();

@@ -192,6 +192,66 @@ fn a_job_cancelled_by_hand_is_named_as_what_its_dependants_wait_for() {
     assert!(!stderr.contains("downstream of prepare/"), "{stderr}");
 }
 
+/// Issue 23, M6: after the config of a detached run is edited, `status`
+/// shows the queued jobs only for the stages they still compute; a stage
+/// the edit reaches is to run, beside the job computing its old version.
+#[test]
+fn status_after_editing_a_detached_runs_config_matches_jobs_by_what_they_compute() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    let slurm = "executor:\n  use: slurm\n  slurm: {poll_seconds: 0.3, cpus: 1, extra: [--hold]}\n";
+    p.write("c.yaml", &format!("{SHARED}{slurm}"));
+    p.slurm(&["run", "c.yaml", "--detach"]).ok();
+    let dirs = p.slurm_run_dirs();
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
+    let name = format!("bsce-{}", run["run_id"].as_str().unwrap());
+    let rows = |p: &Project| -> Vec<Value> {
+        let j = p.slurm(&["status", "c.yaml", "--json"]).ok().json();
+        j["nodes"].as_array().unwrap().clone()
+    };
+    let of_kind = |rows: &[Value], kind: &str| -> Vec<Value> {
+        rows.iter().filter(|r| r["kind"] == kind).cloned().collect()
+    };
+    let before = rows(&p);
+    for r in &before {
+        assert_eq!(r["state"], "queued", "{r}");
+        assert_eq!(r["slurm"]["current"], true, "{r}");
+    }
+    // One more epoch: training and everything after it change; the
+    // dataset, the order and the splits do not.
+    p.write(
+        "c.yaml",
+        &format!("{}{slurm}", SHARED.replace("epochs: 2", "epochs: 3")),
+    );
+    let after = rows(&p);
+    for kind in ["prepare", "order", "tasks"] {
+        for r in of_kind(&after, kind) {
+            assert_eq!(r["state"], "queued", "{r}");
+        }
+    }
+    let trains = of_kind(&after, "train");
+    assert!(!trains.is_empty());
+    for r in trains.iter().chain(&of_kind(&after, "render")) {
+        assert_eq!(r["state"], "to-run", "{r}");
+        assert_eq!(r["slurm"]["current"], false, "{r}");
+        assert!(!r["reasons"].as_array().unwrap().is_empty(), "{r}");
+    }
+    let text = p.slurm(&["status", "c.yaml"]).ok().stdout;
+    let label = trains[0]["label"].as_str().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(" {label}: ")))
+        .unwrap_or_else(|| panic!("{label} not in:\n{text}"));
+    assert!(
+        line.starts_with("to-run ")
+            && line.contains("computes the version submitted before the config was edited"),
+        "{line}"
+    );
+    p.slurm(&["cancel", "c.yaml"]).ok();
+    wait_until_no_live_jobs(&name);
+}
+
 #[test]
 fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
     let _cluster = slurm_exclusive();

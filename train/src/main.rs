@@ -5,6 +5,7 @@
 //! `bsce-pipe` itself and the data stages start in milliseconds.
 //!
 //! Usage (internal): `bsce-torch doctor [--json]`, `bsce-torch exec-stage JOB`,
+//! `bsce-torch worker` (a warm worker: jobs on stdin, one per line),
 //! `bsce-torch bench-train BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
 //! `bsce-torch bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
 //! `bsce-torch probe SPEC.json OUT_DIR` (one training step written out for
@@ -26,7 +27,7 @@ use bsce_train::bench::BenchNet;
 use serde_json::{json, Value};
 use tch::Cuda;
 
-const USAGE: &str = "usage: bsce-torch doctor [--json] | exec-stage JOB (started by bsce-pipe)\n       \
+const USAGE: &str = "usage: bsce-torch doctor [--json] | exec-stage JOB | worker (started by bsce-pipe)\n       \
      bsce-torch bench-train|bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]\n       \
      bsce-torch probe SPEC.json OUT_DIR (one training step written out; see tests/parity/README.md)\n       \
      bsce-torch crops DATASET_DIR SPEC.json OUT_DIR (the data path's batches written out; see train/src/crops.rs)";
@@ -92,6 +93,14 @@ fn main() -> ExitCode {
                 Runner::Torch,
                 bsce_train::router::TORCH_STAGES,
             )
+        }
+        // A warm worker: stage after stage, each with autograd on as in a
+        // fresh process (stages/src/stage/worker.rs).
+        ["worker"] => {
+            bsce_pipeline::exec::job::die_with_parent();
+            bsce_stages::stage::serve(Runner::Torch, bsce_train::router::TORCH_STAGES, |stage| {
+                tch::with_grad(stage)
+            })
         }
         _ => {
             eprintln!("{USAGE}");

@@ -2,6 +2,7 @@
 //! [`Config`] ([`resolve`]). Every user error is a [`ConfigError`] carrying
 //! file:line:column and the key path.
 
+pub(crate) mod defaults;
 pub mod executor;
 pub mod locate;
 pub mod presets;

@@ -59,7 +59,7 @@ pub struct BuiltinRecipe {
 
 /// Every built-in recipe (momentum 0.9 everywhere). Sources: R iCaRL @
 /// 7a3d254, L LUCIR @ e5a90ae, A PODNet's inclearn @ c09fc54.
-pub const RECIPES: &[BuiltinRecipe] = &[
+pub(crate) const RECIPES: &[BuiltinRecipe] = &[
     BuiltinRecipe {
         name: "icarl_cifar100",
         family: LossFamily::Bce,
@@ -198,7 +198,7 @@ impl BuiltinRecipe {
 }
 
 /// A built-in recipe by name.
-pub fn builtin_recipe(name: &str) -> Option<&'static BuiltinRecipe> {
+pub(crate) fn builtin_recipe(name: &str) -> Option<&'static BuiltinRecipe> {
     RECIPES.iter().find(|r| r.name == name)
 }
 
@@ -214,7 +214,7 @@ pub fn builtin_recipe(name: &str) -> Option<&'static BuiltinRecipe> {
 /// | PODNet balanced fine-tuning | 20 epochs, lr 0.05 | 20 epochs, lr 0.01 | 20 epochs, lr 0.01 | A yaml `finetuning_config` |
 /// | PODNet gradient clamp | ±5 | ±5 | ±5 | A `podnet.py` `_train_task` |
 /// | PODNet classifier scaling, learned η | 1, yes (NME config: 3, no) | 1, yes | 1, yes | A yaml |
-pub fn method_params(m: &MethodDef, profile: Profile) -> MethodParams {
+pub(crate) fn method_params(m: &MethodDef, profile: Profile) -> MethodParams {
     let imagenet = profile != Profile::Cifar100;
     let o = &m.hyper;
     let hyper = match m.preset {

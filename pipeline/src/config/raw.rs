@@ -1,8 +1,7 @@
 //! The YAML as written: plain serde types, unknown keys denied, no
 //! `untagged`/`flatten` (they ruin error messages). Resolution into a
-//! validated plan happens in `resolve`. Defaults live here, in the
-//! `default_*` functions and `Default` impls, and nowhere else; README's
-//! config reference lists them.
+//! validated plan happens in `resolve`. What an absent key means is
+//! `defaults`'s: the serde attributes below name its functions.
 
 use std::collections::BTreeMap;
 
@@ -77,20 +76,14 @@ pub struct RawSlurm {
     /// Stage kind -> resources that replace the ones above for it.
     #[serde(default)]
     pub kinds: BTreeMap<String, crate::config::executor::SlurmResources>,
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "super::defaults::max_retries")]
     pub max_retries: u32,
-    #[serde(default = "default_poll_seconds")]
+    #[serde(default = "super::defaults::poll_seconds")]
     pub poll_seconds: f64,
     #[serde(default)]
     pub node_store: Option<String>,
 }
 
-fn default_max_retries() -> u32 {
-    2
-}
-fn default_poll_seconds() -> f64 {
-    2.0
-}
 
 /// A dataset source: exactly one of the fields (`synthetic: {...}`).
 /// One-of choices are structs of options rather than enums: serde_yaml
@@ -136,7 +129,7 @@ pub struct RawCifar100 {
 #[serde(deny_unknown_fields)]
 pub struct RawImageFolder {
     pub root: String,
-    #[serde(default = "default_train_dir")]
+    #[serde(default = "super::defaults::train_dir")]
     pub train_dir: String,
     /// Default `{folders: val}`.
     #[serde(default)]
@@ -146,7 +139,7 @@ pub struct RawImageFolder {
     pub subset: Option<String>,
     /// Images are resized so the short side is `size`, then centre-cropped
     /// to `size x size`.
-    #[serde(default = "default_image_size")]
+    #[serde(default = "super::defaults::image_size")]
     pub size: u32,
     /// The training crop (RandomResizedCrop) and evaluation centre crop, in
     /// pixels. Default: 224 (ImageNet's) where `size` allows it, else
@@ -162,12 +155,6 @@ pub struct RawImageFolder {
 
 pub use crate::params::AugmentStyle;
 
-fn default_train_dir() -> String {
-    "train".into()
-}
-fn default_image_size() -> u32 {
-    256
-}
 
 /// Exactly one of the fields.
 #[derive(Debug, Default, Deserialize)]
@@ -316,7 +303,7 @@ pub struct RawRecipe {
     pub epochs: u32,
     pub batch_size: u32,
     pub lr: f64,
-    #[serde(default = "default_momentum")]
+    #[serde(default = "super::defaults::momentum")]
     pub momentum: f64,
     #[serde(default)]
     pub weight_decay: f64,
@@ -325,19 +312,13 @@ pub struct RawRecipe {
     /// Epochs at which a multistep schedule multiplies the lr by `gamma`.
     #[serde(default)]
     pub milestones: Vec<u32>,
-    #[serde(default = "default_gamma")]
+    #[serde(default = "super::defaults::gamma")]
     pub gamma: f64,
 }
 
-fn default_momentum() -> f64 {
-    0.9
-}
 
 pub use crate::params::Schedule;
 
-fn default_gamma() -> f64 {
-    0.1
-}
 
 /// One sweep: every combination of its lists is a run.
 #[derive(Debug, Deserialize)]
@@ -355,10 +336,9 @@ pub struct RawExperiment {
     /// the experiment's `recipe`).
     #[serde(default)]
     pub method_recipes: BTreeMap<String, String>,
-    #[serde(default = "default_seeds")]
+    #[serde(default = "super::defaults::seeds")]
     pub seeds: Vec<u64>,
-    /// Backbone; default: resnet32 for CIFAR-sized images (LUCIR's variant
-    /// for lucir), resnet18 for image folders.
+    /// Backbone; absent: `defaults::network`.
     #[serde(default)]
     pub network: Option<Network>,
     /// Deterministic libtorch algorithms (slower; recorded with results).
@@ -368,36 +348,27 @@ pub struct RawExperiment {
 
 pub use crate::params::Network;
 
-fn default_seeds() -> Vec<u64> {
-    vec![0]
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEvaluation {
-    #[serde(default = "default_classifiers")]
+    #[serde(default = "super::defaults::classifiers")]
     pub classifiers: Vec<Classifier>,
-    #[serde(default = "default_top_k")]
+    #[serde(default = "super::defaults::top_k")]
     pub top_k: Vec<u32>,
 }
 
 impl Default for RawEvaluation {
     fn default() -> Self {
         RawEvaluation {
-            classifiers: default_classifiers(),
-            top_k: default_top_k(),
+            classifiers: super::defaults::classifiers(),
+            top_k: super::defaults::top_k(),
         }
     }
 }
 
 pub use crate::params::Classifier;
 
-fn default_classifiers() -> Vec<Classifier> {
-    vec![Classifier::Cnn, Classifier::Nme]
-}
-fn default_top_k() -> Vec<u32> {
-    vec![1, 5]
-}
 
 /// A table of the report (README's config reference lists every key).
 #[derive(Debug, Deserialize)]
@@ -411,11 +382,11 @@ pub struct RawTable {
     /// Default: the first of `evaluation.classifiers`.
     #[serde(default)]
     pub classifier: Option<Classifier>,
-    #[serde(default = "default_metric")]
+    #[serde(default = "super::defaults::metric")]
     pub metric: crate::params::Metric,
-    #[serde(default = "default_rows")]
+    #[serde(default = "super::defaults::rows")]
     pub rows: Vec<crate::params::Field>,
-    #[serde(default = "default_columns")]
+    #[serde(default = "super::defaults::columns")]
     pub columns: Vec<crate::params::Field>,
     /// A column with each row's training time, summed over the columns.
     #[serde(default)]
@@ -451,15 +422,6 @@ pub struct RawTemplates {
     pub latex: Option<String>,
 }
 
-fn default_metric() -> crate::params::Metric {
-    crate::params::Metric::AverageIncrementalAccuracy
-}
-fn default_rows() -> Vec<crate::params::Field> {
-    vec![crate::params::Field::Method]
-}
-fn default_columns() -> Vec<crate::params::Field> {
-    vec![crate::params::Field::Dataset, crate::params::Field::Setting]
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

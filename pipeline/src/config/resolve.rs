@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use super::defaults;
 use super::locate::Locator;
 use super::presets::{self, LossFamily};
 use super::raw::*;
@@ -13,7 +14,7 @@ use super::{did_you_mean, ConfigError};
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
 use crate::params::{
-    IcarlDistillation, Normalization, OrderSpec, Profile, Recipe, SyntheticSpec, IMAGENET_CROP,
+    IcarlDistillation, Normalization, OrderSpec, Profile, Recipe, SyntheticSpec,
 };
 
 #[derive(Debug, Clone)]
@@ -132,7 +133,7 @@ pub struct MethodDef {
 }
 
 impl MethodDef {
-    pub fn loss_family(&self) -> LossFamily {
+    pub(crate) fn loss_family(&self) -> LossFamily {
         LossFamily::of(self.preset, self.bsce)
     }
 }
@@ -602,7 +603,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
             }
             let crop = match f.augment {
                 AugmentStyle::Cifar => f.size,
-                AugmentStyle::Imagenet => f.crop.unwrap_or(IMAGENET_CROP.min(f.size)),
+                AugmentStyle::Imagenet => f.crop.unwrap_or(defaults::crop(f.size)),
             };
             if !(8..=f.size).contains(&crop) {
                 return Err(cx.err(
@@ -651,13 +652,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
         }
     };
     def.normalize = normalize;
-    def.profile = profile.unwrap_or(match &def.source {
-        DatasetSource::ImageFolder {
-            subset: Some(_), ..
-        } => Profile::Imagenet100,
-        DatasetSource::ImageFolder { subset: None, .. } => Profile::Imagenet1k,
-        _ => Profile::Cifar100,
-    });
+    def.profile = profile.unwrap_or_else(|| defaults::profile(&def.source));
     Ok(def)
 }
 
@@ -994,10 +989,10 @@ fn resolve_methods(
         let selection = chain
             .iter()
             .find_map(|n| raw[*n].memory.as_ref().and_then(|m| m.selection))
-            .unwrap_or(MemorySelection::Herding);
+            .unwrap_or(defaults::MEMORY_SELECTION);
         let per_class =
             if per_class.is_none() && total.is_none() && preset != MethodPreset::Finetune {
-                Some(20)
+                Some(defaults::MEMORY_PER_CLASS)
             } else {
                 per_class
             };
@@ -1235,7 +1230,7 @@ fn resolve_table(
         params: TableParams {
             name: name.to_string(),
             caption: t.caption,
-            label: t.label.unwrap_or_else(|| format!("tab:{name}")),
+            label: t.label.unwrap_or_else(|| defaults::table_label(name)),
             metric: t.metric,
             classifier,
             rows: t.rows,

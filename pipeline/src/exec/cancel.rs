@@ -64,7 +64,7 @@ impl CancelToken {
 
     /// Runs `f` on cancellation (at once if already cancelled), as long as
     /// the returned registration lives.
-    pub fn on_cancel(&self, f: impl Fn() + Send + Sync + 'static) -> Registration {
+    pub(crate) fn on_cancel(&self, f: impl Fn() + Send + Sync + 'static) -> Registration {
         let mut wakers = self.inner.wakers.lock().expect("not poisoned");
         if self.is_cancelled() {
             drop(wakers);

@@ -22,12 +22,16 @@ use crate::registry::Runner;
 use crate::store::atomic::temp_name;
 use crate::store::local::{make_writable, BlobCheck};
 use crate::store::lock::FileLock;
-use crate::store::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance};
+use crate::store::{
+    ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance, StoreError,
+};
 
 /// What running one stage reads of the engine: the store its outputs and
 /// records go into, the run's context (binaries, provenance), and what
 /// launches the prepared stage.
 pub(crate) struct StageEnv<'a> {
+    /// The plan's config: whose run the label record is.
+    pub config: &'a Path,
     pub store: &'a dyn crate::store::Store,
     pub ctx: &'a super::RunContext,
     pub executor: &'a dyn super::executor::StageExecutor,
@@ -173,6 +177,8 @@ fn execute(
                 Runner::Pipe => env.ctx.exe.clone(),
             },
             threads: run.threads,
+            device: run.device.clone(),
+            warm: run.node.kind.spec().runner == Runner::Torch,
         };
         let started_ms = unix_ms();
         let start = Instant::now();
@@ -342,16 +348,7 @@ fn finish(
     }
     let outputs = match ingest(env, run.node.kind, &prepared.out_dir) {
         Ok(o) => o,
-        Err(error) => {
-            // Storing the outputs failed: the store's disk, not the stage.
-            let environment = error.contains("(os error 28)") || error.contains("(os error 122)");
-            let failure = Failure {
-                error,
-                bad_input: false,
-                environment,
-            };
-            return Ok(fail(env, run, failure, log_tail, provenance));
-        }
+        Err(failure) => return Ok(fail(env, run, failure, log_tail, provenance)),
     };
     let record = ActionRecord {
         key: run.key,
@@ -365,6 +362,7 @@ fn finish(
         label: run.node.label.clone(),
         key: run.key,
         key_record: run.record.clone(),
+        config: Some(env.config.to_path_buf()),
     })?;
     store.clear_failure(&run.key);
     Ok(Outcome::Executed {
@@ -418,29 +416,31 @@ fn ingest(
     env: &StageEnv<'_>,
     kind: crate::registry::StageKind,
     out_dir: &Path,
-) -> Result<BTreeMap<String, OutputEntry>, String> {
+) -> Result<BTreeMap<String, OutputEntry>, Failure> {
     let declared = kind.spec().outputs;
     let mut outputs = BTreeMap::new();
-    let entries = fs::read_dir(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let unreadable = |e: std::io::Error| Failure::storing(&StoreError::io(out_dir, e));
+    for entry in fs::read_dir(out_dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ft = entry.file_type().map_err(|e| e.to_string())?;
+        let ft = entry.file_type().map_err(unreadable)?;
         if !ft.is_file() {
-            return Err(format!("stage output {name} is not a plain file"));
+            return Err(Failure::stage_bug(format!(
+                "stage output {name} is not a plain file"
+            )));
         }
         if !declared.contains(&name.as_str()) {
-            return Err(format!(
+            return Err(Failure::stage_bug(format!(
                 "stage wrote {name}, which is not among the {kind} outputs declared in \
                  pipeline/src/registry.rs ({})",
                 declared.join(", ")
-            ));
+            )));
         }
         let e = env
             .store
             .local()
             .insert_file(&entry.path())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::storing(&e))?;
         outputs.insert(name, e);
     }
     let missing: Vec<&str> = declared
@@ -449,7 +449,10 @@ fn ingest(
         .filter(|f| !outputs.contains_key(*f))
         .collect();
     if !missing.is_empty() {
-        return Err(format!("stage did not write {}", missing.join(", ")));
+        return Err(Failure::stage_bug(format!(
+            "stage did not write {}",
+            missing.join(", ")
+        )));
     }
     Ok(outputs)
 }
@@ -459,6 +462,27 @@ struct Failure {
     error: String,
     bad_input: bool,
     environment: bool,
+}
+
+impl Failure {
+    /// The stage broke its contract (its registry row's outputs).
+    fn stage_bug(error: String) -> Self {
+        Failure {
+            error,
+            bad_input: false,
+            environment: false,
+        }
+    }
+
+    /// Storing the outputs failed: the store's disk (full, quota) is the
+    /// environment, not the stage.
+    fn storing(e: &StoreError) -> Self {
+        Failure {
+            error: e.to_string(),
+            bad_input: false,
+            environment: e.is_environment(),
+        }
+    }
 }
 
 fn fail(
@@ -480,6 +504,7 @@ fn fail(
         log_tail: log_tail.clone(),
         provenance,
         environment,
+        bad_input,
     });
     Outcome::Failed {
         error,

@@ -83,4 +83,5 @@ mod long_version_tests {
     }
 }
 
-pub use crate::host::{hostname, unix_ms};
+pub(crate) use crate::host::hostname;
+pub use crate::host::unix_ms;

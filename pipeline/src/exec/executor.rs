@@ -34,6 +34,11 @@ pub struct Resources {
     pub exe: PathBuf,
     /// CPU threads (rayon, OpenMP).
     pub threads: usize,
+    /// The stage's device (`cpu`, `cuda:0`): a warm worker serves one.
+    pub device: String,
+    /// The stage may run in a warm worker ([`super::worker::WorkerPool`]):
+    /// libtorch's stages, whose process start is the cost.
+    pub warm: bool,
 }
 
 /// How a launched stage ended.
@@ -198,6 +203,8 @@ impl StageExecutor for LocalExecutor {
                             });
                         }
                         Ok(m @ ChildMessage::Progress { .. }) => on_message(m),
+                        // A worker's message; a stage process sends none.
+                        Ok(ChildMessage::Done { .. }) => {}
                         Err(_) => {
                             let _ = writeln!(log, "{line}");
                         }

@@ -44,7 +44,7 @@ impl GpuPool {
     }
 
     /// Whether GPU stages run on GPUs at all (else they run on the CPU).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.gpus.is_empty()
     }
 
@@ -60,7 +60,7 @@ impl GpuPool {
 
     /// Room for one stage of `kind` on the GPU with the most free room, or
     /// None: the stage waits.
-    pub fn acquire(&mut self, kind: StageKind) -> Option<GpuSlot> {
+    pub(crate) fn acquire(&mut self, kind: StageKind) -> Option<GpuSlot> {
         let units = self.units(kind);
         let (gpu, free) = self
             .gpus
@@ -72,7 +72,7 @@ impl GpuPool {
     }
 
     /// Whether [`GpuPool::acquire`] would succeed now.
-    pub fn peek(&self, kind: StageKind) -> bool {
+    pub(crate) fn peek(&self, kind: StageKind) -> bool {
         let units = self.units(kind);
         self.gpus.iter().any(|(_, free)| *free >= units)
     }

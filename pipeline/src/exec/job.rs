@@ -88,10 +88,28 @@ pub enum ChildMessage {
         #[serde(default)]
         environment: bool,
     },
+    /// A warm worker finished a stage: the exit status `exec-stage` would
+    /// have had (0 ok, 1 failed, 2 a job it cannot run,
+    /// [`WORKER_PANICKED`] a panic, after which the worker exits), and the
+    /// stage's peak resident memory.
+    Done { status: u8, peak_rss_kib: u64 },
+}
+
+/// The status a warm worker reports for a stage that panicked (Rust's own
+/// exit status for a panic). The worker then exits: a panic may leave
+/// libtorch half-way through a change of its state.
+pub const WORKER_PANICKED: u8 = 101;
+
+/// One stage for a warm worker (`bsce-torch worker`): a line on its stdin.
+/// The worker appends the stage's stderr to `log`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkRequest {
+    pub job: PathBuf,
+    pub log: PathBuf,
 }
 
 /// The scheduler's pid, given to each stage child in its environment.
-pub const PARENT_PID_VAR: &str = "BSCE_PARENT_PID";
+pub(crate) const PARENT_PID_VAR: &str = "BSCE_PARENT_PID";
 
 /// Called first by `exec-stage`: the kernel kills this process when the
 /// scheduler that started it dies, and if the scheduler is already gone

@@ -25,6 +25,7 @@ pub mod job;
 pub mod node;
 mod schedule;
 pub mod slurm;
+pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ enum Lookup {
         key: Digest,
         forced: bool,
     },
+    /// Failed on these inputs before; not tried again (`skip_failed`).
+    FailedBefore(FailureRecord),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +119,11 @@ pub struct RunOptions {
     /// `status`/`explain` with a remote: download what the remote has
     /// (`cache pull`) instead of only reading its records.
     pub fetch: bool,
+    /// A stage whose key failed on its inputs before (its failure record
+    /// does not blame the environment) is not tried again but reported as
+    /// [`RunEvent::FailedBefore`]: the report's result stages, which are
+    /// deterministic and which a run has just tried.
+    pub skip_failed: bool,
 }
 
 /// Why a stage that failed last time runs again: its inputs failed it, or
@@ -186,6 +194,7 @@ impl<'a> Engine<'a> {
     /// The part of the engine a stage run reads.
     fn stage_env(&self) -> child::StageEnv<'_> {
         child::StageEnv {
+            config: &self.plan.config,
             store: self.store,
             ctx: self.ctx,
             executor: self.executor,
@@ -329,7 +338,7 @@ impl<'a> Engine<'a> {
             return Ok(vec![DirtyReason::Forced]);
         }
         let local = self.store.local();
-        let Some(last) = local.get_label(&node.label)? else {
+        let Some(last) = local.get_label(&self.plan.config, &node.label)? else {
             // Never succeeded; it may have failed on these very inputs.
             if pending.is_empty() {
                 if let Some(f) = local.get_failure(&record.key())? {
@@ -338,8 +347,11 @@ impl<'a> Engine<'a> {
             }
             return Ok(vec![DirtyReason::NewStage]);
         };
-        let reasons = diff_records(&last.key_record, record, pending);
+        let mut reasons = diff_records(&last.key_record, record, pending);
         if !reasons.is_empty() {
+            if last.config.as_ref() != Some(&self.plan.config) {
+                reasons.insert(0, DirtyReason::ComparedWith { config: last.config });
+            }
             return Ok(reasons);
         }
         let key = record.key();
@@ -504,12 +516,31 @@ impl<'a> Engine<'a> {
             if let Some(found) = self.store.local().get_cached(&key)? {
                 return Ok(Lookup::Cached { key, record: found });
             }
+            if opts.skip_failed {
+                if let Some(f) = self.store.local().get_failure(&key)? {
+                    if !f.environment {
+                        return Ok(Lookup::FailedBefore(f));
+                    }
+                }
+            }
         }
         Ok(Lookup::ToRun {
             record,
             key,
             forced,
         })
+    }
+
+    /// `id` failed: the events of every waiting stage downstream, skipped.
+    fn skip_downstream<R>(&self, sched: &mut Schedule<R>, id: NodeId) -> Vec<RunEvent> {
+        sched
+            .failed(id)
+            .into_iter()
+            .map(|(u, because)| RunEvent::Skipped {
+                label: self.plan.nodes[u].label.clone(),
+                because: self.plan.nodes[because].label.clone(),
+            })
+            .collect()
     }
 
     fn seed(&self, node: &PlanNode, record: &KeyRecord) -> u64 {
@@ -611,6 +642,19 @@ impl<'a> Engine<'a> {
                                     key,
                                     forced,
                                 } => sched.to_run(id, (record, key, forced)),
+                                Lookup::FailedBefore(f) => {
+                                    emit(
+                                        RunEvent::FailedBefore {
+                                            label: self.plan.nodes[id].label.clone(),
+                                            error: f.error,
+                                            bad_input: f.bad_input,
+                                        },
+                                        &mut summary,
+                                    );
+                                    for e in self.skip_downstream(&mut sched, id) {
+                                        emit(e, &mut summary);
+                                    }
+                                }
                             }
                         }
                     }
@@ -724,14 +768,8 @@ impl<'a> Engine<'a> {
                                 },
                                 &mut summary,
                             );
-                            for (u, because) in sched.failed(id) {
-                                emit(
-                                    RunEvent::Skipped {
-                                        label: self.plan.nodes[u].label.clone(),
-                                        because: self.plan.nodes[because].label.clone(),
-                                    },
-                                    &mut summary,
-                                );
+                            for e in self.skip_downstream(&mut sched, id) {
+                                emit(e, &mut summary);
                             }
                             if !opts.keep_going {
                                 stop_launching = true;

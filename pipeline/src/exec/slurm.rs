@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::child::tail;
 use super::node::NodeResult;
-use super::{CancelToken, Engine, EngineError, NodeStatus};
+use super::{CancelToken, EngineError, NodeStatus};
 use crate::events::{Reporter, RunEvent, RunSummary};
 use crate::plan::{NodeId, Plan};
 use crate::registry::StageKind;
@@ -31,7 +31,7 @@ use crate::store::atomic::write_atomic;
 pub use crate::config::executor::{SlurmResources, SlurmSettings};
 
 /// The `sbatch` flags of `r`, `extra` last.
-pub fn sbatch_args(r: &SlurmResources) -> Vec<String> {
+pub(crate) fn sbatch_args(r: &SlurmResources) -> Vec<String> {
     let mut a = Vec::new();
     let mut opt = |flag: &str, v: &Option<String>| {
         if let Some(v) = v {
@@ -189,7 +189,7 @@ impl RunDir {
         v
     }
 
-    pub fn run_file(&self) -> PathBuf {
+    pub(crate) fn run_file(&self) -> PathBuf {
         self.path.join("run.json")
     }
     pub fn log(&self, n: usize) -> PathBuf {
@@ -215,7 +215,7 @@ impl RunDir {
         write_atomic(&p, &self.path, &bytes).map_err(io(&p))
     }
 
-    pub fn read_outcome(&self, n: usize) -> Option<JobOutcome> {
+    pub(crate) fn read_outcome(&self, n: usize) -> Option<JobOutcome> {
         let bytes = fs::read(self.outcome(n)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
@@ -333,7 +333,7 @@ pub fn is_live(state: &str) -> bool {
 /// How Slurm says a job ended, when it wrote no outcome: `scontrol`
 /// while it remembers the job, else the accounting (`sacct`, or `sacct -c`
 /// on a cluster that only logs completions to a file).
-pub fn final_state(job: &str) -> Option<(String, String)> {
+pub(crate) fn final_state(job: &str) -> Option<(String, String)> {
     if let Ok(out) = slurm(
         "scontrol",
         &["-o".into(), "show".into(), "job".into(), job.into()],
@@ -442,307 +442,304 @@ pub struct Submission<'a> {
     pub env: Vec<(String, String)>,
 }
 
-impl<'a> Engine<'a> {
-    /// Submits a job for every stage of the plan that is not in the store,
-    /// in plan order, each after the jobs of its inputs. All or nothing: a
-    /// refused submission cancels the jobs already submitted.
-    /// `status` is [`Engine::status`] of the plan under the run's options
-    /// (the caller has it already, for [`preflight`]).
-    pub fn submit_slurm(
-        &self,
-        status: &[NodeStatus],
-        mut sub: Submission,
-        reporter: &mut dyn Reporter,
-        summary: &mut RunSummary,
-    ) -> Result<RunFile, EngineError> {
-        let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
-        let mut emit = |e: RunEvent, summary: &mut RunSummary| {
-            summary.record(&e);
-            reporter.on_event(&e);
-        };
-        emit(
-            RunEvent::Planned {
-                total: self.plan.nodes.len(),
-            },
-            summary,
-        );
-        let mut job_of: Vec<Option<String>> = vec![None; self.plan.nodes.len()];
-        // A run with jobs gets a folder; the jobs read its run file, so it
-        // exists before the first one.
-        if status.iter().any(|s| matches!(s, NodeStatus::ToRun { .. })) {
-            for d in ["logs", "outcomes"] {
-                let p = sub.dir.path.join(d);
-                fs::create_dir_all(&p).map_err(|e| EngineError::Slurm(io(&p)(e)))?;
-            }
-            sub.dir.write(&sub.run).map_err(EngineError::Slurm)?;
+/// Submits a job for every stage of the plan that is not in the store,
+/// in plan order, each after the jobs of its inputs. All or nothing: a
+/// refused submission cancels the jobs already submitted.
+/// `status` is [`super::Engine::status`] of the plan under the run's options
+/// (the caller has it already, for [`preflight`]).
+pub fn submit(
+    plan: &Plan,
+    status: &[NodeStatus],
+    mut sub: Submission,
+    reporter: &mut dyn Reporter,
+    summary: &mut RunSummary,
+) -> Result<RunFile, EngineError> {
+    let order = plan.topo_order().map_err(EngineError::Cycle)?;
+    let mut emit = |e: RunEvent, summary: &mut RunSummary| {
+        summary.record(&e);
+        reporter.on_event(&e);
+    };
+    emit(
+        RunEvent::Planned {
+            total: plan.nodes.len(),
+        },
+        summary,
+    );
+    let mut job_of: Vec<Option<String>> = vec![None; plan.nodes.len()];
+    // A run with jobs gets a folder; the jobs read its run file, so it
+    // exists before the first one.
+    if status.iter().any(|s| matches!(s, NodeStatus::ToRun { .. })) {
+        for d in ["logs", "outcomes"] {
+            let p = sub.dir.path.join(d);
+            fs::create_dir_all(&p).map_err(|e| EngineError::Slurm(io(&p)(e)))?;
         }
-        let name = RunDir::job_name(&sub.run.run_id);
-        let mut submitted: Vec<String> = Vec::new();
-        for (n, &id) in order.iter().enumerate() {
-            let node = &self.plan.nodes[id];
-            if let NodeStatus::Cached { key, record } = &status[id] {
-                emit(
-                    RunEvent::Cached {
-                        label: node.label.clone(),
-                        key: *key,
-                        saved_seconds: record.provenance.wall_seconds,
-                    },
-                    summary,
-                );
-                continue;
-            }
-            let mut after: Vec<String> = node
-                .inputs
-                .iter()
-                .filter_map(|i| job_of[i.node].clone())
-                .collect();
-            after.sort();
-            after.dedup();
-            let mut args = vec![
-                "--parsable".to_string(),
-                format!("--job-name={name}"),
-                format!("--comment={}", node.label),
-                format!("--output={}", sub.dir.log(n).display()),
-                "--open-mode=append".into(),
-                // Lost to a node failure: Slurm starts it again, with the
-                // same id, so its dependants keep waiting for it.
-                "--requeue".into(),
-            ];
-            if !after.is_empty() {
-                args.push(format!("--dependency=afterok:{}", after.join(":")));
-                args.push("--kill-on-invalid-dep=yes".into());
-            }
-            args.extend(sbatch_args(&sub.settings.resources(node.kind)));
-            args.push("--wrap".into());
-            args.push(format!(
-                "exec {} exec-node {} {n} {}",
-                sh_quote(&sub.exe.to_string_lossy()),
-                sh_quote(&sub.dir.path.to_string_lossy()),
-                sh_quote(&node.label)
-            ));
-            let job = match slurm_env("sbatch", &args, &sub.env) {
-                Ok(out) => out.trim().split(';').next().unwrap_or_default().to_string(),
-                Err(e) => {
-                    let _ = cancel_jobs(&submitted);
-                    let _ = fs::remove_dir_all(&sub.dir.path);
-                    return Err(EngineError::Slurm(e));
-                }
-            };
-            submitted.push(job.clone());
+        sub.dir.write(&sub.run).map_err(EngineError::Slurm)?;
+    }
+    let name = RunDir::job_name(&sub.run.run_id);
+    let mut submitted: Vec<String> = Vec::new();
+    for (n, &id) in order.iter().enumerate() {
+        let node = &plan.nodes[id];
+        if let NodeStatus::Cached { key, record } = &status[id] {
             emit(
-                RunEvent::Submitted {
+                RunEvent::Cached {
                     label: node.label.clone(),
-                    job: job.clone(),
-                    after: after.clone(),
+                    key: *key,
+                    saved_seconds: record.provenance.wall_seconds,
                 },
                 summary,
             );
-            sub.run.jobs.insert(
-                node.label.clone(),
-                Job {
-                    id: job.clone(),
-                    n,
-                    after,
-                },
-            );
-            job_of[id] = Some(job);
+            continue;
         }
-        if !sub.run.jobs.is_empty() {
-            sub.dir.write(&sub.run).map_err(EngineError::Slurm)?;
-        }
-        Ok(sub.run)
-    }
-
-    /// Follows a submitted run until every job has ended (or `cancel`,
-    /// which cancels the jobs), turning what it sees into run events.
-    pub fn watch_slurm(
-        &self,
-        dir: &RunDir,
-        run: &RunFile,
-        poll: Duration,
-        cancel: &CancelToken,
-        reporter: &mut dyn Reporter,
-        summary: &mut RunSummary,
-    ) -> Result<(), EngineError> {
-        let mut emit = |e: RunEvent, summary: &mut RunSummary| {
-            summary.record(&e);
-            reporter.on_event(&e);
-        };
-        let label_of: BTreeMap<&str, &str> = run
-            .jobs
+        let mut after: Vec<String> = node
+            .inputs
             .iter()
-            .map(|(l, j)| (j.id.as_str(), l.as_str()))
+            .filter_map(|i| job_of[i.node].clone())
             .collect();
-        let mut pending: BTreeMap<&str, &Job> =
-            run.jobs.iter().map(|(l, j)| (l.as_str(), j)).collect();
-        let mut started: std::collections::BTreeSet<&str> = Default::default();
-        // Jobs seen ended without an outcome once: looked at again.
-        let mut unsure: std::collections::BTreeSet<&str> = Default::default();
-        // Wakes the wait between polls when the run is cancelled.
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let _waker = {
-            let tx = std::sync::Mutex::new(tx);
-            cancel.on_cancel(move || {
-                let _ = tx.lock().expect("not poisoned").send(());
-            })
+        after.sort();
+        after.dedup();
+        let mut args = vec![
+            "--parsable".to_string(),
+            format!("--job-name={name}"),
+            format!("--comment={}", node.label),
+            format!("--output={}", sub.dir.log(n).display()),
+            "--open-mode=append".into(),
+            // Lost to a node failure: Slurm starts it again, with the
+            // same id, so its dependants keep waiting for it.
+            "--requeue".into(),
+        ];
+        if !after.is_empty() {
+            args.push(format!("--dependency=afterok:{}", after.join(":")));
+            args.push("--kill-on-invalid-dep=yes".into());
+        }
+        args.extend(sbatch_args(&sub.settings.resources(node.kind)));
+        args.push("--wrap".into());
+        args.push(format!(
+            "exec {} exec-node {} {n} {}",
+            sh_quote(&sub.exe.to_string_lossy()),
+            sh_quote(&sub.dir.path.to_string_lossy()),
+            sh_quote(&node.label)
+        ));
+        let job = match slurm_env("sbatch", &args, &sub.env) {
+            Ok(out) => out.trim().split(';').next().unwrap_or_default().to_string(),
+            Err(e) => {
+                let _ = cancel_jobs(&submitted);
+                let _ = fs::remove_dir_all(&sub.dir.path);
+                return Err(EngineError::Slurm(e));
+            }
         };
-        // Failures in a row of `squeue` itself (the controller restarting).
-        let mut squeue_failures = 0u32;
-        while !pending.is_empty() {
-            if cancel.is_cancelled() {
-                let ids: Vec<String> = pending.values().map(|j| j.id.clone()).collect();
-                cancel_jobs(&ids).map_err(EngineError::Slurm)?;
-                let mut r = run.clone();
-                r.cancelled = true;
-                let _ = dir.write(&r);
-                emit(RunEvent::Interrupted, summary);
-                return Ok(());
+        submitted.push(job.clone());
+        emit(
+            RunEvent::Submitted {
+                label: node.label.clone(),
+                job: job.clone(),
+                after: after.clone(),
+            },
+            summary,
+        );
+        sub.run.jobs.insert(
+            node.label.clone(),
+            Job {
+                id: job.clone(),
+                n,
+                after,
+            },
+        );
+        job_of[id] = Some(job);
+    }
+    if !sub.run.jobs.is_empty() {
+        sub.dir.write(&sub.run).map_err(EngineError::Slurm)?;
+    }
+    Ok(sub.run)
+}
+
+/// Follows a submitted run until every job has ended (or `cancel`,
+/// which cancels the jobs), turning what it sees into run events.
+pub fn watch(
+    dir: &RunDir,
+    run: &RunFile,
+    poll: Duration,
+    cancel: &CancelToken,
+    reporter: &mut dyn Reporter,
+    summary: &mut RunSummary,
+) -> Result<(), EngineError> {
+    let mut emit = |e: RunEvent, summary: &mut RunSummary| {
+        summary.record(&e);
+        reporter.on_event(&e);
+    };
+    let label_of: BTreeMap<&str, &str> = run
+        .jobs
+        .iter()
+        .map(|(l, j)| (j.id.as_str(), l.as_str()))
+        .collect();
+    let mut pending: BTreeMap<&str, &Job> =
+        run.jobs.iter().map(|(l, j)| (l.as_str(), j)).collect();
+    let mut started: std::collections::BTreeSet<&str> = Default::default();
+    // Jobs seen ended without an outcome once: looked at again.
+    let mut unsure: std::collections::BTreeSet<&str> = Default::default();
+    // Wakes the wait between polls when the run is cancelled.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let _waker = {
+        let tx = std::sync::Mutex::new(tx);
+        cancel.on_cancel(move || {
+            let _ = tx.lock().expect("not poisoned").send(());
+        })
+    };
+    // Failures in a row of `squeue` itself (the controller restarting).
+    let mut squeue_failures = 0u32;
+    while !pending.is_empty() {
+        if cancel.is_cancelled() {
+            let ids: Vec<String> = pending.values().map(|j| j.id.clone()).collect();
+            cancel_jobs(&ids).map_err(EngineError::Slurm)?;
+            let mut r = run.clone();
+            r.cancelled = true;
+            let _ = dir.write(&r);
+            emit(RunEvent::Interrupted, summary);
+            return Ok(());
+        }
+        let states = match queue_states(&run.run_id) {
+            Ok(s) => {
+                squeue_failures = 0;
+                s
             }
-            let states = match queue_states(&run.run_id) {
-                Ok(s) => {
-                    squeue_failures = 0;
-                    s
-                }
-                Err(e) if squeue_failures < 30 => {
-                    squeue_failures += 1;
-                    let _ = writeln!(std::io::stderr(), "warning: {e}; asking again");
-                    let _ = rx.recv_timeout(poll);
-                    continue;
-                }
-                Err(e) => return Err(EngineError::Slurm(e)),
-            };
-            let mut ended = Vec::new();
-            for (&label, job) in &pending {
-                match states.get(&job.id) {
-                    Some(q) if q.state == "RUNNING" && !started.contains(label) => {
-                        started.insert(label);
-                        emit(
-                            RunEvent::JobStarted {
-                                label: label.to_string(),
-                                job: job.id.clone(),
-                                node: q.node.clone(),
-                            },
-                            summary,
-                        );
-                    }
-                    Some(q) if is_live(&q.state) => {
-                        unsure.remove(label);
-                    }
-                    // Ended: its outcome file says how. Without one, it may
-                    // be between two attempts (requeued): it counts as
-                    // ended when two polls in a row and Slurm itself say so.
-                    _ if dir.outcome(job.n).exists() => ended.push(label),
-                    _ if unsure.insert(label) => {}
-                    _ => match final_state(&job.id) {
-                        Some((state, _)) if is_live(&state) => {}
-                        _ => ended.push(label),
-                    },
-                }
+            Err(e) if squeue_failures < 30 => {
+                squeue_failures += 1;
+                let _ = writeln!(std::io::stderr(), "warning: {e}; asking again");
+                let _ = rx.recv_timeout(poll);
+                continue;
             }
-            let ended_now: std::collections::BTreeSet<&str> = ended.iter().copied().collect();
-            for label in ended {
-                let job = pending.remove(label).expect("pending");
-                let event = match dir.read_outcome(job.n) {
-                    Some(o) => match o.result {
-                        NodeResult::Executed { key, wall_seconds } => RunEvent::Finished {
-                            label: label.into(),
-                            key,
-                            wall_seconds,
+            Err(e) => return Err(EngineError::Slurm(e)),
+        };
+        let mut ended = Vec::new();
+        for (&label, job) in &pending {
+            match states.get(&job.id) {
+                Some(q) if q.state == "RUNNING" && !started.contains(label) => {
+                    started.insert(label);
+                    emit(
+                        RunEvent::JobStarted {
+                            label: label.to_string(),
+                            job: job.id.clone(),
+                            node: q.node.clone(),
                         },
-                        NodeResult::Cached { key, saved_seconds } => RunEvent::Cached {
-                            label: label.into(),
-                            key,
-                            saved_seconds,
-                        },
-                        NodeResult::Failed {
-                            error,
-                            bad_input,
-                            log_tail,
-                        } => RunEvent::Failed {
-                            label: label.into(),
-                            error: format!("slurm job {}: {error}", job.id),
-                            bad_input,
-                            log_tail,
-                        },
-                        NodeResult::Interrupted => RunEvent::Failed {
-                            label: label.into(),
-                            error: format!("slurm job {} was cancelled", job.id),
-                            bad_input: false,
-                            log_tail: String::new(),
-                        },
+                        summary,
+                    );
+                }
+                Some(q) if is_live(&q.state) => {
+                    unsure.remove(label);
+                }
+                // Ended: its outcome file says how. Without one, it may
+                // be between two attempts (requeued): it counts as
+                // ended when two polls in a row and Slurm itself say so.
+                _ if dir.outcome(job.n).exists() => ended.push(label),
+                _ if unsure.insert(label) => {}
+                _ => match final_state(&job.id) {
+                    Some((state, _)) if is_live(&state) => {}
+                    _ => ended.push(label),
+                },
+            }
+        }
+        let ended_now: std::collections::BTreeSet<&str> = ended.iter().copied().collect();
+        for label in ended {
+            let job = pending.remove(label).expect("pending");
+            let event = match dir.read_outcome(job.n) {
+                Some(o) => match o.result {
+                    NodeResult::Executed { key, wall_seconds } => RunEvent::Finished {
+                        label: label.into(),
+                        key,
+                        wall_seconds,
                     },
-                    None => {
-                        let (state, reason) = final_state(&job.id)
-                            .unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
-                        if reason.contains("DependencyNeverSatisfied") {
-                            // The input that ended without succeeding
-                            // (failed, cancelled by hand, itself skipped),
-                            // not merely the first: a job waits for several,
-                            // and some may still be queued or running.
-                            let still_live =
-                                |dep: &str| pending.contains_key(dep) && !ended_now.contains(dep);
-                            let succeeded = |dep: &str| {
-                                run.jobs.get(dep).is_some_and(|j| {
-                                    dir.read_outcome(j.n).is_some_and(|o| {
-                                        matches!(
-                                            o.result,
-                                            NodeResult::Executed { .. } | NodeResult::Cached { .. }
-                                        )
-                                    })
+                    NodeResult::Cached { key, saved_seconds } => RunEvent::Cached {
+                        label: label.into(),
+                        key,
+                        saved_seconds,
+                    },
+                    NodeResult::Failed {
+                        error,
+                        bad_input,
+                        log_tail,
+                    } => RunEvent::Failed {
+                        label: label.into(),
+                        error: format!("slurm job {}: {error}", job.id),
+                        bad_input,
+                        log_tail,
+                    },
+                    NodeResult::Interrupted => RunEvent::Failed {
+                        label: label.into(),
+                        error: format!("slurm job {} was cancelled", job.id),
+                        bad_input: false,
+                        log_tail: String::new(),
+                    },
+                },
+                None => {
+                    let (state, reason) = final_state(&job.id)
+                        .unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
+                    if reason.contains("DependencyNeverSatisfied") {
+                        // The input that ended without succeeding
+                        // (failed, cancelled by hand, itself skipped),
+                        // not merely the first: a job waits for several,
+                        // and some may still be queued or running.
+                        let still_live =
+                            |dep: &str| pending.contains_key(dep) && !ended_now.contains(dep);
+                        let succeeded = |dep: &str| {
+                            run.jobs.get(dep).is_some_and(|j| {
+                                dir.read_outcome(j.n).is_some_and(|o| {
+                                    matches!(
+                                        o.result,
+                                        NodeResult::Executed { .. } | NodeResult::Cached { .. }
+                                    )
                                 })
-                            };
-                            let deps = |j: &Job| -> Vec<&str> {
-                                j.after
-                                    .iter()
-                                    .filter_map(|a| label_of.get(a.as_str()).copied())
-                                    .collect()
-                            };
-                            // Followed up to the job that ended by itself:
-                            // a job whose own inputs all succeeded.
-                            let mut because = deps(job).first().copied().unwrap_or_default();
-                            let mut at = job;
-                            while let Some(d) = deps(at)
-                                .into_iter()
-                                .find(|d| !succeeded(d) && !still_live(d))
-                            {
-                                because = d;
-                                match run.jobs.get(d) {
-                                    Some(j) => at = j,
-                                    None => break,
-                                }
-                            }
-                            let because = because.to_string();
-                            RunEvent::Skipped {
-                                label: label.into(),
-                                because,
-                            }
-                        } else {
-                            let log = fs::read(dir.log(job.n)).unwrap_or_default();
-                            RunEvent::Failed {
-                                label: label.into(),
-                                error: format!(
-                                    "slurm job {} ended {state}{} without a result",
-                                    job.id,
-                                    if reason.is_empty() || reason == "None" {
-                                        String::new()
-                                    } else {
-                                        format!(" ({reason})")
-                                    }
-                                ),
-                                bad_input: false,
-                                log_tail: tail(&log, 20),
+                            })
+                        };
+                        let deps = |j: &Job| -> Vec<&str> {
+                            j.after
+                                .iter()
+                                .filter_map(|a| label_of.get(a.as_str()).copied())
+                                .collect()
+                        };
+                        // Followed up to the job that ended by itself:
+                        // a job whose own inputs all succeeded.
+                        let mut because = deps(job).first().copied().unwrap_or_default();
+                        let mut at = job;
+                        while let Some(d) = deps(at)
+                            .into_iter()
+                            .find(|d| !succeeded(d) && !still_live(d))
+                        {
+                            because = d;
+                            match run.jobs.get(d) {
+                                Some(j) => at = j,
+                                None => break,
                             }
                         }
+                        let because = because.to_string();
+                        RunEvent::Skipped {
+                            label: label.into(),
+                            because,
+                        }
+                    } else {
+                        let log = fs::read(dir.log(job.n)).unwrap_or_default();
+                        RunEvent::Failed {
+                            label: label.into(),
+                            error: format!(
+                                "slurm job {} ended {state}{} without a result",
+                                job.id,
+                                if reason.is_empty() || reason == "None" {
+                                    String::new()
+                                } else {
+                                    format!(" ({reason})")
+                                }
+                            ),
+                            bad_input: false,
+                            log_tail: tail(&log, 20),
+                        }
                     }
-                };
-                emit(event, summary);
-            }
-            if !pending.is_empty() {
-                let _ = rx.recv_timeout(poll);
-            }
+                }
+            };
+            emit(event, summary);
         }
-        Ok(())
+        if !pending.is_empty() {
+            let _ = rx.recv_timeout(poll);
+        }
     }
+    Ok(())
 }
 
 /// The kinds of the plan's stages, for [`preflight`].

@@ -25,7 +25,7 @@ pub fn temp_name(tmp_dir: &Path, tag: &str) -> std::path::PathBuf {
 }
 
 /// This host's tag in temp names: 8 hex digits of its name's sha256.
-pub fn host_tag() -> &'static str {
+pub(crate) fn host_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
         let host = crate::host::hostname();
@@ -40,7 +40,7 @@ fn nanos() -> u128 {
         .unwrap_or(0)
 }
 
-pub fn write_atomic(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_name(tmp_dir, "part");
     let result = (|| {
         let mut f = File::create(&tmp)?;

@@ -22,7 +22,7 @@ use crate::digest::Digest;
 use crate::registry::StageKind;
 
 /// No stage output is larger than this (a prepared ImageNet is ~250 GB).
-pub const MAX_BLOB_BYTES: u64 = 4 << 40;
+pub(crate) const MAX_BLOB_BYTES: u64 = 4 << 40;
 
 pub trait Store: Send + Sync {
     /// The local layer: labels, failures, locks, work folders, blobs.
@@ -279,6 +279,7 @@ impl Layered {
             label: rec.label.clone(),
             key: rec.key,
             key_record: rec.key_record.clone(),
+            config: None,
         })?;
         self.stats.lock().expect("not poisoned").pulled_actions += 1;
         Ok(Some(rec))
@@ -347,7 +348,7 @@ impl Layered {
 
 /// Transfers from this size on are shown as they start and end (small
 /// ones are summed up in the run's last line).
-pub const SHOWN_FROM_BYTES: u64 = 16 << 20;
+pub(crate) const SHOWN_FROM_BYTES: u64 = 16 << 20;
 
 /// The progress of one large transfer, on stderr.
 struct Transfer {
@@ -433,10 +434,10 @@ enum Fetched {
 }
 
 /// The provenance key of a pulled record: the remote it came from.
-pub const PULLED_FROM: &str = "pulled_from";
+pub(crate) const PULLED_FROM: &str = "pulled_from";
 
 /// Marks a record [`Store::lookup`] read from the remote without fetching.
-pub const IN_REMOTE: &str = "in_remote";
+pub(crate) const IN_REMOTE: &str = "in_remote";
 
 /// Whether `rec` is only in the remote (read by a lookup without fetch).
 pub fn only_in_remote(rec: &ActionRecord) -> bool {
@@ -445,7 +446,7 @@ pub fn only_in_remote(rec: &ActionRecord) -> bool {
 
 /// A remote record is accepted only if it parses, hashes to its key, and
 /// names only outputs its kind declares, with sane sizes.
-pub fn check_record(key: &Digest, bytes: &[u8]) -> Result<ActionRecord, String> {
+pub(crate) fn check_record(key: &Digest, bytes: &[u8]) -> Result<ActionRecord, String> {
     let mut rec: ActionRecord =
         serde_json::from_slice(bytes).map_err(|e| format!("is not an action record ({e})"))?;
     if rec.key != *key || rec.key_record.key() != *key {

@@ -77,10 +77,10 @@ impl LocalStore {
     pub fn root(&self) -> &Path {
         &self.root
     }
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
 
@@ -92,7 +92,7 @@ impl LocalStore {
 
     /// Drops a key's partial work (its result is stored, or never will be
     /// from this work).
-    pub fn remove_resume(&self, key: &Digest) {
+    pub(crate) fn remove_resume(&self, key: &Digest) {
         let dir = self.resume_dir(key);
         if dir.exists() {
             make_writable(&dir);
@@ -101,7 +101,7 @@ impl LocalStore {
     }
 
     /// Every key's partial work, with its size in bytes on disk.
-    pub fn resume_dirs(&self) -> Result<Vec<(PathBuf, u64)>> {
+    pub(crate) fn resume_dirs(&self) -> Result<Vec<(PathBuf, u64)>> {
         let root = self.root.join(RESUME_DIR);
         let entries = match fs::read_dir(&root) {
             Ok(e) => e,
@@ -118,7 +118,7 @@ impl LocalStore {
         Ok(out)
     }
 
-    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
         self.sharded(d, "cas", "")
     }
 
@@ -139,14 +139,14 @@ impl LocalStore {
         PathBuf::from(p)
     }
 
-    pub fn has_blob(&self, d: &Digest) -> bool {
+    pub(crate) fn has_blob(&self, d: &Digest) -> bool {
         self.blob_path(d).is_file()
     }
 
     /// Moves `path` (a file under `tmp/`) into the CAS under its digest.
     /// The file is synced before the rename so a crash never leaves a named
     /// blob with short content.
-    pub fn insert_file(&self, path: &Path) -> Result<OutputEntry> {
+    pub(crate) fn insert_file(&self, path: &Path) -> Result<OutputEntry> {
         let (digest, size) = Digest::of_file(path).map_err(|e| StoreError::io(path, e))?;
         let stamp = self.insert_file_as(path, digest)?;
         Ok(OutputEntry {
@@ -161,7 +161,7 @@ impl LocalStore {
     /// name is replaced: the new file's content was just hashed, the old
     /// one's may have changed since, so the store heals itself on every
     /// insert. (A reader holding the old file open keeps reading it.)
-    pub fn insert_file_as(&self, path: &Path, digest: Digest) -> Result<Stamp> {
+    pub(crate) fn insert_file_as(&self, path: &Path, digest: Digest) -> Result<Stamp> {
         let dest = self.blob_path(&digest);
         let parent = dest.parent().expect("blob has a parent");
         fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
@@ -176,7 +176,7 @@ impl LocalStore {
         Ok(Stamp::of(&meta))
     }
 
-    pub fn insert_bytes(&self, bytes: &[u8]) -> Result<OutputEntry> {
+    pub(crate) fn insert_bytes(&self, bytes: &[u8]) -> Result<OutputEntry> {
         let digest = Digest::of_bytes(bytes);
         let tmp = temp_name(&self.tmp_dir(), "blob");
         if let Err(e) = fs::write(&tmp, bytes) {
@@ -196,7 +196,7 @@ impl LocalStore {
     /// match gives the new stamp; a mismatch moves the blob to
     /// `quarantine/`, so nothing can read it again and every action that
     /// made it is a miss.
-    pub fn check_blob(&self, entry: &OutputEntry) -> Result<BlobCheck> {
+    pub(crate) fn check_blob(&self, entry: &OutputEntry) -> Result<BlobCheck> {
         let path = self.blob_path(&entry.digest);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
@@ -258,7 +258,7 @@ impl LocalStore {
         self.sharded(key, "ac", ".json")
     }
 
-    pub fn get_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
+    pub(crate) fn get_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
         self.read_record(&self.action_path(key))
     }
 
@@ -266,7 +266,7 @@ impl LocalStore {
     /// ([`Self::check_blob`]). A changed blob is quarantined with one
     /// warning and the action is a miss; re-hashed intact blobs get their
     /// new stamps written back, so each is hashed once.
-    pub fn get_usable_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
+    pub(crate) fn get_usable_action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
         let Some(mut rec) = self.get_action(key)? else {
             return Ok(None);
         };
@@ -308,7 +308,7 @@ impl LocalStore {
     /// decoded. Anything else (no such fields, a stamp that moved, a
     /// missing blob) goes through `get_usable_action`, which re-hashes,
     /// restamps, quarantines and warns as it always does.
-    pub fn get_cached(&self, key: &Digest) -> Result<Option<CachedAction>> {
+    pub(crate) fn get_cached(&self, key: &Digest) -> Result<Option<CachedAction>> {
         #[derive(serde::Deserialize)]
         struct Light {
             outputs: BTreeMap<String, OutputEntry>,
@@ -345,11 +345,11 @@ impl LocalStore {
         }))
     }
 
-    pub fn put_action(&self, rec: &ActionRecord) -> Result<()> {
+    pub(crate) fn put_action(&self, rec: &ActionRecord) -> Result<()> {
         self.write_json(&self.action_path(&rec.key), rec)
     }
 
-    pub fn remove_action(&self, key: &Digest) -> Result<()> {
+    pub(crate) fn remove_action(&self, key: &Digest) -> Result<()> {
         let p = self.action_path(key);
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -390,7 +390,7 @@ impl LocalStore {
         Ok(out)
     }
 
-    pub fn remove_blob(&self, d: &Digest) -> Result<()> {
+    pub(crate) fn remove_blob(&self, d: &Digest) -> Result<()> {
         let p = self.blob_path(d);
         fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))
     }
@@ -404,23 +404,41 @@ impl LocalStore {
     }
 
     /// Whether a blob of this name was quarantined (and not stored since).
-    pub fn is_quarantined(&self, d: &Digest) -> bool {
+    pub(crate) fn is_quarantined(&self, d: &Digest) -> bool {
         !self.has_blob(d) && self.root.join("quarantine").join(d.to_hex()).is_file()
     }
 
-    fn label_path(&self, label: &str) -> PathBuf {
-        self.root.join("labels").join(format!(
-            "{}.json",
-            Digest::of_bytes(label.as_bytes()).to_hex()
-        ))
+    /// `labels/<sha of label>.json`, the last run by any config, or
+    /// `labels/<sha of config NUL label>.json`, the config's own.
+    fn label_path(&self, config: Option<&Path>, label: &str) -> PathBuf {
+        let name = match config {
+            None => Digest::of_bytes(label.as_bytes()),
+            Some(c) => {
+                let mut id = c.as_os_str().as_encoded_bytes().to_vec();
+                id.push(0);
+                id.extend_from_slice(label.as_bytes());
+                Digest::of_bytes(&id)
+            }
+        };
+        self.root.join("labels").join(format!("{}.json", name.to_hex()))
     }
 
-    pub fn get_label(&self, label: &str) -> Result<Option<LabelRecord>> {
-        self.read_record(&self.label_path(label))
+    /// The last key record of `label` as `config` ran it, else as any
+    /// config (or a pull) left it: the record's `config` says whose it is.
+    pub(crate) fn get_label(&self, config: &Path, label: &str) -> Result<Option<LabelRecord>> {
+        match self.read_record(&self.label_path(Some(config), label))? {
+            Some(own) => Ok(Some(own)),
+            None => self.read_record(&self.label_path(None, label)),
+        }
     }
 
-    pub fn put_label(&self, rec: &LabelRecord) -> Result<()> {
-        self.write_json(&self.label_path(&rec.label), rec)
+    /// Records `rec` as the last run of its label, and as its config's own
+    /// when it has one.
+    pub(crate) fn put_label(&self, rec: &LabelRecord) -> Result<()> {
+        if let Some(c) = &rec.config {
+            self.write_json(&self.label_path(Some(c), &rec.label), rec)?;
+        }
+        self.write_json(&self.label_path(None, &rec.label), rec)
     }
 
     fn failure_path(&self, key: &Digest) -> PathBuf {
@@ -429,15 +447,15 @@ impl LocalStore {
             .join(format!("{}.json", key.to_hex()))
     }
 
-    pub fn get_failure(&self, key: &Digest) -> Result<Option<FailureRecord>> {
+    pub(crate) fn get_failure(&self, key: &Digest) -> Result<Option<FailureRecord>> {
         self.read_record(&self.failure_path(key))
     }
 
-    pub fn put_failure(&self, rec: &FailureRecord) -> Result<()> {
+    pub(crate) fn put_failure(&self, rec: &FailureRecord) -> Result<()> {
         self.write_json(&self.failure_path(&rec.key), rec)
     }
 
-    pub fn clear_failure(&self, key: &Digest) {
+    pub(crate) fn clear_failure(&self, key: &Digest) {
         let _ = fs::remove_file(self.failure_path(key));
     }
 
@@ -480,7 +498,7 @@ impl LocalStore {
     }
 
     /// Moves a damaged record out of the way (see [`Self::read_record`]).
-    pub fn quarantine_record(&self, path: &Path) -> Result<PathBuf> {
+    pub(crate) fn quarantine_record(&self, path: &Path) -> Result<PathBuf> {
         let to = record_quarantine_path(&self.root, path);
         let dir = to.parent().expect("has a parent");
         fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
@@ -489,7 +507,7 @@ impl LocalStore {
     }
 
     /// Every record file (`ac/`, `labels/`, `failed/`), for `cache verify`.
-    pub fn record_files(&self) -> Result<Vec<PathBuf>> {
+    pub(crate) fn record_files(&self) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for d in ["ac", "labels", "failed"] {
             out.extend(
@@ -509,7 +527,7 @@ impl LocalStore {
 
     /// Removes what killed processes left in `tmp/`. Entries are named
     /// `<pid>-...`; those of live processes are kept.
-    pub fn clean_stale_tmp(&self) {
+    pub(crate) fn clean_stale_tmp(&self) {
         let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
             return;
         };
@@ -543,7 +561,7 @@ impl LocalStore {
 /// Work dirs hold read-only outputs; make them removable.
 /// The disk space the files under `path` take. Preallocated files are
 /// sparse: the blocks count, not the length.
-pub fn disk_use(path: &Path) -> u64 {
+pub(crate) fn disk_use(path: &Path) -> u64 {
     walkdir::WalkDir::new(path)
         .into_iter()
         .flatten()
@@ -553,7 +571,7 @@ pub fn disk_use(path: &Path) -> u64 {
         .sum()
 }
 
-pub fn make_writable(dir: &Path) {
+pub(crate) fn make_writable(dir: &Path) {
     for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
         let mode = if entry.file_type().is_dir() {
             0o755

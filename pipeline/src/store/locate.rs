@@ -20,7 +20,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The folder name of a store found or made by the rule.
-pub const STORE_DIR: &str = ".bsce";
+pub(crate) const STORE_DIR: &str = ".bsce";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOrigin {
@@ -37,13 +37,6 @@ pub enum StoreOrigin {
 pub struct StoreChoice {
     pub root: PathBuf,
     pub origin: StoreOrigin,
-}
-
-impl StoreChoice {
-    /// Whether the rule guessed (the user named no store).
-    pub fn guessed(&self) -> bool {
-        matches!(self.origin, StoreOrigin::Enclosing(_) | StoreOrigin::New)
-    }
 }
 
 impl fmt::Display for StoreChoice {
@@ -70,12 +63,12 @@ impl fmt::Display for StoreChoice {
 }
 
 /// Whether `dir` holds a bsce-pipe store.
-pub fn is_store(dir: &Path) -> bool {
+pub(crate) fn is_store(dir: &Path) -> bool {
     dir.join("cas").is_dir() && dir.join("ac").is_dir()
 }
 
 /// The nearest `.bsce` store in `start` or above.
-pub fn enclosing_store(start: &Path) -> Option<PathBuf> {
+pub(crate) fn enclosing_store(start: &Path) -> Option<PathBuf> {
     let start = std::path::absolute(start).ok()?;
     start
         .ancestors()
@@ -198,7 +191,7 @@ mod tests {
         store_at(&repo.join(".bsce"));
         let found = choose(None, None, None, &repo.join("configs")).unwrap();
         assert_eq!(found.root, repo.join(".bsce"));
-        assert!(found.guessed());
+        assert!(matches!(found.origin, StoreOrigin::Enclosing(_)));
         // A nearer store wins (an older layout kept its store beside the config).
         store_at(&repo.join("configs/.bsce"));
         assert_eq!(c(None, None, None).root, repo.join("configs/.bsce"));

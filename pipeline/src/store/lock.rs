@@ -10,26 +10,6 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Waits for the lock.
-    pub fn acquire(path: &Path) -> std::io::Result<FileLock> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
-        loop {
-            // SAFETY: as above.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(FileLock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
-    }
-
     /// A shared lock, or `Ok(None)` if someone holds it exclusively.
     pub fn try_shared(path: &Path) -> std::io::Result<Option<FileLock>> {
         Self::try_flock(path, libc::LOCK_SH)

@@ -69,10 +69,39 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The machine failed the store (a full disk or quota, the network),
+    /// not the data: see [`crate::host::io_is_environment`].
+    pub fn is_environment(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => crate::host::io_is_environment(source.kind()),
+            _ => false,
+        }
+    }
+}
+
+impl StoreError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StoreError::Io {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn a_store_write_on_a_full_disk_is_the_environment() {
+        let full = StoreError::io("/s/blobs/x", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(full.is_environment());
+        let gone = StoreError::io("/s/blobs/x", std::io::ErrorKind::NotFound.into());
+        assert!(!gone.is_environment());
+        let bad = StoreError::BadRecord {
+            path: "/s/ac/x.json".into(),
+            message: "truncated".into(),
+        };
+        assert!(!bad.is_environment());
     }
 }

@@ -78,12 +78,18 @@ pub struct Provenance {
 }
 
 /// The last key record of a logical stage, to explain the next rerun.
+/// Kept twice: per config (the config's own last run) and per label alone
+/// (the last run by any config, or a record pulled from a remote).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRecord {
     pub label: String,
     pub key: Digest,
     pub key_record: KeyRecord,
+    /// The config whose run computed it (absolute path); `None` when it
+    /// was pulled from a remote cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,4 +104,8 @@ pub struct FailureRecord {
     /// stage on these inputs: the next run retries without blaming them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub environment: bool,
+    /// The stage's input was at fault (a bad archive, a template error):
+    /// exit 2, as for a bad config.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bad_input: bool,
 }

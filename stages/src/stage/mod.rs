@@ -6,6 +6,7 @@
 mod order;
 mod prepare;
 mod tasks;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,6 +19,7 @@ use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 use crate::error::Result;
 
 pub use tasks::{read_tasks, TaskPlan};
+pub use worker::serve;
 
 include!(concat!(env!("OUT_DIR"), "/code_digests.rs"));
 
@@ -36,6 +38,13 @@ pub const PIPE_STAGES: &[(StageKind, StageFn)] = &[
 /// Exit 0 on success, 1 when the stage failed, 2 for a job this binary
 /// cannot run.
 pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)]) -> ExitCode {
+    report_panics();
+    ExitCode::from(run_job(job_path, runner, table))
+}
+
+/// One job, as `exec-stage` and a warm worker run it: its exit status.
+/// The panic hook ([`report_panics`]) is the caller's to install, once.
+fn run_job(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)]) -> u8 {
     let job = match StageJob::read(job_path) {
         Ok(j) => j,
         Err(e) => {
@@ -44,7 +53,7 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
                 "error: reading job {}: {e}",
                 job_path.display()
             );
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let Some((_, run)) = table.iter().find(|(k, _)| *k == job.kind) else {
@@ -55,12 +64,11 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
             job.kind.spec().runner.binary(),
             runner.binary()
         );
-        return ExitCode::from(2);
+        return 2;
     };
-    report_panics();
     let reporter = ChildReporter::default();
     match run(&job, &reporter) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             // Over the pipe, not the log: on a full disk the log write
             // fails (and eprintln! would panic on it).
@@ -71,7 +79,7 @@ pub fn exec_stage(job_path: &Path, runner: Runner, table: &[(StageKind, StageFn)
                     | crate::StageError::InvalidParam { .. }
             );
             reporter.error(&e.to_string(), bad_input, e.is_environment());
-            ExitCode::from(1)
+            1
         }
     }
 }

@@ -18,7 +18,7 @@ pub struct DirRemote {
 }
 
 /// A temporary file not written to for this long belongs to a dead writer.
-pub const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+pub(crate) const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl DirRemote {
     pub fn new(url: &str) -> Result<Self, String> {

@@ -107,7 +107,7 @@ fn basic(user: &str, pass: &str) -> String {
     )
 }
 
-pub use crate::remote_url::redact;
+pub(crate) use crate::remote_url::redact;
 
 impl RemoteCache for HttpRemote {
     fn describe(&self) -> String {

@@ -40,7 +40,7 @@ pub enum RemoteError {
 pub type RemoteResult<T> = Result<T, RemoteError>;
 
 /// Action records larger than this are refused (a real one is a few KiB).
-pub const MAX_RECORD_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 pub trait RemoteCache: Send + Sync {
     /// The remote as messages and provenance show it: never credentials.
@@ -70,7 +70,7 @@ pub fn open(url: &str) -> Result<Box<dyn RemoteCache>, String> {
     }
 }
 
-pub use crate::remote_url::check_url;
+pub(crate) use crate::remote_url::check_url;
 
 /// Copies at most `max` bytes of `from` into `dest`; an error past it.
 pub(crate) fn copy_limited(

@@ -1,0 +1,361 @@
+//! Warm workers: the executor that runs libtorch stages in long-lived
+//! `bsce-torch worker` processes, one stage at a time each, instead of a
+//! fresh process per stage (Bazel's persistent workers: each request is
+//! still an action with its own inputs, outputs and log).
+//!
+//! What stays warm is the process: libtorch's libraries and, on a GPU
+//! node, the CUDA context. Each stage keeps its own work folder, key,
+//! record, log, progress, cancellation and failure; it sets its own seeds,
+//! threads and determinism flags at its start, and the worker sets
+//! autograd around it (`stages/src/stage/worker.rs`). A worker serves one
+//! (binary, threads, device) slot: a stage never finds a CUDA context of
+//! another device or a thread pool of another size.
+//!
+//! A worker that dies mid-stage (killed, out of memory, a panic) fails only
+//! that stage, as a killed process would, and is not reused; cancellation
+//! kills the worker of the stage. A worker whose resident memory after a
+//! stage is above [`MAX_WORKER_RSS_KIB`] is retired. Stages that are not
+//! libtorch's ([`Resources::warm`] false) start cold, as do all of them
+//! with `run --cold`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+
+use super::cancel::CancelToken;
+use super::executor::{
+    ExecError, ExitHow, LocalExecutor, OnMessage, Prepared, Resources, StageExecutor, StageExit,
+    StageFailure,
+};
+use super::job::{self, ChildMessage, WorkRequest, WORKER_PANICKED};
+
+/// Resident memory above which a worker is retired after its stage (a
+/// leak, or a cache that grew): 16 GiB.
+pub(crate) const MAX_WORKER_RSS_KIB: u64 = 16 << 20;
+
+/// What a worker serves: stages of one binary, thread count and device.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot {
+    exe: PathBuf,
+    threads: usize,
+    device: String,
+}
+
+struct Worker {
+    slot: Slot,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Stages it has run (for provenance: a stage can tell it ran warm).
+    stages: u64,
+}
+
+impl Worker {
+    fn spawn(slot: &Slot) -> Result<Worker, ExecError> {
+        let mut child = Command::new(&slot.exe)
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Each stage's stderr goes to its log (the worker points fd 2
+            // there); between stages there is nothing to say.
+            .stderr(Stdio::null())
+            .env("RAYON_NUM_THREADS", slot.threads.to_string())
+            .env("OMP_NUM_THREADS", slot.threads.to_string())
+            .env(job::PARENT_PID_VAR, std::process::id().to_string())
+            .process_group(0)
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                exe: slot.exe.clone(),
+                source,
+            })?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Worker {
+            slot: slot.clone(),
+            child,
+            stdin,
+            stdout,
+            stages: 0,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Ends it: SIGKILL, then reaped (its status, for a stage it failed).
+    fn kill(mut self) -> Option<std::process::ExitStatus> {
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
+    /// Its resident memory now (`VmRSS`), 0 when unknown.
+    fn rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Runs warm stages in workers (and the rest as [`LocalExecutor`] does).
+/// Dropping it ends every idle worker.
+pub struct WorkerPool {
+    idle: Mutex<Vec<Worker>>,
+    /// Workers started so far.
+    started: Mutex<u64>,
+    /// Workers are started by one thread that lives as long as the pool:
+    /// a worker asks the kernel to kill it when the thread that started it
+    /// ends (`PR_SET_PDEATHSIG` follows the thread, not the process), and
+    /// the scheduler's stage threads end after each stage.
+    spawner: Option<Spawner>,
+}
+
+type SpawnReply = mpsc::Sender<Result<Worker, ExecError>>;
+
+struct Spawner {
+    requests: Mutex<mpsc::Sender<(Slot, SpawnReply)>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Default for WorkerPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerPool {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel::<(Slot, SpawnReply)>();
+        let thread = std::thread::Builder::new()
+            .name("worker-spawner".into())
+            .spawn(move || {
+                for (slot, reply) in rx {
+                    let _ = reply.send(Worker::spawn(&slot));
+                }
+            })
+            .expect("a thread starts");
+        WorkerPool {
+            idle: Mutex::default(),
+            started: Mutex::default(),
+            spawner: Some(Spawner {
+                requests: Mutex::new(tx),
+                thread,
+            }),
+        }
+    }
+
+    /// How many worker processes this pool has started.
+    pub fn started(&self) -> u64 {
+        *self.started.lock().expect("not poisoned")
+    }
+
+    /// A fresh worker for `slot`, started by the spawner thread.
+    fn spawn(&self, slot: &Slot) -> Result<Worker, ExecError> {
+        let spawner = self.spawner.as_ref().expect("alive until dropped");
+        let (reply, answer) = mpsc::channel();
+        spawner
+            .requests
+            .lock()
+            .expect("not poisoned")
+            .send((slot.clone(), reply))
+            .expect("the spawner lives as long as the pool");
+        let w = answer.recv().expect("the spawner answers")?;
+        *self.started.lock().expect("not poisoned") += 1;
+        Ok(w)
+    }
+
+    fn take(&self, slot: &Slot) -> Result<Worker, ExecError> {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        if let Some(i) = idle.iter().position(|w| w.slot == *slot) {
+            return Ok(idle.swap_remove(i));
+        }
+        drop(idle);
+        self.spawn(slot)
+    }
+
+    fn give_back(&self, w: Worker) {
+        if w.rss_kib() > MAX_WORKER_RSS_KIB {
+            w.kill();
+        } else {
+            self.idle.lock().expect("not poisoned").push(w);
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        for w in self.idle.get_mut().expect("not poisoned").drain(..) {
+            let Worker {
+                mut child, stdin, ..
+            } = w;
+            // EOF on its stdin ends the worker's loop.
+            drop(stdin);
+            let _ = child.wait();
+        }
+        if let Some(Spawner { requests, thread }) = self.spawner.take() {
+            drop(requests);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl StageExecutor for WorkerPool {
+    fn run(
+        &self,
+        stage: &Prepared,
+        res: &Resources,
+        cancel: &CancelToken,
+        on_message: OnMessage,
+    ) -> Result<StageExit, ExecError> {
+        if !res.warm {
+            return LocalExecutor.run(stage, res, cancel, on_message);
+        }
+        let slot = Slot {
+            exe: res.exe.clone(),
+            threads: res.threads,
+            device: res.device.clone(),
+        };
+        let mut log = fs::File::create(&stage.log).map_err(|e| ExecError::io(&stage.log, e))?;
+        let request = serde_json::to_string(&WorkRequest {
+            job: stage.job.clone(),
+            log: stage.log.clone(),
+        })
+        .expect("serialises")
+            + "\n";
+        // An idle worker may have died since its last stage (killed from
+        // outside): then a fresh one takes the request.
+        let mut worker = self.take(&slot)?;
+        if worker
+            .stdin
+            .write_all(request.as_bytes())
+            .and_then(|()| worker.stdin.flush())
+            .is_err()
+        {
+            worker.kill();
+            worker = self.spawn(&slot)?;
+            worker
+                .stdin
+                .write_all(request.as_bytes())
+                .and_then(|()| worker.stdin.flush())
+                .map_err(|e| ExecError::io(&slot.exe, e))?;
+        }
+        worker.stages += 1;
+        // Cancellation kills the worker: its stage ends with it.
+        let live = Arc::new(Mutex::new(Some(worker.pid())));
+        let _on_cancel = {
+            let live = Arc::clone(&live);
+            cancel.on_cancel(move || {
+                if let Some(pid) = *live.lock().expect("not poisoned") {
+                    // SAFETY: signalling our own un-reaped child.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            })
+        };
+        let mut provenance = BTreeMap::new();
+        let mut error = None;
+        let mut done = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match worker.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = line.trim_end_matches('\n');
+            match serde_json::from_str::<ChildMessage>(text) {
+                Ok(ChildMessage::Done {
+                    status,
+                    peak_rss_kib,
+                }) => {
+                    done = Some((status, peak_rss_kib));
+                    break;
+                }
+                Ok(ChildMessage::Provenance { key, value }) => {
+                    provenance.insert(key, value);
+                }
+                Ok(ChildMessage::Error {
+                    message,
+                    bad_input,
+                    environment,
+                }) => {
+                    let _ = writeln!(log, "error: {message}");
+                    error = Some(StageFailure {
+                        message: format!("error: {message}"),
+                        bad_input,
+                        environment,
+                    });
+                }
+                Ok(m @ ChildMessage::Progress { .. }) => on_message(m),
+                Err(_) => {
+                    let _ = writeln!(log, "{text}");
+                }
+            }
+        }
+        provenance.insert(
+            "worker".into(),
+            serde_json::json!({"pid": worker.pid(), "stage": worker.stages}),
+        );
+        let (how, peak_rss_kib) = match done {
+            Some((status, peak)) => {
+                *live.lock().expect("not poisoned") = None;
+                let how = match status {
+                    0 => ExitHow::Success,
+                    s => ExitHow::Exited(i32::from(s)),
+                };
+                if status == WORKER_PANICKED {
+                    worker.kill();
+                } else {
+                    self.give_back(worker);
+                }
+                (how, peak)
+            }
+            // The worker died mid-stage: its stage ends as a killed
+            // process's would.
+            None => {
+                let pid = worker.pid();
+                let status = worker.kill();
+                error.get_or_insert(StageFailure {
+                    message: format!(
+                        "its warm worker (pid {pid}) died mid-stage; the next stage gets a fresh one"
+                    ),
+                    bad_input: false,
+                    environment: true,
+                });
+                *live.lock().expect("not poisoned") = None;
+                let how = if cancel.is_cancelled() {
+                    ExitHow::Cancelled
+                } else {
+                    use std::os::unix::process::ExitStatusExt;
+                    match status {
+                        Some(s) if s.signal().is_some() => {
+                            ExitHow::Signalled(s.signal().unwrap_or(0))
+                        }
+                        Some(s) => ExitHow::Exited(s.code().unwrap_or(-1)),
+                        None => ExitHow::Signalled(libc::SIGKILL),
+                    }
+                };
+                (how, 0)
+            }
+        };
+        let how = if how != ExitHow::Success && cancel.is_cancelled() {
+            ExitHow::Cancelled
+        } else {
+            how
+        };
+        Ok(StageExit {
+            how,
+            peak_rss_kib,
+            provenance,
+            error,
+        })
+    }
+}
