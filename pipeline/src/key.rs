@@ -31,7 +31,7 @@ use crate::digest::Digest;
 pub(crate) const KEY_VERSION: u32 = 2;
 
 /// The key of a stage instance.
-pub type StageKey = Digest;
+pub(crate) type StageKey = Digest;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -469,7 +469,7 @@ pub struct OrderParams {
 /// The `tasks` stage: an incremental setting.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TasksParams {
+pub(crate) struct TasksParams {
     pub base: u32,
     pub increment: u32,
     /// Default: as many as the classes allow.

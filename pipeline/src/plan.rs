@@ -19,7 +19,7 @@ use crate::params::{
 };
 use crate::registry::files;
 
-pub type NodeId = usize;
+pub(crate) type NodeId = usize;
 
 #[derive(Clone, Debug)]
 pub struct PlanNode {

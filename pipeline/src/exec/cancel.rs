@@ -24,7 +24,7 @@ struct Inner {
 /// Keeps a waker registered; dropping it unregisters the waker, so a
 /// long run holds one per live stage, not one per stage it ever ran.
 #[must_use = "the waker is unregistered when this is dropped"]
-pub struct Registration {
+pub(crate) struct Registration {
     token: Option<CancelToken>,
     id: u64,
 }

@@ -113,7 +113,7 @@ impl ExecError {
 }
 
 /// Progress and other messages a running stage sends as it goes.
-pub type OnMessage<'a> = &'a (dyn Fn(ChildMessage) + Sync);
+pub(crate) type OnMessage<'a> = &'a (dyn Fn(ChildMessage) + Sync);
 
 pub trait StageExecutor: Sync {
     /// Runs `stage` to its end (or until `cancel`), passing progress
@@ -130,7 +130,7 @@ pub trait StageExecutor: Sync {
 /// Runs a stage as a child process of this one (`exec-stage job.json`),
 /// with its own process group and a parent-death signal, reaped with
 /// `wait4` for its peak memory.
-pub struct LocalExecutor;
+pub(crate) struct LocalExecutor;
 
 impl StageExecutor for LocalExecutor {
     fn run(

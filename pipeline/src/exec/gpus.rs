@@ -12,7 +12,7 @@ use crate::registry::StageKind;
 const CAPACITY: u32 = 720_720;
 
 #[derive(Clone, Debug)]
-pub struct GpuPool {
+pub(crate) struct GpuPool {
     /// (GPU index, free units).
     gpus: Vec<(u32, u32)>,
     default_share: u32,
@@ -21,7 +21,7 @@ pub struct GpuPool {
 
 /// A GPU slot held by a running stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GpuSlot {
+pub(crate) struct GpuSlot {
     pub gpu: u32,
     units: u32,
 }

@@ -295,8 +295,12 @@ pub fn queue_states(run_id: &str) -> Result<BTreeMap<String, QueueState>, SlurmE
             "--format=%i|%T|%N|%r".into(),
         ],
     )?;
-    Ok(out
-        .lines()
+    Ok(parse_queue(&out))
+}
+
+/// `squeue --format=%i|%T|%N|%r` lines -> job id -> state.
+fn parse_queue(out: &str) -> BTreeMap<String, QueueState> {
+    out.lines()
         .filter_map(|l| {
             let mut f = l.trim().splitn(4, '|');
             let id = f.next()?.to_string();
@@ -309,7 +313,7 @@ pub fn queue_states(run_id: &str) -> Result<BTreeMap<String, QueueState>, SlurmE
                 },
             ))
         })
-        .collect())
+        .collect()
 }
 
 /// Whether a `squeue` state means the job may still run.
@@ -748,4 +752,46 @@ pub fn kinds_of(plan: &Plan, ids: impl Iterator<Item = NodeId>) -> Vec<StageKind
     k.sort();
     k.dedup();
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sbatch_flags_follow_the_resources_and_extra_comes_last() {
+        let r = SlurmResources {
+            partition: Some("gpu".into()),
+            cpus: Some(4),
+            gres: Some("gpu:1".into()),
+            extra: vec!["--hold".into()],
+            ..SlurmResources::default()
+        };
+        assert_eq!(
+            sbatch_args(&r),
+            ["--partition=gpu", "--cpus-per-task=4", "--gres=gpu:1", "--hold"]
+        );
+        assert!(sbatch_args(&SlurmResources::default()).is_empty());
+    }
+
+    #[test]
+    fn squeue_lines_become_queue_states_and_only_live_ones_count() {
+        let q = parse_queue("12|PENDING||(Dependency)\n13|RUNNING|n1|None\n\n14|COMPLETED|n1|None\n");
+        assert_eq!(q.len(), 3);
+        assert_eq!(
+            q["12"],
+            QueueState {
+                state: "PENDING".into(),
+                node: String::new(),
+                reason: "(Dependency)".into()
+            }
+        );
+        assert_eq!(q["13"].node, "n1");
+        let live: Vec<&str> = q
+            .iter()
+            .filter(|(_, s)| is_live(&s.state))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(live, ["12", "13"]);
+    }
 }

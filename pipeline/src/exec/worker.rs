@@ -359,3 +359,88 @@ impl StageExecutor for WorkerPool {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in for `bsce-torch worker`: per request line, a progress
+    /// message, a line for the log, and `Done`; a job whose path says
+    /// `die` kills the worker mid-stage instead.
+    fn fake_worker(dir: &std::path::Path) -> PathBuf {
+        let exe = dir.join("fake-worker");
+        fs::write(
+            &exe,
+            "#!/bin/sh\n\
+             while read -r line; do\n\
+               case \"$line\" in *die*) kill -9 $$ ;; esac\n\
+               echo '{\"bsce\":\"progress\",\"done\":1,\"total\":1,\"unit\":\"epoch\"}'\n\
+               echo \"stdout of $$\"\n\
+               echo '{\"bsce\":\"done\",\"status\":0,\"peak_rss_kib\":7}'\n\
+             done\n",
+        )
+        .unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    }
+
+    fn stage(dir: &std::path::Path, name: &str) -> Prepared {
+        Prepared {
+            label: name.into(),
+            dir: dir.to_path_buf(),
+            job: dir.join(format!("{name}.json")),
+            log: dir.join(format!("{name}.log")),
+            out_dir: dir.join("out"),
+        }
+    }
+
+    #[test]
+    fn stages_share_a_warm_worker_and_a_dead_one_fails_only_its_stage() {
+        let t = tempfile::tempdir().unwrap();
+        let res = Resources {
+            exe: fake_worker(t.path()),
+            threads: 1,
+            device: "cpu".into(),
+            warm: true,
+        };
+        let pool = WorkerPool::new();
+        let cancel = CancelToken::new();
+        let progress = Mutex::new(0);
+        let on_message = |m: ChildMessage| {
+            if let ChildMessage::Progress { .. } = m {
+                *progress.lock().unwrap() += 1;
+            }
+        };
+        let run = |name: &str| pool.run(&stage(t.path(), name), &res, &cancel, &on_message).unwrap();
+        let a = run("a");
+        let b = run("b");
+        assert_eq!((a.how.clone(), b.how.clone()), (ExitHow::Success, ExitHow::Success));
+        assert_eq!(a.peak_rss_kib, 7);
+        assert_eq!(pool.started(), 1, "one worker ran both");
+        assert_eq!(a.provenance["worker"]["stage"], 1);
+        assert_eq!(b.provenance["worker"]["stage"], 2);
+        assert_eq!(*progress.lock().unwrap(), 2);
+        // What the stage printed that is not a message went to its own log.
+        let log = fs::read_to_string(t.path().join("b.log")).unwrap();
+        assert!(log.starts_with("stdout of "), "{log:?}");
+        // Killed mid-stage: that stage fails as killed, blaming nothing of
+        // its inputs; the next stage gets a fresh worker.
+        let dead = run("die");
+        assert_eq!(dead.how, ExitHow::Signalled(libc::SIGKILL));
+        let why = dead.error.unwrap();
+        assert!(why.environment && !why.bad_input);
+        assert!(why.message.contains("died mid-stage"), "{}", why.message);
+        assert_eq!(run("c").how, ExitHow::Success);
+        assert_eq!(pool.started(), 2);
+        // Not warm: a process of its own (the fake worker as an exec-stage
+        // binary exits at once on its missing stdin).
+        let cold = Resources {
+            warm: false,
+            ..res.clone()
+        };
+        pool.run(&stage(t.path(), "d"), &cold, &cancel, &on_message)
+            .unwrap();
+        assert_eq!(pool.started(), 2);
+    }
+}

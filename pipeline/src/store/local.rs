@@ -28,7 +28,7 @@ const DIRS: [&str; 8] = [
 
 /// What [`LocalStore::check_blob`] found.
 #[derive(Clone, Debug, PartialEq)]
-pub enum BlobCheck {
+pub(crate) enum BlobCheck {
     /// Its stamp is the recorded one.
     Intact,
     /// Its stamp had changed, its content had not: this is its new stamp.

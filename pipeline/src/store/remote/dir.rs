@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::{copy_limited, RemoteCache, RemoteError, RemoteResult, MAX_RECORD_BYTES};
 use crate::digest::Digest;
 
-pub struct DirRemote {
+pub(crate) struct DirRemote {
     root: PathBuf,
     swept: std::sync::Once,
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::{copy_limited, RemoteCache, RemoteError, RemoteResult, MAX_RECORD_BYTES};
 use crate::digest::Digest;
 
-pub struct HttpRemote {
+pub(crate) struct HttpRemote {
     /// `scheme://host[:port]/prefix`, without credentials or a final `/`.
     base: String,
     auth: Option<String>,

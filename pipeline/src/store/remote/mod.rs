@@ -37,7 +37,7 @@ pub enum RemoteError {
     Rejected(String),
 }
 
-pub type RemoteResult<T> = Result<T, RemoteError>;
+pub(crate) type RemoteResult<T> = Result<T, RemoteError>;
 
 /// Action records larger than this are refused (a real one is a few KiB).
 pub(crate) const MAX_RECORD_BYTES: u64 = 16 << 20;

@@ -22,7 +22,7 @@ use crate::digest::Digest;
 
 const MULTIPART_FROM: u64 = 8 << 20;
 
-pub struct S3Remote {
+pub(crate) struct S3Remote {
     store: Arc<dyn ObjectStore>,
     url: String,
     prefix: String,
