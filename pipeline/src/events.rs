@@ -131,12 +131,8 @@ impl RunSummary {
                 error,
                 bad_input,
                 ..
-            } => {
-                self.failed += 1;
-                self.failed_on_input += usize::from(*bad_input);
-                self.failed_labels.insert(label.clone(), error.clone());
             }
-            RunEvent::FailedBefore {
+            | RunEvent::FailedBefore {
                 label,
                 error,
                 bad_input,

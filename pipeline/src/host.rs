@@ -23,6 +23,23 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A memory figure of a process (`/proc/PID/status`, `VmRSS` now or
+/// `VmHWM` its peak), in KiB; `None`: this process. 0 when unknown.
+pub fn proc_memory_kib(pid: Option<u32>, field: &str) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".into(),
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Whether an I/O error of this kind is the environment failing (a full
 /// disk or quota, the network), not the data being read or written: a rerun
 /// may succeed, so a failure of this kind never marks a stage's inputs as

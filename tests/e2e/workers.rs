@@ -152,6 +152,19 @@ fn worker_of(run_pid: u32) -> Option<i32> {
     None
 }
 
+/// The worker of a run that has started a train stage (it may still be
+/// starting).
+fn wait_for_worker(run_pid: u32) -> i32 {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(pid) = worker_of(run_pid) {
+            return pid;
+        }
+        assert!(start.elapsed().as_secs() < 30, "no worker process appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// SIGKILL of the worker mid-stage: that stage fails with a message saying
 /// so, the run goes on with a fresh worker (`--keep-going`), and the next
 /// run computes only that stage and what it had blocked.
@@ -169,14 +182,7 @@ fn a_worker_killed_mid_stage_fails_that_stage_only() {
         .find(|l| second(l))
         .map(|l| l["run      ".len()..].split_whitespace().next().unwrap().to_string())
         .unwrap();
-    let start = std::time::Instant::now();
-    let pid = loop {
-        if let Some(pid) = worker_of(child.id()) {
-            break pid;
-        }
-        assert!(start.elapsed().as_secs() < 30, "no worker process appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let pid = wait_for_worker(child.id());
     std::thread::sleep(std::time::Duration::from_millis(300));
     // SAFETY: signalling a process of this test's own run.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -229,14 +235,7 @@ fn a_hang_up_stops_the_run_and_its_workers_cleanly() {
     p.write("c.yaml", &SHARED.replace("epochs: 2", "epochs: 40"));
     let mut child = p.spawn(&["run", "c.yaml", "--jobs", "1"]);
     let seen = wait_for(&mut child, |s| s.contains("run      train/"));
-    let start = std::time::Instant::now();
-    let worker = loop {
-        if let Some(pid) = worker_of(child.id()) {
-            break pid;
-        }
-        assert!(start.elapsed().as_secs() < 30, "no worker process appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let worker = wait_for_worker(child.id());
     // SAFETY: signalling this test's own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let out = child.wait_with_output().unwrap();

@@ -167,8 +167,6 @@ impl StageExecutor for LocalExecutor {
         })?;
         let pid = child.id() as i32;
         let stdout = child.stdout.take().expect("piped");
-        let provenance: Mutex<BTreeMap<String, serde_json::Value>> = Mutex::default();
-        let error: Mutex<Option<StageFailure>> = Mutex::default();
         // Cancellation kills the child; the pid stays registered until the
         // child is a zombie we have not reaped, so a kill never reaches a
         // recycled pid.
@@ -182,40 +180,20 @@ impl StageExecutor for LocalExecutor {
                 }
             })
         };
-        let status = std::thread::scope(|scope| {
-            scope.spawn(|| {
+        let ((status, peak_rss_kib), said) = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
                 let mut log = log_for_stdout;
+                let mut said = StageSaid::default();
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    match serde_json::from_str::<ChildMessage>(&line) {
-                        Ok(ChildMessage::Provenance { key, value }) => {
-                            provenance.lock().expect("not poisoned").insert(key, value);
-                        }
-                        Ok(ChildMessage::Error {
-                            message,
-                            bad_input,
-                            environment,
-                        }) => {
-                            let _ = writeln!(log, "error: {message}");
-                            *error.lock().expect("not poisoned") = Some(StageFailure {
-                                message: format!("error: {message}"),
-                                bad_input,
-                                environment,
-                            });
-                        }
-                        Ok(m @ ChildMessage::Progress { .. }) => on_message(m),
-                        // A worker's message; a stage process sends none.
-                        Ok(ChildMessage::Done { .. }) => {}
-                        Err(_) => {
-                            let _ = writeln!(log, "{line}");
-                        }
-                    }
+                    said.take(&line, &mut log, on_message);
                 }
+                said
             });
             wait_unreaped(pid)?;
             *live.lock().expect("not poisoned") = None;
-            reap(pid)
+            let status = reap(pid)?;
+            Ok::<_, ExecError>((status, reader.join().expect("the reader does not panic")))
         })?;
-        let (status, peak_rss_kib) = status;
         let how = if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
             ExitHow::Success
         } else if cancel.is_cancelled() {
@@ -228,9 +206,56 @@ impl StageExecutor for LocalExecutor {
         Ok(StageExit {
             how,
             peak_rss_kib,
-            provenance: provenance.into_inner().expect("not poisoned"),
-            error: error.into_inner().expect("not poisoned"),
+            provenance: said.provenance,
+            error: said.error,
         })
+    }
+}
+
+/// What a stage has said on its stdout: its provenance lines and its
+/// error, as a stage process and a warm worker send them.
+#[derive(Default)]
+pub(crate) struct StageSaid {
+    pub provenance: BTreeMap<String, serde_json::Value>,
+    pub error: Option<StageFailure>,
+}
+
+impl StageSaid {
+    /// One line of a stage's stdout: a message (progress goes to
+    /// `on_message`; an error is also written to the log), or text for the
+    /// log. Returns a warm worker's `Done` (status, peak RSS).
+    pub(crate) fn take(
+        &mut self,
+        line: &str,
+        log: &mut dyn Write,
+        on_message: OnMessage,
+    ) -> Option<(u8, u64)> {
+        match serde_json::from_str::<ChildMessage>(line) {
+            Ok(ChildMessage::Done {
+                status,
+                peak_rss_kib,
+            }) => return Some((status, peak_rss_kib)),
+            Ok(ChildMessage::Provenance { key, value }) => {
+                self.provenance.insert(key, value);
+            }
+            Ok(ChildMessage::Error {
+                message,
+                bad_input,
+                environment,
+            }) => {
+                let _ = writeln!(log, "error: {message}");
+                self.error = Some(StageFailure {
+                    message: format!("error: {message}"),
+                    bad_input,
+                    environment,
+                });
+            }
+            Ok(m @ ChildMessage::Progress { .. }) => on_message(m),
+            Err(_) => {
+                let _ = writeln!(log, "{line}");
+            }
+        }
+        None
     }
 }
 

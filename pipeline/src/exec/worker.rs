@@ -18,7 +18,6 @@
 //! libtorch's ([`Resources::warm`] false) start cold, as do all of them
 //! with `run --cold`.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -29,9 +28,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use super::cancel::CancelToken;
 use super::executor::{
     ExecError, ExitHow, LocalExecutor, OnMessage, Prepared, Resources, StageExecutor, StageExit,
-    StageFailure,
+    StageFailure, StageSaid,
 };
-use super::job::{self, ChildMessage, WorkRequest, WORKER_PANICKED};
+use super::job::{self, WorkRequest, WORKER_PANICKED};
 
 /// Resident memory above which a worker is retired after its stage (a
 /// leak, or a cache that grew): 16 GiB.
@@ -95,14 +94,7 @@ impl Worker {
 
     /// Its resident memory now (`VmRSS`), 0 when unknown.
     fn rss_kib(&self) -> u64 {
-        fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        crate::host::proc_memory_kib(Some(self.child.id()), "VmRSS")
     }
 }
 
@@ -260,8 +252,7 @@ impl StageExecutor for WorkerPool {
                 }
             })
         };
-        let mut provenance = BTreeMap::new();
-        let mut error = None;
+        let mut said = StageSaid::default();
         let mut done = None;
         let mut line = String::new();
         loop {
@@ -270,36 +261,15 @@ impl StageExecutor for WorkerPool {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            let text = line.trim_end_matches('\n');
-            match serde_json::from_str::<ChildMessage>(text) {
-                Ok(ChildMessage::Done {
-                    status,
-                    peak_rss_kib,
-                }) => {
-                    done = Some((status, peak_rss_kib));
-                    break;
-                }
-                Ok(ChildMessage::Provenance { key, value }) => {
-                    provenance.insert(key, value);
-                }
-                Ok(ChildMessage::Error {
-                    message,
-                    bad_input,
-                    environment,
-                }) => {
-                    let _ = writeln!(log, "error: {message}");
-                    error = Some(StageFailure {
-                        message: format!("error: {message}"),
-                        bad_input,
-                        environment,
-                    });
-                }
-                Ok(m @ ChildMessage::Progress { .. }) => on_message(m),
-                Err(_) => {
-                    let _ = writeln!(log, "{text}");
-                }
+            done = said.take(line.trim_end_matches('\n'), &mut log, on_message);
+            if done.is_some() {
+                break;
             }
         }
+        let StageSaid {
+            mut provenance,
+            mut error,
+        } = said;
         provenance.insert(
             "worker".into(),
             serde_json::json!({"pid": worker.pid(), "stage": worker.stages}),
@@ -363,6 +333,7 @@ impl StageExecutor for WorkerPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::job::ChildMessage;
     use std::os::unix::fs::PermissionsExt;
 
     /// A stand-in for `bsce-torch worker`: per request line, a progress

@@ -93,12 +93,5 @@ fn reset_peak_rss() {
 
 /// This process's peak resident memory since the last reset (`VmHWM`).
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    bsce_pipeline::host::proc_memory_kib(None, "VmHWM")
 }
