@@ -126,7 +126,11 @@ pub struct LiveJob {
 pub fn live_jobs(loaded: &store::Loaded) -> BTreeMap<String, LiveJob> {
     let defined = |plan: &Plan| -> BTreeMap<String, Digest> {
         let defs = plan.definitions().unwrap_or_default();
-        plan.nodes.iter().map(|n| n.label.clone()).zip(defs).collect()
+        plan.nodes
+            .iter()
+            .map(|n| n.label.clone())
+            .zip(defs)
+            .collect()
     };
     let now = defined(&loaded.plan);
     let mut live = BTreeMap::new();
@@ -145,7 +149,9 @@ pub fn live_jobs(loaded: &store::Loaded) -> BTreeMap<String, LiveJob> {
             .unwrap_or_default();
         for (label, job) in &run.jobs {
             if let Some(q) = states.get(&job.id).filter(|q| slurm::is_live(&q.state)) {
-                let current = submitted.get(label).is_some_and(|d| now.get(label) == Some(d));
+                let current = submitted
+                    .get(label)
+                    .is_some_and(|d| now.get(label) == Some(d));
                 live.insert(
                     label.clone(),
                     LiveJob {

@@ -224,7 +224,11 @@ fn a_failing_template_is_one_failed_line_and_is_not_retried_on_the_same_inputs()
     // Fixed, it renders.
     p.write("my.md.j2", "# {{ table.caption }}\n");
     let j = p.run(&["report", "c.yaml", "--json"]).ok().json();
-    assert_eq!(j["executed_labels"], serde_json::json!(["render/acc"]), "{j}");
+    assert_eq!(
+        j["executed_labels"],
+        serde_json::json!(["render/acc"]),
+        "{j}"
+    );
 }
 
 #[test]

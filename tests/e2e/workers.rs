@@ -49,7 +49,10 @@ fn outputs(p: &Project) -> std::collections::BTreeMap<String, (String, Value)> {
                     (f.clone(), value)
                 })
                 .collect();
-            (label, (v["key"].as_str().unwrap().to_string(), Value::Object(files)))
+            (
+                label,
+                (v["key"].as_str().unwrap().to_string(), Value::Object(files)),
+            )
         })
         .collect()
 }
@@ -180,7 +183,13 @@ fn a_worker_killed_mid_stage_fails_that_stage_only() {
     let label = seen
         .lines()
         .find(|l| second(l))
-        .map(|l| l["run      ".len()..].split_whitespace().next().unwrap().to_string())
+        .map(|l| {
+            l["run      ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .unwrap();
     let pid = wait_for_worker(child.id());
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -84,7 +84,6 @@ pub struct RawSlurm {
     pub node_store: Option<String>,
 }
 
-
 /// A dataset source: exactly one of the fields (`synthetic: {...}`).
 /// One-of choices are structs of options rather than enums: serde_yaml
 /// wants `!tags` for enums, and an unknown key then gets "did you mean".
@@ -154,7 +153,6 @@ pub struct RawImageFolder {
 }
 
 pub use crate::params::AugmentStyle;
-
 
 /// Exactly one of the fields.
 #[derive(Debug, Default, Deserialize)]
@@ -316,9 +314,7 @@ pub struct RawRecipe {
     pub gamma: f64,
 }
 
-
 pub use crate::params::Schedule;
-
 
 /// One sweep: every combination of its lists is a run.
 #[derive(Debug, Deserialize)]
@@ -348,7 +344,6 @@ pub struct RawExperiment {
 
 pub use crate::params::Network;
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEvaluation {
@@ -368,7 +363,6 @@ impl Default for RawEvaluation {
 }
 
 pub use crate::params::Classifier;
-
 
 /// A table of the report (README's config reference lists every key).
 #[derive(Debug, Deserialize)]
@@ -421,7 +415,6 @@ pub struct RawTemplates {
     #[serde(default)]
     pub latex: Option<String>,
 }
-
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,9 +13,7 @@ use super::raw::*;
 use super::{did_you_mean, ConfigError};
 use crate::catalog::StageCatalog;
 use crate::digest::Digest;
-use crate::params::{
-    IcarlDistillation, Normalization, OrderSpec, Profile, Recipe, SyntheticSpec,
-};
+use crate::params::{IcarlDistillation, Normalization, OrderSpec, Profile, Recipe, SyntheticSpec};
 
 #[derive(Debug, Clone)]
 pub struct Config {

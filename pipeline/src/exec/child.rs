@@ -22,9 +22,7 @@ use crate::registry::Runner;
 use crate::store::atomic::temp_name;
 use crate::store::local::{make_writable, BlobCheck};
 use crate::store::lock::FileLock;
-use crate::store::{
-    ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance, StoreError,
-};
+use crate::store::{ActionRecord, FailureRecord, LabelRecord, OutputEntry, Provenance, StoreError};
 
 /// What running one stage reads of the engine: the store its outputs and
 /// records go into, the run's context (binaries, provenance), and what

@@ -171,15 +171,7 @@ impl StageExecutor for LocalExecutor {
         // child is a zombie we have not reaped, so a kill never reaches a
         // recycled pid.
         let live: Arc<Mutex<Option<i32>>> = Arc::new(Mutex::new(Some(pid)));
-        let _on_cancel = {
-            let live = Arc::clone(&live);
-            cancel.on_cancel(move || {
-                if let Some(pid) = *live.lock().expect("not poisoned") {
-                    // SAFETY: signalling our own un-reaped child.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
-            })
-        };
+        let _on_cancel = terminate_on_cancel(cancel, &live);
         let ((status, peak_rss_kib), said) = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
                 let mut log = log_for_stdout;
@@ -210,6 +202,22 @@ impl StageExecutor for LocalExecutor {
             error: said.error,
         })
     }
+}
+
+/// Cancellation sends SIGTERM to the process in `live` while one is there
+/// (the owner clears it once the process is reaped, so a kill never reaches
+/// a recycled pid). Kept registered as long as the returned value lives.
+pub(crate) fn terminate_on_cancel(
+    cancel: &CancelToken,
+    live: &Arc<Mutex<Option<i32>>>,
+) -> super::cancel::Registration {
+    let live = Arc::clone(live);
+    cancel.on_cancel(move || {
+        if let Some(pid) = *live.lock().expect("not poisoned") {
+            // SAFETY: signalling our own un-reaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    })
 }
 
 /// What a stage has said on its stdout: its provenance lines and its

@@ -92,7 +92,10 @@ pub enum ChildMessage {
     /// have had (0 ok, 1 failed, 2 a job it cannot run,
     /// [`WORKER_PANICKED`] a panic, after which the worker exits), and the
     /// stage's peak resident memory.
-    Done { status: u8, peak_rss_kib: u64 },
+    Done {
+        status: u8,
+        peak_rss_kib: u64,
+    },
 }
 
 /// The status a warm worker reports for a stage that panicked (Rust's own

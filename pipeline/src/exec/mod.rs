@@ -350,7 +350,12 @@ impl<'a> Engine<'a> {
         let mut reasons = diff_records(&last.key_record, record, pending);
         if !reasons.is_empty() {
             if last.config.as_ref() != Some(&self.plan.config) {
-                reasons.insert(0, DirtyReason::ComparedWith { config: last.config });
+                reasons.insert(
+                    0,
+                    DirtyReason::ComparedWith {
+                        config: last.config,
+                    },
+                );
             }
             return Ok(reasons);
         }

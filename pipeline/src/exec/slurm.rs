@@ -575,8 +575,7 @@ pub fn watch(
         .iter()
         .map(|(l, j)| (j.id.as_str(), l.as_str()))
         .collect();
-    let mut pending: BTreeMap<&str, &Job> =
-        run.jobs.iter().map(|(l, j)| (l.as_str(), j)).collect();
+    let mut pending: BTreeMap<&str, &Job> = run.jobs.iter().map(|(l, j)| (l.as_str(), j)).collect();
     let mut started: std::collections::BTreeSet<&str> = Default::default();
     // Jobs seen ended without an outcome once: looked at again.
     let mut unsure: std::collections::BTreeSet<&str> = Default::default();
@@ -674,8 +673,8 @@ pub fn watch(
                     },
                 },
                 None => {
-                    let (state, reason) = final_state(&job.id)
-                        .unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
+                    let (state, reason) =
+                        final_state(&job.id).unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
                     if reason.contains("DependencyNeverSatisfied") {
                         // The input that ended without succeeding
                         // (failed, cancelled by hand, itself skipped),
@@ -769,14 +768,20 @@ mod tests {
         };
         assert_eq!(
             sbatch_args(&r),
-            ["--partition=gpu", "--cpus-per-task=4", "--gres=gpu:1", "--hold"]
+            [
+                "--partition=gpu",
+                "--cpus-per-task=4",
+                "--gres=gpu:1",
+                "--hold"
+            ]
         );
         assert!(sbatch_args(&SlurmResources::default()).is_empty());
     }
 
     #[test]
     fn squeue_lines_become_queue_states_and_only_live_ones_count() {
-        let q = parse_queue("12|PENDING||(Dependency)\n13|RUNNING|n1|None\n\n14|COMPLETED|n1|None\n");
+        let q =
+            parse_queue("12|PENDING||(Dependency)\n13|RUNNING|n1|None\n\n14|COMPLETED|n1|None\n");
         assert_eq!(q.len(), 3);
         assert_eq!(
             q["12"],

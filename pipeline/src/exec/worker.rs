@@ -27,8 +27,8 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use super::cancel::CancelToken;
 use super::executor::{
-    ExecError, ExitHow, LocalExecutor, OnMessage, Prepared, Resources, StageExecutor, StageExit,
-    StageFailure, StageSaid,
+    terminate_on_cancel, ExecError, ExitHow, LocalExecutor, OnMessage, Prepared, Resources,
+    StageExecutor, StageExit, StageFailure, StageSaid,
 };
 use super::job::{self, WorkRequest, WORKER_PANICKED};
 
@@ -243,15 +243,7 @@ impl StageExecutor for WorkerPool {
         worker.stages += 1;
         // Cancellation kills the worker: its stage ends with it.
         let live = Arc::new(Mutex::new(Some(worker.pid())));
-        let _on_cancel = {
-            let live = Arc::clone(&live);
-            cancel.on_cancel(move || {
-                if let Some(pid) = *live.lock().expect("not poisoned") {
-                    // SAFETY: signalling our own un-reaped child.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
-            })
-        };
+        let _on_cancel = terminate_on_cancel(cancel, &live);
         let mut said = StageSaid::default();
         let mut done = None;
         let mut line = String::new();
@@ -383,10 +375,16 @@ mod tests {
                 *progress.lock().unwrap() += 1;
             }
         };
-        let run = |name: &str| pool.run(&stage(t.path(), name), &res, &cancel, &on_message).unwrap();
+        let run = |name: &str| {
+            pool.run(&stage(t.path(), name), &res, &cancel, &on_message)
+                .unwrap()
+        };
         let a = run("a");
         let b = run("b");
-        assert_eq!((a.how.clone(), b.how.clone()), (ExitHow::Success, ExitHow::Success));
+        assert_eq!(
+            (a.how.clone(), b.how.clone()),
+            (ExitHow::Success, ExitHow::Success)
+        );
         assert_eq!(a.peak_rss_kib, 7);
         assert_eq!(pool.started(), 1, "one worker ran both");
         assert_eq!(a.provenance["worker"]["stage"], 1);

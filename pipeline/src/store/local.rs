@@ -420,7 +420,9 @@ impl LocalStore {
                 Digest::of_bytes(&id)
             }
         };
-        self.root.join("labels").join(format!("{}.json", name.to_hex()))
+        self.root
+            .join("labels")
+            .join(format!("{}.json", name.to_hex()))
     }
 
     /// The last key record of `label` as `config` ran it, else as any

@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn a_store_write_on_a_full_disk_is_the_environment() {
-        let full = StoreError::io("/s/blobs/x", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let full = StoreError::io(
+            "/s/blobs/x",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
         assert!(full.is_environment());
         let gone = StoreError::io("/s/blobs/x", std::io::ErrorKind::NotFound.into());
         assert!(!gone.is_environment());
