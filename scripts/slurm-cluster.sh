@@ -11,7 +11,8 @@
 # The pitfalls it avoids: SlurmctldHost must be this host's short name;
 # root runs the daemons (SlurmUser=root), so proctrack/linuxproc and
 # task/none (no cgroups); sacct needs accounting, so job completions go to
-# a file (`sacct -c` reads it); every wait is bounded.
+# a file (`sacct -c` reads it); every wait is bounded; every start begins
+# with an empty queue (no job of an earlier run holds the node).
 set -euo pipefail
 
 cmd="${1:-start}"
@@ -46,12 +47,29 @@ stop() {
   done
 }
 
+# Cancels every job of the private cluster and waits (bounded) for the
+# queue to empty.
+clear_queue() {
+  SLURM_CONF="$CONF" timeout 10 scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
+  SLURM_CONF="$CONF" timeout 10 scancel --quiet --user="$(id -un)" 2>/dev/null || true
+  for _ in $(seq 100); do
+    [ -z "$(SLURM_CONF="$CONF" timeout 5 squeue -h -o %i 2>/dev/null)" ] && return
+    sleep 0.1
+  done
+  say "jobs still queued after scancel: $(SLURM_CONF="$CONF" timeout 5 squeue -h -o '%i %T' | tr '\n' ' ')"
+}
+
 start() {
   need
   mkdir -p "$DIR"
   exec 8>"$DIR/.lock"
   flock -w 120 8 || { say "another start holds $DIR/.lock for over 120 s"; exit 1; }
   if [ -f "$CONF" ] && up; then
+    # A cluster left running by an earlier test run may still hold its jobs
+    # (one stuck RUNNING holds a CPU for good, and the next tests' sbatch
+    # answers "Requested node configuration is not available"): whoever
+    # starts the tests starts from an empty queue.
+    clear_queue
     echo "$CONF"
     return
   fi
@@ -102,7 +120,8 @@ NodeName=$HOST CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
   # The daemons must not inherit the lock's descriptor (they would hold it).
-  /usr/sbin/slurmctld -f "$CONF" -i 8>&-
+  # -c: no jobs recovered from an earlier cluster's saved state.
+  /usr/sbin/slurmctld -f "$CONF" -i -c 8>&-
   /usr/sbin/slurmd -f "$CONF" 8>&-
   for _ in $(seq 300); do
     if up; then

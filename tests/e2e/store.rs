@@ -130,12 +130,22 @@ fn a_damaged_record_is_a_miss_with_one_warning_and_verify_finds_and_repairs() {
     // A truncated action record and a garbage label record.
     let bytes = std::fs::read(&order_record).unwrap();
     std::fs::write(&order_record, &bytes[..bytes.len() / 2]).unwrap();
+    // The label record the next run reads: the order stage's last run by
+    // this config (its record of the last run by any config stays good).
     let label_file = walkdir::WalkDir::new(p.store().join("labels"))
         .into_iter()
-        .map(|e| e.unwrap())
-        .find(|e| e.file_type().is_file())
-        .unwrap()
-        .into_path();
+        .map(|e| e.unwrap().into_path())
+        .filter(|path| path.is_file())
+        .find(|path| {
+            let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            v["label"] == order_label.as_str()
+                && v["config"].is_string()
+                && path.file_stem().unwrap()
+                    != bsce_pipeline::digest::Digest::of_bytes(order_label.as_bytes())
+                        .to_hex()
+                        .as_str()
+        })
+        .unwrap();
     std::fs::write(&label_file, b"\x00garbage").unwrap();
 
     let r = p.run(&["run", "c.yaml", "--json"]);
