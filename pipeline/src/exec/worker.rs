@@ -283,7 +283,11 @@ impl StageExecutor for WorkerPool {
             // The worker died mid-stage: its stage ends as a killed
             // process's would.
             None => {
+                use std::os::unix::process::ExitStatusExt;
                 let pid = worker.pid();
+                // Unregistered before it is reaped: a cancel must never
+                // signal a recycled pid.
+                *live.lock().expect("not poisoned") = None;
                 let status = worker.kill();
                 error.get_or_insert(StageFailure {
                     message: format!(
@@ -292,18 +296,13 @@ impl StageExecutor for WorkerPool {
                     bad_input: false,
                     environment: true,
                 });
-                *live.lock().expect("not poisoned") = None;
-                let how = if cancel.is_cancelled() {
-                    ExitHow::Cancelled
-                } else {
-                    use std::os::unix::process::ExitStatusExt;
-                    match status {
-                        Some(s) if s.signal().is_some() => {
-                            ExitHow::Signalled(s.signal().unwrap_or(0))
-                        }
-                        Some(s) => ExitHow::Exited(s.code().unwrap_or(-1)),
-                        None => ExitHow::Signalled(libc::SIGKILL),
-                    }
+                // (A cancellation is told apart below, for both branches.)
+                let how = match status {
+                    Some(s) => match s.signal() {
+                        Some(sig) => ExitHow::Signalled(sig),
+                        None => ExitHow::Exited(s.code().unwrap_or(-1)),
+                    },
+                    None => ExitHow::Signalled(libc::SIGKILL),
                 };
                 (how, 0)
             }
