@@ -6,6 +6,11 @@
 #   bash bench/slurm.sh            (STAGES_N=66 by default)
 #
 # Prints, from one run each:
+#   - a training DAG (the quickstart at 1 epoch: 77 stages, 16 training
+#     runs) through Slurm with `group: stage` and no local kinds (a job per
+#     stage) against `group: run` with the default local kinds (a job per
+#     run chain; orders, task splits and result stages on the submitting
+#     machine): jobs submitted and wall time, side by side;
 #   - the whole DAG through the local executor (--jobs 2) against through
 #     Slurm (attached, one CPU per job), wall time and the difference per
 #     stage;
@@ -24,10 +29,38 @@ python3 bench/gen_config.py "$N" > "$WORK/base.yaml"
 stages=$((1 + 3 * N))
 slurm_cfg() {
   cat "$WORK/base.yaml"
-  printf 'executor:\n  slurm: {cpus: 1, poll_seconds: 0.5}\n'
+  printf 'executor:\n  slurm: {cpus: 1, poll_seconds: 0.5, group: stage, local_kinds: []}\n'
 }
 
 now() { date +%s.%N; }
+
+# Job per stage against job per run chain, on the quickstart at 1 epoch.
+group_run() { # name, executor.slurm lines
+  mkdir -p "$WORK/$1"
+  sed 's/^    epochs: 12$/    epochs: 1/' configs/quickstart.yaml > "$WORK/$1/q.yaml"
+  printf 'executor:\n  slurm:\n    cpus: 1\n    poll_seconds: 0.5\n%b' "$2" >> "$WORK/$1/q.yaml"
+  local t0; t0=$(now)
+  (cd "$WORK/$1" && "$BIN" run q.yaml --executor slurm >/dev/null 2>"$WORK/$1.err") || {
+    tail -20 "$WORK/$1.err"; exit 1; }
+  python3 - "$WORK/$1" "$(python3 -c "print($(now) - $t0)")" <<'EOF2'
+import glob, json, sys
+d, wall = sys.argv[1], float(sys.argv[2])
+run = json.load(open(glob.glob(d + "/.bsce/slurm/*/run.json")[0]))
+ids = {j["id"] for j in run["jobs"].values()}
+print(f"{len(ids)} {len(run['jobs'])} {wall:.1f}")
+EOF2
+}
+read -r jobs_stage staged_stage wall_stage < <(group_run stage "    group: stage\n    local_kinds: []\n")
+read -r jobs_run staged_run wall_run < <(group_run run "    group: run\n")
+echo
+echo "quickstart at 1 epoch (77 stages), single-node Slurm, 1 CPU per job:"
+echo
+echo "| executor.slurm | jobs submitted | stages in jobs | wall time |"
+echo "|---|---|---|---|"
+echo "| group: stage, local_kinds: [] | $jobs_stage | $staged_stage | ${wall_stage} s |"
+echo "| group: run (default local kinds) | $jobs_run | $staged_run | ${wall_run} s |"
+echo "ratio (stage / run): $(python3 -c "print(f'{$wall_stage / $wall_run:.2f}x')") wall time, $(python3 -c "print(f'{$jobs_stage / $jobs_run:.1f}x')") jobs"
+
 mkdir -p "$WORK/local" "$WORK/attached" "$WORK/detached"
 cp "$WORK/base.yaml" "$WORK/local/c.yaml"
 slurm_cfg > "$WORK/attached/c.yaml"

@@ -81,7 +81,7 @@ impl Exit {
             NodeResult::Failed {
                 bad_input: true, ..
             } => Exit::BadInput,
-            NodeResult::Failed { .. } => Exit::Failed,
+            NodeResult::Failed { .. } | NodeResult::Skipped { .. } => Exit::Failed,
             NodeResult::Interrupted => Exit::Interrupted,
         }
     }

@@ -271,8 +271,8 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
         }
         // Answered in main, before the environment is read.
         Command::ExecStage { .. } => unreachable!("exec-stage is run by main"),
-        Command::ExecNode { run_dir, n, label } => {
-            ops::slurm::exec_node(&run_dir, n, &label, ctx, &mut |line| println!("{line}"))
+        Command::ExecNode { run_dir, stages } => {
+            ops::slurm::exec_node(&run_dir, &stages, ctx, &mut |line| println!("{line}"))
         }
         Command::Cancel { config, store } => {
             let loaded = store::load(&config, &(&store).into(), ctx)?;

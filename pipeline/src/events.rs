@@ -71,11 +71,13 @@ pub enum RunEvent {
     },
     Interrupted,
     /// Handed to the batch system as `job`, to start after the jobs in
-    /// `after` succeed.
+    /// `after` succeed; the job runs `more` stages after this one (the
+    /// rest of a training run's chain).
     Submitted {
         label: String,
         job: String,
         after: Vec<String>,
+        more: usize,
     },
     /// Its batch job started on `node`.
     JobStarted {

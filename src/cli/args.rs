@@ -170,13 +170,14 @@ pub enum Command {
     /// Internal: run one stage (the scheduler starts this as a child).
     #[command(hide = true)]
     ExecStage { job: PathBuf },
-    /// Internal: the body of a Slurm job: run stage N (LABEL) of a submitted
-    /// run, its inputs from the store, unless the store has it.
+    /// Internal: the body of a Slurm job: run its stages (N=LABEL, in
+    /// order) of a submitted run, their inputs from the store, each unless
+    /// the store has it.
     #[command(hide = true)]
     ExecNode {
         run_dir: PathBuf,
-        n: usize,
-        label: String,
+        #[arg(required = true)]
+        stages: Vec<String>,
     },
 }
 

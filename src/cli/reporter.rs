@@ -292,15 +292,23 @@ impl Reporter for TerminalReporter {
                 self.tick();
             }
             RunEvent::Interrupted => self.line("interrupted: stopping running stages".into()),
-            RunEvent::Submitted { label, job, after } => {
-                if after.is_empty() {
-                    self.line(format!("submit   {label} as slurm job {job}"));
+            RunEvent::Submitted {
+                label,
+                job,
+                after,
+                more,
+            } => {
+                let chain = match more {
+                    0 => String::new(),
+                    1 => " and the stage after it".into(),
+                    m => format!(" and the {m} stages after it"),
+                };
+                let after = if after.is_empty() {
+                    String::new()
                 } else {
-                    self.line(format!(
-                        "submit   {label} as slurm job {job}, after {}",
-                        after.join(", ")
-                    ));
-                }
+                    format!(", after {}", after.join(", "))
+                };
+                self.line(format!("submit   {label}{chain} as slurm job {job}{after}"));
             }
             RunEvent::JobStarted { label, job, node } => {
                 self.line(format!("start    {label} (slurm job {job} on {node})"));

@@ -129,6 +129,7 @@ pub fn run(
             &run_ctx,
             remote_env,
             args.detach,
+            args.cold,
             &cancel,
             reporter,
             ctx,

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use bsce_pipeline::config::executor::SlurmGroup;
 use bsce_pipeline::config::{self, Config};
 use bsce_pipeline::digest::Digest;
 use bsce_pipeline::events::{RunEvent, RunSummary};
@@ -15,7 +15,8 @@ use bsce_pipeline::exec::node::NodeResult;
 use bsce_pipeline::exec::slurm::{
     self, JobOutcome, QueueState, RunDir, RunFile, RunState, Submission,
 };
-use bsce_pipeline::exec::{CancelToken, Engine, NodeStatus, RunContext, RunOptions};
+use bsce_pipeline::exec::worker::WorkerPool;
+use bsce_pipeline::exec::{CancelToken, Engine, RunContext, RunOptions};
 use bsce_pipeline::plan::Plan;
 use bsce_pipeline::store::LocalStore;
 
@@ -47,20 +48,40 @@ pub fn run(
     run_ctx: &RunContext,
     env: Vec<(String, String)>,
     detach: bool,
+    cold: bool,
     cancel: &CancelToken,
     reporter: &mut dyn bsce_pipeline::events::Reporter,
     ctx: &Ctx,
 ) -> Result<Option<RunSummary>> {
     let start = std::time::Instant::now();
     let status = engine.status(opts)?;
-    let to_run = status
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| matches!(s, NodeStatus::ToRun { .. }))
-        .map(|(i, _)| i);
-    let kinds = slurm::kinds_of(engine.plan, to_run);
+    let layout = slurm::layout(engine.plan, &status, &cfg.slurm, detach)?;
+    let jobs = layout.jobs.len();
+    if jobs > cfg.slurm.max_jobs as usize {
+        return Err(Error::bad_input(format!(
+            "{}: this run needs {}, above executor.slurm.max_jobs ({}); raise the limit{}, \
+             or run part of the config first",
+            cfg.file.display(),
+            layout.describe(),
+            cfg.slurm.max_jobs,
+            if cfg.slurm.group == SlurmGroup::Stage {
+                ", set executor.slurm.group: run"
+            } else {
+                ""
+            }
+        )));
+    }
+    // The resources each job asks for are its first stage's kind's.
+    let kinds = slurm::kinds_of(engine.plan, layout.jobs.iter().map(|j| j.nodes[0]));
     if !kinds.is_empty() {
         slurm::preflight(&cfg.slurm, &kinds).map_err(|e| Error::bad_input(e.to_string()))?;
+    }
+    if jobs + layout.local.len() > 0 {
+        ctx.note(&format!(
+            "{} stages to run: {}",
+            jobs_stages(&layout),
+            layout.describe()
+        ));
     }
     let root = engine.store.local().root().to_path_buf();
     let dir = RunDir::new(&root, &run_ctx.run_id);
@@ -77,6 +98,7 @@ pub fn run(
         submitted_unix_ms: unix_ms(),
         jobs: BTreeMap::new(),
         cancelled: false,
+        cold,
     };
     let sub = Submission {
         settings: &cfg.slurm,
@@ -84,27 +106,40 @@ pub fn run(
         dir: dir.clone(),
         exe: run_ctx.exe.clone(),
         env,
+        detached: detach,
+        threads: run_ctx.cpus.max(1),
     };
     let mut summary = RunSummary::default();
-    let run = slurm::submit(engine.plan, &status, sub, reporter, &mut summary)?;
+    let run = slurm::drive(
+        engine,
+        opts,
+        &status,
+        &layout,
+        sub,
+        cancel,
+        reporter,
+        &mut summary,
+    )?;
     if detach {
         ctx.note(&format!(
-            "submitted {jobs} slurm jobs (run {id}, job name {name}); {cached} stages were in the store.\n\
+            "submitted {jobs} slurm jobs (run {id}, job name {name}); {cached} stages were in the store, \
+             {local} ran here.\n\
              `bsce-pipe status {config}` shows their queue states, `bsce-pipe cancel {config}` cancels them.",
-            jobs = run.jobs.len(),
             id = run.run_id,
             name = RunDir::job_name(&run.run_id),
             cached = summary.cached,
+            local = layout.local.len(),
             config = cfg.file.display(),
         ));
         return Ok(None);
     }
-    if !run.jobs.is_empty() {
-        let poll = Duration::from_secs_f64(cfg.slurm.poll_seconds);
-        slurm::watch(&dir, &run, poll, cancel, reporter, &mut summary)?;
-    }
     summary.wall_seconds = start.elapsed().as_secs_f64();
     Ok(Some(summary))
+}
+
+/// The number of stages `layout` runs, in jobs and here.
+fn jobs_stages(layout: &slurm::Layout) -> usize {
+    layout.local.len() + layout.jobs.iter().map(|j| j.nodes.len()).sum::<usize>()
 }
 
 /// A queued or running job of a Slurm run of the config.
@@ -277,14 +312,16 @@ pub fn gc_slurm_runs(store: &LocalStore, run_ctx: &RunContext, ctx: &Ctx) -> Res
     Ok(out)
 }
 
-/// `exec-node RUN_DIR N LABEL`: the body of a Slurm job. Runs stage N of
-/// the submitted run unless the store has it, writes the job's outcome for
-/// the watcher, and returns the exit status (the line for the job's log
-/// goes to `log`).
+/// `exec-node RUN_DIR N=LABEL...`: the body of a Slurm job. Runs its
+/// stages (one, or a training run's chain) in order, each unless the store
+/// has it, stores each as it finishes and writes each one's outcome for the
+/// watcher, so a job started again resumes at its first stage not in the
+/// store. A stage that reads one that failed in this job is skipped; the
+/// others go on. Returns the exit status (of the first stage that did not
+/// succeed); the lines for the job's log go to `log`.
 pub fn exec_node(
     run_dir: &Path,
-    n: usize,
-    label: &str,
+    stages: &[String],
     ctx: &Ctx,
     log: &mut dyn FnMut(&str),
 ) -> Result<Exit> {
@@ -292,78 +329,188 @@ pub fn exec_node(
     let dir = RunDir {
         path: run_dir.to_path_buf(),
     };
+    let stages: Vec<(usize, &str)> = stages
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .and_then(|(n, l)| Some((n.parse().ok()?, l)))
+                .ok_or_else(|| Error::bad_input(format!("`{s}`: expected N=LABEL")))
+        })
+        .collect::<Result<_>>()?;
     let run = dir.read()?;
     let job = &ctx.ambient.slurm;
-    let _ = std::fs::remove_file(dir.outcome(n));
-    let mut stage_started_ms = job_started_ms;
-    let result = if job.restarts > run.max_retries {
-        NodeResult::Failed {
-            error: format!(
-                "lost {} times (node failure or requeue); executor.slurm.max_retries is {}",
-                job.restarts, run.max_retries
-            ),
-            bad_input: false,
-            log_tail: String::new(),
-        }
-    } else {
-        match node(&run, label, job, ctx, &mut stage_started_ms, log) {
-            Ok(r) => r,
-            Err(e) => NodeResult::Failed {
-                bad_input: e.exit() == Exit::BadInput,
-                error: e.to_string(),
-                log_tail: String::new(),
-            },
-        }
-    };
-    let stage_ended_ms = unix_ms();
-    log(&match &result {
-        NodeResult::Executed { wall_seconds, .. } => {
-            format!("done     {label} in {wall_seconds:.2}s")
-        }
-        NodeResult::Cached { .. } => format!("cached   {label} (in the store; nothing to do)"),
-        NodeResult::Failed { error, .. } => format!("FAILED   {label}: {error}"),
-        NodeResult::Interrupted => format!("interrupted {label}"),
-    });
-    let exit = Exit::of_node(&result);
-    if exit == Exit::Interrupted {
-        return Ok(exit);
+    if stages.len() == 1 {
+        // A stage alone: an outcome from an attempt before a requeue
+        // would read as this one's.
+        let _ = std::fs::remove_file(dir.outcome(stages[0].0));
     }
-    dir.write_outcome(
-        n,
-        &JobOutcome {
-            label: label.to_string(),
-            job_id: job.job_id.clone(),
-            result,
-            job_started_ms,
-            stage_started_ms,
-            stage_ended_ms,
-            written_ms: unix_ms(),
-            restarts: job.restarts,
-        },
-    )?;
-    Ok(exit)
+    let outcome = |n: usize, label: &str, result: NodeResult, started: u64| {
+        dir.write_outcome(
+            n,
+            &JobOutcome {
+                label: label.to_string(),
+                job_id: job.job_id.clone(),
+                result,
+                job_started_ms,
+                stage_started_ms: started,
+                stage_ended_ms: unix_ms(),
+                written_ms: unix_ms(),
+                restarts: job.restarts,
+            },
+        )
+    };
+    if job.restarts > run.max_retries {
+        let error = format!(
+            "lost {} times (node failure or requeue); executor.slurm.max_retries is {}",
+            job.restarts, run.max_retries
+        );
+        for &(n, label) in &stages {
+            log(&format!("FAILED   {label}: {error}"));
+            let failed = NodeResult::Failed {
+                error: error.clone(),
+                bad_input: false,
+                log_tail: String::new(),
+            };
+            outcome(n, label, failed, job_started_ms)?;
+        }
+        return Ok(Exit::Failed);
+    }
+    let mut results = Vec::new();
+    let mut run_stages = |results: &mut Vec<NodeResult>| -> Result<()> {
+        with_job_engine(&run, job, ctx, &mut |engine, cancel| {
+            let runner = engine.node_runner()?;
+            // Stages of this job that did not succeed -> the stage that
+            // failed first.
+            let mut failed: BTreeMap<usize, String> = BTreeMap::new();
+            for &(n, label) in &stages {
+                let id = node_id(engine.plan, label)?;
+                let started = unix_ms();
+                let upstream = engine.plan.nodes[id]
+                    .inputs
+                    .iter()
+                    .find_map(|i| failed.get(&i.node).cloned());
+                let result = match upstream {
+                    Some(because) => NodeResult::Skipped { because },
+                    None => runner.run(
+                        id,
+                        &engine_opts(&run),
+                        job_device(engine.plan, id, job),
+                        job.cpus.unwrap_or(engine.ctx.cpus).max(1),
+                        cancel,
+                        &mut |e| {
+                            if let RunEvent::Started {
+                                label,
+                                reasons,
+                                device,
+                                ..
+                            } = e
+                            {
+                                let why: Vec<String> =
+                                    reasons.iter().map(|r| r.to_string()).collect();
+                                log(&format!("run      {label} on {device}: {}", why.join("; ")));
+                            }
+                        },
+                    )?,
+                };
+                log(&match &result {
+                    NodeResult::Executed { wall_seconds, .. } => {
+                        format!("done     {label} in {wall_seconds:.2}s")
+                    }
+                    NodeResult::Cached { .. } => {
+                        format!("cached   {label} (in the store; nothing to do)")
+                    }
+                    NodeResult::Failed { error, .. } => format!("FAILED   {label}: {error}"),
+                    NodeResult::Interrupted => format!("interrupted {label}"),
+                    NodeResult::Skipped { because } => {
+                        format!("skipped  {label} (downstream of {because})")
+                    }
+                });
+                match &result {
+                    NodeResult::Interrupted => {
+                        results.push(result);
+                        return Ok(());
+                    }
+                    NodeResult::Failed { .. } => {
+                        failed.insert(id, label.to_string());
+                    }
+                    NodeResult::Skipped { because } => {
+                        failed.insert(id, because.clone());
+                    }
+                    _ => {}
+                }
+                outcome(n, label, result.clone(), started)?;
+                results.push(result);
+            }
+            Ok(())
+        })
+    };
+    if let Err(e) = run_stages(&mut results) {
+        // The job could not start its stages (its store, its config): each
+        // stage not yet done fails with that error.
+        let error = e.to_string();
+        let bad_input = e.exit() == Exit::BadInput;
+        log(&format!("FAILED   {error}"));
+        for &(n, label) in &stages[results.len()..] {
+            let failed = NodeResult::Failed {
+                error: error.clone(),
+                bad_input,
+                log_tail: String::new(),
+            };
+            outcome(n, label, failed.clone(), unix_ms())?;
+            results.push(failed);
+        }
+    }
+    if results.contains(&NodeResult::Interrupted) {
+        return Ok(Exit::Interrupted);
+    }
+    Ok(results
+        .iter()
+        .map(Exit::of_node)
+        .find(|e| *e != Exit::Success)
+        .unwrap_or(Exit::Success))
 }
 
-fn node(
-    run: &RunFile,
-    label: &str,
-    job: &SlurmJobEnv,
-    ctx: &Ctx,
-    stage_started_ms: &mut u64,
-    log: &mut dyn FnMut(&str),
-) -> Result<NodeResult> {
-    let catalog = store::catalog(ctx);
-    let cfg = config::parse(&run.config_text, &run.config_path, &catalog)?;
-    let plan = Plan::from_config(&cfg);
-    let id = plan
-        .nodes
+/// The stage labelled `label` in the submitted config.
+fn node_id(plan: &Plan, label: &str) -> Result<usize> {
+    plan.nodes
         .iter()
         .position(|n| n.label == label)
         .ok_or_else(|| {
             Error::bad_input(format!(
                 "no stage labelled `{label}` in the submitted config"
             ))
-        })?;
+        })
+}
+
+/// The run's options as every job applies them.
+fn engine_opts(run: &RunFile) -> RunOptions {
+    RunOptions {
+        force: run.force.clone(),
+        ..RunOptions::default()
+    }
+}
+
+/// `cuda:0` for a stage that needs a GPU in a job that has one.
+fn job_device(plan: &Plan, id: usize, job: &SlurmJobEnv) -> &'static str {
+    if plan.nodes[id].kind.spec().needs_gpu && job.has_gpu {
+        "cuda:0"
+    } else {
+        "cpu"
+    }
+}
+
+/// Sets up what a job's stages run with (the submitted config, the store
+/// the run file names, held shared against `cache gc`, its remote, warm
+/// workers unless the run was cold) and calls `body` with the engine.
+fn with_job_engine(
+    run: &RunFile,
+    job: &SlurmJobEnv,
+    ctx: &Ctx,
+    body: &mut dyn FnMut(&Engine, &CancelToken) -> Result<()>,
+) -> Result<()> {
+    let catalog = store::catalog(ctx);
+    let cfg = config::parse(&run.config_text, &run.config_path, &catalog)?;
+    let plan = Plan::from_config(&cfg);
     let root = match &run.node_store {
         Some(p) => ctx.ambient.expand_vars(p).into(),
         None => run.store.clone(),
@@ -398,33 +545,88 @@ fn node(
             .batch
             .insert("slurm_restarts".into(), job.restarts.to_string());
     }
-    let spec = plan.nodes[id].kind.spec();
-    let device = if spec.needs_gpu && job.has_gpu {
-        "cuda:0"
-    } else {
-        "cpu"
-    };
-    let threads = job.cpus.unwrap_or(run_ctx.cpus).max(1);
     let cancel = CancelToken::new();
     super::cancel_on_signals(&cancel)?;
-    let engine = Engine::new(&plan, store.as_ref(), &catalog, &run_ctx);
-    let opts = RunOptions {
-        force: run.force.clone(),
-        ..RunOptions::default()
-    };
-    *stage_started_ms = unix_ms();
-    Ok(
-        engine.run_node(id, &opts, device, threads, &cancel, &mut |e| {
-            if let RunEvent::Started {
-                label,
-                reasons,
-                device,
-                ..
-            } = e
-            {
-                let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
-                log(&format!("run      {label} on {device}: {}", why.join("; ")));
+    // libtorch's stages of the job share a warm worker unless the run
+    // was cold; the pool ends it when the job's stages are done.
+    let pool = WorkerPool::new();
+    let mut engine = Engine::new(&plan, store.as_ref(), &catalog, &run_ctx);
+    if !run.cold {
+        engine.executor = &pool;
+    }
+    body(&engine, &cancel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bsce_pipeline::config::executor::SlurmSettings;
+    use bsce_pipeline::exec::NodeStatus;
+    use bsce_pipeline::registry::StageKind;
+    use bsce_stages::stage::Catalog;
+
+    /// The paper's config under Slurm with the defaults: a job per
+    /// training run's chain and per base task that runs share, a job per
+    /// dataset preparation, everything else on the submitting machine; with
+    /// `group: stage` and no local kinds, a job per stage.
+    #[test]
+    fn the_paper_config_is_a_job_per_training_run_not_per_stage() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/paper.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let catalog = Catalog {
+            salts: Default::default(),
+        };
+        let cfg = config::parse(&text, &path, &catalog).unwrap();
+        let plan = Plan::from_config(&cfg);
+        let status = vec![
+            NodeStatus::ToRun {
+                key: None,
+                reasons: Vec::new()
+            };
+            plan.nodes.len()
+        ];
+        let count = |k: StageKind| plan.nodes.iter().filter(|n| n.kind == k).count();
+        let layout = slurm::layout(&plan, &status, &SlurmSettings::default(), false).unwrap();
+        // The chains, counted from the runs: each run's stages that no
+        // other run holds, and one job per set of runs sharing stages.
+        let mut sets: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (r, run) in plan.runs.iter().enumerate() {
+            for &n in run.trains.iter().chain(&run.evaluations) {
+                sets.entry(n).or_default().push(r);
             }
-        })?,
-    )
+        }
+        let chains: BTreeSet<&Vec<usize>> = sets.values().collect();
+        assert_eq!(layout.counts(), (chains.len(), count(StageKind::Prepare)));
+        assert!(chains.len() < plan.runs.len() * 2, "{}", chains.len());
+        let local = count(StageKind::Order)
+            + count(StageKind::Tasks)
+            + count(StageKind::Aggregate)
+            + count(StageKind::Render)
+            + count(StageKind::Plot);
+        assert_eq!(layout.local.len(), local);
+        // Every run's stages past its shared ones are one job.
+        for run in &plan.runs {
+            let own: BTreeSet<_> = run
+                .trains
+                .iter()
+                .chain(&run.evaluations)
+                .filter(|n| sets[n].len() == 1)
+                .map(|&n| layout.place[n])
+                .collect();
+            assert_eq!(own.len(), 1, "{} {}", run.method, run.setting);
+        }
+        let stage = SlurmSettings {
+            group: bsce_pipeline::config::executor::SlurmGroup::Stage,
+            local_kinds: Vec::new(),
+            ..SlurmSettings::default()
+        };
+        let per_stage = slurm::layout(&plan, &status, &stage, false).unwrap();
+        assert_eq!(per_stage.jobs.len(), plan.nodes.len());
+        eprintln!(
+            "paper.yaml: {} stages; group: run {}; group: stage, no local kinds: {} jobs",
+            plan.nodes.len(),
+            layout.describe(),
+            per_stage.jobs.len()
+        );
+    }
 }

@@ -30,11 +30,52 @@ fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results(
         r.stderr
     );
     assert!(r.stderr.contains("start    "), "{}", r.stderr);
-    // Every job started after each job it depends on had finished.
+    // group: run (the default): one job per training run's chain, one for
+    // each base task that runs share, one for prepare; orders, task splits
+    // and the result stages ran here. The count is printed before the
+    // first submission.
     let dirs = p.slurm_run_dirs();
     assert_eq!(dirs.len(), 1);
     let jobs = slurm_jobs(&dirs[0]);
-    assert_eq!(jobs.len() as u64, stages);
+    let ids: std::collections::BTreeSet<&str> = jobs.values().map(|j| j.0.as_str()).collect();
+    // 2 orders x 2 settings x 2 methods chains, 2 x 2 shared base tasks.
+    assert_eq!(ids.len(), 1 + 8 + 4, "{}", r.stderr);
+    let planned = format!(
+        "{} stages to run: 13 slurm jobs (12 run chains, 1 single stage); {} stages on this machine",
+        stages,
+        stages as usize - jobs.len()
+    );
+    let first_submit = r.stderr.find("submit   ").unwrap();
+    assert!(r.stderr[..first_submit].contains(&planned), "{}", r.stderr);
+    for label in jobs.keys() {
+        assert!(
+            label.starts_with("train/")
+                || label.starts_with("evaluate/")
+                || label.starts_with("prepare/"),
+            "{label} ran as a job"
+        );
+    }
+    for kind in ["order/", "tasks/", "aggregate/", "render/", "plot/"] {
+        assert!(
+            r.stderr.contains(&format!("run      {kind}")),
+            "{}",
+            r.stderr
+        );
+    }
+    // A chain: one job, its stages in task order, each stored with it.
+    let chain = "synth10/numpy1993/bsce/seed0/b6_s4";
+    let chain_job = &jobs[&format!("train/{chain}/t1")].0;
+    for t in 1..=4 {
+        for kind in ["train", "evaluate"] {
+            assert_eq!(&jobs[&format!("{kind}/{chain}/t{t}")].0, chain_job);
+        }
+        let rec = find_action(&p.store(), &format!("train/{chain}/t{t}"));
+        assert_eq!(
+            rec["provenance"]["stage"]["slurm_job_id"].as_str(),
+            Some(chain_job.as_str())
+        );
+    }
+    // Every job started after each job it depends on had finished.
     let by_id: std::collections::BTreeMap<&str, &Value> = jobs
         .values()
         .map(|(id, _, o)| {
@@ -58,8 +99,8 @@ fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results(
         }
     }
     assert!(
-        dependent >= stages as usize - 2,
-        "the DAG's edges are job dependencies"
+        dependent >= 12,
+        "the DAG's edges between jobs are job dependencies"
     );
     // Same numbers as the local run (the tables differ only in their
     // training-time column), the report written, job ids in provenance.
@@ -119,10 +160,12 @@ fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run()
     );
     // Its dependants were cancelled by Slurm, never started; the failure
     // is recorded in the store as under the local executor.
+    // (order/c/o runs on this machine, after prepare/c: never started.)
     let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
     assert!(
-        jobs["order/c/o"].2.is_none(),
-        "a dependant of a failed job ran"
+        !jobs.contains_key("order/c/o") && !r.stderr.contains("run      order/c/o"),
+        "a dependant of a failed job ran: {}",
+        r.stderr
     );
     let st = p.status("c.yaml");
     let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
@@ -293,7 +336,7 @@ fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&mut child, |s| s.contains("submit   tasks/"));
+    wait_for(&mut child, |s| s.contains("submit   train/"));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -317,13 +360,13 @@ fn slurm_refuses_bad_resources_and_missing_commands_before_submitting_anything()
     let p = Project::new();
     p.write(
         "c.yaml",
-        &format!("{SMALL}executor:\n  use: slurm\n  slurm:\n    kinds:\n      tasks: {{partition: nosuchpartition}}\n"),
+        &format!("{SMALL}executor:\n  use: slurm\n  slurm:\n    kinds:\n      prepare: {{partition: nosuchpartition}}\n"),
     );
     let r = p.slurm(&["run", "c.yaml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr
-            .contains("sbatch refuses the resources of executor.slurm.kinds.tasks")
+            .contains("sbatch refuses the resources of executor.slurm.kinds.prepare")
             && r.stderr.contains("--partition=nosuchpartition")
             && r.stderr.contains("invalid partition"),
         "{}",
@@ -469,16 +512,21 @@ fn without_a_shared_store_slurm_jobs_share_results_through_the_remote() {
         "t0 shared, t1 and t2 per method"
     );
     assert_eq!(assert_remote_consistent(remote.path()) as u64, stages);
-    // What the submitter's store holds, its report pulled: nothing there
-    // was computed by the submitter.
+    // What the submitter's store holds: the stages it ran itself (orders,
+    // task splits, result stages: executor.slurm.local_kinds), computed
+    // from inputs it pulled, and those inputs; nothing else.
     for e in walkdir::WalkDir::new(p.store().join("ac")) {
         let e = e.unwrap();
         if e.file_type().is_file() {
             let v: Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
-            assert!(
+            let label = v["label"].as_str().unwrap();
+            let here = ["order/", "tasks/", "aggregate/", "render/", "plot/"]
+                .iter()
+                .any(|k| label.starts_with(k));
+            assert_eq!(
                 v["provenance"]["stage"]["pulled_from"].is_string(),
-                "{} was not pulled",
-                v["label"]
+                !here,
+                "{label}"
             );
         }
     }
@@ -606,4 +654,187 @@ fn cache_gc_between_the_jobs_of_a_detached_slurm_run_keeps_what_its_jobs_read() 
     assert!(p.slurm_run_dirs().is_empty());
     let j = p.slurm(&["run", "c.yaml", "--json"]).ok().json();
     assert_eq!(j["executed"], 0);
+}
+
+/// Issue 21, item 2: a run's chain is one job that stores each stage as it
+/// finishes; lost halfway (requeued), it starts again at its first stage
+/// not in the store.
+#[test]
+fn a_run_chain_lost_halfway_resumes_at_its_first_stage_not_in_the_store() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    p.write(
+        "c.yaml",
+        "datasets:\n  synth:\n    synthetic: {classes: 4, train_per_class: 100, test_per_class: 5, image_size: 16, seed: 3}\n\
+         orders:\n  a: {numpy_seed: 1993}\nsettings:\n  s2: {base: 2, increment: 2}\n\
+         methods:\n  ce: {preset: finetune, memory: {per_class: 4}}\n\
+         recipes:\n  r: {epochs: 100, batch_size: 16, lr: 0.05}\n\
+         experiments:\n  e: {dataset: synth, orders: [a], settings: [s2], methods: [ce], recipe: r, network: tiny}\n\
+         executor:\n  use: slurm\n  slurm: {poll_seconds: 0.3, cpus: 1, max_retries: 1}\n",
+    );
+    let mut child = p
+        .cmd(&["run", "c.yaml", "--json"])
+        .env("SLURM_CONF", slurm_cluster())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = "train/synth/a/ce/seed0/b2/t0";
+    let t1 = "train/synth/a/ce/seed0/s2/t1";
+    // The base task is stored; the job is training task 1.
+    let seen = wait_for(&mut child, |s| {
+        s.contains("done     evaluate/synth/a/ce/seed0/b2/t0")
+    });
+    assert!(
+        seen.contains("2 slurm jobs (1 run chain, 1 single stage)"),
+        "{seen}"
+    );
+    requeue_running_job(&p, t1);
+    let r: Run = child.wait_with_output().unwrap().into();
+    let r = r.ok();
+    assert_eq!(r.json()["failed"], 0, "{seen}{}", r.stderr);
+    let dir = &p.slurm_run_dirs()[0];
+    let jobs = slurm_jobs(dir);
+    assert_eq!(jobs[t0].0, jobs[t1].0, "one job for the chain");
+    // The second attempt found task 0 in the store and computed task 1.
+    let o0 = jobs[t0].2.clone().unwrap();
+    let o1 = jobs[t1].2.clone().unwrap();
+    assert_eq!(
+        (o0["outcome"].as_str(), o0["restarts"].as_u64()),
+        (Some("cached"), Some(1))
+    );
+    assert_eq!(
+        (o1["outcome"].as_str(), o1["restarts"].as_u64()),
+        (Some("executed"), Some(1))
+    );
+    let rec0 = find_action(&p.store(), t0);
+    assert!(
+        rec0["provenance"]["stage"]["slurm_restarts"].is_null(),
+        "{rec0}"
+    );
+    let rec1 = find_action(&p.store(), t1);
+    assert_eq!(rec1["provenance"]["stage"]["slurm_restarts"], "1");
+    let log: String = std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        log.contains(&format!("done     {t0} in "))
+            && log.contains(&format!("cached   {t0} (in the store; nothing to do)")),
+        "{log}"
+    );
+}
+
+/// Issue 21, item 2: a submission above executor.slurm.max_jobs is refused
+/// before anything is submitted, with the number of jobs it needs; a stage
+/// failing in a chain skips the rest of that chain, not the other chains.
+#[test]
+fn max_jobs_refuses_a_submission_with_the_number_needed_and_a_failure_skips_only_its_chain() {
+    let _cluster = slurm_exclusive();
+    let p = Project::new();
+    let config = |slurm: &str| {
+        format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.3, cpus: 1{slurm}}}\n")
+    };
+    p.write("c.yaml", &config(", max_jobs: 3"));
+    let r = p.slurm(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("c.yaml: this run needs 4 slurm jobs (3 run chains, 1 single stage); 5 stages on this machine, above executor.slurm.max_jobs (3)"),
+        "{}",
+        r.stderr
+    );
+    assert!(p.slurm_run_dirs().is_empty(), "nothing is submitted");
+    // group: stage needs a job per stage: 11.
+    p.write(
+        "c.yaml",
+        &config(", max_jobs: 10, group: stage, local_kinds: []"),
+    );
+    let r = p.slurm(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("this run needs 16 slurm jobs; 0 stages on this machine, above executor.slurm.max_jobs (10)"),
+        "{}",
+        r.stderr
+    );
+    // A kind that cannot run here is refused by the config.
+    p.write("c.yaml", &config(", local_kinds: [order, train]"));
+    let r = p.slurm(&["run", "c.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("executor.slurm.local_kinds[1]"),
+        "{}",
+        r.stderr
+    );
+    // The warm worker of the BSCE chain's job is killed while it trains
+    // task 1: that stage fails, the rest of the chain (which reads it) is
+    // skipped inside the job, and the CE chain goes on to its end.
+    p.write("c.yaml", &config("").replace("epochs: 2", "epochs: 30"));
+    let child = p
+        .cmd(&["run", "c.yaml", "--json", "--verbose"])
+        .env("SLURM_CONF", slurm_cluster())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t1 = "train/synth/a/bsce/seed0/s2/t1";
+    let start = std::time::Instant::now();
+    let worker = loop {
+        if let Some(w) = exec_node_of(t1).and_then(crate::workers::worker_of) {
+            break w;
+        }
+        assert!(start.elapsed().as_secs() < 60, "no worker for {t1}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // SAFETY: a process of this test's run.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(
+        (j["failed"].as_u64(), j["skipped"].as_u64()),
+        (Some(1), Some(6)),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("FAILED   {t1}: slurm job "))
+            && r.stderr.contains("its warm worker (pid "),
+        "{}",
+        r.stderr
+    );
+    let jobs = slurm_jobs(&p.slurm_run_dirs()[0]);
+    for later in [
+        "evaluate/synth/a/bsce/seed0/s2/t1",
+        "train/synth/a/bsce/seed0/s2/t2",
+        "evaluate/synth/a/bsce/seed0/s2/t2",
+    ] {
+        let o = jobs[later].2.clone().expect("the job wrote its outcome");
+        assert_eq!(
+            (o["outcome"].as_str(), o["because"].as_str()),
+            (Some("skipped"), Some(t1)),
+            "{later}"
+        );
+        assert!(
+            r.stderr.contains(&format!("skipped  {later}")),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(
+        r.stderr
+            .contains("done     evaluate/synth/a/ce/seed0/s2/t2"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The `bsce-pipe exec-node` process of the Slurm job running `label`.
+fn exec_node_of(label: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.contains("\0exec-node\0") && cmdline.contains(&format!("={label}\0")))
+            .then_some(pid)
+    })
 }

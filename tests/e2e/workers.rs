@@ -137,7 +137,7 @@ fn stages_reaching_one_worker_in_either_order_compute_the_same_bytes() {
 
 /// The worker process of the running stage, a child of `run` whose
 /// command line is `bsce-torch worker`.
-fn worker_of(run_pid: u32) -> Option<i32> {
+pub(crate) fn worker_of(run_pid: u32) -> Option<i32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;

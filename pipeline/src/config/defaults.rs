@@ -18,6 +18,15 @@ pub(crate) fn max_retries() -> u32 {
 pub(crate) fn poll_seconds() -> f64 {
     2.0
 }
+/// Orders, task splits and the result stages: no GPU, milliseconds each.
+pub(crate) fn local_kinds() -> Vec<crate::registry::StageKind> {
+    use crate::registry::StageKind::*;
+    vec![Order, Tasks, Aggregate, Render, Plot]
+}
+/// Many sites cap a user's queued jobs (`MaxSubmitJobs`) at 500 to 1,000.
+pub(crate) fn max_jobs() -> u32 {
+    1000
+}
 
 // datasets.<name>.image_folder
 pub(crate) fn train_dir() -> String {

@@ -55,6 +55,21 @@ impl SlurmResources {
     }
 }
 
+/// How the stages that run on nodes are cut into jobs
+/// (`executor.slurm.group`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlurmGroup {
+    /// One job per training run's chain: its train and evaluate stages,
+    /// task after task, each stored as it finishes (stages shared by
+    /// several runs, such as a common base task, get a job of their own).
+    /// Other kinds get a job per stage.
+    #[default]
+    Run,
+    /// One job per stage.
+    Stage,
+}
+
 /// The resolved `executor.slurm` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SlurmSettings {
@@ -69,6 +84,13 @@ pub struct SlurmSettings {
     /// nodes share: a node-local path (`$VAR`s expanded on the node), used
     /// over `store.remote`.
     pub node_store: Option<String>,
+    pub group: SlurmGroup,
+    /// Kinds that run on the submitting machine instead of as jobs: those
+    /// that need no GPU and compute for milliseconds.
+    pub local_kinds: Vec<StageKind>,
+    /// The most jobs one submission may hold; more is refused before
+    /// anything is submitted, with the number needed.
+    pub max_jobs: u32,
 }
 
 impl Default for SlurmSettings {
@@ -76,14 +98,22 @@ impl Default for SlurmSettings {
         SlurmSettings {
             defaults: SlurmResources::default(),
             kinds: BTreeMap::new(),
-            max_retries: 2,
-            poll_seconds: 2.0,
+            max_retries: super::defaults::max_retries(),
+            poll_seconds: super::defaults::poll_seconds(),
             node_store: None,
+            group: SlurmGroup::default(),
+            local_kinds: super::defaults::local_kinds(),
+            max_jobs: super::defaults::max_jobs(),
         }
     }
 }
 
 impl SlurmSettings {
+    /// Whether stages of `kind` run on the submitting machine.
+    pub fn is_local(&self, kind: StageKind) -> bool {
+        self.local_kinds.contains(&kind)
+    }
+
     pub fn resources(&self, kind: StageKind) -> SlurmResources {
         match self.kinds.get(&kind) {
             Some(k) => self.defaults.merged(k),

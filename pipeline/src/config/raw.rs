@@ -82,6 +82,13 @@ pub struct RawSlurm {
     pub poll_seconds: f64,
     #[serde(default)]
     pub node_store: Option<String>,
+    #[serde(default)]
+    pub group: crate::config::executor::SlurmGroup,
+    /// Stage kind names; absent: `defaults::local_kinds`.
+    #[serde(default)]
+    pub local_kinds: Option<Vec<String>>,
+    #[serde(default = "super::defaults::max_jobs")]
+    pub max_jobs: u32,
 }
 
 /// A dataset source: exactly one of the fields (`synthetic: {...}`).

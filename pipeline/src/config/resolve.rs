@@ -473,12 +473,39 @@ fn resolve_slurm(
     if raw.max_retries > 100 {
         return Err(cx.err("executor.slurm.max_retries", "must be at most 100"));
     }
+    if raw.max_jobs == 0 {
+        return Err(cx.err("executor.slurm.max_jobs", "must be at least 1"));
+    }
+    let local_kinds = match raw.local_kinds {
+        None => super::defaults::local_kinds(),
+        Some(names) => {
+            let mut kinds = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                // libtorch's stages belong on a node, never on the
+                // machine that submits.
+                let kind = stage_kind(
+                    cx,
+                    &format!("executor.slurm.local_kinds[{i}]"),
+                    name,
+                    "a stage kind that may run on the submitting machine",
+                    |s| s.runner == crate::registry::Runner::Pipe,
+                )?;
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            kinds
+        }
+    };
     Ok(SlurmSettings {
         defaults,
         kinds,
         max_retries: raw.max_retries,
         poll_seconds: raw.poll_seconds,
         node_store: raw.node_store.filter(|s| !s.is_empty()),
+        group: raw.group,
+        local_kinds,
+        max_jobs: raw.max_jobs,
     })
 }
 

@@ -77,6 +77,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the plan has a cycle through: {}", .0.join(", "))]
     Cycle(Vec<String>),
+    #[error("the slurm jobs of these stages would wait for each other (executor.slurm.group: stage avoids it): {}", .0.join(", "))]
+    JobCycle(Vec<String>),
+    #[error("no slurm job is left in flight, yet these stages still wait to run: {}", .0.join(", "))]
+    Stuck(Vec<String>),
     #[error(transparent)]
     Slurm(#[from] slurm::SlurmError),
 }
@@ -162,7 +166,7 @@ pub struct Engine<'a> {
 }
 
 /// Per node: the digests of its sources and where the stage finds them.
-struct Sources {
+pub(crate) struct Sources {
     digests: BTreeMap<String, Digest>,
     locations: BTreeMap<String, job::SourceLocation>,
     /// Sources that are neither on disk nor downloadable: name -> the path

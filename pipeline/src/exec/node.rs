@@ -11,13 +11,13 @@ use std::sync::mpsc;
 use serde::{Deserialize, Serialize};
 
 use super::child::{self, Outcome};
-use super::{CancelToken, Engine, EngineError, RunOptions};
+use super::{CancelToken, Engine, EngineError, RunOptions, Sources};
 use crate::digest::Digest;
 use crate::events::RunEvent;
 use crate::plan::NodeId;
 use crate::store::OutputEntry;
 
-/// How one stage run by [`Engine::run_node`] ended; a Slurm job writes it
+/// How one stage run by [`NodeRunner::run`] ended; a Slurm job writes it
 /// to its outcome file for the submitting process to read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -37,9 +37,36 @@ pub enum NodeResult {
         log_tail: String,
     },
     Interrupted,
+    /// Not run: a stage before it in the same job, which it reads from,
+    /// failed (`because`: the stage that failed first).
+    Skipped {
+        because: String,
+    },
+}
+
+/// Runs stages alone, one after another, each with its inputs from the
+/// store: the stages of a Slurm job, or those the submitting machine runs
+/// itself. The plan's order and its sources are worked out once.
+pub struct NodeRunner<'e, 'a> {
+    engine: &'e Engine<'a>,
+    order: Vec<NodeId>,
+    sources: Vec<Sources>,
 }
 
 impl<'a> Engine<'a> {
+    /// A [`NodeRunner`] over this engine's plan and store: every source
+    /// must be present.
+    pub fn node_runner(&self) -> Result<NodeRunner<'_, 'a>, EngineError> {
+        let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
+        let sources = self.present_sources()?;
+        self.store.local().clean_stale_tmp();
+        Ok(NodeRunner {
+            engine: self,
+            order,
+            sources,
+        })
+    }
+
     /// Runs stage `id` unless the store has it. Every stage it reads from
     /// must be in the store (local, or the remote): this never runs them.
     pub fn run_node(
@@ -51,31 +78,46 @@ impl<'a> Engine<'a> {
         cancel: &CancelToken,
         on_event: &mut dyn FnMut(&RunEvent),
     ) -> Result<NodeResult, EngineError> {
-        let order = self.plan.topo_order().map_err(EngineError::Cycle)?;
-        let sources = self.present_sources()?;
-        self.store.local().clean_stale_tmp();
+        self.node_runner()?
+            .run(id, opts, device, threads, cancel, on_event)
+    }
+}
+
+impl NodeRunner<'_, '_> {
+    /// Runs stage `id` unless the store has it (see [`Engine::run_node`]).
+    pub fn run(
+        &self,
+        id: NodeId,
+        opts: &RunOptions,
+        device: &str,
+        threads: usize,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(&RunEvent),
+    ) -> Result<NodeResult, EngineError> {
+        let engine = self.engine;
+        let sources = &self.sources;
         // The stages `id` depends on, in plan order.
-        let mut needed = vec![false; self.plan.nodes.len()];
+        let mut needed = vec![false; engine.plan.nodes.len()];
         needed[id] = true;
-        for &n in order.iter().rev() {
+        for &n in self.order.iter().rev() {
             if needed[n] {
-                for i in &self.plan.nodes[n].inputs {
+                for i in &engine.plan.nodes[n].inputs {
                     needed[i.node] = true;
                 }
             }
         }
         let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> =
-            vec![None; self.plan.nodes.len()];
-        for &n in order.iter().filter(|&&n| needed[n] && n != id) {
-            let (record, pending) = self.key_record(&self.plan.nodes[n], &sources[n], &outputs);
+            vec![None; engine.plan.nodes.len()];
+        for &n in self.order.iter().filter(|&&n| needed[n] && n != id) {
+            let (record, pending) = engine.key_record(&engine.plan.nodes[n], &sources[n], &outputs);
             debug_assert!(pending.is_empty(), "inputs resolved in plan order");
-            match self.store.lookup(&record.key(), true)? {
+            match engine.store.lookup(&record.key(), true)? {
                 Some(rec) => outputs[n] = Some(rec.outputs),
                 None => {
                     return Ok(NodeResult::Failed {
                         error: format!(
                             "input stage {} is not in the store (key {}): it must succeed first",
-                            self.plan.nodes[n].label,
+                            engine.plan.nodes[n].label,
                             record.key().short()
                         ),
                         bad_input: false,
@@ -84,10 +126,10 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        let node = &self.plan.nodes[id];
-        let (record, _) = self.key_record(node, &sources[id], &outputs);
+        let node = &engine.plan.nodes[id];
+        let (record, _) = engine.key_record(node, &sources[id], &outputs);
         let forced = opts.forces(&node.label);
-        let run = self.stage_run(
+        let run = engine.stage_run(
             id,
             record,
             forced,
@@ -98,7 +140,7 @@ impl<'a> Engine<'a> {
         )?;
         let (tx, rx) = mpsc::channel();
         // Runs on this thread: the worker-thread split is the scheduler's.
-        child::run_stage(&self.stage_env(), run, cancel, tx);
+        child::run_stage(&engine.stage_env(), run, cancel, tx);
         let mut result = None;
         for msg in rx.try_iter() {
             match msg {

@@ -1,29 +1,38 @@
-//! The whole DAG as Slurm jobs. Every stage that is not in the store
-//! becomes one `sbatch` job running `bsce-pipe exec-node RUN_DIR LABEL`
-//! ([`super::node`]), with `--dependency=afterok:` on the jobs of the stages
-//! it reads, so the DAG is submitted at once and Slurm orders it. A job
-//! finds its inputs in the store (a shared filesystem, or a node-local
-//! store over the remote cache), derives its key, exits at once if the
-//! stage is there, else runs it and records it, and writes its outcome to
-//! the run folder, where the submitting process (or `status`) reads it.
+//! The whole DAG as Slurm jobs. [`layout`] decides where each stage not in
+//! the store runs: a training run's chain (its train and evaluate stages,
+//! task after task) is one job (`group: run`), other stages a job each,
+//! and the kinds of `local_kinds` (milliseconds, no GPU) run on the
+//! submitting machine. [`drive`] submits each job once the jobs it waits
+//! for are submitted and the local stages it reads are done, with
+//! `--dependency=afterok:` on those jobs, so Slurm orders the rest. A job
+//! runs `bsce-pipe exec-node RUN_DIR N=LABEL...` ([`super::node`]): for
+//! each of its stages it finds the inputs in the store (a shared
+//! filesystem, or a node-local store over the remote cache), derives the
+//! key, goes on at once if the stage is there, else runs it and stores it,
+//! and writes that stage's outcome to the run folder, where the submitting
+//! process (or `status`) reads it. A job lost halfway and started again
+//! resumes at its first stage not in the store.
 //!
 //! The run folder (`<store>/slurm/<run id>/`, on storage the nodes see):
 //! `run.json` (config text, store, the job of each label),
-//! `logs/<n>.out` (each job's output), `outcomes/<n>.json` (how each ended).
+//! `logs/<n>.out` (each job's output, `n` its first stage's),
+//! `outcomes/<n>.json` (how each stage ended).
+
+pub mod drive;
+pub mod layout;
+
+pub use drive::{drive, Submission};
+pub use layout::{layout, Layout, Place};
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::child::tail;
 use super::node::NodeResult;
-use super::{CancelToken, EngineError, NodeStatus};
-use crate::events::{Reporter, RunEvent, RunSummary};
 use crate::plan::{NodeId, Plan};
 use crate::registry::StageKind;
 use crate::store::atomic::write_atomic;
@@ -135,6 +144,10 @@ pub struct RunFile {
     /// Set by `cancel` and by an interrupted run.
     #[serde(default)]
     pub cancelled: bool,
+    /// `run --cold`: every stage of a job in a fresh process, no warm
+    /// worker.
+    #[serde(default)]
+    pub cold: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -145,6 +158,17 @@ pub struct Job {
     pub n: usize,
     /// The jobs it waits for.
     pub after: Vec<String>,
+    /// The stage's job runs several stages and logs to this one's log
+    /// (its first stage's `n`); absent: its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<usize>,
+}
+
+impl Job {
+    /// Index of the job's log in `logs/`.
+    pub fn log_n(&self) -> usize {
+        self.log.unwrap_or(self.n)
+    }
 }
 
 /// An outcome file: how a job ended, and when (for the overhead bench).
@@ -429,317 +453,6 @@ pub fn cancel_jobs(ids: &[String]) -> Result<(), SlurmError> {
             Err(SlurmError::Command { stderr, .. })
                 if stderr.contains("Invalid job id") || stderr.contains("already completing") => {}
             Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// What `submit` needs besides the plan.
-pub struct Submission<'a> {
-    pub settings: &'a SlurmSettings,
-    pub run: RunFile,
-    pub dir: RunDir,
-    /// The `bsce-pipe` binary the jobs run (on storage the nodes share).
-    pub exe: PathBuf,
-    /// Variables the jobs get besides the submitter's environment (which
-    /// sbatch hands on): the remote named by a flag. Never written to disk.
-    pub env: Vec<(String, String)>,
-}
-
-/// Submits a job for every stage of the plan that is not in the store,
-/// in plan order, each after the jobs of its inputs. All or nothing: a
-/// refused submission cancels the jobs already submitted.
-/// `status` is [`super::Engine::status`] of the plan under the run's options
-/// (the caller has it already, for [`preflight`]).
-pub fn submit(
-    plan: &Plan,
-    status: &[NodeStatus],
-    mut sub: Submission,
-    reporter: &mut dyn Reporter,
-    summary: &mut RunSummary,
-) -> Result<RunFile, EngineError> {
-    let order = plan.topo_order().map_err(EngineError::Cycle)?;
-    let mut emit = |e: RunEvent, summary: &mut RunSummary| {
-        summary.record(&e);
-        reporter.on_event(&e);
-    };
-    emit(
-        RunEvent::Planned {
-            total: plan.nodes.len(),
-        },
-        summary,
-    );
-    let mut job_of: Vec<Option<String>> = vec![None; plan.nodes.len()];
-    // A run with jobs gets a folder; the jobs read its run file, so it
-    // exists before the first one.
-    if status.iter().any(|s| matches!(s, NodeStatus::ToRun { .. })) {
-        for d in ["logs", "outcomes"] {
-            let p = sub.dir.path.join(d);
-            fs::create_dir_all(&p).map_err(|e| EngineError::Slurm(io(&p)(e)))?;
-        }
-        sub.dir.write(&sub.run).map_err(EngineError::Slurm)?;
-    }
-    let name = RunDir::job_name(&sub.run.run_id);
-    let mut submitted: Vec<String> = Vec::new();
-    for (n, &id) in order.iter().enumerate() {
-        let node = &plan.nodes[id];
-        if let NodeStatus::Cached { key, record } = &status[id] {
-            emit(
-                RunEvent::Cached {
-                    label: node.label.clone(),
-                    key: *key,
-                    saved_seconds: record.provenance.wall_seconds,
-                },
-                summary,
-            );
-            continue;
-        }
-        let mut after: Vec<String> = node
-            .inputs
-            .iter()
-            .filter_map(|i| job_of[i.node].clone())
-            .collect();
-        after.sort();
-        after.dedup();
-        let mut args = vec![
-            "--parsable".to_string(),
-            format!("--job-name={name}"),
-            format!("--comment={}", node.label),
-            format!("--output={}", sub.dir.log(n).display()),
-            "--open-mode=append".into(),
-            // Lost to a node failure: Slurm starts it again, with the
-            // same id, so its dependants keep waiting for it.
-            "--requeue".into(),
-        ];
-        if !after.is_empty() {
-            args.push(format!("--dependency=afterok:{}", after.join(":")));
-            args.push("--kill-on-invalid-dep=yes".into());
-        }
-        args.extend(sbatch_args(&sub.settings.resources(node.kind)));
-        args.push("--wrap".into());
-        args.push(format!(
-            "exec {} exec-node {} {n} {}",
-            sh_quote(&sub.exe.to_string_lossy()),
-            sh_quote(&sub.dir.path.to_string_lossy()),
-            sh_quote(&node.label)
-        ));
-        let job = match slurm_env("sbatch", &args, &sub.env) {
-            Ok(out) => out.trim().split(';').next().unwrap_or_default().to_string(),
-            Err(e) => {
-                let _ = cancel_jobs(&submitted);
-                let _ = fs::remove_dir_all(&sub.dir.path);
-                return Err(EngineError::Slurm(e));
-            }
-        };
-        submitted.push(job.clone());
-        emit(
-            RunEvent::Submitted {
-                label: node.label.clone(),
-                job: job.clone(),
-                after: after.clone(),
-            },
-            summary,
-        );
-        sub.run.jobs.insert(
-            node.label.clone(),
-            Job {
-                id: job.clone(),
-                n,
-                after,
-            },
-        );
-        job_of[id] = Some(job);
-    }
-    if !sub.run.jobs.is_empty() {
-        sub.dir.write(&sub.run).map_err(EngineError::Slurm)?;
-    }
-    Ok(sub.run)
-}
-
-/// Follows a submitted run until every job has ended (or `cancel`,
-/// which cancels the jobs), turning what it sees into run events.
-pub fn watch(
-    dir: &RunDir,
-    run: &RunFile,
-    poll: Duration,
-    cancel: &CancelToken,
-    reporter: &mut dyn Reporter,
-    summary: &mut RunSummary,
-) -> Result<(), EngineError> {
-    let mut emit = |e: RunEvent, summary: &mut RunSummary| {
-        summary.record(&e);
-        reporter.on_event(&e);
-    };
-    let label_of: BTreeMap<&str, &str> = run
-        .jobs
-        .iter()
-        .map(|(l, j)| (j.id.as_str(), l.as_str()))
-        .collect();
-    let mut pending: BTreeMap<&str, &Job> = run.jobs.iter().map(|(l, j)| (l.as_str(), j)).collect();
-    let mut started: std::collections::BTreeSet<&str> = Default::default();
-    // Jobs seen ended without an outcome once: looked at again.
-    let mut unsure: std::collections::BTreeSet<&str> = Default::default();
-    // Wakes the wait between polls when the run is cancelled.
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let _waker = {
-        let tx = std::sync::Mutex::new(tx);
-        cancel.on_cancel(move || {
-            let _ = tx.lock().expect("not poisoned").send(());
-        })
-    };
-    // Failures in a row of `squeue` itself (the controller restarting).
-    let mut squeue_failures = 0u32;
-    while !pending.is_empty() {
-        if cancel.is_cancelled() {
-            let ids: Vec<String> = pending.values().map(|j| j.id.clone()).collect();
-            cancel_jobs(&ids).map_err(EngineError::Slurm)?;
-            let mut r = run.clone();
-            r.cancelled = true;
-            let _ = dir.write(&r);
-            emit(RunEvent::Interrupted, summary);
-            return Ok(());
-        }
-        let states = match queue_states(&run.run_id) {
-            Ok(s) => {
-                squeue_failures = 0;
-                s
-            }
-            Err(e) if squeue_failures < 30 => {
-                squeue_failures += 1;
-                let _ = writeln!(std::io::stderr(), "warning: {e}; asking again");
-                let _ = rx.recv_timeout(poll);
-                continue;
-            }
-            Err(e) => return Err(EngineError::Slurm(e)),
-        };
-        let mut ended = Vec::new();
-        for (&label, job) in &pending {
-            match states.get(&job.id) {
-                Some(q) if q.state == "RUNNING" && !started.contains(label) => {
-                    started.insert(label);
-                    emit(
-                        RunEvent::JobStarted {
-                            label: label.to_string(),
-                            job: job.id.clone(),
-                            node: q.node.clone(),
-                        },
-                        summary,
-                    );
-                }
-                Some(q) if is_live(&q.state) => {
-                    unsure.remove(label);
-                }
-                // Ended: its outcome file says how. Without one, it may
-                // be between two attempts (requeued): it counts as
-                // ended when two polls in a row and Slurm itself say so.
-                _ if dir.outcome(job.n).exists() => ended.push(label),
-                _ if unsure.insert(label) => {}
-                _ => match final_state(&job.id) {
-                    Some((state, _)) if is_live(&state) => {}
-                    _ => ended.push(label),
-                },
-            }
-        }
-        let ended_now: std::collections::BTreeSet<&str> = ended.iter().copied().collect();
-        for label in ended {
-            let job = pending.remove(label).expect("pending");
-            let event = match dir.read_outcome(job.n) {
-                Some(o) => match o.result {
-                    NodeResult::Executed { key, wall_seconds } => RunEvent::Finished {
-                        label: label.into(),
-                        key,
-                        wall_seconds,
-                    },
-                    NodeResult::Cached { key, saved_seconds } => RunEvent::Cached {
-                        label: label.into(),
-                        key,
-                        saved_seconds,
-                    },
-                    NodeResult::Failed {
-                        error,
-                        bad_input,
-                        log_tail,
-                    } => RunEvent::Failed {
-                        label: label.into(),
-                        error: format!("slurm job {}: {error}", job.id),
-                        bad_input,
-                        log_tail,
-                    },
-                    NodeResult::Interrupted => RunEvent::Failed {
-                        label: label.into(),
-                        error: format!("slurm job {} was cancelled", job.id),
-                        bad_input: false,
-                        log_tail: String::new(),
-                    },
-                },
-                None => {
-                    let (state, reason) =
-                        final_state(&job.id).unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
-                    if reason.contains("DependencyNeverSatisfied") {
-                        // The input that ended without succeeding
-                        // (failed, cancelled by hand, itself skipped),
-                        // not merely the first: a job waits for several,
-                        // and some may still be queued or running.
-                        let still_live =
-                            |dep: &str| pending.contains_key(dep) && !ended_now.contains(dep);
-                        let succeeded = |dep: &str| {
-                            run.jobs.get(dep).is_some_and(|j| {
-                                dir.read_outcome(j.n).is_some_and(|o| {
-                                    matches!(
-                                        o.result,
-                                        NodeResult::Executed { .. } | NodeResult::Cached { .. }
-                                    )
-                                })
-                            })
-                        };
-                        let deps = |j: &Job| -> Vec<&str> {
-                            j.after
-                                .iter()
-                                .filter_map(|a| label_of.get(a.as_str()).copied())
-                                .collect()
-                        };
-                        // Followed up to the job that ended by itself:
-                        // a job whose own inputs all succeeded.
-                        let mut because = deps(job).first().copied().unwrap_or_default();
-                        let mut at = job;
-                        while let Some(d) = deps(at)
-                            .into_iter()
-                            .find(|d| !succeeded(d) && !still_live(d))
-                        {
-                            because = d;
-                            match run.jobs.get(d) {
-                                Some(j) => at = j,
-                                None => break,
-                            }
-                        }
-                        let because = because.to_string();
-                        RunEvent::Skipped {
-                            label: label.into(),
-                            because,
-                        }
-                    } else {
-                        let log = fs::read(dir.log(job.n)).unwrap_or_default();
-                        RunEvent::Failed {
-                            label: label.into(),
-                            error: format!(
-                                "slurm job {} ended {state}{} without a result",
-                                job.id,
-                                if reason.is_empty() || reason == "None" {
-                                    String::new()
-                                } else {
-                                    format!(" ({reason})")
-                                }
-                            ),
-                            bad_input: false,
-                            log_tail: tail(&log, 20),
-                        }
-                    }
-                }
-            };
-            emit(event, summary);
-        }
-        if !pending.is_empty() {
-            let _ = rx.recv_timeout(poll);
         }
     }
     Ok(())
