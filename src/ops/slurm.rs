@@ -238,11 +238,14 @@ pub fn cancel(root: &Path, cfg: &Config) -> Result<Cancelled> {
         }
         let states =
             slurm::queue_states(&run.run_id).map_err(|e| Error::bad_input(e.to_string()))?;
+        // A run chain's stages share one job: each id once.
         let ids: Vec<String> = run
             .jobs
             .values()
             .filter(|j| states.get(&j.id).is_some_and(|q| slurm::is_live(&q.state)))
             .map(|j| j.id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         if ids.is_empty() {
             continue;

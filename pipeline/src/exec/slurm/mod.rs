@@ -287,7 +287,9 @@ impl RunDir {
                     .jobs
                     .values()
                     .filter(|j| states.get(&j.id).is_some_and(|q| is_live(&q.state)))
-                    .count();
+                    .map(|j| &j.id)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
                 if live == 0 {
                     RunState::Finished
                 } else {
