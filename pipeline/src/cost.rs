@@ -74,7 +74,8 @@ pub enum CostError {
 pub struct ImagesPerClass {
     pub train: f64,
     pub test: f64,
-    /// `synthetic spec`, `CIFAR-100`, `ILSVRC-2012 mean`, `prepared dataset`.
+    /// `synthetic spec`, CIFAR-100's or ILSVRC-2012's counts, or the
+    /// prepared dataset's.
     pub basis: String,
 }
 
@@ -92,13 +93,15 @@ impl ImagesPerClass {
             DatasetSource::Cifar100 { .. } => Ok(ImagesPerClass {
                 train: CIFAR100_TRAIN_PER_CLASS,
                 test: CIFAR100_TEST_PER_CLASS,
-                basis: "CIFAR-100: 500 train, 100 test per class".into(),
+                basis: "CIFAR-100's published counts".into(),
             }),
             DatasetSource::ImageFolder { .. } => match ds.profile {
                 Profile::Imagenet100 | Profile::Imagenet1k => Ok(ImagesPerClass {
                     train: ILSVRC_TRAIN_IMAGES / ILSVRC_CLASSES,
                     test: ILSVRC_VAL_PER_CLASS,
-                    basis: "ILSVRC-2012 mean: 1,281.2 train, 50 val per class".into(),
+                    basis:
+                        "ILSVRC-2012's mean: 1,281,167 train images over 1,000 classes, 50 val each"
+                            .into(),
                 }),
                 Profile::Cifar100 => Err(CostError::UnknownCounts {
                     dataset: ds.name.clone(),
@@ -263,6 +266,34 @@ pub fn stage_costs(
         }
     }
     Ok(costs)
+}
+
+/// The networks the plan's train stages run, each once, in plan order:
+/// what `calibrate CONFIG` measures.
+pub fn networks(plan: &Plan) -> Vec<NetKey> {
+    let mut out: Vec<NetKey> = Vec::new();
+    for node in plan.nodes.iter().filter(|n| n.kind == StageKind::Train) {
+        let Ok(p) = serde_json::from_value::<TrainParams>(node.params.clone()) else {
+            continue;
+        };
+        let prepare = node
+            .inputs
+            .iter()
+            .find(|i| i.name == "dataset")
+            .and_then(|i| {
+                serde_json::from_value::<PrepareParams>(plan.nodes[i.node].params.clone()).ok()
+            });
+        if let Some(prepare) = prepare {
+            let k = NetKey {
+                network: p.network,
+                side: input_side(&p, &prepare),
+            };
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    out
 }
 
 /// The side of the images the network sees: the crop for ImageNet-style
@@ -455,6 +486,7 @@ experiments:
         );
         let net = c.iter().flatten().map(|s| s.net.to_string()).next();
         assert_eq!(net.as_deref(), Some("tiny@8"));
+        assert_eq!(networks(&plan), vec![NetKey::parse("tiny@8").unwrap()]);
     }
 
     #[test]
