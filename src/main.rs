@@ -193,6 +193,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             device,
             networks,
             batch,
+            threads,
             seconds,
             json: as_json,
         } => {
@@ -206,6 +207,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
                 device,
                 networks,
                 batch,
+                threads,
                 seconds,
             };
             let r =

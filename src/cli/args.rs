@@ -124,6 +124,10 @@ pub enum Command {
         /// Images per step [default: 128 on a GPU, 32 on the CPU]
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         batch: Option<u32>,
+        /// CPU threads of the measurement [default 1: what each stage of a `run` gets with the
+        /// default --jobs, the CPU count; a stage of `run --jobs J` gets CPUs / J]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: u32,
         /// Seconds per network, half training, half forward passes (a third of each warms up)
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,

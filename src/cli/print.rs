@@ -527,9 +527,14 @@ pub fn if_changed(r: &ChangeReport) {
             let code = n.get("code").copied().unwrap_or(0);
             let down = n.get("downstream").copied().unwrap_or(0);
             match (code, down) {
-                (c, 0) => format!("{c} {k}"),
-                (0, d) => format!("{d} {k} (downstream)"),
-                (c, d) => format!("{} {k} ({c} by code, {d} downstream)", c + d),
+                (c, 0) => format!("{} {k}", thousands(c as u64)),
+                (0, d) => format!("{} {k} (downstream)", thousands(d as u64)),
+                (c, d) => format!(
+                    "{} {k} ({} by code, {} downstream)",
+                    thousands((c + d) as u64),
+                    thousands(c as u64),
+                    thousands(d as u64)
+                ),
             }
         })
         .collect();
@@ -537,7 +542,11 @@ pub fn if_changed(r: &ChangeReport) {
         out!("no stage of this config reruns");
         return;
     }
-    out!("{} stages rerun: {}", r.stages.len(), kinds.join(", "));
+    out!(
+        "{} stages rerun: {}",
+        thousands(r.stages.len() as u64),
+        kinds.join(", ")
+    );
     let e = &r.estimate;
     if e.stages > 0 {
         let mut est: Vec<String> = e
@@ -555,7 +564,7 @@ pub fn if_changed(r: &ChangeReport) {
             .count();
         out!(
             "cost: {} train and evaluate stages, {} image passes, {} forward passes: {}{}",
-            e.stages,
+            thousands(e.stages as u64),
             passes(e.image_passes),
             passes(e.work.forward),
             est.join(", "),
@@ -563,7 +572,8 @@ pub fn if_changed(r: &ChangeReport) {
                 String::new()
             } else {
                 format!(
-                    "; the {stored} of them in the store took {} h as recorded",
+                    "; the {} of them in the store took {} h as recorded",
+                    thousands(stored as u64),
                     hours(r.recorded_hours)
                 )
             }

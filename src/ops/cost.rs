@@ -284,6 +284,11 @@ pub struct CalibrateArgs {
     /// Networks as `name@side`, besides the config's.
     pub networks: Vec<String>,
     pub batch: Option<u32>,
+    /// OpenMP and rayon threads, as the scheduler gives a stage. One
+    /// thread is also what keeps a busy node's rates sane: OpenMP's
+    /// spinning threads on oversubscribed cores slowed a training step
+    /// fifty-fold here.
+    pub threads: u32,
     pub seconds: f64,
 }
 
@@ -381,7 +386,9 @@ pub fn calibrate(
             .arg(k.network_name())
             .arg(k.side.to_string())
             .arg("--seconds")
-            .arg(args.seconds.to_string());
+            .arg(args.seconds.to_string())
+            .env("OMP_NUM_THREADS", args.threads.to_string())
+            .env("RAYON_NUM_THREADS", args.threads.to_string());
         if let Some(d) = &args.device {
             cmd.arg("--device").arg(d);
         }

@@ -65,6 +65,35 @@ fn status_cost_counts_the_image_passes_of_an_absent_dataset_by_hand() {
     );
     // It wrote nothing: no store appeared.
     assert!(!p.store().exists());
+
+    // An image folder whose profile gives no image counts: an error naming
+    // the dataset, until it is prepared.
+    p.write(
+        "f.yaml",
+        r#"
+datasets:
+  folder:
+    image_folder: {root: no-such-folder, augment: cifar, size: 32}
+    profile: cifar100
+orders:
+  a: {numpy_seed: 1993}
+settings:
+  s: {base: 2, increment: 2, steps: 1}
+methods:
+  ce: {preset: finetune}
+recipes:
+  r: {epochs: 2, batch_size: 128, lr: 0.1}
+experiments:
+  e: {dataset: folder, orders: [a], settings: [s], methods: [ce], recipe: r, network: tiny}
+"#,
+    );
+    let r = p.run(&["status", "f.yaml", "--cost"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("datasets.folder: an image folder with profile cifar100"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
