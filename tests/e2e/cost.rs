@@ -90,7 +90,8 @@ experiments:
     let r = p.run(&["status", "f.yaml", "--cost"]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     assert!(
-        r.stderr.contains("datasets.folder: an image folder with profile cifar100"),
+        r.stderr
+            .contains("datasets.folder: an image folder with profile cifar100"),
         "{}",
         r.stderr
     );

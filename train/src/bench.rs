@@ -303,41 +303,7 @@ pub fn calibrate(
         "train_steps": train_steps, "forward_steps": forward_steps,
         "seconds": train_secs + forward_secs,
         "batch": batch, "side": side,
-        "device": device_name(device), "device_class": device_class(device),
+        "device": device_name(device),
         "threads": tch::get_num_threads(),
     }))
-}
-
-/// What a calibration is kept under: `cpu`, or the GPU's model name as the
-/// NVIDIA driver gives it (`/proc/driver/nvidia/gpus/*/information`), the
-/// device index counted in PCI bus order over `CUDA_VISIBLE_DEVICES` when
-/// it lists indices (set `CUDA_DEVICE_ORDER=PCI_BUS_ID` on a node with
-/// mixed GPUs, so CUDA counts them the same way); `cuda` when the driver
-/// does not say.
-pub fn device_class(device: Device) -> String {
-    let Device::Cuda(n) = device else {
-        return "cpu".into();
-    };
-    let mut gpus: Vec<(String, String)> = std::fs::read_dir("/proc/driver/nvidia/gpus")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let info = std::fs::read_to_string(e.path().join("information")).ok()?;
-            let model = info
-                .lines()
-                .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string()))?;
-            Some((e.file_name().to_string_lossy().into_owned(), model))
-        })
-        .collect();
-    gpus.sort();
-    let visible: Option<Vec<usize>> = std::env::var("CUDA_VISIBLE_DEVICES")
-        .ok()
-        .and_then(|v| v.split(',').map(|i| i.trim().parse().ok()).collect());
-    let index = visible.map_or(Some(n), |v| v.get(n).copied());
-    index
-        .and_then(|i| gpus.get(i))
-        .map(|(_, model)| model.clone())
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| "cuda".into())
 }

@@ -212,8 +212,45 @@ fn calibrate(network: &str, side: &str, opts: &[&str]) -> Result<Value, String> 
     // a CPU's rate moves less with it, and a smaller one keeps a CPU
     // ResNet-18 step to seconds.
     let batch = batch.unwrap_or(if device.is_cuda() { 128 } else { 32 });
-    bsce_train::bench::calibrate(network, i64::from(side), i64::from(batch), seconds, device)
-        .map_err(|e| e.to_string())
+    let mut v =
+        bsce_train::bench::calibrate(network, i64::from(side), i64::from(batch), seconds, device)
+            .map_err(|e| e.to_string())?;
+    v["device_class"] = Value::String(device_class(device));
+    Ok(v)
+}
+
+/// What a calibration is kept under: `cpu`, or the GPU's model name as the
+/// NVIDIA driver gives it (`/proc/driver/nvidia/gpus/*/information`), the
+/// device index counted in PCI bus order over `CUDA_VISIBLE_DEVICES` when
+/// it lists indices (set `CUDA_DEVICE_ORDER=PCI_BUS_ID` on a node with
+/// mixed GPUs, so CUDA counts them the same way); `cuda` when the driver
+/// does not say.
+fn device_class(device: tch::Device) -> String {
+    let tch::Device::Cuda(n) = device else {
+        return "cpu".into();
+    };
+    let mut gpus: Vec<(String, String)> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path().join("information")).ok()?;
+            let model = info
+                .lines()
+                .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string()))?;
+            Some((e.file_name().to_string_lossy().into_owned(), model))
+        })
+        .collect();
+    gpus.sort();
+    let visible: Option<Vec<usize>> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .and_then(|v| v.split(',').map(|i| i.trim().parse().ok()).collect());
+    let index = visible.map_or(Some(n), |v| v.get(n).copied());
+    index
+        .and_then(|i| gpus.get(i))
+        .map(|(_, model)| model.clone())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "cuda".into())
 }
 
 /// What `bsce-torch doctor` (and `bsce-pipe doctor`) prints:
