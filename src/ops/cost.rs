@@ -161,8 +161,17 @@ fn prepared_counts(
     local: &LocalStore,
     status: &[NodeStatus],
 ) -> BTreeMap<String, ImagesPerClass> {
+    // Each run's dataset, by the prepare stage its train stages read.
+    let mut dataset_of: HashMap<usize, &str> = HashMap::new();
+    for run in &plan.runs {
+        for &t in &run.trains {
+            for i in plan.nodes[t].inputs.iter().filter(|i| i.name == "dataset") {
+                dataset_of.insert(i.node, &run.dataset);
+            }
+        }
+    }
     let mut out = BTreeMap::new();
-    for (node, st) in plan.nodes.iter().zip(status) {
+    for (id, (node, st)) in plan.nodes.iter().zip(status).enumerate() {
         let (StageKind::Prepare, NodeStatus::Cached { record, .. }) = (node.kind, st) else {
             continue;
         };
@@ -177,7 +186,7 @@ fn prepared_counts(
             .and_then(|b| {
                 serde_json::from_slice::<bsce_stages::dataset::artefact::DatasetMeta>(&b).ok()
             });
-        if let (Some(meta), Some(name)) = (meta, node.label.strip_prefix("prepare/")) {
+        if let (Some(meta), Some(name)) = (meta, dataset_of.get(&id)) {
             out.insert(
                 name.to_string(),
                 ImagesPerClass::prepared(meta.train_count, meta.test_count, meta.num_classes()),

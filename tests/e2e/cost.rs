@@ -227,6 +227,9 @@ fn calibrate_records_rates_that_status_cost_turns_into_hours_and_stored_stages_s
     let j = p.run(&["status", "c.yaml", "--cost", "--json"]).ok().json();
     let total = &j["total"];
     assert_eq!(total["to_run"]["stages"], 0, "{j:#}");
+    // The prepared dataset's own counts replace the spec's.
+    let basis = j["images_per_class"]["synth"]["basis"].as_str().unwrap();
+    assert_eq!(basis, "prepared dataset: 48 train, 16 test over 4 classes");
     assert_eq!(num(&total["to_run"]["hours"]["cpu"]), 0.0);
     let stages = total["stored"].as_u64().unwrap();
     assert_eq!(stages, 12, "3 train stages and 3 evaluations per method");
