@@ -171,6 +171,22 @@ if "warm-cold" in by:
         if not d["identical"]:
             fail("warm-cold", "outputs differ between warm and cold")
 
+# the calibrated cost of a config (paper.yaml on a GPU, the quickstart on --cpu)
+if "cost" in by:
+    s = by["cost"]
+    c = load(os.path.join("cost", "cost.json"))
+    if c:
+        t = c["total"]["to_run"]
+        hours = ", ".join((f"{h:,.1f}" if h >= 10 else f"{h:.3f}") + f" h on {d}"
+                          for d, h in t["hours"].items() if h is not None)
+        s["ours"] = (f"{os.path.basename(c['config'])}: {t['stages']:,} train and evaluate stages, "
+                     f"{t['image_passes'] / 1e6:,.1f} M image passes: {hours or 'no hours'}")
+        s["peer"] = "per experiment: cost/cost.txt"
+        if not hours:
+            fail("cost", "the calibration did not cover every network")
+    elif s["status"] == "ok":
+        fail("cost", "no cost/cost.json")
+
 failed = [s for s in steps if s["status"] != "ok"]
 when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 where = "the CPU (`--cpu`: smaller sizes and fewer iterations; not GPU figures)" if not gpu else "cuda:0"
@@ -197,7 +213,7 @@ for s in steps:
     md.append(f"| {s['step']} | {esc(s['ours'])} | {esc(s['peer'])} | {s['ratio']} | {s['wall_s']:.1f} | {esc(status)} |")
 md += ["", "Ratios: training, ours / PyTorch (above 1: faster); loader, loader / our training step "
        "(above 1: the loader never starves the step). What each step measures: the header of "
-       "scripts/gpu-check.sh. Raw figures: bench/*.jsonl, doctor.json, smoke/, determinism.json, warm-cold.json; logs in logs/."]
+       "scripts/gpu-check.sh. Raw figures: bench/*.jsonl, doctor.json, cost/, smoke/, determinism.json, warm-cold.json; logs in logs/."]
 for s in failed:
     md += ["", f"## {s['step']}: {s['status']}" + (f" ({s['note']})" if s["note"] else ""), "", "```"]
     try:

@@ -42,6 +42,12 @@
 #                 each window cut and resized to 224 on the CPU's cores (its
 #                 JSON says how many: cpu_threads), then flipped and
 #                 normalised; the rate ResNet-18 needs is its train step's.
+#   cost          `bsce-pipe calibrate configs/paper.yaml --device cuda:0` (each
+#                 network of the paper, a few seconds each) into a fresh store,
+#                 then `status configs/paper.yaml --cost` with it: the paper's
+#                 GPU-hours per experiment on this GPU (cost/cost.txt, .json).
+#                 --cpu: the quickstart's network and config (the ResNet-18s
+#                 at 224 px take minutes on a CPU).
 #   smoke         `bsce-pipe run configs/gpu-smoke.yaml --gpus 0` end to end:
 #                 synthetic data of CIFAR-100's shape (100 classes, 500 + 100
 #                 32x32 images each), 50 base classes then 5 steps of 10,
@@ -179,6 +185,16 @@ print(json.dumps(res, indent=1))
 sys.exit(0 if ok else 1)
 PY
   exit $? ;;
+__cost) # DEVICE OUTDIR: calibrate this node, then a config's cost with it
+  shift
+  dev=$1 dir=$2
+  rm -rf "$dir" && mkdir -p "$dir" || exit 1
+  if [ "$dev" = cpu ]; then cfg="$ROOT/configs/quickstart.yaml"; else cfg="$ROOT/configs/paper.yaml"; fi
+  "$PIPE" calibrate "$cfg" --device "$dev" --store "$dir/store" --json > "$dir/calibration.json" || exit $?
+  "$PIPE" status "$cfg" --cost --store "$dir/store" --json > "$dir/cost.json" || exit $?
+  "$PIPE" status "$cfg" --cost --store "$dir/store" > "$dir/cost.txt" || exit $?
+  cat "$dir/cost.txt"
+  exit 0 ;;
 __warmcold) # CONFIG STORE OUTJSON GPUARGS...
   shift
   cfg=$1 store=$2 out=$3; shift 3
@@ -257,14 +273,14 @@ if [ $CPU = 1 ]; then
   MODE=cpu DEV=cpu GPUARGS=()
   R32=(128 3 1 1) R18=(8 2 1 1)            # batch iters warmup rounds
   L32=(128 20) L18=(16 5)                  # batch batches
-  : "${GPU_CHECK_DOCTOR_S:=60}" "${GPU_CHECK_TRAIN_S:=240}" "${GPU_CHECK_LOADER_S:=90}"
+  : "${GPU_CHECK_DOCTOR_S:=60}" "${GPU_CHECK_TRAIN_S:=240}" "${GPU_CHECK_LOADER_S:=90}" "${GPU_CHECK_COST_S:=120}"
   : "${GPU_CHECK_SMOKE_S:=600}" "${GPU_CHECK_DETERMINISM_S:=240}" "${GPU_CHECK_WARMCOLD_S:=240}"
 else
   MODE=gpu DEV=cuda:0 GPUARGS=(--gpus 0)
   R32=(128 200 20 3) R18=(128 30 5 3)
   L32=(128 400) L18=(128 40)
-  # Worst case, every step at its limit: 30 + 2 x 75 + 2 x 30 + 180 + 60 + 60 = 540 s.
-  : "${GPU_CHECK_DOCTOR_S:=30}" "${GPU_CHECK_TRAIN_S:=75}" "${GPU_CHECK_LOADER_S:=30}"
+  # Worst case, every step at its limit: 30 + 2 x 75 + 2 x 30 + 60 + 180 + 60 + 60 = 600 s.
+  : "${GPU_CHECK_DOCTOR_S:=30}" "${GPU_CHECK_TRAIN_S:=75}" "${GPU_CHECK_LOADER_S:=30}" "${GPU_CHECK_COST_S:=60}"
   : "${GPU_CHECK_SMOKE_S:=180}" "${GPU_CHECK_DETERMINISM_S:=60}" "${GPU_CHECK_WARMCOLD_S:=60}"
 fi
 : "${GPU_CHECK_PILOT_S:=1800}"
@@ -299,6 +315,8 @@ step loader-resnet32 "$GPU_CHECK_LOADER_S" "$OUT/bench/loader-resnet32.jsonl" \
   "$TORCH" bench-loader "${L32[@]}" --net resnet32 --device "$DEV"
 step loader-resnet18 "$GPU_CHECK_LOADER_S" "$OUT/bench/loader-resnet18.jsonl" \
   "$TORCH" bench-loader "${L18[@]}" --net resnet18 --device "$DEV" --warmup 1
+
+step cost "$GPU_CHECK_COST_S" "$OUT/logs/cost.out" bash "$SELF" __cost "$DEV" "$OUT/cost"
 
 # The smoke run: a copy of the config in OUTDIR/smoke, run from there (so its
 # report, written to reports/out/ at the project root, lands there too), a fresh

@@ -180,6 +180,45 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             config,
             store,
             json: as_json,
+            cost: true,
+        } => {
+            let args = (&store).into();
+            let loaded = store::load(&config, &args, ctx)?;
+            let r = ops::cost::status_cost(&loaded, &args)?;
+            show(as_json, &r, print::cost).map(|()| Exit::Success)
+        }
+        Command::Calibrate {
+            config,
+            store,
+            device,
+            networks,
+            batch,
+            threads,
+            seconds,
+            json: as_json,
+        } => {
+            if !(seconds.is_finite() && seconds >= 0.0) {
+                return Err(Error::bad_input(format!(
+                    "--seconds {seconds}: expected a number of seconds"
+                )));
+            }
+            let args = ops::cost::CalibrateArgs {
+                store: (&store).into(),
+                device,
+                networks,
+                batch,
+                threads,
+                seconds,
+            };
+            let r =
+                ops::cost::calibrate(config.as_deref(), &args, ctx, &mut |line| ctx.note(line))?;
+            show(as_json, &r, print::calibration).map(|()| Exit::Success)
+        }
+        Command::Status {
+            config,
+            store,
+            json: as_json,
+            cost: false,
         } => {
             let args = (&store).into();
             let loaded = store::load(&config, &args, ctx)?;
@@ -222,11 +261,16 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
         Command::Explain {
             config,
             label,
+            if_changed,
             store,
             json: as_json,
         } => {
             let args = (&store).into();
             let loaded = store::load(&config, &args, ctx)?;
+            let Some(label) = label else {
+                let r = ops::cost::if_changed(&loaded, &if_changed, &args, ctx)?;
+                return show(as_json, &r, print::if_changed).map(|()| Exit::Success);
+            };
             let e = status::explain(&loaded, &label, &args)?;
             show(as_json, &e, print::explain).map(|()| Exit::Success)
         }

@@ -16,16 +16,18 @@
 //! | [`exec`]    | status and the local scheduler (`Engine::run` over `exec::schedule`'s pure bookkeeping); one stage run (`exec::child`, given a narrow `StageEnv`); Slurm |
 //! | [`events`]  | run events and the summary built from them                   |
 //! | [`maintenance`] | `cache verify`, `cache gc`, `cache du`                   |
+//! | [`cost`]    | image passes of the train and evaluate stages from the plan; hours from a calibration |
 //! | [`host`]    | this machine's name and clock (a leaf)                       |
 //! | [`remote_url`] | remote cache URLs as text: checked and redacted (a leaf) |
 //!
 //! Layers, lowest first (the test `layers` below keeps every `crate::`
 //! edge pointing down): digest, host, params, registry, remote_url <
 //! catalog, key < config (with its executor settings), events, store <
-//! maintenance, plan, sources < exec.
+//! maintenance, plan, sources < exec, cost.
 
 pub mod catalog;
 pub mod config;
+pub mod cost;
 pub mod digest;
 pub mod events;
 pub mod exec;
@@ -55,7 +57,7 @@ mod layers {
         &["catalog", "key"],
         &["config", "events", "store"],
         &["maintenance", "plan", "sources"],
-        &["exec"],
+        &["exec", "cost"],
     ];
 
     fn layer(module: &str) -> Option<usize> {

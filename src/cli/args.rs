@@ -102,6 +102,37 @@ pub enum Command {
         store: StoreArgs,
         #[arg(long)]
         json: bool,
+        /// Instead: per experiment and in total, the train and evaluate work still to do in
+        /// image passes and its estimated hours on each device the store has a calibration for
+        /// (`calibrate`), and the hours provenance recorded for what is stored
+        #[arg(long)]
+        cost: bool,
+    },
+    /// Measure this node's training and forward throughput (images/s) for the networks of
+    /// CONFIG (default: resnet32@32 and resnet18@224) and record it in the store for
+    /// `status --cost`; a few seconds per network.
+    Calibrate {
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// cpu or cuda:N [default: cuda:0 when libtorch sees a GPU, else cpu]
+        #[arg(long)]
+        device: Option<String>,
+        /// A network to measure besides the config's, as NAME@SIDE (resnet18@224)
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        /// Images per step [default: 128 on a GPU, 32 on the CPU]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: Option<u32>,
+        /// CPU threads of the measurement [default 1: what each stage of a `run` gets with the
+        /// default --jobs, the CPU count; a stage of `run --jobs J` gets CPUs / J]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: u32,
+        /// Seconds per network, half training, half forward passes (a third of each warms up)
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
     },
     /// The report of CONFIG from the store only (never trains): tables
     /// (Markdown, LaTeX), plots (SVG, PNG), frames (CSV, Parquet) and an
@@ -127,10 +158,19 @@ pub enum Command {
     },
     /// Why a stage is cached or must run: its key record (params, inputs,
     /// libraries) and the source files in its code digest.
+    #[command(
+        override_usage = "bsce-pipe explain [OPTIONS] <CONFIG> <LABEL>\n       \
+                                bsce-pipe explain [OPTIONS] <CONFIG> --if-changed <FILE>..."
+    )]
     Explain {
         config: PathBuf,
         /// A stage label (see `status`)
-        label: String,
+        #[arg(required_unless_present = "if_changed")]
+        label: Option<String>,
+        /// Instead: the stages an edit to these source files would rerun (the kinds whose code
+        /// digest covers them, and everything downstream), and what that costs
+        #[arg(long, num_args = 1.., conflicts_with = "label", value_name = "FILE")]
+        if_changed: Vec<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long)]

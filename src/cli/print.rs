@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use bsce_pipe::ops::cache::SyncReport;
+use bsce_pipe::ops::cost::{CalibrationReport, ChangeReport, CostReport, CostRow};
 use bsce_pipe::ops::status::{Explanation, StatusReport};
 use bsce_pipeline::maintenance::{DuReport, GcReport, VerifyReport};
 use bsce_reports::report::ReportSummary;
@@ -316,5 +317,272 @@ mod tests {
         assert_eq!(super::count(1, "run is", "runs are"), "1 run is");
         assert_eq!(super::count(2, "run is", "runs are"), "2 runs are");
         assert_eq!(super::count(0, "run", "runs"), "0 runs");
+    }
+}
+
+/// Image passes, short: `96,000`, `12.3 M`, `1.25 G`.
+fn passes(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2} G", x / 1e9)
+    } else if x >= 1e7 {
+        format!("{:.1} M", x / 1e6)
+    } else {
+        thousands(x.round() as u64)
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A count that may be a mean: `500`, `1,281.2`.
+fn per_class(x: f64) -> String {
+    if x.fract() == 0.0 {
+        thousands(x as u64)
+    } else {
+        let tenths = (x * 10.0).round() as u64;
+        format!("{}.{}", thousands(tenths / 10), tenths % 10)
+    }
+}
+
+fn hours(h: f64) -> String {
+    if h == 0.0 {
+        "0".into()
+    } else if h < 0.01 {
+        format!("{h:.4}")
+    } else if h < 100.0 {
+        format!("{h:.2}")
+    } else {
+        thousands(h.round() as u64)
+    }
+}
+
+/// A device class as a column title: `GPU-h NVIDIA H100`, `CPU-h cpu`.
+fn hours_unit(device: &str) -> String {
+    if device == "cpu" {
+        "CPU-h cpu".into()
+    } else {
+        format!("GPU-h {device}")
+    }
+}
+
+/// Lines of cells, each column as wide as its widest cell; the first
+/// `left` columns left-aligned, the others right-aligned.
+fn table(rows: &[Vec<String>], left: usize) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                if c < left {
+                    format!("{s:<w$}", w = width[c])
+                } else {
+                    format!("{s:>w$}", w = width[c])
+                }
+            })
+            .collect();
+        out!("{}", cells.join("  ").trim_end());
+    }
+}
+
+fn uncalibrated(
+    missing: &std::collections::BTreeMap<String, Vec<String>>,
+    command: &str,
+    file: &Path,
+) {
+    for (device, nets) in missing {
+        if device == "(none)" {
+            out!(
+                "no calibration in {}: image passes only. To estimate hours, run on the node: {command}",
+                file.display()
+            );
+        } else {
+            out!(
+                "{device}: no rate for {}: its hours are not shown; run on that node: {command}",
+                nets.join(", ")
+            );
+        }
+    }
+}
+
+/// `status CONFIG --cost`.
+pub fn cost(r: &CostReport) {
+    out!(
+        "{}: the train and evaluate stages still to run, in image passes (epochs x images, fine-tuning included; forward-only passes apart) and hours",
+        r.config.display()
+    );
+    let mut head: Vec<String> = [
+        "experiment",
+        "dataset",
+        "stages",
+        "to run",
+        "image passes",
+        "forward passes",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    head.extend(r.devices.iter().map(|d| hours_unit(d)));
+    head.extend(["stored".to_string(), "recorded h".to_string()]);
+    let line = |row: &CostRow| -> Vec<String> {
+        let mut cells = vec![
+            row.experiment.clone(),
+            row.dataset.clone(),
+            thousands((row.to_run.stages + row.stored) as u64),
+            thousands(row.to_run.stages as u64),
+            passes(row.to_run.image_passes),
+            passes(row.to_run.work.forward),
+        ];
+        cells.extend(r.devices.iter().map(|d| match row.to_run.hours.get(d) {
+            Some(Some(h)) => hours(*h),
+            _ => "-".into(),
+        }));
+        cells.push(thousands(row.stored as u64));
+        cells.push(if row.stored == 0 {
+            "-".into()
+        } else {
+            format!(
+                "{} ({})",
+                hours(row.recorded_hours),
+                row.recorded_devices.join(", ")
+            )
+        });
+        cells
+    };
+    let mut rows = vec![head];
+    rows.extend(r.experiments.iter().map(line));
+    rows.push(line(&r.total));
+    table(&rows, 2);
+    for (name, i) in &r.images_per_class {
+        out!(
+            "images per class of {name}: {} train, {} test ({})",
+            per_class(i.train),
+            per_class(i.test),
+            i.basis
+        );
+    }
+    out!("a stage shared by experiments counts in the first by name; hours: training passes at the calibrated training rate, fine-tuning and forward passes at the forward rate, the data path and stage start-up left out");
+    uncalibrated(&r.uncalibrated, &r.calibrate_command, &r.calibration_file);
+}
+
+/// `calibrate`.
+pub fn calibration(r: &CalibrationReport) {
+    let mut rows = vec![vec![
+        "device".to_string(),
+        "network".into(),
+        "train img/s".into(),
+        "forward img/s".into(),
+        "batch".into(),
+        "threads".into(),
+    ]];
+    for m in &r.measured {
+        let t = &m.throughput;
+        rows.push(vec![
+            format!("{} ({})", r.device_class, t.device),
+            m.network.clone(),
+            format!("{:.1}", t.train_images_per_s),
+            format!("{:.1}", t.forward_images_per_s),
+            t.batch.to_string(),
+            t.threads.to_string(),
+        ]);
+    }
+    table(&rows, 2);
+    out!("recorded in {}", r.file.display());
+}
+
+/// `explain CONFIG --if-changed FILE...`.
+pub fn if_changed(r: &ChangeReport) {
+    for f in &r.files {
+        let name = f.file.clone().unwrap_or_default();
+        match &f.note {
+            Some(note) => out!("{name}: {note}"),
+            None => out!("{name}: in the code digest of {}", f.kinds.join(", ")),
+        }
+    }
+    for s in &r.stages {
+        out!("rerun    {} ({}, {})", s.label, s.because, s.state);
+    }
+    let kinds: Vec<String> = r
+        .by_kind
+        .iter()
+        .map(|(k, n)| {
+            let code = n.get("code").copied().unwrap_or(0);
+            let down = n.get("downstream").copied().unwrap_or(0);
+            match (code, down) {
+                (c, 0) => format!("{} {k}", thousands(c as u64)),
+                (0, d) => format!("{} {k} (downstream)", thousands(d as u64)),
+                (c, d) => format!(
+                    "{} {k} ({} by code, {} downstream)",
+                    thousands((c + d) as u64),
+                    thousands(c as u64),
+                    thousands(d as u64)
+                ),
+            }
+        })
+        .collect();
+    if r.stages.is_empty() {
+        out!("no stage of this config reruns");
+        return;
+    }
+    out!(
+        "{} stages rerun: {}",
+        thousands(r.stages.len() as u64),
+        kinds.join(", ")
+    );
+    let e = &r.estimate;
+    if e.stages > 0 {
+        let mut est: Vec<String> = e
+            .hours
+            .iter()
+            .filter_map(|(d, h)| h.map(|h| format!("{} {}", hours(h), hours_unit(d))))
+            .collect();
+        if est.is_empty() {
+            est.push("no hours without a calibration".into());
+        }
+        let stored = r
+            .stages
+            .iter()
+            .filter(|s| s.state == "cached" && (s.kind == "train" || s.kind == "evaluate"))
+            .count();
+        out!(
+            "cost: {} train and evaluate stages, {} image passes, {} forward passes: {}{}",
+            thousands(e.stages as u64),
+            passes(e.image_passes),
+            passes(e.work.forward),
+            est.join(", "),
+            if stored == 0 {
+                String::new()
+            } else {
+                format!(
+                    "; the {} of them in the store took {} h as recorded",
+                    thousands(stored as u64),
+                    hours(r.recorded_hours)
+                )
+            }
+        );
+        out!("downstream stages whose inputs come out byte-identical are served from the store instead (early cutoff): an upper bound");
+        uncalibrated(
+            &r.uncalibrated,
+            &r.calibrate_command,
+            Path::new("the store"),
+        );
     }
 }

@@ -9,10 +9,12 @@
 //! | [`run`]    | `run` (local and Slurm), `--dry-run`       |
 //! | [`status`] | `status`, `explain`, `dag`                 |
 //! | [`cache`]  | `cache verify`, `gc`, `du`, `push`, `pull` |
+//! | [`cost`]   | `status --cost`, `calibrate`, `explain --if-changed` |
 //! | [`report`] | `report`, `results`                        |
 //! | [`slurm`]  | `cancel`, `exec-node` (a Slurm job's body), the live jobs `status` shows |
 
 pub mod cache;
+pub mod cost;
 pub mod report;
 pub mod run;
 pub mod slurm;

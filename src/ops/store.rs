@@ -214,6 +214,10 @@ impl Reading {
         })
     }
 
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     pub fn engine<'a>(&'a self, loaded: &'a Loaded) -> bsce_pipeline::exec::Engine<'a> {
         bsce_pipeline::exec::Engine::new(
             &loaded.plan,

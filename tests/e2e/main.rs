@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cost;
 mod data;
 mod engine;
 mod remote;

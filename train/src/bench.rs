@@ -226,3 +226,84 @@ pub fn loader(
         "threads": tch::get_num_threads(), "cpu_threads": rayon::current_num_threads(),
     }))
 }
+
+/// `bsce-torch calibrate`: the throughput `bsce-pipe calibrate` records in
+/// the store for `status --cost`. `network` (any the plan can name, built
+/// as the stages build it) on random `side` x `side` inputs with a 100-way
+/// linear head: images/s of a training step (forward, CE, backward, SGD
+/// momentum 0.9, wd 5e-4, loss read back) and of a forward pass in
+/// evaluation mode without gradients (evaluation, herding, class means,
+/// the old model's outputs). Each phase has half of `seconds`: a third of
+/// it warms up (at least one step, two on a GPU, where cuDNN's benchmark
+/// mode picks its kernels on the first), the rest is timed (at least two
+/// steps).
+pub fn calibrate(
+    network: bsce_pipeline::params::Network,
+    side: i64,
+    batch: i64,
+    seconds: f64,
+    device: Device,
+) -> Result<Value> {
+    setup(device);
+    let spec = crate::method::net_spec(network);
+    let vs = nn::VarStore::new(device);
+    let backbone = Backbone::new(&(vs.root() / "backbone"), &spec)?;
+    let mut head = Head::new(&(vs.root() / "head"), &HeadSpec::Linear, backbone.out_dim())?;
+    head.add_classes(&(vs.root() / "head"), 100, None)?;
+    let mut opt = nn::Sgd {
+        momentum: 0.9,
+        dampening: 0.0,
+        wd: 5e-4,
+        nesterov: false,
+    }
+    .build(&vs, 0.1)
+    .map_err(|e| StageError::Other(e.to_string()))?;
+    let x = Tensor::randn([batch, 3, side, side], (Kind::Float, device));
+    let y = Tensor::randint(100, [batch], (Kind::Int64, device));
+    let warmup = if device.is_cuda() { 2 } else { 1 };
+    let budget = seconds.max(0.0) / 2.0;
+    let timed = |step: &mut dyn FnMut()| {
+        // The first steps of a shape are slow (allocations, oneDNN's and
+        // cuDNN's kernel choice): a third of the phase warms up.
+        let t = Instant::now();
+        let mut n = 0;
+        while n < warmup || t.elapsed().as_secs_f64() < budget / 3.0 {
+            step();
+            sync(device);
+            n += 1;
+        }
+        let t = Instant::now();
+        let mut n = 0u64;
+        while n < 2 || t.elapsed().as_secs_f64() < budget * 2.0 / 3.0 {
+            step();
+            sync(device);
+            n += 1;
+        }
+        (n, t.elapsed().as_secs_f64())
+    };
+    let (train_steps, train_secs) = timed(&mut || {
+        let out = backbone.forward_t(&x, true);
+        let l = loss::cross_entropy(&head.forward(&out.features), &y);
+        opt.backward_step(&l);
+        let _ = l.double_value(&[]);
+    });
+    let (forward_steps, forward_secs) = timed(&mut || {
+        tch::no_grad(|| {
+            let out = backbone.forward_t(&x, false);
+            let _ = head
+                .forward(&out.features)
+                .sum(Kind::Float)
+                .double_value(&[]);
+        })
+    });
+    let rate = |steps: u64, secs: f64| (batch as f64 * steps as f64) / secs;
+    Ok(json!({
+        "train_images_per_s": rate(train_steps, train_secs),
+        "forward_images_per_s": rate(forward_steps, forward_secs),
+        "train_steps": train_steps, "forward_steps": forward_steps,
+        "seconds": train_secs + forward_secs,
+        "batch": batch, "side": side,
+        "device": device_name(device),
+        "threads": tch::get_num_threads(),
+    }))
+}

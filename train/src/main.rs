@@ -8,6 +8,8 @@
 //! `bsce-torch worker` (a warm worker: jobs on stdin, one per line),
 //! `bsce-torch bench-train BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
 //! `bsce-torch bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]`,
+//! `bsce-torch calibrate NETWORK SIDE [--device cpu|cuda:N] [--batch N] [--seconds S]`
+//! (images/s of a training step and a forward pass, for `bsce-pipe calibrate`),
 //! `bsce-torch probe SPEC.json OUT_DIR` (one training step written out for
 //! the parity tests, `train/src/probe.rs`),
 //! `bsce-torch crops DATASET_DIR SPEC.json OUT_DIR` (what the network sees:
@@ -29,6 +31,7 @@ use tch::Cuda;
 
 const USAGE: &str = "usage: bsce-torch doctor [--json] | exec-stage JOB | worker (started by bsce-pipe)\n       \
      bsce-torch bench-train|bench-loader BATCH ITERS [--net resnet32|resnet18] [--device cpu|cuda:N] [--warmup N]\n       \
+     bsce-torch calibrate NETWORK SIDE [--device cpu|cuda:N] [--batch N] [--seconds S]\n       \
      bsce-torch probe SPEC.json OUT_DIR (one training step written out; see tests/parity/README.md)\n       \
      bsce-torch crops DATASET_DIR SPEC.json OUT_DIR (the data path's batches written out; see train/src/crops.rs)";
 
@@ -70,6 +73,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["calibrate", network, side, opts @ ..] => match calibrate(network, side, opts) {
+            Ok(v) => {
+                println!("{v}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(if e.starts_with("usage") { 2 } else { 1 })
+            }
+        },
         ["probe", spec, out] => match bsce_train::probe::run(Path::new(spec), Path::new(out)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -150,6 +163,94 @@ fn bench(cmd: &str, batch: &str, iters: &str, opts: &[&str]) -> Result<Value, St
         bsce_train::bench::loader(net, batch, iters, warmup, device)
     }
     .map_err(|e| e.to_string())
+}
+
+/// `calibrate NETWORK SIDE` with its options: a network as configs name it,
+/// the side of its square inputs.
+fn calibrate(network: &str, side: &str, opts: &[&str]) -> Result<Value, String> {
+    let network: bsce_pipeline::params::Network =
+        serde_json::from_value(Value::String(network.into())).map_err(|_| {
+            format!(
+                "usage: NETWORK {network:?} is not resnet32, resnet32_lucir, resnet18, \
+                 resnet18_podnet, small or tiny\n{USAGE}"
+            )
+        })?;
+    let positive = |what: &str, s: &str| {
+        s.parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("usage: {what} must be a positive count, not {s:?}\n{USAGE}"))
+    };
+    let side = positive("SIDE", side)?;
+    let mut device = tch::Device::Cpu;
+    let mut batch = None;
+    let mut seconds = 4.0;
+    let mut rest = opts.iter();
+    while let Some(&flag) = rest.next() {
+        let value = rest
+            .next()
+            .ok_or_else(|| format!("usage: {flag} needs a value\n{USAGE}"))?;
+        match flag {
+            "--device" => {
+                device =
+                    bsce_train::runtime::parse_device(value).map_err(|e| format!("usage: {e}"))?
+            }
+            "--batch" => batch = Some(positive("--batch", value)?),
+            "--seconds" => {
+                seconds = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        format!("usage: --seconds must be a number of seconds, not {value:?}")
+                    })?
+            }
+            _ => return Err(format!("usage: unknown option {flag}\n{USAGE}")),
+        }
+    }
+    // A GPU is measured at the recipes' batch (128; PODNet's ImageNet 64);
+    // a CPU's rate moves less with it, and a smaller one keeps a CPU
+    // ResNet-18 step to seconds.
+    let batch = batch.unwrap_or(if device.is_cuda() { 128 } else { 32 });
+    let mut v =
+        bsce_train::bench::calibrate(network, i64::from(side), i64::from(batch), seconds, device)
+            .map_err(|e| e.to_string())?;
+    v["device_class"] = Value::String(device_class(device));
+    Ok(v)
+}
+
+/// What a calibration is kept under: `cpu`, or the GPU's model name as the
+/// NVIDIA driver gives it (`/proc/driver/nvidia/gpus/*/information`), the
+/// device index counted in PCI bus order over `CUDA_VISIBLE_DEVICES` when
+/// it lists indices (set `CUDA_DEVICE_ORDER=PCI_BUS_ID` on a node with
+/// mixed GPUs, so CUDA counts them the same way); `cuda` when the driver
+/// does not say.
+fn device_class(device: tch::Device) -> String {
+    let tch::Device::Cuda(n) = device else {
+        return "cpu".into();
+    };
+    let mut gpus: Vec<(String, String)> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path().join("information")).ok()?;
+            let model = info
+                .lines()
+                .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string()))?;
+            Some((e.file_name().to_string_lossy().into_owned(), model))
+        })
+        .collect();
+    gpus.sort();
+    let visible: Option<Vec<usize>> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .and_then(|v| v.split(',').map(|i| i.trim().parse().ok()).collect());
+    let index = visible.map_or(Some(n), |v| v.get(n).copied());
+    index
+        .and_then(|i| gpus.get(i))
+        .map(|(_, model)| model.clone())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "cuda".into())
 }
 
 /// What `bsce-torch doctor` (and `bsce-pipe doctor`) prints:

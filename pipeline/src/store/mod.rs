@@ -16,6 +16,7 @@
 //! | `tmp/`               | work and temp files of running processes, named by pid         |
 //! | `resume/<key>/`      | a stage key's partial work, kept across failed and killed attempts; removed once the key is stored and by `cache gc` |
 //! | `quarantine/`        | blobs that failed `cache verify`                               |
+//! | `calibration.json`   | images/s per device class and network (`bsce-pipe calibrate`), for `status --cost`; no key reads it |
 //!
 //! `cas` + `ac` mirror Bazel's remote cache split, so a remote backend (a
 //! shared directory, an HTTP cache, S3) is the same two maps behind
@@ -23,6 +24,7 @@
 //! Everything outside the store module reaches a store through [`Store`].
 
 pub mod atomic;
+pub mod calibration;
 pub mod layered;
 pub mod local;
 pub mod locate;
