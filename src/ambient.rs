@@ -198,7 +198,7 @@ const ENV_EDGES: &[(&str, &str)] = &[
         "a stage child's edge: the parent's pid, to die with it",
     ),
     (
-        "pipeline/src/exec/slurm.rs",
+        "pipeline/src/exec/slurm/mod.rs",
         "PATH, to find sbatch as a shell would",
     ),
     (

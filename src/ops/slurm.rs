@@ -71,8 +71,8 @@ pub fn run(
             }
         )));
     }
-    // The resources each job asks for are its first stage's kind's.
-    let kinds = slurm::kinds_of(engine.plan, layout.jobs.iter().map(|j| j.nodes[0]));
+    // The kinds whose resources the jobs ask for.
+    let kinds = slurm::kinds_of(layout.jobs.iter().map(|j| j.kind(engine.plan)));
     if !kinds.is_empty() {
         slurm::preflight(&cfg.slurm, &kinds).map_err(|e| Error::bad_input(e.to_string()))?;
     }
@@ -151,6 +151,8 @@ pub struct LiveJob {
     /// False after an edit that reaches the stage: the job computes the
     /// version it was submitted with (its run file keeps that config).
     pub current: bool,
+    /// The job runs a chain and is at an earlier stage of it, this one.
+    pub behind: Option<String>,
 }
 
 /// Label -> the live job of a Slurm run of this config (the latest run's
@@ -182,7 +184,11 @@ pub fn live_jobs(loaded: &store::Loaded) -> BTreeMap<String, LiveJob> {
         let submitted = config::parse(&run.config_text, &run.config_path, &loaded.catalog)
             .map(|c| defined(&Plan::from_config(&c)))
             .unwrap_or_default();
+        let at = first_undone(&run, |n| dir.outcome(n).exists());
         for (label, job) in &run.jobs {
+            if dir.outcome(job.n).exists() {
+                continue;
+            }
             if let Some(q) = states.get(&job.id).filter(|q| slurm::is_live(&q.state)) {
                 let current = submitted
                     .get(label)
@@ -193,12 +199,31 @@ pub fn live_jobs(loaded: &store::Loaded) -> BTreeMap<String, LiveJob> {
                         id: job.id.clone(),
                         queue: q.clone(),
                         current,
+                        behind: at
+                            .get(job.id.as_str())
+                            .filter(|(n, _)| *n != job.n)
+                            .map(|(_, l)| l.to_string()),
                     },
                 );
             }
         }
     }
     live
+}
+
+/// Job id -> (n, label) of its first stage without an outcome: a chain's
+/// job runs its stages in plan order, so that is the one it is at.
+fn first_undone(run: &RunFile, done: impl Fn(usize) -> bool) -> BTreeMap<&str, (usize, &str)> {
+    let mut at: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    for (label, job) in &run.jobs {
+        if !done(job.n) {
+            let e = at.entry(job.id.as_str()).or_insert((job.n, label));
+            if job.n < e.0 {
+                *e = (job.n, label);
+            }
+        }
+    }
+    at
 }
 
 /// `status`'s word and detail for a stage with a live job.
@@ -216,7 +241,13 @@ pub fn describe(job: &LiveJob) -> (&'static str, String) {
     }
     match q.state.as_str() {
         "PENDING" => ("queued", format!("slurm job {id} PENDING ({})", q.reason)),
-        "RUNNING" | "COMPLETING" => ("running", format!("slurm job {id} on {}", q.node)),
+        "RUNNING" | "COMPLETING" => match &job.behind {
+            Some(first) => (
+                "queued",
+                format!("slurm job {id} on {}, after {first} in its chain", q.node),
+            ),
+            None => ("running", format!("slurm job {id} on {}", q.node)),
+        },
         other => ("queued", format!("slurm job {id} {other}")),
     }
 }
@@ -415,6 +446,14 @@ pub fn exec_node(
                         },
                     )?,
                 };
+                // Slurm signals every process of a job it cancels, times
+                // out or preempts: a stage that failed because its worker
+                // got the signal first is interrupted, not failed (an
+                // outcome written now would outlive a requeue).
+                let result = match result {
+                    NodeResult::Failed { .. } if cancel.is_cancelled() => NodeResult::Interrupted,
+                    r => r,
+                };
                 log(&match &result {
                     NodeResult::Executed { wall_seconds, .. } => {
                         format!("done     {label} in {wall_seconds:.2}s")
@@ -567,6 +606,59 @@ mod tests {
     use bsce_pipeline::exec::NodeStatus;
     use bsce_pipeline::registry::StageKind;
     use bsce_stages::stage::Catalog;
+
+    /// A running chain's job is at its first stage without an outcome:
+    /// that one shows `running`, the later ones `queued` behind it.
+    #[test]
+    fn a_running_chain_shows_one_stage_running_and_the_rest_queued_behind_it() {
+        let job = |id: &str, n: usize| slurm::Job {
+            id: id.into(),
+            n,
+            after: Vec::new(),
+            log: None,
+        };
+        let run = RunFile {
+            run_id: "r".into(),
+            config_path: "c.yaml".into(),
+            config_text: String::new(),
+            store: "s".into(),
+            node_store: None,
+            force: Vec::new(),
+            max_retries: 2,
+            submitted_unix_ms: 0,
+            jobs: BTreeMap::from([
+                ("evaluate/t1".to_string(), job("7", 4)),
+                ("train/t1".to_string(), job("7", 3)),
+                ("train/t2".to_string(), job("7", 5)),
+                ("prepare/d".to_string(), job("6", 0)),
+            ]),
+            cancelled: false,
+            cold: false,
+        };
+        let at = first_undone(&run, |n| n == 3 || n == 0);
+        assert_eq!(
+            at.into_iter().collect::<Vec<_>>(),
+            [("7", (4, "evaluate/t1"))]
+        );
+        let live = |behind: Option<&str>| LiveJob {
+            id: "7".into(),
+            queue: QueueState {
+                state: "RUNNING".into(),
+                node: "n1".into(),
+                reason: String::new(),
+            },
+            current: true,
+            behind: behind.map(String::from),
+        };
+        assert_eq!(describe(&live(None)).0, "running");
+        assert_eq!(
+            describe(&live(Some("evaluate/t1"))),
+            (
+                "queued",
+                "slurm job 7 on n1, after evaluate/t1 in its chain".to_string()
+            )
+        );
+    }
 
     /// The paper's config under Slurm with the defaults: a job per
     /// training run's chain and per base task that runs share, a job per

@@ -170,6 +170,39 @@ fn a_failing_slurm_job_is_reported_with_its_error_and_its_dependants_never_run()
     let st = p.status("c.yaml");
     let c = st.iter().find(|s| s.0 == "prepare/c").unwrap();
     assert_eq!(c.2, vec!["same inputs failed last time"]);
+    // With nothing else in flight: the run chains never submitted, the
+    // local stages behind them (orders, splits, aggregate, plot, table)
+    // skipped, every stage counted once.
+    p.write(
+        "d.yaml",
+        &format!(
+            "{}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.5, cpus: 1}}\n",
+            SHARED.replace(
+                "synth:\n    synthetic: {classes: 6, train_per_class: 30, test_per_class: 10, image_size: 12, seed: 3}",
+                "synth:\n    cifar100: {path: broken.tar.gz}",
+            )
+        ),
+    );
+    let r = p.slurm(&["run", "d.yaml", "--json"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let j = r.json();
+    let stages = j["stages"].as_u64().unwrap();
+    assert_eq!(
+        (
+            j["failed"].as_u64(),
+            j["skipped"].as_u64(),
+            j["executed"].as_u64()
+        ),
+        (Some(1), Some(stages - 1), Some(0)),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("1 slurm job (0 run chains") || r.stderr.contains("4 slurm jobs"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("still wait"), "{}", r.stderr);
 }
 
 /// One queued job cancelled by hand (`scancel`): its dependants are

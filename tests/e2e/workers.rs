@@ -192,6 +192,17 @@ fn a_worker_killed_mid_stage_fails_that_stage_only() {
         })
         .unwrap();
     let pid = wait_for_worker(child.id());
+    // Whatever stage comes first, a deterministic GPU stage after it gets
+    // cuBLAS's fixed workspace: it is in the worker's environment from
+    // its start, before any cuBLAS handle exists.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v == b"CUBLAS_WORKSPACE_CONFIG=:4096:8"),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     // SAFETY: signalling a process of this test's own run.
     unsafe { libc::kill(pid, libc::SIGKILL) };

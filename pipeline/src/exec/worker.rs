@@ -53,6 +53,10 @@ struct Worker {
     stages: u64,
 }
 
+/// cuBLAS's fixed workspace, which deterministic GPU results need.
+pub const CUBLAS_WORKSPACE_VAR: &str = "CUBLAS_WORKSPACE_CONFIG";
+pub const CUBLAS_WORKSPACE: &str = ":4096:8";
+
 impl Worker {
     fn spawn(slot: &Slot) -> Result<Worker, ExecError> {
         let mut child = Command::new(&slot.exe)
@@ -65,6 +69,12 @@ impl Worker {
             .env("RAYON_NUM_THREADS", slot.threads.to_string())
             .env("OMP_NUM_THREADS", slot.threads.to_string())
             .env(job::PARENT_PID_VAR, std::process::id().to_string())
+            // cuBLAS reads its workspace setting once, when the process
+            // makes its first handle: a deterministic stage after another
+            // stage in this worker would set it too late (a fresh process
+            // sets it itself, train/src/runtime.rs). It only bounds
+            // cuBLAS's scratch memory for the others.
+            .env(CUBLAS_WORKSPACE_VAR, CUBLAS_WORKSPACE)
             .process_group(0)
             .spawn()
             .map_err(|source| ExecError::Spawn {

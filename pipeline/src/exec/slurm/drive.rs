@@ -112,10 +112,16 @@ pub fn drive(
             _ => None,
         })
     };
+    // Whether a pass changed some stage's end or submitted a job: then the
+    // next pass may find more to do before any poll.
+    let mut changed;
     loop {
-        if cancel.is_cancelled() {
+        // `bsce-pipe cancel CONFIG` from another shell marks the run file.
+        let cancelled_elsewhere = folder_made && sub.dir.read().is_ok_and(|r| r.cancelled);
+        if cancel.is_cancelled() || cancelled_elsewhere {
             return interrupted(&sub, &watch, summary, &mut emit);
         }
+        changed = false;
         // The local stages whose inputs are all stored, in plan order (one
         // pass runs a chain of them).
         for &id in &layout.local {
@@ -126,6 +132,7 @@ pub fn drive(
             let inputs: Vec<NodeId> = node.inputs.iter().map(|i| i.node).collect();
             if let Some(root) = blocked(&end, &inputs) {
                 end[id] = Some(End::Skipped(root.clone()));
+                changed = true;
                 emit(
                     RunEvent::Skipped {
                         label: node.label.clone(),
@@ -139,9 +146,18 @@ pub fn drive(
                 continue;
             }
             let runner = runner.as_ref().expect("made when there are local stages");
-            let result = runner.run(id, opts, "cpu", sub.threads, cancel, &mut |e| {
-                emit(e.clone(), summary)
-            })?;
+            // An error of the engine (the store, the work folder) fails
+            // this stage; the jobs in flight are still followed.
+            let result = runner
+                .run(id, opts, "cpu", sub.threads, cancel, &mut |e| {
+                    emit(e.clone(), summary)
+                })
+                .unwrap_or_else(|e| NodeResult::Failed {
+                    error: e.to_string(),
+                    bad_input: false,
+                    log_tail: String::new(),
+                });
+            changed = true;
             if result == NodeResult::Interrupted {
                 return interrupted(&sub, &watch, summary, &mut emit);
             }
@@ -162,6 +178,7 @@ pub fn drive(
                 .collect();
             if let Some(root) = blocked(&end, &outside) {
                 dead[j] = true;
+                changed = true;
                 for &n in &job.nodes {
                     end[n] = Some(End::Skipped(root.clone()));
                     emit(
@@ -180,6 +197,16 @@ pub fn drive(
                 match (layout.place[i], &end[i]) {
                     (_, Some(End::Stored)) => {}
                     (Place::Job(k), None) => match &job_id[k] {
+                        // Its stage is done though no poll has said so
+                        // yet: no dependency on a job that may have ended
+                        // long ago (Slurm forgets ended jobs, MinJobAge).
+                        Some(_)
+                            if sub.dir.read_outcome(n_of[i]).is_some_and(|o| {
+                                matches!(
+                                    o.result,
+                                    NodeResult::Executed { .. } | NodeResult::Cached { .. }
+                                )
+                            }) => {}
                         Some(id) => after.push(id.clone()),
                         None => ready = false,
                     },
@@ -229,7 +256,7 @@ pub fn drive(
                 args.push(format!("--dependency=afterok:{}", after.join(":")));
                 args.push("--kill-on-invalid-dep=yes".into());
             }
-            args.extend(sbatch_args(&sub.settings.resources(plan.nodes[first].kind)));
+            args.extend(sbatch_args(&sub.settings.resources(job.kind(plan))));
             args.push("--wrap".into());
             let mut command = format!(
                 "exec {} exec-node {}",
@@ -243,7 +270,7 @@ pub fn drive(
                 );
             }
             args.push(command);
-            let id = match slurm_env("sbatch", &args, &sub.env) {
+            let id = match sbatch_retrying(&args, &sub.env, cancel) {
                 Ok(out) => out.trim().split(';').next().unwrap_or_default().to_string(),
                 Err(e) => {
                     // All or nothing when nothing has started yet; later,
@@ -278,12 +305,18 @@ pub fn drive(
             }
             job_id[j] = Some(id);
             submitted_now = true;
+            changed = true;
         }
         if submitted_now {
             sub.dir.write(&sub.run).map_err(EngineError::Slurm)?;
         }
         if sub.detached || end.iter().all(Option::is_some) {
             return Ok(sub.run);
+        }
+        if changed {
+            // A stage skipped or run, a job submitted: the stages after
+            // them may be decided without waiting for a poll.
+            continue;
         }
         if watch.pending.is_empty() {
             // Nothing in flight and nothing ready: a stage waits for one
@@ -372,6 +405,48 @@ pub fn drive(
             emit(event, summary);
         }
     }
+}
+
+/// `sbatch`, asked again over about a minute when it fails for a reason
+/// other than its arguments (the controller busy or restarting, a socket
+/// timeout): later submissions of a long run must not end it for a blip.
+fn sbatch_retrying(
+    args: &[String],
+    env: &[(String, String)],
+    cancel: &CancelToken,
+) -> Result<String, super::SlurmError> {
+    let mut wait = Duration::from_millis(500);
+    let mut tries = 0;
+    loop {
+        match slurm_env("sbatch", args, env) {
+            Err(super::SlurmError::Command { stderr, .. })
+                if tries < 7 && !cancel.is_cancelled() && transient(&stderr) =>
+            {
+                let _ = writeln!(std::io::stderr(), "warning: sbatch: {stderr}; trying again");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(16));
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether an `sbatch` error is the controller's state rather than the
+/// job's arguments.
+fn transient(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "timed out",
+        "timeout",
+        "try again",
+        "busy",
+        "unable to contact",
+        "connection",
+        "socket",
+    ]
+    .iter()
+    .any(|w| s.contains(w))
 }
 
 /// The run cancelled: its jobs still queued or running are cancelled, and

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use super::super::{EngineError, NodeStatus};
 use crate::config::executor::{SlurmGroup, SlurmSettings};
+#[cfg(test)]
+use crate::plan::PlanNode;
 use crate::plan::{NodeId, Plan};
 use crate::registry::StageKind;
 
@@ -28,6 +30,19 @@ pub struct JobPlan {
     /// A training run's chain (train and evaluate stages, task after
     /// task), rather than one stage.
     pub chain: bool,
+}
+
+impl JobPlan {
+    /// The kind whose `executor.slurm` resources the job asks for: train's
+    /// when it holds a train stage (a chain resumed at an evaluation still
+    /// trains the tasks after it), else its first stage's.
+    pub fn kind(&self, plan: &Plan) -> StageKind {
+        self.nodes
+            .iter()
+            .map(|&n| plan.nodes[n].kind)
+            .find(|&k| k == StageKind::Train)
+            .unwrap_or(plan.nodes[self.nodes[0]].kind)
+    }
 }
 
 /// Every stage's place and the jobs, in an order where a job comes after
@@ -207,4 +222,33 @@ fn job_order(plan: &Plan, layout: &Layout) -> Result<Vec<JobPlan>, EngineError> 
         return Err(EngineError::JobCycle(stuck));
     }
     Ok(sorted.into_iter().map(|j| layout.jobs[j].clone()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::test_node;
+
+    /// A chain resumed at an evaluation still trains the tasks after it:
+    /// its job asks for train's resources (a GPU), not evaluate's.
+    #[test]
+    fn a_job_holding_a_train_stage_asks_for_trains_resources() {
+        let node = |label: &str, kind: StageKind, inputs: &[NodeId]| PlanNode {
+            kind,
+            ..test_node(label, inputs)
+        };
+        let plan = Plan {
+            nodes: vec![
+                node("evaluate/t3", StageKind::Evaluate, &[]),
+                node("train/t4", StageKind::Train, &[]),
+                node("evaluate/t4", StageKind::Evaluate, &[1]),
+                node("prepare/d", StageKind::Prepare, &[]),
+            ],
+            ..Plan::default()
+        };
+        let job = |nodes: Vec<NodeId>| JobPlan { nodes, chain: true };
+        assert_eq!(job(vec![0, 1, 2]).kind(&plan), StageKind::Train);
+        assert_eq!(job(vec![0]).kind(&plan), StageKind::Evaluate);
+        assert_eq!(job(vec![3]).kind(&plan), StageKind::Prepare);
+    }
 }

@@ -33,7 +33,6 @@ use serde::{Deserialize, Serialize};
 
 use super::child::tail;
 use super::node::NodeResult;
-use crate::plan::{NodeId, Plan};
 use crate::registry::StageKind;
 use crate::store::atomic::write_atomic;
 
@@ -460,9 +459,9 @@ pub fn cancel_jobs(ids: &[String]) -> Result<(), SlurmError> {
     Ok(())
 }
 
-/// The kinds of the plan's stages, for [`preflight`].
-pub fn kinds_of(plan: &Plan, ids: impl Iterator<Item = NodeId>) -> Vec<StageKind> {
-    let mut k: Vec<StageKind> = ids.map(|i| plan.nodes[i].kind).collect();
+/// Each kind once, for [`preflight`].
+pub fn kinds_of(kinds: impl Iterator<Item = StageKind>) -> Vec<StageKind> {
+    let mut k: Vec<StageKind> = kinds.collect();
     k.sort();
     k.dedup();
     k
