@@ -398,7 +398,25 @@ pub fn exec_node(
             "lost {} times (node failure or requeue); executor.slurm.max_retries is {}",
             job.restarts, run.max_retries
         );
-        for &(n, label) in &stages {
+        // Stages an earlier attempt stored keep their outcome (the
+        // watcher has reported them done).
+        let stored = |n: usize| {
+            dir.read_outcome(n).is_some_and(|o| {
+                matches!(
+                    o.result,
+                    NodeResult::Executed { .. } | NodeResult::Cached { .. }
+                )
+            })
+        };
+        let left: Vec<(usize, &str)> = stages
+            .iter()
+            .copied()
+            .filter(|&(n, _)| !stored(n))
+            .collect();
+        if left.is_empty() {
+            return Ok(Exit::Success);
+        }
+        for &(n, label) in &left {
             log(&format!("FAILED   {label}: {error}"));
             let failed = NodeResult::Failed {
                 error: error.clone(),
@@ -603,6 +621,7 @@ fn with_job_engine(
 mod tests {
     use super::*;
     use bsce_pipeline::config::executor::SlurmSettings;
+    use bsce_pipeline::exec::slurm::Place;
     use bsce_pipeline::exec::NodeStatus;
     use bsce_pipeline::registry::StageKind;
     use bsce_stages::stage::Catalog;
@@ -690,8 +709,44 @@ mod tests {
                 sets.entry(n).or_default().push(r);
             }
         }
-        let chains: BTreeSet<&Vec<usize>> = sets.values().collect();
+        // Shared train stages: a job per set of runs sharing them.
+        // Evaluations: in their first run's chain (only result stages read
+        // them, so a failure there holds up no other run).
+        let chains: BTreeSet<&Vec<usize>> = sets
+            .iter()
+            .filter(|(&n, r)| r.len() == 1 || plan.nodes[n].kind == StageKind::Train)
+            .map(|(_, r)| r)
+            .collect();
         assert_eq!(layout.counts(), (chains.len(), count(StageKind::Prepare)));
+        for (&n, runs) in &sets {
+            let first = &plan.runs[runs[0]];
+            let own = first
+                .trains
+                .iter()
+                .chain(&first.evaluations)
+                .find(|m| sets[m].len() == 1);
+            match plan.nodes[n].kind {
+                StageKind::Evaluate if runs.len() > 1 => {
+                    if let Some(own) = own {
+                        assert_eq!(
+                            layout.place[n], layout.place[*own],
+                            "{}",
+                            plan.nodes[n].label
+                        );
+                    }
+                }
+                StageKind::Train if runs.len() > 1 => {
+                    let Place::Job(j) = layout.place[n] else {
+                        panic!()
+                    };
+                    assert!(layout.jobs[j]
+                        .nodes
+                        .iter()
+                        .all(|&m| plan.nodes[m].kind == StageKind::Train));
+                }
+                _ => {}
+            }
+        }
         assert!(chains.len() < plan.runs.len() * 2, "{}", chains.len());
         let local = count(StageKind::Order)
             + count(StageKind::Tasks)

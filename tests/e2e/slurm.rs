@@ -217,16 +217,9 @@ fn a_job_cancelled_by_hand_is_named_as_what_its_dependants_wait_for() {
         &format!("{SHARED}executor:\n  use: slurm\n  slurm: {{poll_seconds: 0.5, cpus: 1}}\n"),
     );
     let cancelled = "train/synth/a/ce/seed0/s2/t1";
-    let mut child = p
-        .cmd(&["run", "c.yaml", "--verbose"])
-        .env("SLURM_CONF", slurm_cluster())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = wait_for(&mut child, |s| {
-        s.contains(&format!("submit   {cancelled} "))
-    });
+    let mut child = p.spawn_slurm(&["run", "c.yaml", "--verbose"]);
+    // Every job submitted (the chain's job is named by its first stage).
+    let seen = wait_for(&mut child, |s| s.matches("submit   ").count() == 4);
     // run.json names every job once the whole DAG is submitted.
     let start = std::time::Instant::now();
     let id = loop {
@@ -374,13 +367,7 @@ fn slurm_runs_are_cancelled_by_the_cancel_command_and_by_ctrl_c() {
         c.stderr
     );
     // Attached: Ctrl-C cancels the run's jobs and exits 130.
-    let mut child = p
-        .cmd(&["run", "c.yaml", "--force", "all"])
-        .env("SLURM_CONF", slurm_cluster())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn_slurm(&["run", "c.yaml", "--force", "all"]);
     wait_for(&mut child, |s| s.contains("submit   train/"));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -456,13 +443,7 @@ fn a_job_lost_to_a_node_failure_restarts_up_to_the_retry_limit() {
     for retries in [1u32, 0] {
         let p = Project::new();
         p.write("c.yaml", &config(retries));
-        let mut child = p
-            .cmd(&["run", "c.yaml", "--json"])
-            .env("SLURM_CONF", slurm_cluster())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = p.spawn_slurm(&["run", "c.yaml", "--json"]);
         let seen = wait_for(&mut child, |s| s.contains("start    train/"));
         let label = seen
             .lines()
@@ -717,13 +698,7 @@ fn a_run_chain_lost_halfway_resumes_at_its_first_stage_not_in_the_store() {
          experiments:\n  e: {dataset: synth, orders: [a], settings: [s2], methods: [ce], recipe: r, network: tiny}\n\
          executor:\n  use: slurm\n  slurm: {poll_seconds: 0.3, cpus: 1, max_retries: 1}\n",
     );
-    let mut child = p
-        .cmd(&["run", "c.yaml", "--json"])
-        .env("SLURM_CONF", slurm_cluster())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn_slurm(&["run", "c.yaml", "--json"]);
     let t0 = "train/synth/a/ce/seed0/b2/t0";
     let t1 = "train/synth/a/ce/seed0/s2/t1";
     // The base task is stored; the job is training task 1.
@@ -814,13 +789,7 @@ fn max_jobs_refuses_a_submission_with_the_number_needed_and_a_failure_skips_only
     // task 1: that stage fails, the rest of the chain (which reads it) is
     // skipped inside the job, and the CE chain goes on to its end.
     p.write("c.yaml", &config("").replace("epochs: 2", "epochs: 30"));
-    let child = p
-        .cmd(&["run", "c.yaml", "--json", "--verbose"])
-        .env("SLURM_CONF", slurm_cluster())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn_slurm(&["run", "c.yaml", "--json", "--verbose"]);
     let t1 = "train/synth/a/bsce/seed0/s2/t1";
     let start = std::time::Instant::now();
     let worker = loop {

@@ -883,6 +883,15 @@ impl Project {
     pub fn slurm(&self, args: &[&str]) -> Run {
         self.run_env(args, &[("SLURM_CONF", &slurm_cluster())])
     }
+    /// [`Project::spawn`] on the test cluster.
+    pub fn spawn_slurm(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .env("SLURM_CONF", slurm_cluster())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
     pub fn slurm_run_dirs(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.store().join("slurm"))
             .map(|d| d.map(|e| e.unwrap().path()).collect())

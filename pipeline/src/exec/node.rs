@@ -66,25 +66,11 @@ impl<'a> Engine<'a> {
             sources,
         })
     }
-
-    /// Runs stage `id` unless the store has it. Every stage it reads from
-    /// must be in the store (local, or the remote): this never runs them.
-    pub fn run_node(
-        &self,
-        id: NodeId,
-        opts: &RunOptions,
-        device: &str,
-        threads: usize,
-        cancel: &CancelToken,
-        on_event: &mut dyn FnMut(&RunEvent),
-    ) -> Result<NodeResult, EngineError> {
-        self.node_runner()?
-            .run(id, opts, device, threads, cancel, on_event)
-    }
 }
 
 impl NodeRunner<'_, '_> {
-    /// Runs stage `id` unless the store has it (see [`Engine::run_node`]).
+    /// Runs stage `id` unless the store has it. Every stage it reads from
+    /// must be in the store (local, or the remote): this never runs them.
     pub fn run(
         &self,
         id: NodeId,

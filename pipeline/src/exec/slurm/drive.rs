@@ -338,6 +338,10 @@ pub fn drive(
             let _ = rx.recv_timeout(poll);
             continue;
         }
+        // Label -> its job, for the stages of the jobs a dropped one
+        // waited for.
+        let watch_jobs: BTreeMap<&String, &String> =
+            sub.run.jobs.iter().map(|(l, j)| (l, &j.id)).collect();
         for (n, label, job, how) in ended {
             let event = match how {
                 Seen::Outcome(result) => {
@@ -348,14 +352,24 @@ pub fn drive(
                     // Slurm dropped it because a job it waits for did not
                     // succeed: the stage that failed first upstream.
                     let inputs: Vec<NodeId> = plan.nodes[n].inputs.iter().map(|i| i.node).collect();
+                    // Its own inputs first; else (a job it waits for
+                    // failed in a stage this one does not read) that stage.
+                    let in_after: Vec<NodeId> = (0..plan.nodes.len())
+                        .filter(|&i| {
+                            watch_jobs
+                                .get(&plan.nodes[i].label)
+                                .is_some_and(|id| job.after.contains(id))
+                        })
+                        .collect();
                     let root = blocked(&end, &inputs)
+                        .or_else(|| blocked(&end, &in_after))
                         .or_else(|| {
                             inputs
                                 .iter()
                                 .find(|&&i| end[i] != Some(End::Stored))
                                 .map(|&i| plan.nodes[i].label.clone())
                         })
-                        .unwrap_or_else(|| "an input job".into());
+                        .unwrap_or_else(|| format!("slurm job {}", job.after.join(", ")));
                     end[n] = Some(End::Skipped(root.clone()));
                     RunEvent::Skipped {
                         label: label.clone(),

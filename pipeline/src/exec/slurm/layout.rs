@@ -135,6 +135,13 @@ pub fn layout(
         let j = if chained {
             let mut runs = runs_of[n].clone();
             runs.sort_unstable();
+            // An evaluation no stage of a job reads (only the result
+            // stages do): in a shared job, its failure would fail that job
+            // and so every chain waiting for the shared training; in its
+            // first run's chain it fails that chain's job alone.
+            if node.kind == StageKind::Evaluate {
+                runs.truncate(1);
+            }
             *chain_of.entry(runs).or_insert_with(|| {
                 out.jobs.push(JobPlan {
                     nodes: Vec::new(),

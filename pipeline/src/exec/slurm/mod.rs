@@ -238,7 +238,7 @@ impl RunDir {
         write_atomic(&p, &self.path, &bytes).map_err(io(&p))
     }
 
-    pub(crate) fn read_outcome(&self, n: usize) -> Option<JobOutcome> {
+    pub fn read_outcome(&self, n: usize) -> Option<JobOutcome> {
         let bytes = fs::read(self.outcome(n)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
