@@ -18,3 +18,27 @@ pub trait StageCatalog: Sync {
     fn named_order(&self, name: &str) -> Option<usize>;
     fn named_order_names(&self) -> Vec<String>;
 }
+
+/// The stage side as the engine's unit tests see it: a code digest of
+/// zeros, no libraries, one built-in order of 10 classes (`builtin10`).
+#[cfg(test)]
+pub(crate) struct TestCatalog;
+
+#[cfg(test)]
+impl StageCatalog for TestCatalog {
+    fn code_digest(&self, _: StageKind, _: Option<&str>) -> String {
+        "0".repeat(64)
+    }
+    fn code_files(&self, _: StageKind, _: Option<&str>) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn libraries(&self, _: StageKind) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+    fn named_order(&self, name: &str) -> Option<usize> {
+        (name == "builtin10").then_some(10)
+    }
+    fn named_order_names(&self) -> Vec<String> {
+        vec!["builtin10".into()]
+    }
+}

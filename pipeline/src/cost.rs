@@ -396,28 +396,9 @@ pub fn images_per_dataset(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::StageCatalog;
     use std::path::Path;
 
-    struct Catalog;
-
-    impl StageCatalog for Catalog {
-        fn code_digest(&self, _: StageKind, _: Option<&str>) -> String {
-            "0".repeat(64)
-        }
-        fn code_files(&self, _: StageKind, _: Option<&str>) -> Vec<(String, String)> {
-            Vec::new()
-        }
-        fn libraries(&self, _: StageKind) -> BTreeMap<String, String> {
-            BTreeMap::new()
-        }
-        fn named_order(&self, _: &str) -> Option<usize> {
-            None
-        }
-        fn named_order_names(&self) -> Vec<String> {
-            Vec::new()
-        }
-    }
+    use crate::catalog::TestCatalog as Catalog;
 
     /// 6 classes of 40 training and 10 test images; 2 base classes then
     /// two steps of 2; 3 epochs; 5 exemplars per class (herding).

@@ -161,28 +161,10 @@ fn the_paper_config_costs_per_experiment_without_any_dataset() {
     );
 }
 
-/// Tiny, two methods (one with LUCIR's code), one order, 4 classes.
-const SMALL_RUN: &str = r#"
-datasets:
-  synth:
-    synthetic: {classes: 4, train_per_class: 12, test_per_class: 4, image_size: 8, seed: 3}
-orders:
-  a: {numpy_seed: 1993}
-settings:
-  s: {base: 2, increment: 1}
-methods:
-  ce: {preset: finetune, memory: {per_class: 4}}
-  lucir: {preset: lucir, memory: {per_class: 4}, balanced_finetune: false}
-recipes:
-  r: {epochs: 2, batch_size: 8, lr: 0.05}
-experiments:
-  e: {dataset: synth, orders: [a], settings: [s], methods: [ce, lucir], recipe: r, network: tiny}
-"#;
-
 #[test]
 fn calibrate_records_rates_that_status_cost_turns_into_hours_and_stored_stages_show_theirs() {
     let p = Project::new();
-    p.write("c.yaml", SMALL_RUN);
+    p.write("c.yaml", TRAINED);
     let r = p
         .run(&[
             "calibrate",
@@ -265,7 +247,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn calibrate_refuses_a_bad_network_or_device_naming_it() {
     let p = Project::new();
-    p.write("c.yaml", SMALL_RUN);
+    p.write("c.yaml", TRAINED);
     let r = p.run(&["calibrate", "c.yaml", "--network", "resnet99@32"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
@@ -282,7 +264,7 @@ fn calibrate_refuses_a_bad_network_or_device_naming_it() {
 #[test]
 fn explain_if_changed_names_the_stages_an_edit_reruns_and_their_cost() {
     let p = Project::new();
-    p.write("c.yaml", SMALL_RUN);
+    p.write("c.yaml", TRAINED);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // LUCIR's loss: the lucir train stages and what reads them.
     let j = p

@@ -1452,32 +1452,10 @@ fn check_method_numbers(name: &str, m: &RawMethod, cx: &Ctx) -> Result<(), Confi
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
 
-    use crate::catalog::{StageCatalog, StageKind};
+    use crate::catalog::TestCatalog as Catalog;
     use crate::config::{parse, Config, ConfigError};
-
-    /// The stage side as config resolution sees it: one built-in order.
-    struct Catalog;
-
-    impl StageCatalog for Catalog {
-        fn code_digest(&self, _: StageKind, _: Option<&str>) -> String {
-            "0".repeat(64)
-        }
-        fn code_files(&self, _: StageKind, _: Option<&str>) -> Vec<(String, String)> {
-            Vec::new()
-        }
-        fn libraries(&self, _: StageKind) -> BTreeMap<String, String> {
-            BTreeMap::new()
-        }
-        fn named_order(&self, name: &str) -> Option<usize> {
-            (name == "builtin10").then_some(10)
-        }
-        fn named_order_names(&self) -> Vec<String> {
-            vec!["builtin10".into()]
-        }
-    }
 
     const BASE: &str = "datasets:
   synth:
