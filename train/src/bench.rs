@@ -122,19 +122,7 @@ pub fn train_step(
     warmup: usize,
     device: Device,
 ) -> Result<Value> {
-    setup(device);
-    let vs = nn::VarStore::new(device);
-    let backbone = Backbone::new(&(vs.root() / "backbone"), &net.spec())?;
-    let mut head = Head::new(&(vs.root() / "head"), &HeadSpec::Linear, backbone.out_dim())?;
-    head.add_classes(&(vs.root() / "head"), 100, None)?;
-    let mut opt = nn::Sgd {
-        momentum: 0.9,
-        dampening: 0.0,
-        wd: 5e-4,
-        nesterov: false,
-    }
-    .build(&vs, 0.1)
-    .map_err(|e| StageError::Other(e.to_string()))?;
+    let (_vs, backbone, head, mut opt) = step_model(device, &net.spec())?;
     let s = net.input_size();
     let x = Tensor::randn([batch, 3, s, s], (Kind::Float, device));
     let y = Tensor::randint(100, [batch], (Kind::Int64, device));
@@ -244,20 +232,7 @@ pub fn calibrate(
     seconds: f64,
     device: Device,
 ) -> Result<Value> {
-    setup(device);
-    let spec = crate::method::net_spec(network);
-    let vs = nn::VarStore::new(device);
-    let backbone = Backbone::new(&(vs.root() / "backbone"), &spec)?;
-    let mut head = Head::new(&(vs.root() / "head"), &HeadSpec::Linear, backbone.out_dim())?;
-    head.add_classes(&(vs.root() / "head"), 100, None)?;
-    let mut opt = nn::Sgd {
-        momentum: 0.9,
-        dampening: 0.0,
-        wd: 5e-4,
-        nesterov: false,
-    }
-    .build(&vs, 0.1)
-    .map_err(|e| StageError::Other(e.to_string()))?;
+    let (_vs, backbone, head, mut opt) = step_model(device, &crate::method::net_spec(network))?;
     let x = Tensor::randn([batch, 3, side, side], (Kind::Float, device));
     let y = Tensor::randint(100, [batch], (Kind::Int64, device));
     let warmup = if device.is_cuda() { 2 } else { 1 };
@@ -306,4 +281,27 @@ pub fn calibrate(
         "device": device_name(device),
         "threads": tch::get_num_threads(),
     }))
+}
+
+/// What a timed training step runs: `spec` with a 100-way linear head, and
+/// SGD (momentum 0.9, weight decay 5e-4, lr 0.1) over both, on `device`
+/// set up for timing.
+fn step_model(
+    device: Device,
+    spec: &NetSpec,
+) -> Result<(nn::VarStore, Backbone, Head, nn::Optimizer)> {
+    setup(device);
+    let vs = nn::VarStore::new(device);
+    let backbone = Backbone::new(&(vs.root() / "backbone"), spec)?;
+    let mut head = Head::new(&(vs.root() / "head"), &HeadSpec::Linear, backbone.out_dim())?;
+    head.add_classes(&(vs.root() / "head"), 100, None)?;
+    let opt = nn::Sgd {
+        momentum: 0.9,
+        dampening: 0.0,
+        wd: 5e-4,
+        nesterov: false,
+    }
+    .build(&vs, 0.1)
+    .map_err(|e| StageError::Other(e.to_string()))?;
+    Ok((vs, backbone, head, opt))
 }
