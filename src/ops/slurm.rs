@@ -400,18 +400,10 @@ pub fn exec_node(
         );
         // Stages an earlier attempt stored keep their outcome (the
         // watcher has reported them done).
-        let stored = |n: usize| {
-            dir.read_outcome(n).is_some_and(|o| {
-                matches!(
-                    o.result,
-                    NodeResult::Executed { .. } | NodeResult::Cached { .. }
-                )
-            })
-        };
         let left: Vec<(usize, &str)> = stages
             .iter()
             .copied()
-            .filter(|&(n, _)| !stored(n))
+            .filter(|&(n, _)| !dir.stored(n))
             .collect();
         if left.is_empty() {
             return Ok(Exit::Success);

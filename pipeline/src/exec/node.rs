@@ -53,6 +53,16 @@ pub struct NodeRunner<'e, 'a> {
     sources: Vec<Sources>,
 }
 
+impl NodeResult {
+    /// The stage is in the store (computed now, or found there).
+    pub fn is_stored(&self) -> bool {
+        matches!(
+            self,
+            NodeResult::Executed { .. } | NodeResult::Cached { .. }
+        )
+    }
+}
+
 impl<'a> Engine<'a> {
     /// A [`NodeRunner`] over this engine's plan and store: every source
     /// must be present.

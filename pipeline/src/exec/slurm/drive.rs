@@ -200,13 +200,7 @@ pub fn drive(
                         // Its stage is done though no poll has said so
                         // yet: no dependency on a job that may have ended
                         // long ago (Slurm forgets ended jobs, MinJobAge).
-                        Some(_)
-                            if sub.dir.read_outcome(n_of[i]).is_some_and(|o| {
-                                matches!(
-                                    o.result,
-                                    NodeResult::Executed { .. } | NodeResult::Cached { .. }
-                                )
-                            }) => {}
+                        Some(_) if sub.dir.stored(n_of[i]) => {}
                         Some(id) => after.push(id.clone()),
                         None => ready = false,
                     },
@@ -486,9 +480,9 @@ fn interrupted(
 
 fn end_of(r: &NodeResult) -> End {
     match r {
-        NodeResult::Executed { .. } | NodeResult::Cached { .. } => End::Stored,
+        r if r.is_stored() => End::Stored,
         NodeResult::Skipped { because } => End::Skipped(because.clone()),
-        NodeResult::Failed { .. } | NodeResult::Interrupted => End::Failed,
+        _ => End::Failed,
     }
 }
 

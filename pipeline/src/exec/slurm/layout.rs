@@ -159,7 +159,7 @@ pub fn layout(
         out.jobs[j].nodes.push(n);
         out.place[n] = Place::Job(j);
     }
-    out.jobs = job_order(plan, &out)?;
+    out.jobs = job_order(plan, &order, &out)?;
     // Renumbered: places follow.
     for (j, job) in out.jobs.iter().enumerate() {
         for &n in &job.nodes {
@@ -173,12 +173,11 @@ pub fn layout(
 /// directly or through local stages. A chain built from plan order never
 /// waits for itself; should some plan make two jobs wait for each other,
 /// that is an error naming their stages, not a deadlock on the cluster.
-fn job_order(plan: &Plan, layout: &Layout) -> Result<Vec<JobPlan>, EngineError> {
+fn job_order(plan: &Plan, order: &[NodeId], layout: &Layout) -> Result<Vec<JobPlan>, EngineError> {
     let n_jobs = layout.jobs.len();
     // The jobs each node's result waits for (its own job included).
-    let order = plan.topo_order().map_err(EngineError::Cycle)?;
     let mut waits: Vec<Vec<usize>> = vec![Vec::new(); plan.nodes.len()];
-    for &n in &order {
+    for &n in order {
         let mut w: Vec<usize> = Vec::new();
         for i in &plan.nodes[n].inputs {
             w.extend(&waits[i.node]);

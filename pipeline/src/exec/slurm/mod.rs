@@ -243,6 +243,11 @@ impl RunDir {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Stage `n`'s outcome says it is in the store.
+    pub fn stored(&self, n: usize) -> bool {
+        self.read_outcome(n).is_some_and(|o| o.result.is_stored())
+    }
+
     pub fn write_outcome(&self, n: usize, o: &JobOutcome) -> Result<(), SlurmError> {
         let p = self.outcome(n);
         fs::create_dir_all(p.parent().expect("has a parent")).map_err(io(&p))?;
