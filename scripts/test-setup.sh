@@ -2,7 +2,9 @@
 # What only the tests use, on top of scripts/setup.sh (run that first):
 # pdflatex (Debian texlive) for the LaTeX test, nginx for the HTTP remote
 # cache tests, Slurm and munge for the Slurm executor tests, s3s-fs for the
-# S3 remote tests, torchvision and Pillow in the venv for the crops check.
+# S3 remote tests, torchvision and Pillow in the venv for the crops check,
+# the tensorboard package (its own reader of event files) and Chromium
+# (headless, for the report's index.html).
 # Each is installed once and reused. Usage: scripts/test-setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,3 +67,17 @@ if ! .venv/bin/python -c 'import torchvision, PIL' 2>/dev/null; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
     torchvision==0.28.0 pillow==13.0.0
 fi
+
+# The tensorboard package, whose own reader (EventAccumulator) the e2e tests
+# read the report's and the live event files back with
+# (tests/tensorboard/dump.py); with the two modules its reader imports
+# (protobuf, absl-py). --no-deps: nothing else of TensorBoard's server.
+if ! .venv/bin/python -c 'from tensorboard.backend.event_processing import event_accumulator' 2>/dev/null; then
+  say "installing tensorboard==2.20.0, protobuf==6.33.0 and absl-py==2.3.1 into the venv (about 12 MB, once)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    tensorboard==2.20.0 protobuf==6.33.0 absl-py==2.3.1
+fi
+
+# Chromium, headless, for the test that opens the report's index.html from
+# disk (no network), checks its console and images, and screenshots it.
+have chromium || apt_install "the report page test: headless Chromium" chromium

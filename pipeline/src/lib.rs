@@ -18,10 +18,11 @@
 //! | [`maintenance`] | `cache verify`, `cache gc`, `cache du`                   |
 //! | [`cost`]    | image passes of the train and evaluate stages from the plan; hours from a calibration |
 //! | [`host`]    | this machine's name and clock (a leaf)                       |
+//! | [`names`]   | config names as file names, one-to-one (a leaf)              |
 //! | [`remote_url`] | remote cache URLs as text: checked and redacted (a leaf) |
 //!
 //! Layers, lowest first (the test `layers` below keeps every `crate::`
-//! edge pointing down): digest, host, params, registry, remote_url <
+//! edge pointing down): digest, host, names, params, registry, remote_url <
 //! catalog, key < config (with its executor settings), events, store <
 //! maintenance, plan, sources < exec, cost.
 
@@ -34,6 +35,7 @@ pub mod exec;
 pub mod host;
 pub mod key;
 pub mod maintenance;
+pub mod names;
 pub mod params;
 pub mod plan;
 pub mod registry;
@@ -53,7 +55,14 @@ mod layers {
     /// config, a store and events are; what a plan makes of a config and
     /// what reads sources or maintains a store; the executors.
     const LAYERS: &[&[&str]] = &[
-        &["digest", "host", "params", "registry", "remote_url"],
+        &[
+            "digest",
+            "host",
+            "names",
+            "params",
+            "registry",
+            "remote_url",
+        ],
         &["catalog", "key"],
         &["config", "events", "store"],
         &["maintenance", "plan", "sources"],

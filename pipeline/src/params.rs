@@ -442,6 +442,21 @@ pub struct TrainParams {
     pub deterministic: bool,
 }
 
+impl TrainParams {
+    /// The entries the stage's `log.json` gets: one per training epoch,
+    /// then one per epoch of class-balanced fine-tuning (tasks after the
+    /// first, where the method has it). A run's curve steps through its
+    /// tasks' entries in turn, so task `t` starts at the sum of the entries
+    /// of tasks `0..t`, live and in the report alike.
+    pub fn log_entries(&self) -> u64 {
+        let finetune = match (&self.method.finetune, self.method.balanced_finetune) {
+            (Some(f), true) if self.task > 0 => f.epochs,
+            _ => 0,
+        };
+        u64::from(self.recipe.epochs) + u64::from(finetune)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalParams {

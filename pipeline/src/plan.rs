@@ -94,6 +94,21 @@ pub struct RunRef {
     pub bsce: bool,
 }
 
+impl RunRef {
+    /// The run's folder, one name per component (through
+    /// [`crate::names::file_name`]): `<experiment>/<order>/<setting>/<method>/seed<k>`.
+    /// Its TensorBoard events live there, in the store while it trains and
+    /// in the report.
+    pub fn path(&self) -> PathBuf {
+        use crate::names::file_name;
+        [&self.experiment, &self.order, &self.setting, &self.method]
+            .iter()
+            .map(|n| file_name(n))
+            .chain([format!("seed{}", self.seed)])
+            .collect()
+    }
+}
+
 impl Plan {
     /// Every stage of the config, the report's included.
     pub fn from_config(config: &Config) -> Plan {
@@ -672,7 +687,11 @@ impl Builder {
                         setting: setting.clone(),
                         classifier,
                     }),
-                    inputs: vec![NodeInput::of("frames", agg, &[files::TIDY_PARQUET])],
+                    inputs: vec![NodeInput::of(
+                        "frames",
+                        agg,
+                        &[files::TIDY_PARQUET, files::EPOCHS_PARQUET],
+                    )],
                     sources: vec![],
                 });
                 self.plan
@@ -801,5 +820,22 @@ mod tests {
         let mut renamed = plan(serde_json::json!({"lr": 0.1}));
         renamed.nodes[3].label = "d2".into();
         assert_eq!(renamed.definitions().unwrap(), before);
+    }
+
+    #[test]
+    fn a_runs_folder_names_each_part_one_to_one() {
+        let r = RunRef {
+            experiment: "e".into(),
+            dataset: "d".into(),
+            order: "a b".into(),
+            setting: "b2%".into(),
+            method: "lucir".into(),
+            seed: 3,
+            evaluations: vec![],
+            trains: vec![],
+            base_method: "lucir".into(),
+            bsce: false,
+        };
+        assert_eq!(r.path(), PathBuf::from("e/a~20b/b2~25/lucir/seed3"));
     }
 }

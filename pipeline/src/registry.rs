@@ -173,10 +173,14 @@ pub mod files {
     pub const RUNS_CSV: &str = "runs.csv";
     pub const SUMMARY_PARQUET: &str = "summary.parquet";
     pub const SUMMARY_CSV: &str = "summary.csv";
+    pub const EPOCHS_PARQUET: &str = "epochs.parquet";
+    pub const EPOCHS_CSV: &str = "epochs.csv";
     pub const TABLE_MD: &str = "table.md";
     pub const TABLE_TEX: &str = "table.tex";
     pub const PLOT_SVG: &str = "plot.svg";
     pub const PLOT_PNG: &str = "plot.png";
+    pub const LOSS_SVG: &str = "loss.svg";
+    pub const LOSS_PNG: &str = "loss.png";
 
     pub const DATASET: &[&str] = &[
         META,
@@ -199,6 +203,8 @@ pub mod files {
         RUNS_CSV,
         SUMMARY_PARQUET,
         SUMMARY_CSV,
+        EPOCHS_PARQUET,
+        EPOCHS_CSV,
     ];
 }
 
@@ -304,7 +310,12 @@ pub const STAGES: &[StageSpec] = &[
         name: "plot",
         runner: Runner::Pipe,
         needs_gpu: false,
-        outputs: &[files::PLOT_SVG, files::PLOT_PNG],
+        outputs: &[
+            files::PLOT_SVG,
+            files::PLOT_PNG,
+            files::LOSS_SVG,
+            files::LOSS_PNG,
+        ],
         code: &["reports/src/plot.rs"],
         code_variants: None,
         libraries: &["polars", "plotters", "ab_glyph"],
@@ -356,6 +367,14 @@ pub const NO_OUTPUT_EFFECT: &[(&str, &str)] = &[
     (
         "reports/src/results.rs",
         "reads stored frames for `results`; no stage runs it",
+    ),
+    (
+        "reports/src/timeline.rs",
+        "draws the report's timelines from provenance; no stage runs it",
+    ),
+    (
+        "reports/src/html.rs",
+        "assembles the report's index.html from stored outputs; no stage runs it",
     ),
     ("train/src/main.rs", "bsce-torch's command line"),
     ("train/src/router.rs", "routes a job to its kind"),

@@ -1,5 +1,5 @@
 //! The `aggregate` stage: every complete run of one experiment, from the
-//! evaluate stages' `eval.json` and the train stages' `log.json`, into four
+//! evaluate stages' `eval.json` and the train stages' `log.json`, into five
 //! frames (each as Parquet and CSV):
 //!
 //! - `tidy`: one row per run x task x classifier (classes seen, top-1,
@@ -14,7 +14,11 @@
 //!   it, averaged over groups) and training hours;
 //! - `summary`: per experiment x setting x method x classifier, each
 //!   metric's mean and population standard deviation (ddof 0, as PODNet
-//!   reports it over its three orders) over orders and seeds.
+//!   reports it over its three orders) over orders and seeds;
+//! - `epochs`: one row per run x log entry (training epoch, then
+//!   fine-tuning epoch, task after task) x quantity (each loss term, their
+//!   `total`, `lr`, `seconds`): the training curves, at the run's `step`
+//!   as TensorBoard shows them.
 
 use std::path::Path;
 
@@ -62,6 +66,14 @@ impl Columns {
         self.task.push(task);
     }
 
+    /// The run's columns and the task, without the classifier (the
+    /// epochs frame: training does not depend on it).
+    fn into_run_frame(self) -> Vec<Column> {
+        let mut cols = self.into_frame();
+        cols.retain(|c| c.name().as_str() != c::CLASSIFIER);
+        cols
+    }
+
     fn into_frame(self) -> Vec<Column> {
         vec![
             Column::new(c::EXPERIMENT.into(), self.experiment),
@@ -78,8 +90,12 @@ impl Columns {
     }
 }
 
-/// The tidy and groups frames of an experiment, read from the stage's inputs.
-pub fn read_inputs(job: &StageJob, p: &AggregateParams) -> Result<(DataFrame, DataFrame)> {
+/// The tidy, groups and epochs frames of an experiment, read from the
+/// stage's inputs.
+pub fn read_inputs(
+    job: &StageJob,
+    p: &AggregateParams,
+) -> Result<(DataFrame, DataFrame, DataFrame)> {
     let input = |name: &str, file: &str| {
         job.input(name)
             .map(|d| d.join(file))
@@ -92,7 +108,11 @@ pub fn read_inputs(job: &StageJob, p: &AggregateParams) -> Result<(DataFrame, Da
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut gkeys = Columns::default();
     let (mut group, mut group_top1) = (Vec::new(), Vec::new());
+    let mut ekeys = Columns::default();
+    let (mut phase, mut epoch, mut step) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut quantity, mut value) = (Vec::new(), Vec::new());
     for (i, run) in p.runs.iter().enumerate() {
+        let mut run_step = 0u32;
         for t in 0..run.tasks {
             let eval_path = input(&format!("eval.{i}.{t}"), files::EVALUATION)?;
             let eval: Evaluation = read_json(&eval_path)?;
@@ -102,6 +122,29 @@ pub fn read_inputs(job: &StageJob, p: &AggregateParams) -> Result<(DataFrame, Da
                 LogEntry::Epoch(e) => e.device.starts_with("cuda"),
                 LogEntry::Finetune(_) => false,
             });
+            for entry in &log {
+                let (ph, ep, lr, secs, losses) = match entry {
+                    LogEntry::Epoch(e) => ("train", e.epoch, e.lr, e.seconds, &e.losses),
+                    LogEntry::Finetune(f) => {
+                        ("finetune", f.finetune_epoch, f.lr, f.seconds, &f.losses)
+                    }
+                };
+                let total = losses.values().try_fold(0.0, |sum, v| v.map(|v| sum + v));
+                let quantities = losses.iter().map(|(k, v)| (k.as_str(), *v)).chain([
+                    ("total", total),
+                    ("lr", Some(lr)),
+                    ("seconds", Some(secs)),
+                ]);
+                for (q, v) in quantities {
+                    ekeys.push(p, i, "", t as u32);
+                    phase.push(ph);
+                    epoch.push(ep);
+                    step.push(run_step);
+                    quantity.push(q.to_string());
+                    value.push(v);
+                }
+                run_step += 1;
+            }
             for (clf, r) in &eval.results {
                 let clf = clf.name();
                 let top = |k: &str| r.top.get(k).copied();
@@ -145,7 +188,16 @@ pub fn read_inputs(job: &StageJob, p: &AggregateParams) -> Result<(DataFrame, Da
         Column::new(c::TOP1.into(), group_top1),
     ]);
     let groups = DataFrame::new_infer_height(gcols).map_err(|e| polars_error("groups frame", e))?;
-    Ok((tidy, groups))
+    let mut ecols = ekeys.into_run_frame();
+    ecols.extend([
+        Column::new(c::PHASE.into(), phase),
+        Column::new(c::EPOCH.into(), epoch),
+        Column::new(c::STEP.into(), step),
+        Column::new(c::QUANTITY.into(), quantity),
+        Column::new(c::VALUE.into(), value),
+    ]);
+    let epochs = DataFrame::new_infer_height(ecols).map_err(|e| polars_error("epochs frame", e))?;
+    Ok((tidy, groups, epochs))
 }
 
 fn by(names: &[&str]) -> Vec<Expr> {
@@ -280,7 +332,7 @@ pub fn summary_frame(runs: &DataFrame) -> Result<DataFrame> {
 pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let p: AggregateParams = serde_json::from_value(job.params.clone())
         .map_err(|e| StageError::param("aggregate", format!("bad stage params: {e}")))?;
-    let (mut tidy, mut groups) = read_inputs(job, &p)?;
+    let (mut tidy, mut groups, mut epochs) = read_inputs(job, &p)?;
     reporter.progress(1, Some(3), "frames");
     let mut runs = runs_frame(&tidy, &groups)?;
     let mut summary = summary_frame(&runs)?;
@@ -295,6 +347,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
         files::SUMMARY_PARQUET,
         files::SUMMARY_CSV,
     )?;
+    write_frame(out, &mut epochs, files::EPOCHS_PARQUET, files::EPOCHS_CSV)?;
     reporter.progress(3, Some(3), "frames");
     Ok(())
 }

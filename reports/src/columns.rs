@@ -40,6 +40,19 @@ pub const RUNS: &str = "runs";
 pub const ORDERS: &str = "orders";
 pub const SEEDS: &str = "seeds";
 
+/// `train` or `finetune` (epochs frame): which phase of a task's training
+/// an epoch belongs to.
+pub const PHASE: &str = "phase";
+/// 0-based, within its phase (epochs frame).
+pub const EPOCH: &str = "epoch";
+/// The run's step: its tasks' log entries in turn, as in TensorBoard
+/// (epochs frame).
+pub const STEP: &str = "step";
+/// A loss term's name, `total` (their sum), `lr` or `seconds` (epochs
+/// frame), with its [`VALUE`] (null where the loss was not finite).
+pub const QUANTITY: &str = "quantity";
+pub const VALUE: &str = "value";
+
 /// The identity columns of a run, in every frame.
 pub const RUN_KEYS: &[&str] = &[
     EXPERIMENT,

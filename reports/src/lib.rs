@@ -10,6 +10,8 @@
 //! | [`plot`]      | `plot`      | a tidy frame -> accuracy against classes seen, SVG and PNG (plotters) |
 //! | [`frame`]     | all three   | reading and writing frames as Parquet and CSV              |
 //! | [`columns`]   | all three   | the frames' column names, one declaration for writer and readers |
+//! | [`timeline`]  | (none)      | the report's timelines: every stored stage as a bar, per host and device lane, from provenance |
+//! | [`html`]      | (none)      | the report's self-contained `index.html` |
 //! | [`report`]    | (none)      | `report` and the end of `run`: the result stages over the runs complete in the store, then `out/<config>/` |
 //! | [`results`]   | (none)      | `results`: per-run numbers from the aggregate frames        |
 //!
@@ -20,10 +22,12 @@
 pub mod aggregate;
 pub mod columns;
 pub mod frame;
+pub mod html;
 pub mod plot;
 pub mod render;
 pub mod report;
 pub mod results;
+pub mod timeline;
 
 /// The polars the frames are made with, for readers of them.
 pub use polars;

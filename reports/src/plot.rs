@@ -1,7 +1,10 @@
 //! The `plot` stage: top-1 accuracy against the number of classes seen for
 //! one dataset x setting of an experiment, one line per method (mean over
 //! orders and seeds) with a band of +- the population std, a BSCE variant
-//! dashed in its base method's colour. Written as SVG and PNG; the PNG's
+//! dashed in its base method's colour (`plot.svg|png`); and in the same
+//! convention the training loss (`total`, the sum of the loss terms) of
+//! each method at every epoch of every task in turn (`loss.svg|png`, from
+//! the epochs frame). Written as SVG and PNG; the PNG's
 //! text uses DejaVu Sans, built in (`reports/fonts/`), so no system font is
 //! needed.
 
@@ -71,28 +74,86 @@ pub fn curves(tidy: &polars::prelude::DataFrame, p: &PlotParams) -> Result<Vec<C
         .into_iter()
         .map(|m| {
             let (base_method, bsce, by_seen) = values.remove(&m).expect("listed");
-            let points = by_seen
-                .into_iter()
-                .map(|(c, v)| {
-                    let mean = v.iter().sum::<f64>() / v.len() as f64;
-                    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
-                    (c as f64, mean, var.sqrt())
-                })
-                .collect();
             Curve {
                 method: m,
                 base_method,
                 bsce,
-                points,
+                points: mean_std(by_seen),
             }
         })
         .collect())
 }
 
+/// The training-loss curves of one setting: per method, the mean and
+/// population std over its runs of `total` at each step of the training
+/// phase (fine-tuning epochs minimise another loss, on another set).
+pub fn loss_curves(epochs: &polars::prelude::DataFrame, setting: &str) -> Result<Vec<Curve>> {
+    let (set, phase, q) = (
+        strings(epochs, c::SETTING)?,
+        strings(epochs, c::PHASE)?,
+        strings(epochs, c::QUANTITY)?,
+    );
+    let (method, base) = (
+        strings(epochs, c::METHOD)?,
+        strings(epochs, c::BASE_METHOD)?,
+    );
+    let bsce = bools(epochs, c::BSCE)?;
+    let step = ints(epochs, c::STEP)?;
+    let value = floats(epochs, c::VALUE)?;
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, (String, bool, BTreeMap<i64, Vec<f64>>)> = BTreeMap::new();
+    for i in 0..epochs.height() {
+        if set[i] != setting || phase[i] != "train" || q[i] != "total" {
+            continue;
+        }
+        let Some(v) = value[i] else { continue };
+        if !values.contains_key(&method[i]) {
+            order.push(method[i].clone());
+        }
+        values
+            .entry(method[i].clone())
+            .or_insert_with(|| (base[i].clone(), bsce[i], BTreeMap::new()))
+            .2
+            .entry(step[i])
+            .or_default()
+            .push(v);
+    }
+    Ok(order
+        .into_iter()
+        .map(|m| {
+            let (base_method, bsce, by_step) = values.remove(&m).expect("listed");
+            Curve {
+                method: m,
+                base_method,
+                bsce,
+                points: mean_std(by_step),
+            }
+        })
+        .collect())
+}
+
+fn mean_std(by_x: BTreeMap<i64, Vec<f64>>) -> Vec<(f64, f64, f64)> {
+    by_x.into_iter()
+        .map(|(x, v)| {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+            (x as f64, mean, var.sqrt())
+        })
+        .collect()
+}
+
+/// What a figure's axes show.
+struct Axes {
+    x: &'static str,
+    y: String,
+    /// Accuracy: the y range stays within 0..100, in whole numbers.
+    percent: bool,
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
-    classifier: &str,
+    axes: &Axes,
     curves: &[Curve],
 ) -> std::result::Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
@@ -111,8 +172,13 @@ fn draw<DB: DrawingBackend>(
     if x1 - x0 < 1.0 {
         (x0, x1) = (x0 - 1.0, x1 + 1.0);
     }
-    let pad = ((y1 - y0) * 0.08).max(1.0);
-    let (y0, y1) = ((y0 - pad).max(0.0), (y1 + pad).min(100.0));
+    let (y0, y1) = if axes.percent {
+        let pad = ((y1 - y0) * 0.08).max(1.0);
+        ((y0 - pad).max(0.0), (y1 + pad).min(100.0))
+    } else {
+        let pad = ((y1 - y0) * 0.08).max(1e-3);
+        ((y0 - pad).max(0.0), y1 + pad)
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 26))
         .margin(16)
@@ -122,15 +188,21 @@ fn draw<DB: DrawingBackend>(
         .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc("number of classes seen")
-        .y_desc(format!("top-1 accuracy (%), {}", classifier.to_uppercase()))
+        .x_desc(axes.x)
+        .y_desc(&axes.y)
         .axis_desc_style(("sans-serif", 20))
         .label_style(("sans-serif", 16))
         // Classes seen are whole numbers; accuracy needs no decimals at
         // this scale.
         .x_labels(((x1 - x0) as usize + 1).clamp(2, 11))
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| {
+            if axes.percent {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.2}")
+            }
+        })
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(e)?;
@@ -183,7 +255,15 @@ fn draw<DB: DrawingBackend>(
     root.present().map_err(e)
 }
 
-/// Draws the curves to an SVG and a PNG file.
+/// The built-in font, registered once per process for the PNGs' text.
+pub fn register_font() {
+    static FONT_READY: std::sync::Once = std::sync::Once::new();
+    FONT_READY.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Draws accuracy curves to an SVG and a PNG file.
 pub fn write_plots(
     svg: &Path,
     png: &Path,
@@ -191,21 +271,27 @@ pub fn write_plots(
     classifier: &str,
     curves: &[Curve],
 ) -> Result<()> {
-    static FONT_READY: std::sync::Once = std::sync::Once::new();
-    FONT_READY.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+    let axes = Axes {
+        x: "number of classes seen",
+        y: format!("top-1 accuracy (%), {}", classifier.to_uppercase()),
+        percent: true,
+    };
+    write_both(svg, png, title, &axes, curves)
+}
+
+fn write_both(svg: &Path, png: &Path, title: &str, axes: &Axes, curves: &[Curve]) -> Result<()> {
+    register_font();
     draw(
         SVGBackend::new(svg, SIZE).into_drawing_area(),
         title,
-        classifier,
+        axes,
         curves,
     )
     .map_err(|m| StageError::Other(format!("drawing {}: {m}", svg.display())))?;
     draw(
         BitMapBackend::new(png, SIZE).into_drawing_area(),
         title,
-        classifier,
+        axes,
         curves,
     )
     .map_err(|m| StageError::Other(format!("drawing {}: {m}", png.display())))
@@ -236,5 +322,21 @@ pub fn run(job: &StageJob, _reporter: &ChildReporter) -> Result<()> {
         &title,
         p.classifier.name(),
         &curves,
+    )?;
+    let epochs = read_parquet(&dir.join(files::EPOCHS_PARQUET))?;
+    let losses = loss_curves(&epochs, &p.setting)?;
+    write_both(
+        &job.out_dir.join(files::LOSS_SVG),
+        &job.out_dir.join(files::LOSS_PNG),
+        &format!(
+            "{} {}: {}, training loss",
+            p.dataset, p.setting, p.experiment
+        ),
+        &Axes {
+            x: "epoch, every task in turn",
+            y: "training loss (sum of its terms)".into(),
+            percent: false,
+        },
+        &losses,
     )
 }

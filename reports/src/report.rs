@@ -9,9 +9,15 @@
 //!
 //! ```text
 //! README.md                      index: tables inline, plots, data, missing runs, provenance
+//! index.html                     the same and more in one self-contained page (inline SVG and CSS)
 //! tables/<table>.md|tex          render stages
-//! plots/<experiment>/<setting>.svg|png   plot stages
-//! data/<experiment>/<frame>.csv|parquet  aggregate stages (tidy, groups, runs, summary)
+//! plots/<experiment>/<setting>.svg|png   plot stages: accuracy
+//! curves/<experiment>/<setting>.svg|png  plot stages: training loss
+//! data/<experiment>/<frame>.csv|parquet  aggregate stages (tidy, groups, runs, summary, epochs)
+//! tensorboard/<experiment>/<order>/<setting>/<method>/seed<k>/events.out.tfevents.*
+//!                                per-epoch scalars of each run's train stages (their log.json)
+//! timeline.svg|png               every stored stage of the config, from provenance
+//! timeline/<run id>.svg|png      the stages each run of `run` computed (the latest 10)
 //! ```
 //!
 //! Names become file names through [`file_name`], one-to-one: two
@@ -27,6 +33,7 @@ use bsce_pipeline::config::Config;
 use bsce_pipeline::digest::Digest;
 use bsce_pipeline::events::Reporter;
 use bsce_pipeline::exec::{CancelToken, Engine, NodeStatus, RunContext, RunOptions};
+pub use bsce_pipeline::names::file_name;
 use bsce_pipeline::plan::{Plan, RunRef};
 use bsce_pipeline::registry::files;
 use bsce_pipeline::store::records::ActionRecord;
@@ -59,29 +66,6 @@ fn run_name(r: &RunRef) -> String {
         "{}/{}/{}/{}/seed{}",
         r.experiment, r.order, r.setting, r.method, r.seed
     )
-}
-
-/// A config name (experiment, setting, table, config file stem) as one
-/// file or folder name, one-to-one: ASCII letters, digits, `-`, `_` and
-/// `.` stay (but a leading `.`), every other byte of the name's UTF-8 is
-/// `~` and two lowercase hex digits, and the empty name is `~`. Two
-/// different names never share a file (`b2%` is `b2~25`, `b2&` is
-/// `b2~26`, `b50 s10` is `b50~20s10`), no name is hidden or `..`, and `~`
-/// needs no escaping in a Markdown link.
-pub fn file_name(s: &str) -> String {
-    if s.is_empty() {
-        return "~".into();
-    }
-    let mut out = String::with_capacity(s.len());
-    for (i, b) in s.bytes().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
-        if keep {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "~{b:02x}");
-        }
-    }
-    out
 }
 
 /// The default output folder: `reports/out/<config file stem>/` at the
@@ -228,7 +212,20 @@ pub fn write(
             }
         }
     }
+    for (exp, setting, n) in &plan.plots {
+        if let Some(rec) = record(*n) {
+            for (f, ext) in [(files::LOSS_SVG, "svg"), (files::LOSS_PNG, "png")] {
+                out.copy(
+                    &blob(rec, f)?,
+                    &format!("curves/{}/{}.{ext}", file_name(exp), file_name(setting)),
+                )?;
+            }
+        }
+    }
+    write_tensorboard(full, &prepared.full_status, &blob, &mut out)?;
+    let timelines = write_timelines(cfg, full, &prepared, &mut out)?;
     let mut tables_md = String::new();
+    let mut tables_html = Vec::new();
     for (name, n) in &plan.tables {
         if let Some(rec) = record(*n) {
             out.copy(
@@ -240,6 +237,11 @@ pub fn write(
                 &format!("tables/{}.tex", file_name(name)),
             )?;
             let md = std::fs::read_to_string(blob(rec, files::TABLE_MD)?)?;
+            tables_html.push(crate::html::Table {
+                name: name.clone(),
+                file: file_name(name),
+                html: crate::html::markdown_to_html(&md),
+            });
             let _ = writeln!(
                 tables_md,
                 "### {name}\n\n{md}\n[Markdown](tables/{0}.md) · [LaTeX](tables/{0}.tex)\n",
@@ -254,10 +256,24 @@ pub fn write(
         plan,
         &tables_md,
         missing,
+        &timelines,
         catalog,
         ctx,
     );
     out.write("README.md", index.as_bytes())?;
+    let page = crate::html::page(&crate::html::PageInput {
+        cfg,
+        full,
+        full_status: &prepared.full_status,
+        plan,
+        tables: &tables_html,
+        missing,
+        timelines: &timelines,
+        ctx,
+        catalog,
+        out: &out.dir,
+    })?;
+    out.write("index.html", page.as_bytes())?;
     let files = out.finish()?;
     let Prepared {
         missing,
@@ -277,6 +293,145 @@ pub fn write(
     })
 }
 
+/// The TensorBoard event files of every run, from its train stages'
+/// `log.json` (tasks in turn while they are stored): one file per run,
+/// its wall times the stage's start plus each entry's seconds, so
+/// TensorBoard's relative time axis shows the training time.
+fn write_tensorboard(
+    full: &Plan,
+    full_status: &[NodeStatus],
+    blob: &dyn Fn(&ActionRecord, &str) -> Result<PathBuf>,
+    out: &mut Output,
+) -> Result<()> {
+    use bsce_stages::task_artefacts::{LogEntry, TrainLog};
+    use bsce_stages::tensorboard;
+    for r in &full.runs {
+        let mut events = Vec::new();
+        let mut step = 0u64;
+        let mut first_wall = None;
+        for (t, &n) in r.trains.iter().enumerate() {
+            let NodeStatus::Cached { record, .. } = &full_status[n] else {
+                break;
+            };
+            let path = blob(record, files::TRAIN_LOG)?;
+            let log: TrainLog = serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{} of {}", files::TRAIN_LOG, record.label))?;
+            let mut wall = record.provenance.started_unix_ms as f64 / 1000.0;
+            first_wall.get_or_insert(wall);
+            for entry in &log {
+                wall += LogEntry::seconds(entry);
+                events.push((wall, step, tensorboard::scalars(entry, t)));
+                step += 1;
+            }
+        }
+        let Some(first) = first_wall else { continue };
+        let dir = r.path();
+        out.write(
+            &format!(
+                "tensorboard/{}/events.out.tfevents.{}.bsce-pipe",
+                dir.display(),
+                first as u64
+            ),
+            &tensorboard::file_bytes(first, &events),
+        )?;
+    }
+    Ok(())
+}
+
+/// A timeline drawn into the report: its files and the lines beside it.
+pub struct TimelineFigure {
+    /// `timeline` or `timeline/<run id>` (no extension).
+    pub file: String,
+    pub title: String,
+    pub lines: Vec<String>,
+}
+
+/// The config's timeline over every stored stage (the full plan's and the
+/// report's result stages), and one per run of `run` that computed any of
+/// them, the latest [`timeline::RUNS_DRAWN`] (the first element is the
+/// config's).
+fn write_timelines(
+    cfg: &Config,
+    full: &Plan,
+    prepared: &Prepared,
+    out: &mut Output,
+) -> Result<Vec<TimelineFigure>> {
+    use crate::timeline::{self, Bar, Timeline};
+    let mut bars: BTreeMap<String, Bar> = BTreeMap::new();
+    let nodes = full
+        .nodes
+        .iter()
+        .zip(&prepared.full_status)
+        .chain(prepared.plan.nodes.iter().zip(&prepared.status));
+    for (node, st) in nodes {
+        if let NodeStatus::Cached { record, .. } = st {
+            let p = &record.provenance;
+            bars.insert(
+                node.label.clone(),
+                Bar {
+                    label: node.label.clone(),
+                    kind: node.kind.spec().name.to_string(),
+                    host: p.host.clone(),
+                    device: p.device.clone(),
+                    run_id: p.run_id.clone(),
+                    start_ms: p.started_unix_ms,
+                    seconds: p.wall_seconds,
+                },
+            );
+        }
+    }
+    let bars: Vec<Bar> = bars.into_values().collect();
+    if bars.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut runs: BTreeMap<&str, u64> = BTreeMap::new();
+    for b in &bars {
+        let e = runs.entry(&b.run_id).or_insert(b.start_ms);
+        *e = (*e).min(b.start_ms);
+    }
+    let mut runs: Vec<(&str, u64)> = runs.into_iter().collect();
+    runs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut figures = vec![(
+        "timeline".to_string(),
+        format!(
+            "Every stored stage of {}",
+            cfg.file.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        Timeline::new(bars.clone()),
+    )];
+    for (run, start) in runs.iter().take(timeline::RUNS_DRAWN) {
+        let mine: Vec<Bar> = bars.iter().filter(|b| b.run_id == *run).cloned().collect();
+        figures.push((
+            format!("timeline/{}", file_name(run)),
+            format!("The stages run {run} computed (started {})", utc(*start)),
+            Timeline::new(mine),
+        ));
+    }
+    let scratch = out
+        .dir
+        .join(format!(".timeline-tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let drawn = (|| -> Result<Vec<TimelineFigure>> {
+        let mut done = Vec::new();
+        for (file, title, t) in figures {
+            let (svg, png) = (scratch.join("t.svg"), scratch.join("t.png"));
+            timeline::write(&svg, &png, &title, &t)?;
+            out.copy(&svg, &format!("{file}.svg"))?;
+            out.copy(&png, &format!("{file}.png"))?;
+            done.push(TimelineFigure {
+                file,
+                title,
+                lines: t.summary_lines(),
+            });
+        }
+        Ok(done)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    drawn
+}
+
 /// The index: what was made from what, by what, where.
 fn index(
     cfg: &Config,
@@ -285,6 +440,7 @@ fn index(
     plan: &Plan,
     tables_md: &str,
     missing: &[MissingRun],
+    timelines: &[TimelineFigure],
     catalog: &dyn StageCatalog,
     ctx: &RunContext,
 ) -> String {
@@ -324,13 +480,46 @@ fn index(
     if !any {
         let _ = writeln!(s, "No complete run yet.\n");
     }
+    let _ = writeln!(s, "## Training curves\n");
+    for (exp, setting, _) in &plan.plots {
+        let f = format!("curves/{}/{}", file_name(exp), file_name(setting));
+        let _ = writeln!(
+            s,
+            "![{exp} {setting} training loss]({f}.png)\n\n[SVG]({f}.svg)\n"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Every loss term, lr and epoch time of every run: `tensorboard --logdir tensorboard` in this folder (one run folder per experiment, order, setting, method and seed; its tasks in turn). While a run trains, `tensorboard --logdir <store>/tensorboard` follows the stages in flight.\n"
+    );
+    let _ = writeln!(s, "## Timeline\n");
+    if timelines.is_empty() {
+        let _ = writeln!(s, "No stage is stored yet.\n");
+    }
+    for (i, t) in timelines.iter().enumerate() {
+        if i == 0 {
+            let _ = writeln!(s, "![{}]({}.png)\n", t.title, t.file);
+            for l in &t.lines {
+                let _ = writeln!(s, "- {l}");
+            }
+            let _ = writeln!(s);
+            if timelines.len() > 1 {
+                let _ = writeln!(s, "Per run of `run`, latest first:\n");
+            }
+        } else {
+            let _ = writeln!(s, "- [{}]({}.png): {}", t.title, t.file, t.lines[0]);
+        }
+    }
+    if timelines.len() > 1 {
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "## Data\n");
     for (exp, _) in &plan.aggregates {
         let d = |f: &str| format!("[{f}](data/{}/{f})", file_name(exp));
         let _ = writeln!(
             s,
-            "- {exp}: {} (one row per run x task x classifier), {} (accuracy per task group), {} (per-run metrics), {} (mean and std over orders and seeds); each also as Parquet.",
-            d(files::TIDY_CSV), d(files::GROUPS_CSV), d(files::RUNS_CSV), d(files::SUMMARY_CSV)
+            "- {exp}: {} (one row per run x task x classifier), {} (accuracy per task group), {} (per-run metrics), {} (mean and std over orders and seeds), {} (losses, lr and time per epoch); each also as Parquet.",
+            d(files::TIDY_CSV), d(files::GROUPS_CSV), d(files::RUNS_CSV), d(files::SUMMARY_CSV), d(files::EPOCHS_CSV)
         );
     }
     let _ = writeln!(s, "\n## Missing runs\n");
@@ -354,6 +543,46 @@ fn index(
     }
     let libs: Vec<String> = libs.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(s, "Libraries that change numbers: {}.\n", libs.join(", "));
+    let hosts = by_host(full, full_status);
+    let _ = writeln!(s, "Training stages, by where they ran:\n");
+    let _ = writeln!(
+        s,
+        "| host | device | stages | hours | first started (UTC) | last started (UTC) |"
+    );
+    let _ = writeln!(s, "|:---|:---|---:|---:|:---|:---|");
+    for h in &hosts.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} | {} | {} |",
+            h.host, h.device, h.stages, h.hours, h.first, h.last
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nTotal: {:.3} GPU-hours, {:.3} CPU-hours of training.",
+        hosts.gpu_hours, hosts.cpu_hours
+    );
+    s
+}
+
+/// The stored training stages by where they ran (host, device).
+pub(crate) struct ByHost {
+    pub rows: Vec<HostRow>,
+    pub gpu_hours: f64,
+    pub cpu_hours: f64,
+}
+
+pub(crate) struct HostRow {
+    pub host: String,
+    pub device: String,
+    pub stages: usize,
+    pub hours: f64,
+    /// First and last start, `YYYY-MM-DD HH:MM` UTC.
+    pub first: String,
+    pub last: String,
+}
+
+pub(crate) fn by_host(full: &Plan, full_status: &[NodeStatus]) -> ByHost {
     let (mut gpu_hours, mut cpu_hours) = (0.0, 0.0);
     let mut hosts: BTreeMap<(String, String), (usize, f64, u64, u64)> = BTreeMap::new();
     for (node, st) in full.nodes.iter().zip(full_status) {
@@ -378,30 +607,25 @@ fn index(
             e.3 = e.3.max(p.started_unix_ms);
         }
     }
-    let _ = writeln!(s, "Training stages, by where they ran:\n");
-    let _ = writeln!(
-        s,
-        "| host | device | stages | hours | first started (UTC) | last started (UTC) |"
-    );
-    let _ = writeln!(s, "|:---|:---|---:|---:|:---|:---|");
-    for ((host, device), (n, secs, first, last)) in &hosts {
-        let _ = writeln!(
-            s,
-            "| {host} | {device} | {n} | {:.3} | {} | {} |",
-            secs / 3600.0,
-            utc(*first),
-            utc(*last)
-        );
+    ByHost {
+        rows: hosts
+            .into_iter()
+            .map(|((host, device), (stages, secs, first, last))| HostRow {
+                host,
+                device,
+                stages,
+                hours: secs / 3600.0,
+                first: utc(first),
+                last: utc(last),
+            })
+            .collect(),
+        gpu_hours,
+        cpu_hours,
     }
-    let _ = writeln!(
-        s,
-        "\nTotal: {gpu_hours:.3} GPU-hours, {cpu_hours:.3} CPU-hours of training."
-    );
-    s
 }
 
 /// `YYYY-MM-DD HH:MM` from Unix milliseconds.
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
@@ -426,7 +650,7 @@ fn utc(ms: u64) -> String {
 /// then rename); files a previous report wrote and this one did not are
 /// removed (the list is kept in `.bsce-report`).
 struct Output {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     written: Vec<String>,
     /// Lowercased name -> the name written: names that differ only in
     /// case are one file on macOS and Windows.
@@ -495,10 +719,15 @@ impl Output {
                 if stale && inside {
                     let path = self.dir.join(f);
                     let _ = std::fs::remove_file(&path);
-                    // A folder of an experiment the report no longer has
-                    // (`remove_dir` leaves a folder that is not empty).
-                    if let Some(parent) = path.parent().filter(|p| *p != self.dir) {
-                        let _ = std::fs::remove_dir(parent);
+                    // Folders of an experiment or a run the report no
+                    // longer has, up to the report's own (`remove_dir`
+                    // leaves a folder that is not empty).
+                    let mut parent = path.parent();
+                    while let Some(p) = parent.filter(|p| *p != self.dir) {
+                        if std::fs::remove_dir(p).is_err() {
+                            break;
+                        }
+                        parent = p.parent();
                     }
                 }
             }
@@ -508,51 +737,5 @@ impl Output {
         self.write(MANIFEST, list.as_bytes())?;
         self.written.retain(|f| f != MANIFEST);
         Ok(self.written)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::file_name;
-
-    #[test]
-    fn file_names_are_one_to_one_safe_and_readable() {
-        let names = [
-            "b2%",
-            "b2&",
-            "b2_",
-            "b2~25",
-            "b50 s10",
-            "b50_s10",
-            "b50-s10",
-            "",
-            "~",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "a\\b",
-            "ε=0.1",
-            "e=0.1",
-            "cifar100.b50",
-        ];
-        let mut seen = std::collections::BTreeMap::new();
-        for n in names {
-            let f = file_name(n);
-            assert!(!f.is_empty() && !f.starts_with('.'), "{n:?} -> {f:?}");
-            assert!(
-                f.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)),
-                "{n:?} -> {f:?}"
-            );
-            if let Some(other) = seen.insert(f.clone(), n) {
-                panic!("{other:?} and {n:?} both map to {f:?}");
-            }
-        }
-        assert_eq!(file_name("b4_s3"), "b4_s3");
-        assert_eq!(file_name("cifar100-b50.s10"), "cifar100-b50.s10");
-        assert_eq!(file_name("b2%"), "b2~25");
-        assert_eq!(file_name("b50 s10"), "b50~20s10");
-        assert_eq!(file_name(".."), "~2e.");
     }
 }

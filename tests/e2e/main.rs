@@ -5,6 +5,7 @@
 mod support;
 
 mod cost;
+mod curves;
 mod data;
 mod engine;
 mod remote;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::cancel::CancelToken;
 use super::executor::{ExecError, ExitHow, Prepared, Resources, StageExit};
 use super::gpus::GpuSlot;
-use super::job::{ChildMessage, SourceLocation, StageJob};
+use super::job::{ChildMessage, LiveRun, SourceLocation, StageJob};
 use crate::digest::Digest;
 use crate::events::RunEvent;
 use crate::host::unix_ms;
@@ -48,6 +48,8 @@ pub(crate) struct StageRun<'a> {
     pub seed: u64,
     pub threads: usize,
     pub sources: BTreeMap<String, SourceLocation>,
+    /// Where a train stage writes its live TensorBoard events.
+    pub live: Vec<LiveRun>,
     /// Per input: its name, the node that made it, and each file with the
     /// upstream output entry (digest and stamp).
     pub inputs: Vec<StageInput>,
@@ -242,6 +244,7 @@ fn prepare(env: &StageEnv<'_>, run: &StageRun, work: &Path) -> Result<Prepared, 
         resume_dir: store.resume_dir(&run.key),
         seed: run.seed,
         device: run.device.clone(),
+        live: run.live.clone(),
     };
     let job_path = work.join("job.json");
     fs::write(

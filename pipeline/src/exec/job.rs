@@ -36,6 +36,23 @@ pub struct StageJob {
     pub seed: u64,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// A train stage's runs, where it appends each epoch's scalars as
+    /// TensorBoard events while it trains (not part of its key, and not an
+    /// output: `tensorboard --logdir <store>/tensorboard` follows a run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live: Vec<LiveRun>,
+}
+
+/// One run a train stage belongs to (a base task's stage belongs to every
+/// run that starts from it), for its live TensorBoard events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveRun {
+    /// `<store>/tensorboard/<config>/<run path>`.
+    pub dir: PathBuf,
+    /// The run's step of this stage's first log entry: the entries of the
+    /// run's earlier tasks ([`crate::params::TrainParams::log_entries`]).
+    pub first_step: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

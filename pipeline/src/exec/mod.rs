@@ -458,6 +458,44 @@ impl<'a> Engine<'a> {
             .collect())
     }
 
+    /// A train stage's runs, for its live TensorBoard events: each run
+    /// whose task `t` this stage trains, under
+    /// `<store>/tensorboard/<config stem>/`, its steps after the log entries
+    /// of the run's tasks `0..t`.
+    fn live_runs(&self, id: NodeId) -> Vec<job::LiveRun> {
+        if self.plan.nodes[id].kind != crate::registry::StageKind::Train {
+            return Vec::new();
+        }
+        let stem = self
+            .plan
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let root = self
+            .store
+            .local()
+            .root()
+            .join("tensorboard")
+            .join(crate::names::file_name(&stem));
+        let entries = |n: NodeId| {
+            serde_json::from_value::<crate::params::TrainParams>(self.plan.nodes[n].params.clone())
+                .map(|p| p.log_entries())
+                .unwrap_or(0)
+        };
+        self.plan
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let t = r.trains.iter().position(|&n| n == id)?;
+                Some(job::LiveRun {
+                    dir: root.join(r.path()),
+                    first_step: r.trains[..t].iter().map(|&n| entries(n)).sum(),
+                })
+            })
+            .collect()
+    }
+
     /// Everything one stage run needs, its inputs taken from `outputs`.
     #[allow(clippy::too_many_arguments)]
     fn stage_run(
@@ -484,6 +522,7 @@ impl<'a> Engine<'a> {
             gpu: None,
             threads,
             sources: sources.locations.clone(),
+            live: self.live_runs(id),
             inputs: node
                 .inputs
                 .iter()

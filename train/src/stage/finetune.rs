@@ -36,6 +36,7 @@ use std::time::Instant;
 
 use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use bsce_stages::task_artefacts::{finite, FinetuneLog, LogEntry, TrainLog};
+use bsce_stages::tensorboard::LiveEvents;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::steps::{
@@ -183,7 +184,12 @@ pub fn finetune_step(
     terms
 }
 
-pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()> {
+pub fn run(
+    f: &Finetune<'_>,
+    model: &mut Model,
+    log: &mut TrainLog,
+    live: &mut LiveEvents,
+) -> Result<()> {
     let p = f.p;
     let preset = p.method.preset;
     if !matches!(preset, Preset::Lucir | Preset::Podnet) {
@@ -254,6 +260,7 @@ pub fn run(f: &Finetune<'_>, model: &mut Model, log: &mut TrainLog) -> Result<()
                 .map(|(k, v)| (k.to_string(), finite(v / size.max(1) as f64)))
                 .collect(),
         }));
+        live.update(log);
     }
     for v in &frozen {
         let _ = v.set_requires_grad(true);
@@ -389,6 +396,7 @@ mod tests {
             },
             &mut model,
             &mut log,
+            &mut LiveEvents::none(),
         )
         .unwrap();
         // As the result stages see it.

@@ -23,6 +23,7 @@ use crate::net::BackboneOut;
 use crate::runtime;
 use crate::{Result, StageError};
 use bsce_pipeline::params::IcarlDistillation;
+use bsce_stages::tensorboard::LiveEvents;
 
 pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let p: TrainParams = serde_json::from_value(job.params.clone())
@@ -148,6 +149,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     let recipe = &p.recipe;
     let mut opt = optimizer(&p, &model)?;
     let mut log: TrainLog = Vec::new();
+    let mut live = LiveEvents::open(&job.live, p.task, &format!("{:016x}", job.seed));
     let samples: Vec<(usize, i64)> = train_idx.iter().map(|&i| (i, target_of(i))).collect();
     let mut batches = Batches::new(samples, recipe.batch_size as usize, job.seed)?;
     let batches_per_epoch = batches.batches_per_epoch();
@@ -203,6 +205,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
                 .map(|(k, v)| (k.to_string(), finite(v / seen.max(1) as f64)))
                 .collect(),
         }));
+        live.update(&log);
     }
 
     // Memory budget: m exemplars per class once this task's classes are in.
@@ -237,6 +240,7 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             },
             &mut model,
             &mut log,
+            &mut live,
         )?;
     }
 
@@ -289,6 +293,15 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
     }
     memory.class_means = means;
 
+    // A run's curve steps through its tasks' entries by this count (live
+    // and in the report): a log of another length would misplace them.
+    if log.len() as u64 != p.log_entries() {
+        return Err(StageError::Other(format!(
+            "internal: log.json has {} entries where TrainParams::log_entries says {}",
+            log.len(),
+            p.log_entries()
+        )));
+    }
     crate::checkpoint::save(&model.vs, &job.out_dir.join("model.safetensors"))?;
     write_json(&job.out_dir.join("model.json"), &info)?;
     write_json(&job.out_dir.join("memory.json"), &memory)?;
