@@ -15,8 +15,11 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// Not among the folders made at open: most stores never need it.
 const RESUME_DIR: &str = "resume";
 
+/// Made in this order at open, `cas` last: it is what
+/// [`LocalStore::open_existing`] takes for a store, so a store half-way
+/// through being created (a `cache gc` started beside the first `run`) is
+/// not one yet, and one with `cas` has its `locks/`.
 const DIRS: [&str; 8] = [
-    "cas",
     "ac",
     "labels",
     "failed",
@@ -24,6 +27,7 @@ const DIRS: [&str; 8] = [
     "state",
     "tmp",
     "quarantine",
+    "cas",
 ];
 
 /// What [`LocalStore::check_blob`] found.
@@ -624,6 +628,25 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 23's gc loop: a `cache gc` started while the first `run`
+    /// creates the store either finds no store or finds its lock folder.
+    #[test]
+    fn a_store_half_way_through_its_creation_is_not_taken_for_one() {
+        for made in 0..=DIRS.len() {
+            let dir = tempfile::tempdir().unwrap();
+            for d in &DIRS[..made] {
+                fs::create_dir_all(dir.path().join(d)).unwrap();
+            }
+            if let Some(s) = LocalStore::open_existing(dir.path()) {
+                assert!(
+                    s.store_lock_path().parent().unwrap().is_dir(),
+                    "after {:?}: a store without locks/",
+                    &DIRS[..made]
+                );
+            }
+        }
+    }
 
     #[test]
     fn blobs_are_content_addressed_and_read_only() {
