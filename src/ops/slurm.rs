@@ -586,6 +586,9 @@ fn with_job_engine(
     };
     let store = store::with_remote(local, &args, Some(&cfg))?;
     let mut run_ctx = store::run_context()?;
+    // Every job of a run records the run's id: the report's timeline of a
+    // run of `run` holds its Slurm jobs' stages too.
+    run_ctx.run_id = run.run_id.clone();
     run_ctx
         .batch
         .insert("slurm_job_id".into(), job.job_id.clone());

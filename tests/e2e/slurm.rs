@@ -62,6 +62,10 @@ fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results(
             r.stderr
         );
     }
+    let run_id: Value =
+        serde_json::from_slice::<Value>(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap()
+            ["run_id"]
+            .clone();
     // A chain: one job, its stages in task order, each stored with it.
     let chain = "synth10/numpy1993/bsce/seed0/b6_s4";
     let chain_job = &jobs[&format!("train/{chain}/t1")].0;
@@ -74,7 +78,23 @@ fn the_quickstart_runs_through_slurm_in_dependency_order_with_the_local_results(
             rec["provenance"]["stage"]["slurm_job_id"].as_str(),
             Some(chain_job.as_str())
         );
+        // The job's stages record the run's id (one timeline per run).
+        assert_eq!(rec["provenance"]["run_id"], run_id);
     }
+    // The report's timeline of this run holds every stage, here and in the
+    // jobs; the jobs' train stages wrote live TensorBoard events into the
+    // store, one file per task.
+    let per_run: Vec<_> = std::fs::read_dir(p.path("reports/out/q/timeline"))
+        .unwrap()
+        .collect();
+    assert_eq!(per_run.len(), 2, "one run: its SVG and PNG");
+    let live = std::fs::read_dir(
+        p.store()
+            .join("tensorboard/q/quickstart/numpy1993/b6_s4/bsce/seed0"),
+    )
+    .unwrap()
+    .count();
+    assert_eq!(live, 5, "tasks 0 to 4");
     // Every job started after each job it depends on had finished.
     let by_id: std::collections::BTreeMap<&str, &Value> = jobs
         .values()
