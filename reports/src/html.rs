@@ -321,26 +321,25 @@ pub fn markdown_to_html(md: &str) -> String {
                 .map(|c| if c.ends_with(':') { "right" } else { "left" })
                 .collect();
             let al = |j: usize| align.get(j).copied().unwrap_or("left");
-            out.push_str("<table class=\"sortable\">\n<thead><tr>");
-            for (j, h) in head.iter().enumerate() {
-                out.push_str(&format!(
-                    "<th style=\"text-align:{}\" title=\"sort by this column\">{}</th>",
-                    al(j),
-                    inline(h)
-                ));
-            }
-            out.push_str("</tr></thead>\n<tbody>\n");
-            i += 2;
-            while i < lines.len() && lines[i].trim_start().starts_with('|') {
+            // One row: each cell aligned as its column's rule says.
+            let row = |out: &mut String, cells: &[String], tag: &str, extra: &str| {
                 out.push_str("<tr>");
-                for (j, c) in cells(lines[i]).iter().enumerate() {
+                for (j, c) in cells.iter().enumerate() {
                     out.push_str(&format!(
-                        "<td style=\"text-align:{}\">{}</td>",
+                        "<{tag} style=\"text-align:{}\"{extra}>{}</{tag}>",
                         al(j),
                         inline(c)
                     ));
                 }
-                out.push_str("</tr>\n");
+                out.push_str("</tr>");
+            };
+            out.push_str("<table class=\"sortable\">\n<thead>");
+            row(&mut out, &head, "th", " title=\"sort by this column\"");
+            out.push_str("</thead>\n<tbody>\n");
+            i += 2;
+            while i < lines.len() && lines[i].trim_start().starts_with('|') {
+                row(&mut out, &cells(lines[i]), "td", "");
+                out.push('\n');
                 i += 1;
             }
             out.push_str("</tbody></table>\n");
