@@ -123,22 +123,15 @@ pub fn read_inputs(
                 LogEntry::Finetune(_) => false,
             });
             for entry in &log {
-                let (ph, ep, lr, secs, losses) = match entry {
-                    LogEntry::Epoch(e) => ("train", e.epoch, e.lr, e.seconds, &e.losses),
-                    LogEntry::Finetune(f) => {
-                        ("finetune", f.finetune_epoch, f.lr, f.seconds, &f.losses)
-                    }
-                };
-                let total = losses.values().try_fold(0.0, |sum, v| v.map(|v| sum + v));
-                let quantities = losses.iter().map(|(k, v)| (k.as_str(), *v)).chain([
-                    ("total", total),
-                    ("lr", Some(lr)),
-                    ("seconds", Some(secs)),
+                let quantities = entry.losses().iter().map(|(k, v)| (k.as_str(), *v)).chain([
+                    ("total", entry.total()),
+                    ("lr", Some(entry.lr())),
+                    ("seconds", Some(entry.seconds())),
                 ]);
                 for (q, v) in quantities {
                     ekeys.push(p, i, "", t as u32);
-                    phase.push(ph);
-                    epoch.push(ep);
+                    phase.push(entry.phase());
+                    epoch.push(entry.epoch());
                     step.push(run_step);
                     quantity.push(q.to_string());
                     value.push(v);

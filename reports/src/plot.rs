@@ -51,37 +51,13 @@ pub struct Curve {
 /// The curves of one setting and classifier, from a tidy frame.
 pub fn curves(tidy: &polars::prelude::DataFrame, p: &PlotParams) -> Result<Vec<Curve>> {
     let (setting, clf) = (strings(tidy, c::SETTING)?, strings(tidy, c::CLASSIFIER)?);
-    let (method, base) = (strings(tidy, c::METHOD)?, strings(tidy, c::BASE_METHOD)?);
-    let bsce = bools(tidy, c::BSCE)?;
     let seen = ints(tidy, c::CLASSES_SEEN)?;
     let top1 = floats(tidy, c::TOP1)?;
-    let mut order: Vec<String> = Vec::new();
-    let mut values: BTreeMap<String, (String, bool, BTreeMap<i64, Vec<f64>>)> = BTreeMap::new();
-    for i in 0..tidy.height() {
-        if setting[i] != p.setting || clf[i] != p.classifier.name() {
-            continue;
-        }
-        let Some(acc) = top1[i] else { continue };
-        if !values.contains_key(&method[i]) {
-            order.push(method[i].clone());
-        }
-        let e = values
-            .entry(method[i].clone())
-            .or_insert_with(|| (base[i].clone(), bsce[i], BTreeMap::new()));
-        e.2.entry(seen[i]).or_default().push(acc);
-    }
-    Ok(order
-        .into_iter()
-        .map(|m| {
-            let (base_method, bsce, by_seen) = values.remove(&m).expect("listed");
-            Curve {
-                method: m,
-                base_method,
-                bsce,
-                points: mean_std(by_seen),
-            }
-        })
-        .collect())
+    by_method(tidy, |i| {
+        (setting[i] == p.setting && clf[i] == p.classifier.name())
+            .then_some(top1[i].map(|acc| (seen[i], acc)))
+            .flatten()
+    })
 }
 
 /// The training-loss curves of one setting: per method, the mean and
@@ -93,20 +69,27 @@ pub fn loss_curves(epochs: &polars::prelude::DataFrame, setting: &str) -> Result
         strings(epochs, c::PHASE)?,
         strings(epochs, c::QUANTITY)?,
     );
-    let (method, base) = (
-        strings(epochs, c::METHOD)?,
-        strings(epochs, c::BASE_METHOD)?,
-    );
-    let bsce = bools(epochs, c::BSCE)?;
     let step = ints(epochs, c::STEP)?;
     let value = floats(epochs, c::VALUE)?;
+    by_method(epochs, |i| {
+        (set[i] == setting && phase[i] == "train" && q[i] == "total")
+            .then_some(value[i].map(|v| (step[i], v)))
+            .flatten()
+    })
+}
+
+/// One curve per method of `frame`, in order of appearance: the rows
+/// `point` keeps, as (x, value), averaged per x over the method's runs.
+fn by_method(
+    frame: &polars::prelude::DataFrame,
+    point: impl Fn(usize) -> Option<(i64, f64)>,
+) -> Result<Vec<Curve>> {
+    let (method, base) = (strings(frame, c::METHOD)?, strings(frame, c::BASE_METHOD)?);
+    let bsce = bools(frame, c::BSCE)?;
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, (String, bool, BTreeMap<i64, Vec<f64>>)> = BTreeMap::new();
-    for i in 0..epochs.height() {
-        if set[i] != setting || phase[i] != "train" || q[i] != "total" {
-            continue;
-        }
-        let Some(v) = value[i] else { continue };
+    for i in 0..frame.height() {
+        let Some((x, v)) = point(i) else { continue };
         if !values.contains_key(&method[i]) {
             order.push(method[i].clone());
         }
@@ -114,19 +97,19 @@ pub fn loss_curves(epochs: &polars::prelude::DataFrame, setting: &str) -> Result
             .entry(method[i].clone())
             .or_insert_with(|| (base[i].clone(), bsce[i], BTreeMap::new()))
             .2
-            .entry(step[i])
+            .entry(x)
             .or_default()
             .push(v);
     }
     Ok(order
         .into_iter()
         .map(|m| {
-            let (base_method, bsce, by_step) = values.remove(&m).expect("listed");
+            let (base_method, bsce, by_x) = values.remove(&m).expect("listed");
             Curve {
                 method: m,
                 base_method,
                 bsce,
-                points: mean_std(by_step),
+                points: mean_std(by_x),
             }
         })
         .collect())

@@ -202,22 +202,20 @@ pub fn write(
             }
         }
     }
+    // A plot stage's accuracy figure into plots/, its loss figure into
+    // curves/.
+    let figures = [
+        (files::PLOT_SVG, "plots", "svg"),
+        (files::PLOT_PNG, "plots", "png"),
+        (files::LOSS_SVG, "curves", "svg"),
+        (files::LOSS_PNG, "curves", "png"),
+    ];
     for (exp, setting, n) in &plan.plots {
         if let Some(rec) = record(*n) {
-            for (f, ext) in [(files::PLOT_SVG, "svg"), (files::PLOT_PNG, "png")] {
+            for (f, dir, ext) in figures {
                 out.copy(
                     &blob(rec, f)?,
-                    &format!("plots/{}/{}.{ext}", file_name(exp), file_name(setting)),
-                )?;
-            }
-        }
-    }
-    for (exp, setting, n) in &plan.plots {
-        if let Some(rec) = record(*n) {
-            for (f, ext) in [(files::LOSS_SVG, "svg"), (files::LOSS_PNG, "png")] {
-                out.copy(
-                    &blob(rec, f)?,
-                    &format!("curves/{}/{}.{ext}", file_name(exp), file_name(setting)),
+                    &format!("{dir}/{}/{}.{ext}", file_name(exp), file_name(setting)),
                 )?;
             }
         }

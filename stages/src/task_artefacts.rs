@@ -59,6 +59,44 @@ impl LogEntry {
             LogEntry::Finetune(f) => f.seconds,
         }
     }
+
+    /// `train` or `finetune`: the phase of the task's training it logs.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            LogEntry::Epoch(_) => "train",
+            LogEntry::Finetune(_) => "finetune",
+        }
+    }
+
+    /// 0-based, within its phase.
+    pub fn epoch(&self) -> u32 {
+        match self {
+            LogEntry::Epoch(e) => e.epoch,
+            LogEntry::Finetune(f) => f.finetune_epoch,
+        }
+    }
+
+    pub fn lr(&self) -> f64 {
+        match self {
+            LogEntry::Epoch(e) => e.lr,
+            LogEntry::Finetune(f) => f.lr,
+        }
+    }
+
+    pub fn losses(&self) -> &Losses {
+        match self {
+            LogEntry::Epoch(e) => &e.losses,
+            LogEntry::Finetune(f) => &f.losses,
+        }
+    }
+
+    /// The sum of the loss terms (the loss the step minimised); `None`
+    /// where a term was not finite.
+    pub fn total(&self) -> Option<f64> {
+        self.losses()
+            .values()
+            .try_fold(0.0, |sum, v| v.map(|v| sum + v))
+    }
 }
 
 /// Loss terms by name (`ce`, `kd`, `nca`, `pod_flat`, ...): each term's
@@ -123,6 +161,10 @@ mod tests {
         let back: TrainLog = serde_json::from_str(&text).unwrap();
         assert_eq!(back, log);
         assert_eq!(back[1].seconds(), 0.5);
+        assert_eq!((back[0].phase(), back[1].phase()), ("train", "finetune"));
+        assert_eq!((back[1].epoch(), back[1].lr()), (0, 0.01));
+        assert_eq!(back[0].total(), None, "kd was not finite");
+        assert_eq!(back[1].total(), Some(0.7));
     }
 
     #[test]

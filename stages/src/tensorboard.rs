@@ -124,19 +124,17 @@ fn event(
 /// that was not finite (`null` in `log.json`) is NaN, which TensorBoard
 /// shows as such.
 pub fn scalars(entry: &LogEntry, task: usize) -> Vec<(String, f32)> {
-    let (phase, lr, seconds, losses) = match entry {
-        LogEntry::Epoch(e) => ("train", e.lr, e.seconds, &e.losses),
-        LogEntry::Finetune(f) => ("finetune", f.lr, f.seconds, &f.losses),
-    };
+    let phase = entry.phase();
     let value = |v: &Option<f64>| v.map_or(f32::NAN, |v| v as f32);
-    let mut out: Vec<(String, f32)> = losses
+    let mut out: Vec<(String, f32)> = entry
+        .losses()
         .iter()
         .map(|(term, v)| (format!("{phase}/{term}"), value(v)))
         .collect();
-    let total = losses.values().try_fold(0.0, |sum, v| v.map(|v| sum + v));
+    let total = entry.total();
     out.push((format!("{phase}/total"), value(&total)));
-    out.push((format!("{phase}/lr"), lr as f32));
-    out.push((format!("{phase}/seconds"), seconds as f32));
+    out.push((format!("{phase}/lr"), entry.lr() as f32));
+    out.push((format!("{phase}/seconds"), entry.seconds() as f32));
     out.push(("task".into(), task as f32));
     out
 }
