@@ -100,8 +100,16 @@ pub fn run(
         cancelled: false,
         cold,
     };
+    // The stages this machine runs need every source here; a run with
+    // none does not ask for them.
+    let local = if layout.local.is_empty() {
+        None
+    } else {
+        Some(engine.node_runner()?)
+    };
     let sub = Submission {
         settings: &cfg.slurm,
+        local,
         run,
         dir: dir.clone(),
         exe: run_ctx.exe.clone(),
@@ -111,7 +119,7 @@ pub fn run(
     };
     let mut summary = RunSummary::default();
     let run = slurm::drive(
-        engine,
+        engine.plan,
         opts,
         &status,
         &layout,

@@ -15,13 +15,16 @@ use super::{
     Job, RunDir, RunFile, SlurmSettings,
 };
 use crate::events::{Reporter, RunEvent, RunSummary};
-use crate::exec::node::NodeResult;
-use crate::exec::{CancelToken, Engine, EngineError, NodeStatus, RunOptions};
-use crate::plan::NodeId;
+use crate::exec::node::{NodeResult, NodeRunner};
+use crate::exec::{CancelToken, EngineError, NodeStatus, RunOptions};
+use crate::plan::{NodeId, Plan};
 
-/// What [`drive`] needs besides the engine and the layout.
-pub struct Submission<'a> {
+/// What [`drive`] needs besides the plan and the layout.
+pub struct Submission<'a, 'e> {
     pub settings: &'a SlurmSettings,
+    /// Runs the stages this machine runs itself (the layout's `local`):
+    /// required when there are some, since they need every source here.
+    pub local: Option<NodeRunner<'e, 'a>>,
     pub run: RunFile,
     pub dir: RunDir,
     /// The `bsce-pipe` binary the jobs run (on storage the nodes share).
@@ -48,7 +51,7 @@ enum End {
 /// file as last written (its jobs; `cancelled` when interrupted).
 #[allow(clippy::too_many_arguments)]
 pub fn drive(
-    engine: &Engine,
+    plan: &Plan,
     opts: &RunOptions,
     status: &[NodeStatus],
     layout: &Layout,
@@ -57,7 +60,6 @@ pub fn drive(
     reporter: &mut dyn Reporter,
     summary: &mut RunSummary,
 ) -> Result<RunFile, EngineError> {
-    let plan = engine.plan;
     let order = plan.topo_order().map_err(EngineError::Cycle)?;
     let mut emit = |e: RunEvent, summary: &mut RunSummary| {
         summary.record(&e);
@@ -86,11 +88,10 @@ pub fn drive(
             );
         }
     }
-    let runner = if layout.local.is_empty() {
-        None
-    } else {
-        Some(engine.node_runner()?)
-    };
+    assert!(
+        sub.local.is_some() || layout.local.is_empty(),
+        "the layout has stages to run here, and no runner for them"
+    );
     let name = RunDir::job_name(&sub.run.run_id);
     let mut job_id: Vec<Option<String>> = vec![None; layout.jobs.len()];
     let mut dead = vec![false; layout.jobs.len()];
@@ -145,7 +146,7 @@ pub fn drive(
             if !node.inputs.iter().all(|i| end[i.node] == Some(End::Stored)) {
                 continue;
             }
-            let runner = runner.as_ref().expect("made when there are local stages");
+            let runner = sub.local.as_ref().expect("checked at the start");
             // An error of the engine (the store, the work folder) fails
             // this stage; the jobs in flight are still followed.
             let result = runner
