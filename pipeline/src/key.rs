@@ -22,7 +22,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::digest::Digest;
+use crate::digest::{canonical_json, Digest};
 
 /// Bump when the makeup of [`KeyRecord`] or its canonical form changes.
 ///
@@ -97,45 +97,6 @@ impl KeyRecord {
             "inputs": inputs,
         });
         Digest::of_bytes(canonical_json(&identity).as_bytes()).seed64()
-    }
-}
-
-/// JSON with object keys sorted at every level and no insignificant
-/// whitespace. Independent of serde_json's `preserve_order` feature, which
-/// another crate in the tree could switch on.
-pub(crate) fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(v, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -416,16 +377,6 @@ mod tests {
             .insert("dataset/meta.json".into(), Digest::of_bytes(b"other"));
         assert_ne!(r.identity_seed(&["dataset"]), seed);
         assert_ne!(record().identity_seed(&[]), seed);
-    }
-
-    #[test]
-    fn canonical_json_sorts_keys() {
-        let a: Value =
-            serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":1}],"c":2}}"#).unwrap();
-        assert_eq!(
-            canonical_json(&a),
-            r#"{"a":{"c":2,"d":[1,{"y":1,"z":0}]},"b":1}"#
-        );
     }
 
     #[test]

@@ -51,9 +51,11 @@ pub mod store;
 mod layers {
     use std::collections::BTreeSet;
 
-    /// Lowest first. Leaves; what keys and the catalog are made of; what a
-    /// config, a store and events are; what a plan makes of a config and
-    /// what reads sources or maintains a store; the executors.
+    /// Lowest first, as the data flows: leaves (digests, host and clock,
+    /// names, stage params, the registry, remote URLs); the stage catalog;
+    /// the config; the plan made of it; the keys made of the plan; the
+    /// store that holds what keys name, and the events that report it;
+    /// what reads sources or maintains a store; the executors and costs.
     const LAYERS: &[&[&str]] = &[
         &[
             "digest",
@@ -63,9 +65,12 @@ mod layers {
             "registry",
             "remote_url",
         ],
-        &["catalog", "key"],
-        &["config", "events", "store"],
-        &["maintenance", "plan", "sources"],
+        &["catalog"],
+        &["config"],
+        &["plan"],
+        &["key"],
+        &["events", "store"],
+        &["maintenance", "sources"],
         &["exec", "cost"],
     ];
 
@@ -87,12 +92,8 @@ mod layers {
         let mut rest = code.as_str();
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
-            let group = rest.strip_prefix('{');
-            let names: Vec<&str> = match group {
-                Some(g) => g[..g.find('}').unwrap_or(g.len())]
-                    .split(',')
-                    .map(|s| s.trim().split("::").next().unwrap_or(""))
-                    .collect(),
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(g) => top_level_names(g),
                 None => vec![rest
                     .split(|c: char| !(c.is_alphanumeric() || c == '_'))
                     .next()
@@ -106,6 +107,32 @@ mod layers {
             );
         }
         out
+    }
+
+    /// The first segment of each item of a `use` group that starts `g`
+    /// (after its `{`), nested groups skipped: `a::{b, c}, d}` -> a, d.
+    fn top_level_names(g: &str) -> Vec<&str> {
+        let mut names = Vec::new();
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (i, c) in g.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    names.push(&g[start..i]);
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    names.push(&g[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        names
+            .into_iter()
+            .map(|s| s.trim().split("::").next().unwrap_or("").trim())
+            .collect()
     }
 
     /// Every edge that does not point to a lower layer: (file, from, to).
@@ -186,7 +213,15 @@ mod layers {
             .iter_mut()
             .find(|(f, _)| f == "store/atomic.rs")
             .unwrap();
-        text.insert_str(0, "use crate::{plan::Plan, digest::Digest};\n");
+        text.insert_str(0, "use crate::{exec::RunContext, digest::Digest};\n");
         assert_eq!(back_edges(&files).len(), 1);
+        // A name after a nested group, and the plan reaching for keys.
+        let mut files = sources();
+        let (_, text) = files.iter_mut().find(|(f, _)| f == "plan.rs").unwrap();
+        text.insert_str(0, "use crate::{digest::{self, Digest}, key::StageKey};\n");
+        assert_eq!(
+            back_edges(&files),
+            vec![("plan.rs".to_string(), "plan".to_string(), "key".to_string())]
+        );
     }
 }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::catalog::StageKind;
 use crate::config::{defaults, presets, Config, DatasetSource, Experiment, MethodPreset, ValDef};
+use crate::digest::canonical_json;
 use crate::digest::Digest;
-use crate::key::canonical_json;
 use crate::params::{
     AggregateParams, AggregateRun, AugmentStyle, Augmentation, EvalParams, Keep, OrderParams,
     PlotParams, PrepareParams, RenderParams, TasksParams, TrainParams, ValParams, IMAGENET_CROP,

@@ -4,7 +4,7 @@
 //!
 //! | module         | what it holds                                               |
 //! |----------------|-------------------------------------------------------------|
-//! | [`bench`]      | the training-step and loader measurements of bench/run.sh    |
+//! | [`bench`]      | the training-step and loader measurements of bench/run.sh and scripts/gpu-check.sh |
 //! | [`router`]     | the kinds `bsce-torch exec-stage` runs                        |
 //! | [`runtime`]    | device choice, threads, determinism, `doctor` facts          |
 //! | [`net`]        | ResNet-32 (CIFAR) and ResNet-18 (ImageNet) backbones         |
@@ -14,8 +14,9 @@
 //! | [`memory`]     | herding / random exemplar selection, NME class means         |
 //! | [`data`]       | batches from the u8 dataset: crops on the CPU, augmented on the training device |
 //! | [`crops`]      | `bsce-torch crops`: the data path's batches written out       |
-//! | [`method`]     | stage params, recipes' lr schedules, each preset's choices    |
-//! | [`stage`]      | the `train` and `evaluate` stages (run by `bsce-torch`)       |
+//! | [`probe`]      | `bsce-torch probe`: one train-stage step written out for `tests/parity/` |
+//! | [`method`]     | stage params (typed in `bsce_pipeline::params`), recipes' lr schedules, each preset's choices |
+//! | [`stage`]      | the `train` and `evaluate` stages (run by `bsce-torch`), the class-balanced fine-tuning and the steps both phases share |
 //!
 //! The formulas follow ../shared/reference/method-formulas.md; where a
 //! reference's code and paper differ, the code's behaviour is the default.
