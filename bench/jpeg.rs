@@ -6,6 +6,7 @@
 //! `cat` of the same file. Run: `cargo bench -p bsce-stages --bench jpeg`
 //! (bench/run.sh does); `bash bench/imagenet.sh` runs it on a larger tree.
 //! `BENCH_PER_CLASS` sets the train images per class (default 60).
+#![allow(clippy::disallowed_methods)] // a benchmark's knobs
 
 use std::path::Path;
 use std::time::Instant;

@@ -13,6 +13,7 @@ use bsce_pipeline::exec::node::NodeResult;
 use bsce_pipeline::exec::EngineError;
 use bsce_pipeline::sources::SourceError;
 use bsce_pipeline::store::StoreError;
+use bsce_reports::report::ReportSummary;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -87,6 +88,24 @@ impl Exit {
     }
 
     /// `Success` when `ok`, else `otherwise`.
+    /// A report's end: a result stage that failed on a template error is
+    /// the config's input (2, as in `run`); any other failure is 1.
+    pub fn of_report(r: &ReportSummary) -> Exit {
+        if r.failed.is_empty() {
+            Exit::Success
+        } else if r.failed_on_input {
+            Exit::BadInput
+        } else {
+            Exit::Failed
+        }
+    }
+
+    /// `doctor`'s end: `bsce-torch doctor` failing (libtorch that does not
+    /// load, a broken CUDA) is an error outside the store.
+    pub fn of_doctor(torch_succeeded: bool) -> Exit {
+        Exit::unless(torch_succeeded, Exit::Failed)
+    }
+
     pub fn unless(ok: bool, otherwise: Exit) -> Exit {
         if ok {
             Exit::Success
@@ -214,6 +233,8 @@ mod tests {
     fn exit_0_is_success() {
         assert_eq!(Exit::Success.code(), 0);
         assert_eq!(Exit::of_run(&RunSummary::default()), Exit::Success);
+        assert_eq!(Exit::of_report(&ReportSummary::default()), Exit::Success);
+        assert_eq!(Exit::of_doctor(true), Exit::Success);
         assert!(readme_codes().contains("0 success"));
     }
 
@@ -225,6 +246,12 @@ mod tests {
             ..RunSummary::default()
         };
         assert_eq!(Exit::of_run(&s), Exit::Failed);
+        let report = ReportSummary {
+            failed: [("plot/quickstart/b4_s3".into(), "no such column".into())].into(),
+            ..ReportSummary::default()
+        };
+        assert_eq!(Exit::of_report(&report), Exit::Failed);
+        assert_eq!(Exit::of_doctor(false), Exit::Failed);
         let e = Error::from(anyhow::anyhow!("report folder cannot be written"));
         assert_eq!(e.exit_code(), 1);
         assert!(readme_codes().contains("1 a stage failed"));
@@ -251,6 +278,16 @@ mod tests {
             ..RunSummary::default()
         };
         assert_eq!(Exit::of_run(&s).code(), 2);
+        let report = ReportSummary {
+            failed: [(
+                "render/quickstart".into(),
+                "the template uses `nosuch`".into(),
+            )]
+            .into(),
+            failed_on_input: true,
+            ..ReportSummary::default()
+        };
+        assert_eq!(Exit::of_report(&report), Exit::BadInput);
         assert!(readme_codes().contains("2 bad input"));
     }
 

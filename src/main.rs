@@ -249,14 +249,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             } else {
                 print::report(&r, &config, true);
             }
-            Ok(if r.failed.is_empty() {
-                Exit::Success
-            } else if r.failed_on_input {
-                // A template error: the config's input (exit 2, as `run`).
-                Exit::BadInput
-            } else {
-                Exit::Failed
-            })
+            Ok(Exit::of_report(&r))
         }
         Command::Explain {
             config,
@@ -303,7 +296,7 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
                 .output()
                 .map_err(|e| Error::Other(anyhow::anyhow!("running {}: {e}", torch.display())))?;
             out_raw!("{}", String::from_utf8_lossy(&o.stdout));
-            Ok(Exit::unless(o.status.success(), Exit::Store))
+            Ok(Exit::of_doctor(o.status.success()))
         }
         Command::Digest { files } => {
             for f in files {

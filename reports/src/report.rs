@@ -48,7 +48,7 @@ pub struct MissingRun {
     pub tasks: Vec<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct ReportSummary {
     pub out_dir: PathBuf,
     /// Result stages this report ran (the rest came from the store).

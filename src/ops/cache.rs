@@ -198,3 +198,38 @@ pub fn sync(
         line: store::transfer_line(&layered).unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{ctx_in, quickstart};
+    use bsce_pipeline::digest::Digest;
+
+    #[test]
+    fn gc_removes_partial_work_and_verify_and_du_read_a_clean_store() {
+        let (dir, config, args) = quickstart();
+        let (ctx, _) = ctx_in(dir.path());
+        let store = LocalStore::open(args.store.as_ref().unwrap()).unwrap();
+        let partial = store.resume_dir(&Digest::of_bytes(b"a killed stage"));
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("checkpoint"), b"half").unwrap();
+        let r = gc(std::slice::from_ref(&config), &args, &ctx).unwrap();
+        assert_eq!(
+            (r.kept_actions, r.removed_actions, r.removed_partial),
+            (0, 0, 1)
+        );
+        assert!(!partial.exists());
+        let v = verify(&args, false, &ctx).unwrap();
+        assert!(v.clean(), "{v:?}");
+        assert!(du(&args, &ctx).unwrap().kinds.is_empty());
+    }
+
+    #[test]
+    fn gc_refuses_a_folder_that_is_not_a_store() {
+        let (dir, config, args) = quickstart();
+        let (ctx, _) = ctx_in(dir.path());
+        let e = gc(&[config], &args, &ctx).err().expect("no store there");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(!args.store.as_ref().unwrap().exists());
+    }
+}

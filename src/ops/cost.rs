@@ -641,3 +641,32 @@ pub fn if_changed(
         calibrate_command: calibrate_command(&loaded.cfg.file),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cost_of_a_config_with_nothing_stored_counts_every_train_pass_and_asks_for_calibration() {
+        let (dir, config, args) = crate::ops::testing::quickstart();
+        let (ctx, _) = crate::ops::testing::ctx_in(dir.path());
+        let loaded = crate::ops::store::load(&config, &args, &ctx).unwrap();
+        let r = status_cost(&loaded, &args).unwrap();
+        // Per order: 2 bases (shared by ce and bsce) and 2 x 7 increments,
+        // each trained and evaluated: 2 x 16 x 2.
+        assert_eq!(r.total.stored, 0);
+        assert_eq!(r.total.to_run.stages, 64);
+        assert!(r.total.to_run.image_passes > 0.0);
+        assert!(r.devices.is_empty());
+        assert!(
+            r.uncalibrated.contains_key("(none)"),
+            "{:?}",
+            r.uncalibrated
+        );
+        assert!(
+            r.calibrate_command.contains("calibrate"),
+            "{}",
+            r.calibrate_command
+        );
+    }
+}

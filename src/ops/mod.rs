@@ -73,3 +73,54 @@ pub fn default_jobs() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+/// What the commands' unit tests share: a context in a folder whose notes
+/// are kept, and a scratch project holding the quickstart config.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+    use std::rc::Rc;
+
+    use super::store::StoreArgs;
+    use super::Ctx;
+
+    pub(crate) type Notes = Rc<RefCell<Vec<String>>>;
+
+    /// A reporter that keeps every event, as its `Debug` line.
+    #[derive(Default)]
+    pub(crate) struct Events(pub Vec<String>);
+
+    impl bsce_pipeline::events::Reporter for Events {
+        fn on_event(&mut self, event: &bsce_pipeline::events::RunEvent) {
+            self.0.push(format!("{event:?}"));
+        }
+    }
+
+    /// A context whose working folder is `cwd`, its notes collected.
+    pub(crate) fn ctx_in(cwd: &Path) -> (Ctx, Notes) {
+        let notes = Notes::default();
+        let n = notes.clone();
+        let ambient = crate::Ambient {
+            cwd: cwd.to_path_buf(),
+            ..crate::Ambient::default()
+        };
+        (
+            Ctx::new(ambient, move |l| n.borrow_mut().push(l.into())),
+            notes,
+        )
+    }
+
+    /// `configs/quickstart.yaml` as `<dir>/quickstart.yaml`, its store
+    /// named by the flag as `<dir>/store` (not created).
+    pub(crate) fn quickstart() -> (tempfile::TempDir, PathBuf, StoreArgs) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("quickstart.yaml");
+        std::fs::write(&config, include_str!("../../configs/quickstart.yaml")).unwrap();
+        let args = StoreArgs {
+            store: Some(dir.path().join("store")),
+            ..StoreArgs::default()
+        };
+        (dir, config, args)
+    }
+}

@@ -244,3 +244,99 @@ impl Reporter for ShownOnce<'_> {
         self.inner.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{ctx_in, quickstart, Events};
+
+    fn run_args(store: &StoreArgs) -> RunArgs {
+        RunArgs {
+            store: store.clone(),
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn a_run_whose_source_is_missing_is_bad_input_and_leaves_no_store() {
+        let (dir, config, args) = quickstart();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let synthetic = "    synthetic:\n      classes: 10\n      train_per_class: 200\n      \
+                         test_per_class: 50\n      image_size: 16\n      seed: 7\n";
+        assert!(text.contains(synthetic));
+        let text = text.replace(
+            synthetic,
+            "    cifar100:\n      path: nowhere/cifar-100-python.tar.gz\n",
+        );
+        std::fs::write(&config, text).unwrap();
+        let (ctx, notes) = ctx_in(dir.path());
+        let (mut a, mut b) = (Events::default(), Events::default());
+        let e = run(&config, &run_args(&args), &ctx, &mut a, &mut b)
+            .err()
+            .expect("the source is missing");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(
+            e.to_string().contains("nowhere/cifar-100-python.tar.gz"),
+            "{e}"
+        );
+        assert!(
+            !args.store.as_ref().unwrap().exists(),
+            "a failed precheck left a store"
+        );
+        assert!(a.0.is_empty(), "no stage ran: {:?}", a.0);
+        assert!(!notes
+            .borrow()
+            .iter()
+            .any(|n| n.starts_with("created store")));
+    }
+
+    #[test]
+    fn flags_that_contradict_the_config_are_bad_input_before_anything_runs() {
+        let (dir, config, args) = quickstart();
+        let (ctx, _) = ctx_in(dir.path());
+        let loaded = store::load(&config, &args, &ctx).unwrap();
+        let refused = |a: RunArgs, says: &str| {
+            let e = options(&loaded, &a).err().expect(says);
+            assert_eq!(e.exit_code(), 2, "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        };
+        refused(
+            RunArgs {
+                jobs: Some(0),
+                ..run_args(&args)
+            },
+            "--jobs must be at least 1",
+        );
+        refused(
+            RunArgs {
+                detach: true,
+                ..run_args(&args)
+            },
+            "--detach needs the Slurm executor",
+        );
+        refused(
+            RunArgs {
+                executor: Some(ExecutorChoice::Slurm),
+                gpus: vec![0],
+                ..run_args(&args)
+            },
+            "--gpus is for the local executor",
+        );
+        refused(
+            RunArgs {
+                force: vec!["train/synth10/numpy1993/ce/seed0/b4/t7".into()],
+                ..run_args(&args)
+            },
+            "train/synth10/numpy1993/ce/seed0/b4/t7",
+        );
+        let (opts, slurm) = options(
+            &loaded,
+            &RunArgs {
+                jobs: Some(3),
+                ..run_args(&args)
+            },
+        )
+        .unwrap();
+        assert_eq!((opts.jobs, slurm), (3, false));
+    }
+}

@@ -246,3 +246,71 @@ pub enum DagFormat {
     Dot,
     Mermaid,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{ctx_in, quickstart};
+
+    #[test]
+    fn status_on_no_store_lists_every_stage_as_new_and_creates_nothing() {
+        let (dir, config, args) = quickstart();
+        let (ctx, _) = ctx_in(dir.path());
+        let loaded = store::load(&config, &args, &ctx).unwrap();
+        let r = status(&loaded, &RunOptions::default(), false, &args).unwrap();
+        assert_eq!((r.stages, r.cached, r.to_run), (77, 0, 77));
+        assert!(r.nodes.iter().any(|n| n.label == "prepare/synth10"));
+        assert!(
+            r.nodes
+                .iter()
+                .all(|n| n.state == "to-run" && n.reasons == Some(vec!["new stage".to_string()])),
+            "{:?}",
+            r.nodes[0]
+        );
+        // Only stages without inputs have a key before anything ran.
+        let keyed: Vec<_> = r
+            .nodes
+            .iter()
+            .filter(|n| n.key.is_some())
+            .map(|n| &n.kind)
+            .collect();
+        assert!(
+            keyed.iter().all(|k| *k == "prepare" || *k == "order"),
+            "{keyed:?}"
+        );
+        assert!(
+            !args.store.as_ref().unwrap().exists(),
+            "a read-only command made the store"
+        );
+    }
+
+    #[test]
+    fn explain_lists_the_code_a_stage_runs_and_names_an_unknown_label() {
+        let (dir, config, args) = quickstart();
+        let (ctx, _) = ctx_in(dir.path());
+        let loaded = store::load(&config, &args, &ctx).unwrap();
+        let e = explain(&loaded, "train/synth10/numpy1993/ce/seed0/b4/t0", &args).unwrap();
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(text.contains("train/src/stage/train.rs"), "{text}");
+        assert!(
+            !text.contains("reports/src/"),
+            "train code covers no result stage: {text}"
+        );
+        let err = explain(&loaded, "train/synth10/numpy1993/ce/seed0/b4/t9", &args)
+            .err()
+            .expect("no such stage");
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("t9"), "{err}");
+    }
+
+    #[test]
+    fn dag_prints_every_stage_in_each_format() {
+        let (dir, config, _) = quickstart();
+        let (ctx, _) = ctx_in(dir.path());
+        for format in [DagFormat::Text, DagFormat::Dot, DagFormat::Mermaid] {
+            let d = dag(&config, format, &ctx).unwrap();
+            assert!(d.contains("prepare/synth10"), "{format:?}: {d}");
+            assert!(d.contains("render/quickstart_nme"), "{format:?}");
+        }
+    }
+}

@@ -290,21 +290,7 @@ pub fn load_existing(config: &Path, args: &StoreArgs, ctx: &Ctx) -> Result<Exist
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::rc::Rc;
-
-    fn ctx_in(cwd: &Path) -> (Ctx, Rc<RefCell<Vec<String>>>) {
-        let notes = Rc::new(RefCell::new(Vec::new()));
-        let n = notes.clone();
-        let ambient = crate::Ambient {
-            cwd: cwd.to_path_buf(),
-            ..crate::Ambient::default()
-        };
-        (
-            Ctx::new(ambient, move |l| n.borrow_mut().push(l.into())),
-            notes,
-        )
-    }
+    use crate::ops::testing::ctx_in;
 
     #[test]
     fn a_command_without_a_config_finds_the_store_above_or_says_how_to_name_one() {

@@ -2,6 +2,8 @@
 //! directories, one test binary with a module per area (cargo's testsuite
 //! layout). `support` holds the helpers and fixtures.
 
+#![allow(clippy::disallowed_methods)] // tests read the caches' locations and set up servers
+
 mod support;
 
 mod cost;

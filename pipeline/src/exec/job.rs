@@ -134,6 +134,7 @@ pub(crate) const PARENT_PID_VAR: &str = "BSCE_PARENT_PID";
 /// Called first by `exec-stage`: the kernel kills this process when the
 /// scheduler that started it dies, and if the scheduler is already gone
 /// (it died between the spawn and this call) the stage ends now.
+#[allow(clippy::disallowed_methods)] // an edge: ENV_EDGES in src/ambient.rs
 pub fn die_with_parent() {
     let Some(parent) = std::env::var(PARENT_PID_VAR)
         .ok()

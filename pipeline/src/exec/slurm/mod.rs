@@ -436,6 +436,7 @@ pub fn preflight(settings: &SlurmSettings, kinds: &[StageKind]) -> Result<(), Sl
     Ok(())
 }
 
+#[allow(clippy::disallowed_methods)] // an edge: ENV_EDGES in src/ambient.rs
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
