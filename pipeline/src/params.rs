@@ -484,11 +484,17 @@ pub struct OrderParams {
 /// The `tasks` stage: an incremental setting.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct TasksParams {
+pub struct TasksParams {
     pub base: u32,
     pub increment: u32,
-    /// Default: as many as the classes allow.
+    /// Default: as many as the classes allow ([`max_steps`]).
     pub steps: Option<u32>,
+}
+
+/// The increments of `increment` classes that fit after `base` classes
+/// in `classes`: a setting's steps when it names none.
+pub fn max_steps(classes: u32, base: u32, increment: u32) -> u32 {
+    classes.saturating_sub(base) / increment.max(1)
 }
 
 /// One training run inside an `aggregate` stage: its identity and, per

@@ -520,7 +520,7 @@ impl Builder {
         let ds = &config.datasets[&exp.dataset];
         let Some(steps) = setting.steps.or_else(|| {
             ds.classes
-                .map(|c| c.saturating_sub(setting.base) / setting.increment)
+                .map(|c| crate::params::max_steps(c, setting.base, setting.increment))
         }) else {
             return;
         };

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
+use bsce_pipeline::params::{max_steps, TasksParams};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::artefact::read_meta;
@@ -34,16 +35,8 @@ pub struct Task {
     pub train_counts: Vec<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    base: u32,
-    increment: u32,
-    steps: Option<u32>,
-}
-
 pub fn run(job: &StageJob, _reporter: &ChildReporter) -> Result<()> {
-    let p: Params = serde_json::from_value(job.params.clone())
+    let p: TasksParams = serde_json::from_value(job.params.clone())
         .map_err(|e| StageError::param("setting", format!("not a setting: {e}")))?;
     let input = |name: &str| {
         job.input(name)
@@ -82,7 +75,7 @@ pub fn split(
             format!("{base} base classes, but the dataset has {n}"),
         ));
     }
-    let max_steps = (n - base) / increment;
+    let max_steps = max_steps(n, base, increment);
     let steps = steps.unwrap_or(max_steps);
     if steps > max_steps {
         return Err(StageError::param(
