@@ -277,10 +277,10 @@ fn dispatch(cli: Cli, ctx: &Ctx) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Cache { command } => cache(command, ctx),
-        Command::Order { command } => cli::inspect::order(command, ctx).map(|_| Exit::Success),
+        Command::Order { command } => cli::inspect::order(command, ctx).map(|()| Exit::Success),
         Command::Dataset {
             command: DatasetCommand::Inspect { path, json },
-        } => cli::inspect::dataset(&path, json).map(|_| Exit::Success),
+        } => cli::inspect::dataset(&path, json).map(|()| Exit::Success),
         Command::Doctor { json } => {
             let torch = store::run_context()?.torch_exe;
             let mut cmd = std::process::Command::new(&torch);

@@ -81,12 +81,12 @@ pub fn collect(prepared: &Prepared, store: &dyn Store) -> Result<Value> {
         let tclf = strings(&tf, c::CLASSIFIER)?;
         let (task, seen) = (ints(&tf, c::TASK)?, ints(&tf, c::CLASSES_SEEN)?);
         let cols = [
-            "top1",
-            "top5",
-            "old",
-            "new",
-            "predicted_new_share",
-            "true_new_share",
+            c::TOP1,
+            c::TOP5,
+            c::OLD,
+            c::NEW,
+            c::PREDICTED_NEW_SHARE,
+            c::TRUE_NEW_SHARE,
         ];
         let values: Vec<Vec<Option<f64>>> = cols
             .iter()

@@ -6,7 +6,7 @@
 //! | [`args`]     | (parses) every command, flag and help text              |
 //! | [`print`]    | status, explain, cache verify/gc/du/push/pull, report, results |
 //! | [`reporter`] | a run's events: progress bars on a terminal, one line per event otherwise |
-//! | [`inspect`]  | `order show`, `dataset inspect`                         |
+//! | [`inspect`]  | `order show` and `dataset inspect` (`ops::inspect`'s answers) |
 
 pub mod args;
 pub mod inspect;

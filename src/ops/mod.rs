@@ -10,11 +10,13 @@
 //! | [`status`] | `status`, `explain`, `dag`                 |
 //! | [`cache`]  | `cache verify`, `gc`, `du`, `push`, `pull` |
 //! | [`cost`]   | `status --cost`, `calibrate`, `explain --if-changed` |
+//! | [`inspect`] | `order show`, `dataset inspect`            |
 //! | [`report`] | `report`, `results`                        |
 //! | [`slurm`]  | `cancel`, `exec-node` (a Slurm job's body), the live jobs `status` shows |
 
 pub mod cache;
 pub mod cost;
+pub mod inspect;
 pub mod report;
 pub mod run;
 pub mod slurm;
