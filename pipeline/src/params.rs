@@ -444,16 +444,26 @@ pub struct TrainParams {
 
 impl TrainParams {
     /// The entries the stage's `log.json` gets: one per training epoch,
-    /// then one per epoch of class-balanced fine-tuning (tasks after the
-    /// first, where the method has it). A run's curve steps through its
-    /// tasks' entries in turn, so task `t` starts at the sum of the entries
-    /// of tasks `0..t`, live and in the report alike.
+    /// then one per epoch of class-balanced fine-tuning.
     pub fn log_entries(&self) -> u64 {
-        let finetune = match (&self.method.finetune, self.method.balanced_finetune) {
-            (Some(f), true) if self.task > 0 => f.epochs,
+        self.train_epochs() + self.finetune_epochs()
+    }
+
+    /// The training epochs of this task. A run's curves count training and
+    /// fine-tuning epochs apart, through its tasks in turn, so task `t`'s
+    /// training starts at the training epochs of tasks `0..t`, live and in
+    /// the report alike.
+    pub fn train_epochs(&self) -> u64 {
+        u64::from(self.recipe.epochs)
+    }
+
+    /// The epochs of class-balanced fine-tuning after this task's training
+    /// (tasks after the first, where the method has it).
+    pub fn finetune_epochs(&self) -> u64 {
+        match (&self.method.finetune, self.method.balanced_finetune) {
+            (Some(f), true) if self.task > 0 => u64::from(f.epochs),
             _ => 0,
-        };
-        u64::from(self.recipe.epochs) + u64::from(finetune)
+        }
     }
 }
 

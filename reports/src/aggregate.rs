@@ -25,7 +25,7 @@ use std::path::Path;
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
 use bsce_pipeline::params::{AggregateParams, Metric};
 use bsce_pipeline::registry::files;
-use bsce_stages::task_artefacts::{Evaluation, LogEntry, TrainLog};
+use bsce_stages::task_artefacts::{Evaluation, LogEntry, Steps, TrainLog};
 use bsce_stages::{Result, StageError};
 use polars::prelude::*;
 
@@ -112,7 +112,7 @@ pub fn read_inputs(
     let (mut phase, mut epoch, mut step) = (Vec::new(), Vec::new(), Vec::new());
     let (mut quantity, mut value) = (Vec::new(), Vec::new());
     for (i, run) in p.runs.iter().enumerate() {
-        let mut run_step = 0u32;
+        let mut steps = Steps::default();
         for t in 0..run.tasks {
             let eval_path = input(&format!("eval.{i}.{t}"), files::EVALUATION)?;
             let eval: Evaluation = read_json(&eval_path)?;
@@ -123,6 +123,7 @@ pub fn read_inputs(
                 LogEntry::Finetune(_) => false,
             });
             for entry in &log {
+                let entry_step = steps.next(entry) as u32;
                 let quantities = entry.losses().iter().map(|(k, v)| (k.as_str(), *v)).chain([
                     ("total", entry.total()),
                     ("lr", Some(entry.lr())),
@@ -132,11 +133,10 @@ pub fn read_inputs(
                     ekeys.push(p, i, "", t as u32);
                     phase.push(entry.phase());
                     epoch.push(entry.epoch());
-                    step.push(run_step);
+                    step.push(entry_step);
                     quantity.push(q.to_string());
                     value.push(v);
                 }
-                run_step += 1;
             }
             for (clf, r) in &eval.results {
                 let clf = clf.name();

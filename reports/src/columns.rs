@@ -45,8 +45,9 @@ pub const SEEDS: &str = "seeds";
 pub const PHASE: &str = "phase";
 /// 0-based, within its phase (epochs frame).
 pub const EPOCH: &str = "epoch";
-/// The run's step: its tasks' log entries in turn, as in TensorBoard
-/// (epochs frame).
+/// The run's step of the entry within its phase: training epochs and
+/// fine-tuning epochs each counted through the run's tasks in turn, as in
+/// TensorBoard (epochs frame; `task_artefacts::Steps`).
 pub const STEP: &str = "step";
 /// A loss term's name, `total` (their sum), `lr` or `seconds` (epochs
 /// frame), with its [`VALUE`] (null where the loss was not finite).

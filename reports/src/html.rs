@@ -40,6 +40,9 @@ pub struct PageInput<'a> {
     pub catalog: &'a dyn StageCatalog,
     /// The report folder, where the figures were written.
     pub out: &'a Path,
+    /// The files this report wrote there (relative paths): a figure from an
+    /// earlier report that a failed stage left behind is not shown.
+    pub written: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -117,25 +120,14 @@ pub fn page(p: &PageInput<'_>) -> Result<String> {
             lines,
         })
     };
-    let mut plots = Vec::new();
-    let mut curves = Vec::new();
-    for (exp, setting, _) in &p.plan.plots {
-        let f = format!("{}/{}", file_name(exp), file_name(setting));
-        if p.out.join(format!("plots/{f}.svg")).exists() {
-            plots.push(figure(
-                format!("plots/{f}"),
-                format!("{exp} {setting}"),
-                vec![],
-            )?);
-        }
-        if p.out.join(format!("curves/{f}.svg")).exists() {
-            curves.push(figure(
-                format!("curves/{f}"),
-                format!("{exp} {setting}: training loss"),
-                vec![],
-            )?);
-        }
-    }
+    let figures = |folder: &str, what: &str| -> Result<Vec<Figure>> {
+        crate::report::drawn(&p.plan.plots, folder, p.written)
+            .into_iter()
+            .map(|(exp, setting, f)| figure(f, format!("{exp} {setting}{what}"), vec![]))
+            .collect()
+    };
+    let plots = figures("plots", "")?;
+    let curves = figures("curves", ": training loss")?;
     let timelines = p
         .timelines
         .iter()
@@ -239,7 +231,7 @@ fn escape(s: &str) -> String {
 }
 
 /// Inline Markdown of a table cell or paragraph: escaped, then `**bold**`,
-/// `*italic*` and `` `code` ``; `\|` is a `|`.
+/// `*italic*` and `` `code` ``; `\|` is a `|`; a lone `*` stays itself.
 fn inline(md: &str) -> String {
     let text = escape(&md.replace("\\|", "|"));
     let mut out = String::with_capacity(text.len());
@@ -257,9 +249,21 @@ fn inline(md: &str) -> String {
                 out.push_str(if code { "</code>" } else { "<code>" });
                 code = !code;
             }
+            // A `*` opens italics before a word with a closing `*` later
+            // (`**` apart); otherwise it is itself (`LUCIR*`, a footnote).
             '*' if !code => {
-                out.push_str(if italic { "</em>" } else { "<em>" });
-                italic = !italic;
+                let after = &rest[1..];
+                let opens = after.chars().next().is_some_and(|n| !n.is_whitespace())
+                    && after.replace("**", "").contains('*');
+                if italic {
+                    out.push_str("</em>");
+                    italic = false;
+                } else if opens {
+                    out.push_str("<em>");
+                    italic = true;
+                } else {
+                    out.push('*');
+                }
             }
             _ => out.push(c),
         }
@@ -381,6 +385,18 @@ mod tests {
         assert!(
             html.contains("<p>A <em>note</em> with <code>code</code>.</p>"),
             "{html}"
+        );
+    }
+
+    #[test]
+    fn a_lone_asterisk_is_a_footnote_mark_not_italics() {
+        assert_eq!(inline("LUCIR*"), "LUCIR*");
+        assert_eq!(inline("LUCIR* and PODNet*"), "LUCIR* and PODNet*");
+        assert_eq!(inline("a * b"), "a * b");
+        assert_eq!(inline("*x* and y*"), "<em>x</em> and y*");
+        assert_eq!(
+            inline("**best *of* all**"),
+            "<strong>best <em>of</em> all</strong>"
         );
     }
 

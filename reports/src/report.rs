@@ -257,6 +257,7 @@ pub fn write(
         &timelines,
         catalog,
         ctx,
+        &out.written,
     );
     out.write("README.md", index.as_bytes())?;
     let page = crate::html::page(&crate::html::PageInput {
@@ -270,6 +271,7 @@ pub fn write(
         ctx,
         catalog,
         out: &out.dir,
+        written: &out.written,
     })?;
     out.write("index.html", page.as_bytes())?;
     let files = out.finish()?;
@@ -305,7 +307,7 @@ fn write_tensorboard(
     use bsce_stages::tensorboard;
     for r in &full.runs {
         let mut events = Vec::new();
-        let mut step = 0u64;
+        let mut steps = tensorboard::Steps::default();
         let mut first_wall = None;
         for (t, &n) in r.trains.iter().enumerate() {
             let NodeStatus::Cached { record, .. } = &full_status[n] else {
@@ -320,8 +322,7 @@ fn write_tensorboard(
             first_wall.get_or_insert(wall);
             for entry in &log {
                 wall += LogEntry::seconds(entry);
-                events.push((wall, step, tensorboard::scalars(entry, t)));
-                step += 1;
+                events.push((wall, steps.next(entry), tensorboard::scalars(entry, t)));
             }
         }
         let Some(first) = first_wall else { continue };
@@ -430,6 +431,26 @@ fn write_timelines(
     drawn
 }
 
+/// The figures in `folder` (`plots` or `curves`) that this report wrote,
+/// per experiment and setting of `plots`: (experiment, setting, path
+/// without extension). A plot stage that failed this time has none, and
+/// the copy an earlier report left is removed at the end, so neither the
+/// index nor the page shows a figure that is not current.
+pub(crate) fn drawn<'p>(
+    plots: &'p [(String, String, usize)],
+    folder: &str,
+    written: &[String],
+) -> Vec<(&'p str, &'p str, String)> {
+    plots
+        .iter()
+        .map(|(exp, setting, _)| {
+            let f = format!("{folder}/{}/{}", file_name(exp), file_name(setting));
+            (exp.as_str(), setting.as_str(), f)
+        })
+        .filter(|(_, _, f)| written.iter().any(|w| *w == format!("{f}.svg")))
+        .collect()
+}
+
 /// The index: what was made from what, by what, where.
 fn index(
     cfg: &Config,
@@ -441,6 +462,7 @@ fn index(
     timelines: &[TimelineFigure],
     catalog: &dyn StageCatalog,
     ctx: &RunContext,
+    written: &[String],
 ) -> String {
     let name = cfg
         .file
@@ -470,8 +492,7 @@ fn index(
     }
     let _ = writeln!(s, "## Plots\n");
     let mut any = false;
-    for (exp, setting, _) in &plan.plots {
-        let f = format!("plots/{}/{}", file_name(exp), file_name(setting));
+    for (exp, setting, f) in drawn(&plan.plots, "plots", written) {
         let _ = writeln!(s, "![{exp} {setting}]({f}.png)\n\n[SVG]({f}.svg)\n");
         any = true;
     }
@@ -479,8 +500,7 @@ fn index(
         let _ = writeln!(s, "No complete run yet.\n");
     }
     let _ = writeln!(s, "## Training curves\n");
-    for (exp, setting, _) in &plan.plots {
-        let f = format!("curves/{}/{}", file_name(exp), file_name(setting));
+    for (exp, setting, f) in drawn(&plan.plots, "curves", written) {
         let _ = writeln!(
             s,
             "![{exp} {setting} training loss]({f}.png)\n\n[SVG]({f}.svg)\n"
@@ -735,5 +755,37 @@ impl Output {
         self.write(MANIFEST, list.as_bytes())?;
         self.written.retain(|f| f != MANIFEST);
         Ok(self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_figures_this_report_wrote_are_shown() {
+        let plots = vec![
+            ("e".to_string(), "s2".to_string(), 7),
+            ("e".to_string(), "b2%".to_string(), 8),
+        ];
+        // s2's plot stage succeeded; b2%'s failed (an earlier report's
+        // figure may still be on disk: it is not listed).
+        let written = vec![
+            "plots/e/s2.png".to_string(),
+            "plots/e/s2.svg".to_string(),
+            "curves/e/s2.svg".to_string(),
+        ];
+        assert_eq!(
+            drawn(&plots, "plots", &written),
+            vec![("e", "s2", "plots/e/s2".to_string())]
+        );
+        assert_eq!(
+            drawn(&plots, "curves", &written),
+            vec![("e", "s2", "curves/e/s2".to_string())]
+        );
+        let all: Vec<String> = ["plots/e/s2.svg", "plots/e/b2~25.svg"]
+            .map(String::from)
+            .into();
+        assert_eq!(drawn(&plots, "plots", &all).len(), 2);
     }
 }

@@ -64,6 +64,11 @@ pub struct Timeline {
     pub start_ms: u64,
     pub span_s: f64,
     pub devices: Vec<DeviceUse>,
+    /// The GPUs' busy time: per GPU, the union of its stages' intervals,
+    /// so stages sharing a GPU (`stages_per_gpu`) count once.
+    pub gpu_busy_hours: f64,
+    /// The stages' own times on GPUs and on CPUs (shared time counted per
+    /// stage).
     pub gpu_hours: f64,
     pub cpu_hours: f64,
 }
@@ -90,6 +95,7 @@ impl Timeline {
         let mut lane_of = vec![0; bars.len()];
         let mut lanes = Vec::new();
         let mut devices = Vec::new();
+        let mut gpu_busy_ms = 0u64;
         for ((host, device), members) in groups {
             // Lane ends, in this group's lanes.
             let mut ends: Vec<u64> = Vec::new();
@@ -129,6 +135,9 @@ impl Timeline {
                 }
             }
             longest_idle = longest_idle.max(end_ms.saturating_sub(cursor));
+            if device.starts_with("cuda") {
+                gpu_busy_ms += busy_ms;
+            }
             devices.push(DeviceUse {
                 host,
                 device,
@@ -150,6 +159,7 @@ impl Timeline {
                 / 3600.0
         };
         Timeline {
+            gpu_busy_hours: gpu_busy_ms as f64 / 3_600_000.0,
             gpu_hours: hours(true),
             cpu_hours: hours(false),
             bars,
@@ -164,9 +174,10 @@ impl Timeline {
     /// The figures beside the timeline, one line each.
     pub fn summary_lines(&self) -> Vec<String> {
         let mut out = vec![format!(
-            "{} stages over {}: {:.3} GPU-hours, {:.3} CPU-hours of stage time",
+            "{} stages over {}: {:.3} GPU-hours busy ({:.3} of stage time), {:.3} CPU-hours of stage time",
             self.bars.len(),
             duration(self.span_s),
+            self.gpu_busy_hours,
             self.gpu_hours,
             self.cpu_hours
         )];
@@ -379,7 +390,10 @@ mod tests {
         assert_eq!(g0.longest_idle_s, 25.0);
         assert_eq!((t.devices[1].busy, t.devices[1].longest_idle_s), (1.0, 0.0));
         assert!((t.gpu_hours - 80.0 / 3600.0).abs() < 1e-12);
+        // Two stages shared GPU 0 for 5 s: the GPUs were busy 25 + 50 s.
+        assert!((t.gpu_busy_hours - 75.0 / 3600.0).abs() < 1e-12);
         assert_eq!(t.cpu_hours, 0.0);
+        assert!(t.summary_lines()[0].contains("0.021 GPU-hours busy (0.022 of stage time)"));
         assert!(
             t.summary_lines()[1].contains("busy 50 %"),
             "{:?}",

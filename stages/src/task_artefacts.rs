@@ -51,6 +51,30 @@ pub enum LogEntry {
     Finetune(FinetuneLog),
 }
 
+/// A run's step of each log entry, for its curves: training epochs and
+/// fine-tuning epochs are counted apart, through the run's tasks in turn,
+/// so that the training curves of a method that fine-tunes and of one that
+/// does not line up epoch for epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Steps {
+    /// The next training epoch's step.
+    pub train: u64,
+    /// The next fine-tuning epoch's step.
+    pub finetune: u64,
+}
+
+impl Steps {
+    /// The step of `entry`; the count of its phase moves past it.
+    pub fn next(&mut self, entry: &LogEntry) -> u64 {
+        let n = match entry {
+            LogEntry::Epoch(_) => &mut self.train,
+            LogEntry::Finetune(_) => &mut self.finetune,
+        };
+        *n += 1;
+        *n - 1
+    }
+}
+
 impl LogEntry {
     /// Wall time of the epoch, in seconds.
     pub fn seconds(&self) -> f64 {

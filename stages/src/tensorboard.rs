@@ -20,8 +20,14 @@
 //! Tags, the same live and in the report ([`scalars`]): `train/<term>` for
 //! each loss term of `log.json`, `train/total` (their sum: the loss the
 //! step minimised), `train/lr`, `train/seconds`, then `finetune/...` for
-//! class-balanced fine-tuning epochs, and `task`. A run's steps go through
-//! its tasks' entries in turn (see `TrainParams::log_entries`).
+//! class-balanced fine-tuning epochs, and `task` (with training epochs).
+//! A run's steps go through its tasks in turn, training and fine-tuning
+//! epochs counted apart ([`Steps`]), so the training curves of methods with
+//! and without fine-tuning line up.
+//!
+//! No stage output depends on this file (the registry's NO_OUTPUT_EFFECT):
+//! the live files are written outside the store, the report's from
+//! `log.json`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -30,6 +36,7 @@ use std::path::PathBuf;
 use bsce_pipeline::exec::job::LiveRun;
 
 use crate::task_artefacts::LogEntry;
+pub use crate::task_artefacts::Steps;
 
 /// CRC-32C (Castagnoli), reflected, as TensorFlow's records use it.
 pub fn crc32c(bytes: &[u8]) -> u32 {
@@ -135,7 +142,9 @@ pub fn scalars(entry: &LogEntry, task: usize) -> Vec<(String, f32)> {
     out.push((format!("{phase}/total"), value(&total)));
     out.push((format!("{phase}/lr"), entry.lr() as f32));
     out.push((format!("{phase}/seconds"), entry.seconds() as f32));
-    out.push(("task".into(), task as f32));
+    if let LogEntry::Epoch(_) = entry {
+        out.push(("task".into(), task as f32));
+    }
     out
 }
 
@@ -153,17 +162,21 @@ pub fn file_bytes(wall_time: f64, events: &[(f64, u64, Vec<(String, f32)>)]) -> 
 /// after each epoch. A failure to write them is reported once on stderr and
 /// never fails the stage: they are a view, not a result.
 pub struct LiveEvents {
-    files: Vec<(PathBuf, File, u64)>,
+    /// Per run: its file, and the steps of the next entries.
+    files: Vec<(PathBuf, File, Steps)>,
     task: usize,
     written: usize,
 }
 
 impl LiveEvents {
-    /// Opens (truncates) `events.out.tfevents.t<task>.<key>` in each run's
-    /// folder: the same stage run again rewrites its own file instead of
-    /// adding a second copy of its steps, and the files of this task under
-    /// other keys (before the config or the code changed) are removed, so
-    /// the run's curve shows the task once.
+    /// Starts `events.out.tfevents.t<task>.<key>` in each run's folder,
+    /// after removing the files of this task already there (its own from an
+    /// earlier attempt, or another key's from before the config or the
+    /// code changed), so the run's curve shows the task once. The file is
+    /// appended to, one record per write: should two stages of the same
+    /// task write at once (two checkouts sharing a store), the records
+    /// interleave whole, or the one whose file was removed writes into a
+    /// file no one reads; none is torn.
     pub fn open(runs: &[LiveRun], task: usize, key: &str) -> LiveEvents {
         let now = wall_now();
         let mut files = Vec::new();
@@ -172,23 +185,22 @@ impl LiveEvents {
             let prefix = format!("events.out.tfevents.t{task:03}.");
             if let Ok(entries) = std::fs::read_dir(&r.dir) {
                 for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with(&prefix) && e.path() != path {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
                         let _ = std::fs::remove_file(e.path());
                     }
                 }
             }
             let opened = std::fs::create_dir_all(&r.dir).and_then(|()| {
-                let mut f = OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(&path)?;
+                let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
                 f.write_all(&record(&event(now, 0, Some("brain.Event:2"), &[])))?;
                 Ok(f)
             });
+            let steps = Steps {
+                train: r.first_train_step,
+                finetune: r.first_finetune_step,
+            };
             match opened {
-                Ok(f) => files.push((path, f, r.first_step)),
+                Ok(f) => files.push((path, f, steps)),
                 Err(e) => eprintln!("live TensorBoard events: {}: {e}", path.display()),
             }
         }
@@ -213,9 +225,8 @@ impl LiveEvents {
         let now = wall_now();
         for entry in &log[self.written.min(log.len())..] {
             let scalars = scalars(entry, self.task);
-            let step = self.written as u64;
-            self.files.retain_mut(|(path, f, first)| {
-                let bytes = record(&event(now, (*first + step) as i64, None, &scalars));
+            self.files.retain_mut(|(path, f, steps)| {
+                let bytes = record(&event(now, steps.next(entry) as i64, None, &scalars));
                 match f.write_all(&bytes).and_then(|()| f.flush()) {
                     Ok(()) => true,
                     Err(e) => {

@@ -181,17 +181,20 @@ fn the_reports_event_files_hold_every_term_of_every_epoch_of_every_task_of_log_j
             .unwrap_or_else(|| panic!("{dir}: no base task"));
         labels.insert(0, t0);
         assert!(!labels.is_empty(), "{dir}: no train stage found");
-        let mut step = 0u64;
+        // Training and fine-tuning epochs are counted apart.
+        let (mut train_step, mut finetune_step) = (0u64, 0u64);
         for (t, label) in labels.iter().enumerate() {
             let log: Value = serde_json::from_slice(
                 &std::fs::read(blob_of(&p.store(), label, "log.json")).unwrap(),
             )
             .unwrap();
             for entry in log.as_array().unwrap() {
-                let phase = if entry.get("finetune_epoch").is_some() {
-                    "finetune"
+                let (phase, step) = if entry.get("finetune_epoch").is_some() {
+                    finetune_step += 1;
+                    ("finetune", finetune_step - 1)
                 } else {
-                    "train"
+                    train_step += 1;
+                    ("train", train_step - 1)
                 };
                 let terms: Vec<String> = entry
                     .as_object()
@@ -216,16 +219,17 @@ fn the_reports_event_files_hold_every_term_of_every_epoch_of_every_task_of_log_j
                     );
                     checked += 1;
                 }
-                let task = scalars["task"].iter().find(|(s, _)| *s == step).unwrap().1;
-                assert_eq!(task, Some(t as f64), "{dir} step {step}");
-                step += 1;
+                if phase == "train" {
+                    let task = scalars["task"].iter().find(|(s, _)| *s == step).unwrap().1;
+                    assert_eq!(task, Some(t as f64), "{dir} step {step}");
+                }
             }
         }
         // Nothing more than log.json's entries.
+        assert_eq!(scalars["train/total"].len() as u64, train_step, "{dir}");
         assert_eq!(
-            scalars["train/total"].len() as u64
-                + scalars.get("finetune/total").map_or(0, |v| v.len() as u64),
-            step,
+            scalars.get("finetune/total").map_or(0, |v| v.len() as u64),
+            finetune_step,
             "{dir}"
         );
     }
@@ -452,6 +456,22 @@ fn the_index_page_opens_from_disk_in_chromium_without_errors_or_network() {
         .collect();
     assert!(col.len() >= 2, "{j}");
     assert!(col.windows(2).all(|w| w[0] <= w[1]), "{col:?}");
+    // Durations sort by their unit, not their leading number (the page's
+    // own script, on a table of training times).
+    let script = &index[index.rfind("<script>").unwrap()..];
+    let times = format!(
+        "<html><head></head><body><main><section class=\"table\"><table class=\"sortable\">\
+         <thead><tr><th>method</th><th>training time</th></tr></thead><tbody>\
+         <tr><td>a</td><td>1.50 h</td></tr><tr><td>b</td><td>45.0 s</td></tr>\
+         <tr><td>c</td><td>1 h 02 min</td></tr><tr><td>d</td><td>12.3 min</td></tr>\
+         </tbody></table></section></main>{script}"
+    );
+    let t = probe(&out, &times);
+    assert_eq!(
+        t["sorted"],
+        serde_json::json!(["45.0 s", "12.3 min", "1 h 02 min", "1.50 h"]),
+        "{t}"
+    );
     // A screenshot of the page, to look at (docs/report-page.png is one).
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-page.png");
     let _ = std::fs::remove_file(&shot);
@@ -517,11 +537,80 @@ fn the_report_draws_loss_curves_and_timelines_and_the_index_links_them() {
             .filter(|r| {
                 r["order"] == t["order"]
                     && r["method"] == t["method"]
+                    && r["phase"] == t["phase"]
                     && r["step"] == t["step"]
                     && !["total", "lr", "seconds"].contains(&r["quantity"].as_str())
             })
             .map(|r| r["value"].parse::<f64>().unwrap())
             .sum();
         assert!((terms - t["value"].parse::<f64>().unwrap()).abs() < 1e-9);
+    }
+}
+
+/// Two methods, one with class-balanced fine-tuning after each
+/// incremental task and one without: three tasks of 2 training epochs.
+const FINETUNED: &str = r#"
+datasets:
+  synth:
+    synthetic: {classes: 6, train_per_class: 30, test_per_class: 10, image_size: 16, seed: 5}
+orders:
+  a: {numpy_seed: 1993}
+settings:
+  s2: {base: 2, increment: 2}
+methods:
+  plain: {preset: podnet, memory: {per_class: 5}, balanced_finetune: false}
+  tuned: {extends: plain, balanced_finetune: true, finetune: {epochs: 1}}
+recipes:
+  r: {epochs: 2, batch_size: 32, lr: 0.05, schedule: cosine}
+experiments:
+  e: {dataset: synth, orders: [a], settings: [s2], methods: [plain, tuned], recipe: r, network: tiny}
+"#;
+
+#[test]
+fn fine_tuning_epochs_do_not_shift_a_runs_training_curve() {
+    let p = Project::new();
+    p.write("c.yaml", FINETUNED);
+    p.run(&["run", "c.yaml"]).ok();
+    let steps = |s: &Scalars, run: &str, tag: &str| -> Vec<u64> {
+        let (_, tags) = s
+            .iter()
+            .find(|(r, _)| r.contains(run))
+            .unwrap_or_else(|| panic!("no run {run} in {:?}", s.keys()));
+        tags.get(tag)
+            .map_or(Vec::new(), |v| v.iter().map(|(s, _)| *s).collect())
+    };
+    let report = tensorboard_read(&p.path("reports/out/c/tensorboard"));
+    let live = tensorboard_read(&p.store().join("tensorboard/c"));
+    for s in [&report, &live] {
+        // Both methods' training epochs are steps 0..6, task by task.
+        for run in ["/plain/", "/tuned/"] {
+            assert_eq!(
+                steps(s, run, "train/total"),
+                (0..6).collect::<Vec<_>>(),
+                "{run}"
+            );
+            assert_eq!(steps(s, run, "task"), (0..6).collect::<Vec<_>>(), "{run}");
+        }
+        // Fine-tuning after tasks 1 and 2, one epoch each, on its own count.
+        assert_eq!(steps(s, "/tuned/", "finetune/total"), vec![0, 1]);
+        assert!(steps(s, "/plain/", "finetune/total").is_empty());
+    }
+    assert_eq!(
+        report.values().collect::<Vec<_>>(),
+        live.values().collect::<Vec<_>>()
+    );
+    // The epochs frame the loss figure draws from counts the same way.
+    let rows = read_csv(&p.path("reports/out/c/data/e/epochs.csv"));
+    for (method, phase, want) in [
+        ("plain", "train", (0..6).collect::<Vec<u32>>()),
+        ("tuned", "train", (0..6).collect()),
+        ("tuned", "finetune", vec![0, 1]),
+    ] {
+        let got: Vec<u32> = rows
+            .iter()
+            .filter(|r| r["method"] == method && r["phase"] == phase && r["quantity"] == "total")
+            .map(|r| r["step"].parse().unwrap())
+            .collect();
+        assert_eq!(got, want, "{method} {phase}");
     }
 }

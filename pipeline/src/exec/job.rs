@@ -50,9 +50,13 @@ pub struct StageJob {
 pub struct LiveRun {
     /// `<store>/tensorboard/<config>/<run path>`.
     pub dir: PathBuf,
-    /// The run's step of this stage's first log entry: the entries of the
-    /// run's earlier tasks ([`crate::params::TrainParams::log_entries`]).
-    pub first_step: u64,
+    /// The run's step of this stage's first training epoch: the training
+    /// epochs of the run's earlier tasks
+    /// ([`crate::params::TrainParams::train_epochs`]).
+    pub first_train_step: u64,
+    /// The same for its first fine-tuning epoch
+    /// ([`crate::params::TrainParams::finetune_epochs`]).
+    pub first_finetune_step: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

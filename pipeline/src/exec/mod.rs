@@ -460,8 +460,8 @@ impl<'a> Engine<'a> {
 
     /// A train stage's runs, for its live TensorBoard events: each run
     /// whose task `t` this stage trains, under
-    /// `<store>/tensorboard/<config stem>/`, its steps after the log entries
-    /// of the run's tasks `0..t`.
+    /// `<store>/tensorboard/<config stem>/`, its steps after the training
+    /// and the fine-tuning epochs of the run's tasks `0..t`.
     fn live_runs(&self, id: NodeId) -> Vec<job::LiveRun> {
         if self.plan.nodes[id].kind != crate::registry::StageKind::Train {
             return Vec::new();
@@ -478,19 +478,24 @@ impl<'a> Engine<'a> {
             .root()
             .join("tensorboard")
             .join(crate::names::file_name(&stem));
-        let entries = |n: NodeId| {
+        let epochs = |n: NodeId| {
             serde_json::from_value::<crate::params::TrainParams>(self.plan.nodes[n].params.clone())
-                .map(|p| p.log_entries())
-                .unwrap_or(0)
+                .map(|p| (p.train_epochs(), p.finetune_epochs()))
+                .unwrap_or((0, 0))
         };
         self.plan
             .runs
             .iter()
             .filter_map(|r| {
                 let t = r.trains.iter().position(|&n| n == id)?;
+                let (first_train_step, first_finetune_step) = r.trains[..t]
+                    .iter()
+                    .map(|&n| epochs(n))
+                    .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
                 Some(job::LiveRun {
                     dir: root.join(r.path()),
-                    first_step: r.trains[..t].iter().map(|&n| entries(n)).sum(),
+                    first_train_step,
+                    first_finetune_step,
                 })
             })
             .collect()

@@ -14,6 +14,7 @@ pub mod train;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bsce_pipeline::registry::files;
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
@@ -96,10 +97,10 @@ impl Model {
 
     /// Rebuilds a train stage's output and loads its weights.
     pub fn load(dir: &Path, device: tch::Device) -> Result<(Model, ModelInfo, Memory)> {
-        let info: ModelInfo = read_json(&dir.join("model.json"))?;
-        let memory: Memory = read_json(&dir.join("memory.json"))?;
+        let info: ModelInfo = read_json(&dir.join(files::MODEL))?;
+        let memory: Memory = read_json(&dir.join(files::MEMORY))?;
         let mut model = Model::build(&info, device)?;
-        crate::checkpoint::load(&mut model.vs, &dir.join("model.safetensors"))?;
+        crate::checkpoint::load(&mut model.vs, &dir.join(files::WEIGHTS))?;
         Ok((model, info, memory))
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use bsce_pipeline::exec::job::{ChildReporter, StageJob};
+use bsce_pipeline::registry::files;
 use bsce_stages::dataset::artefact::{MappedDataset, SplitName};
 use bsce_stages::order::read_order;
 use bsce_stages::task_artefacts::{finite, EpochLog, LogEntry, TrainLog};
@@ -302,13 +303,10 @@ pub fn run(job: &StageJob, reporter: &ChildReporter) -> Result<()> {
             p.log_entries()
         )));
     }
-    crate::checkpoint::save(&model.vs, &job.out_dir.join("model.safetensors"))?;
-    write_json(&job.out_dir.join("model.json"), &info)?;
-    write_json(&job.out_dir.join("memory.json"), &memory)?;
-    write_json(
-        &job.out_dir.join(bsce_pipeline::registry::files::TRAIN_LOG),
-        &log,
-    )?;
+    crate::checkpoint::save(&model.vs, &job.out_dir.join(files::WEIGHTS))?;
+    write_json(&job.out_dir.join(files::MODEL), &info)?;
+    write_json(&job.out_dir.join(files::MEMORY), &memory)?;
+    write_json(&job.out_dir.join(files::TRAIN_LOG), &log)?;
     Ok(())
 }
 
