@@ -25,6 +25,9 @@
 //! edge pointing down): digest, host, names, params, registry, remote_url <
 //! catalog, key < config (with its executor settings), events, store <
 //! maintenance, plan, sources < exec, cost.
+// `pub` is what other crates use; the rest is `pub(crate)`, and this
+// lint says where a `pub` item is not reachable from outside.
+#![warn(unreachable_pub)]
 
 pub mod catalog;
 pub mod config;

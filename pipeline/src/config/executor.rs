@@ -110,7 +110,7 @@ impl Default for SlurmSettings {
 
 impl SlurmSettings {
     /// Whether stages of `kind` run on the submitting machine.
-    pub fn is_local(&self, kind: StageKind) -> bool {
+    pub(crate) fn is_local(&self, kind: StageKind) -> bool {
         self.local_kinds.contains(&kind)
     }
 

@@ -14,12 +14,12 @@ pub struct Position {
 }
 
 #[derive(Debug, Default)]
-pub struct Locator {
+pub(crate) struct Locator {
     positions: HashMap<String, Position>,
 }
 
 impl Locator {
-    pub fn new(text: &str) -> Locator {
+    pub(crate) fn new(text: &str) -> Locator {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
         // A syntax error is reported by serde with its own position; the
@@ -31,7 +31,7 @@ impl Locator {
     }
 
     /// The position of `path`, or of its nearest ancestor that has one.
-    pub fn find(&self, path: &str) -> Option<Position> {
+    pub(crate) fn find(&self, path: &str) -> Option<Position> {
         let mut p = path.to_string();
         loop {
             if let Some(pos) = self.positions.get(&p) {

@@ -4,10 +4,10 @@
 
 pub(crate) mod defaults;
 pub mod executor;
-pub mod locate;
+pub(crate) mod locate;
 pub mod presets;
-pub mod raw;
-pub mod resolve;
+pub(crate) mod raw;
+pub(crate) mod resolve;
 
 pub use raw::{Classifier, ExecutorName, MemorySelection, MethodPreset, Network};
 pub use resolve::{

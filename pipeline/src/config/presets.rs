@@ -25,14 +25,14 @@ pub(crate) enum LossFamily {
 }
 
 impl LossFamily {
-    pub fn of(preset: Preset, bsce: bool) -> LossFamily {
+    pub(crate) fn of(preset: Preset, bsce: bool) -> LossFamily {
         match (preset, bsce) {
             (Preset::Icarl, false) => LossFamily::Bce,
             _ => LossFamily::Softmax,
         }
     }
 
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             LossFamily::Bce => "iCaRL's binary cross-entropy",
             LossFamily::Softmax => "a softmax cross-entropy",
@@ -186,7 +186,7 @@ pub(crate) const RECIPES: &[BuiltinRecipe] = &[
 ];
 
 impl BuiltinRecipe {
-    pub fn recipe(&self) -> Recipe {
+    pub(crate) fn recipe(&self) -> Recipe {
         Recipe {
             epochs: self.epochs,
             batch_size: self.batch_size,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub datasets: BTreeMap<String, RawDataset>,
     #[serde(default)]
@@ -46,7 +46,7 @@ pub enum ExecutorName {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawExecutor {
+pub(crate) struct RawExecutor {
     /// `local` (default) or `slurm`; `--executor` overrides.
     #[serde(default, rename = "use")]
     pub use_: ExecutorName,
@@ -58,7 +58,7 @@ pub struct RawExecutor {
 /// and how jobs are followed.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSlurm {
+pub(crate) struct RawSlurm {
     #[serde(default)]
     pub partition: Option<String>,
     #[serde(default)]
@@ -96,7 +96,7 @@ pub struct RawSlurm {
 /// wants `!tags` for enums, and an unknown key then gets "did you mean".
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDataset {
+pub(crate) struct RawDataset {
     #[serde(default)]
     pub synthetic: Option<crate::params::SyntheticSpec>,
     #[serde(default)]
@@ -118,7 +118,7 @@ pub struct RawDataset {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCifar100 {
+pub(crate) struct RawCifar100 {
     /// Archive file (either official format) or extracted directory,
     /// relative to the config file.
     #[serde(default)]
@@ -133,7 +133,7 @@ pub struct RawCifar100 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawImageFolder {
+pub(crate) struct RawImageFolder {
     pub root: String,
     #[serde(default = "super::defaults::train_dir")]
     pub train_dir: String,
@@ -159,12 +159,12 @@ pub struct RawImageFolder {
     pub augment: AugmentStyle,
 }
 
-pub use crate::params::AugmentStyle;
+pub(crate) use crate::params::AugmentStyle;
 
 /// Exactly one of the fields.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawVal {
+pub(crate) struct RawVal {
     /// `val/<wnid>/*.JPEG`
     #[serde(default)]
     pub folders: Option<String>,
@@ -175,7 +175,7 @@ pub struct RawVal {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLabelList {
+pub(crate) struct RawLabelList {
     pub dir: String,
     pub labels: String,
 }
@@ -183,7 +183,7 @@ pub struct RawLabelList {
 /// Exactly one of the fields.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawOrder {
+pub(crate) struct RawOrder {
     /// An explicit list of class ids.
     #[serde(default)]
     pub explicit: Option<Vec<u32>>,
@@ -200,7 +200,7 @@ pub struct RawOrder {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSetting {
+pub(crate) struct RawSetting {
     /// Classes learnt in the first task.
     pub base: u32,
     /// Classes added by each later task.
@@ -213,7 +213,7 @@ pub struct RawSetting {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMethod {
+pub(crate) struct RawMethod {
     /// Another method this one starts from; its fields override.
     #[serde(default)]
     pub extends: Option<String>,
@@ -250,14 +250,14 @@ pub struct RawMethod {
 }
 
 pub use crate::params::Preset as MethodPreset;
-pub use crate::params::{BsceChoices, FeatureTap, MethodHyper};
+pub(crate) use crate::params::{BsceChoices, FeatureTap, MethodHyper};
 
 /// A preset as a config names it: the four methods, and PODNet's NME
 /// configuration (A `podnet_nme_cifar100.yaml`: classifier scaling 3, no
 /// learned η, POD-spatial 5), which is PODNet with other hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawPreset {
+pub(crate) enum RawPreset {
     Finetune,
     Icarl,
     Lucir,
@@ -266,7 +266,7 @@ pub enum RawPreset {
 }
 
 impl RawPreset {
-    pub fn preset(self) -> MethodPreset {
+    pub(crate) fn preset(self) -> MethodPreset {
         match self {
             RawPreset::Finetune => MethodPreset::Finetune,
             RawPreset::Icarl => MethodPreset::Icarl,
@@ -291,7 +291,7 @@ pub struct RawFinetune {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMemory {
+pub(crate) struct RawMemory {
     #[serde(default)]
     pub per_class: Option<u32>,
     #[serde(default)]
@@ -304,7 +304,7 @@ pub use crate::params::Selection as MemorySelection;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRecipe {
+pub(crate) struct RawRecipe {
     pub epochs: u32,
     pub batch_size: u32,
     pub lr: f64,
@@ -321,12 +321,12 @@ pub struct RawRecipe {
     pub gamma: f64,
 }
 
-pub use crate::params::Schedule;
+pub(crate) use crate::params::Schedule;
 
 /// One sweep: every combination of its lists is a run.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawExperiment {
+pub(crate) struct RawExperiment {
     pub dataset: String,
     pub orders: Vec<String>,
     pub settings: Vec<String>,
@@ -353,7 +353,7 @@ pub use crate::params::Network;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEvaluation {
+pub(crate) struct RawEvaluation {
     #[serde(default = "super::defaults::classifiers")]
     pub classifiers: Vec<Classifier>,
     #[serde(default = "super::defaults::top_k")]
@@ -374,7 +374,7 @@ pub use crate::params::Classifier;
 /// A table of the report (README's config reference lists every key).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTable {
+pub(crate) struct RawTable {
     pub caption: String,
     /// LaTeX label; default `tab:<name>`.
     #[serde(default)]
@@ -409,14 +409,14 @@ pub struct RawTable {
 /// A number written as a YAML number or as text (`"64.83 +- 0.51"`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum RawNumber {
+pub(crate) enum RawNumber {
     Number(f64),
     Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTemplates {
+pub(crate) struct RawTemplates {
     #[serde(default)]
     pub markdown: Option<String>,
     #[serde(default)]
@@ -425,7 +425,7 @@ pub struct RawTemplates {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStore {
+pub(crate) struct RawStore {
     /// Store directory, relative to the config file; default `.bsce`.
     /// `--store` and `BSCE_STORE` override it.
     #[serde(default)]

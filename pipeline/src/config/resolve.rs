@@ -197,7 +197,7 @@ impl Ctx<'_> {
     }
 }
 
-pub fn resolve(
+pub(crate) fn resolve(
     raw: RawConfig,
     file: &Path,
     locator: &Locator,
@@ -949,7 +949,7 @@ fn resolve_methods(
         // merged: a merge through JSON would read NaN as unset, and an error
         // names the method whose line holds the value.
         for n in &chain {
-            check_method_numbers(n, &raw[*n], &cx)?;
+            check_method_numbers(n, &raw[*n], cx)?;
         }
         let finetune: RawFinetune =
             serde_json::from_value(merged(&|m| m.finetune.as_ref().map(|f| json!(f))))
@@ -1201,7 +1201,7 @@ fn resolve_table(
                 format!("tables.{name}.reference.{row}"),
                 format!(
                     "`{row}` is not a row of the table; rows: {}",
-                    rows.iter().cloned().collect::<Vec<_>>().join(", ")
+                    rows.to_vec().join(", ")
                 ),
             ));
         }
@@ -1212,7 +1212,7 @@ fn resolve_table(
                     key,
                     format!(
                         "`{column}` is not a column of the table; columns: {}",
-                        columns.iter().cloned().collect::<Vec<_>>().join(", ")
+                        columns.to_vec().join(", ")
                     ),
                 ));
             }

@@ -27,7 +27,7 @@ pub(crate) struct GpuSlot {
 }
 
 impl GpuSlot {
-    pub fn device(&self) -> String {
+    pub(crate) fn device(&self) -> String {
         format!("cuda:{}", self.gpu)
     }
 }
@@ -35,7 +35,11 @@ impl GpuSlot {
 impl GpuPool {
     /// `stages_per_gpu`: the default sharing (at least 1); `per_kind`
     /// overrides it for some kinds.
-    pub fn new(gpus: &[u32], stages_per_gpu: u32, per_kind: BTreeMap<StageKind, u32>) -> GpuPool {
+    pub(crate) fn new(
+        gpus: &[u32],
+        stages_per_gpu: u32,
+        per_kind: BTreeMap<StageKind, u32>,
+    ) -> GpuPool {
         GpuPool {
             gpus: gpus.iter().map(|&g| (g, CAPACITY)).collect(),
             default_share: stages_per_gpu.max(1),
@@ -77,7 +81,7 @@ impl GpuPool {
         self.gpus.iter().any(|(_, free)| *free >= units)
     }
 
-    pub fn release(&mut self, slot: GpuSlot) {
+    pub(crate) fn release(&mut self, slot: GpuSlot) {
         if let Some((_, free)) = self.gpus.iter_mut().find(|(g, _)| *g == slot.gpu) {
             *free = (*free + slot.units).min(CAPACITY);
         }

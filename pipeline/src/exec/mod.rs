@@ -17,10 +17,10 @@
 //! rerun stops recomputation there (early cutoff).
 
 pub mod cancel;
-pub mod child;
+pub(crate) mod child;
 pub mod context;
-pub mod executor;
-pub mod gpus;
+pub(crate) mod executor;
+pub(crate) mod gpus;
 pub mod job;
 pub mod node;
 mod schedule;

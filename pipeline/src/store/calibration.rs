@@ -14,7 +14,7 @@ use super::{LocalStore, StoreError};
 
 /// The file's format version; a file of another version is an error that
 /// says to calibrate again.
-pub const CALIBRATION_VERSION: u32 = 1;
+pub(crate) const CALIBRATION_VERSION: u32 = 1;
 
 /// The file name under the store root.
 pub const CALIBRATION_FILE: &str = "calibration.json";

@@ -18,8 +18,8 @@
 //! `logs/<n>.out` (each job's output, `n` its first stage's),
 //! `outcomes/<n>.json` (how each stage ended).
 
-pub mod drive;
-pub mod layout;
+pub(crate) mod drive;
+pub(crate) mod layout;
 
 pub use drive::{drive, Submission};
 pub use layout::{layout, Layout, Place};
@@ -238,7 +238,7 @@ impl RunDir {
         write_atomic(&p, &self.path, &bytes).map_err(io(&p))
     }
 
-    pub fn read_outcome(&self, n: usize) -> Option<JobOutcome> {
+    pub(crate) fn read_outcome(&self, n: usize) -> Option<JobOutcome> {
         let bytes = fs::read(self.outcome(n)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }

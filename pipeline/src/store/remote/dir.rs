@@ -21,7 +21,7 @@ pub(crate) struct DirRemote {
 pub(crate) const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl DirRemote {
-    pub fn new(url: &str) -> Result<Self, String> {
+    pub(crate) fn new(url: &str) -> Result<Self, String> {
         let path = url.strip_prefix("file://").unwrap_or(url);
         if !path.starts_with('/') {
             return Err(format!(

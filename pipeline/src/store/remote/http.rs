@@ -24,7 +24,7 @@ pub(crate) struct HttpRemote {
 
 impl HttpRemote {
     #[allow(clippy::disallowed_methods)] // an edge: ENV_EDGES in src/ambient.rs
-    pub fn new(url: &str) -> Result<Self, String> {
+    pub(crate) fn new(url: &str) -> Result<Self, String> {
         let (scheme, rest) = url.split_once("://").expect("checked by the caller");
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, host) = match authority.rsplit_once('@') {

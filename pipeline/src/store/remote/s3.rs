@@ -31,7 +31,7 @@ pub(crate) struct S3Remote {
 
 impl S3Remote {
     #[allow(clippy::disallowed_methods)] // an edge: ENV_EDGES in src/ambient.rs
-    pub fn new(url: &str) -> Result<Self, String> {
+    pub(crate) fn new(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("s3://").expect("checked by the caller");
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
