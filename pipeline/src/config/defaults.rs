@@ -32,6 +32,10 @@ pub(crate) fn max_jobs() -> u32 {
 pub(crate) fn train_dir() -> String {
     "train".into()
 }
+/// `val` absent: `val/<class>/...` folders.
+pub(crate) fn val_dir() -> String {
+    "val".into()
+}
 pub(crate) fn image_size() -> u32 {
     256
 }

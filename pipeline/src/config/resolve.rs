@@ -648,7 +648,7 @@ fn resolve_dataset(cx: &Ctx, name: &str, d: RawDataset) -> Result<DatasetDef, Co
                     root: cx.relative(&f.root),
                     train_dir: f.train_dir,
                     val: match f.val {
-                        None => ValDef::Folders("val".into()),
+                        None => ValDef::Folders(defaults::val_dir()),
                         Some(RawVal {
                             folders: Some(dir),
                             label_list: None,
