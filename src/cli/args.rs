@@ -288,25 +288,30 @@ pub enum CacheCommand {
 #[derive(Subcommand)]
 pub enum OrderCommand {
     /// Print an order as a JSON list.
-    Show {
-        /// A built-in order name (see --list)
-        name: Option<String>,
-        #[arg(long, requires = "classes")]
-        numpy_seed: Option<u32>,
-        /// The original iCaRL script's order for this seed
-        #[arg(long, requires = "classes", conflicts_with = "numpy_seed")]
-        icarl_seed: Option<u32>,
-        #[arg(long)]
-        classes: Option<usize>,
-        /// Take the order from a config's `orders` entry
-        #[arg(long, requires = "entry")]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        entry: Option<String>,
-        /// List the built-in orders
-        #[arg(long)]
-        list: bool,
-    },
+    Show(ShowOrder),
+}
+
+/// `order show`'s flags (`ops::inspect::OrderQuery::from_flags` says which
+/// sets go together).
+#[derive(clap::Args)]
+pub struct ShowOrder {
+    /// A built-in order name (see --list)
+    pub name: Option<String>,
+    #[arg(long, requires = "classes")]
+    pub numpy_seed: Option<u32>,
+    /// The original iCaRL script's order for this seed
+    #[arg(long, requires = "classes", conflicts_with = "numpy_seed")]
+    pub icarl_seed: Option<u32>,
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Take the order from a config's `orders` entry
+    #[arg(long, requires = "entry")]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub entry: Option<String>,
+    /// List the built-in orders
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Subcommand)]

@@ -10,23 +10,15 @@ use bsce_pipe::Result;
 use crate::cli::args::OrderCommand;
 
 pub fn order(command: OrderCommand, ctx: &Ctx) -> Result<()> {
-    let OrderCommand::Show {
-        name,
-        numpy_seed,
-        icarl_seed,
-        classes,
-        config,
-        entry,
-        list,
-    } = command;
+    let OrderCommand::Show(a) = command;
     let query = OrderQuery::from_flags(OrderFlags {
-        name,
-        numpy_seed,
-        icarl_seed,
-        classes,
-        config,
-        entry,
-        list,
+        name: a.name,
+        numpy_seed: a.numpy_seed,
+        icarl_seed: a.icarl_seed,
+        classes: a.classes,
+        config: a.config,
+        entry: a.entry,
+        list: a.list,
     })?;
     match inspect::order(query, ctx)? {
         OrderAnswer::List(orders) => {
