@@ -172,7 +172,8 @@ impl LiveEvents {
     /// Starts `events.out.tfevents.t<task>.<key>` in each run's folder,
     /// after removing the files of this task already there (its own from an
     /// earlier attempt, or another key's from before the config or the
-    /// code changed), so the run's curve shows the task once. The file is
+    /// code changed), so the run's curve shows the task once, and those of
+    /// tasks the run no longer has (its setting made shorter). The file is
     /// appended to, one record per write: should two stages of the same
     /// task write at once (two checkouts sharing a store), the records
     /// interleave whole, or the one whose file was removed writes into a
@@ -185,7 +186,8 @@ impl LiveEvents {
             let prefix = format!("events.out.tfevents.t{task:03}.");
             if let Ok(entries) = std::fs::read_dir(&r.dir) {
                 for e in entries.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&prefix) || task_of(&name).is_some_and(|t| t >= r.tasks) {
                         let _ = std::fs::remove_file(e.path());
                     }
                 }
@@ -240,6 +242,12 @@ impl LiveEvents {
     }
 }
 
+/// The task of a live file's name, `events.out.tfevents.t<task>.<key>`.
+fn task_of(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("events.out.tfevents.t")?;
+    rest.split_once('.')?.0.parse().ok()
+}
+
 fn wall_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -251,6 +259,51 @@ fn wall_now() -> f64 {
 mod tests {
     use super::*;
     use crate::task_artefacts::{EpochLog, FinetuneLog};
+
+    #[test]
+    fn a_stage_replaces_its_tasks_file_and_removes_tasks_the_run_no_longer_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("e/a/s2/ce/seed0");
+        std::fs::create_dir_all(&run).unwrap();
+        for f in ["t000.aaaa", "t001.old", "t002.bbbb", "t003.cccc"] {
+            std::fs::write(run.join(format!("events.out.tfevents.{f}")), b"x").unwrap();
+        }
+        std::fs::write(run.join("notes.txt"), b"kept").unwrap();
+        let live = LiveRun {
+            dir: run.clone(),
+            first_train_step: 2,
+            first_finetune_step: 0,
+            tasks: 2,
+        };
+        let mut events = LiveEvents::open(std::slice::from_ref(&live), 1, "new");
+        let mut names: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "events.out.tfevents.t000.aaaa",
+                "events.out.tfevents.t001.new",
+                "notes.txt"
+            ]
+        );
+        // Its first training epoch is the run's step 2.
+        events.update(&[LogEntry::Epoch(EpochLog {
+            epoch: 0,
+            lr: 0.1,
+            seconds: 1.0,
+            device: "cpu".into(),
+            losses: [("ce".to_string(), Some(1.0))].into(),
+        })]);
+        let bytes = std::fs::read(run.join("events.out.tfevents.t001.new")).unwrap();
+        let second = &bytes[record(&event(0.0, 0, Some("brain.Event:2"), &[])).len()..];
+        let data = &second[12..second.len() - 4];
+        // Event: wall_time (tag 0x09, 8 bytes), then step (tag 0x10, varint 2).
+        assert_eq!(data[0], 0x09);
+        assert_eq!(&data[9..11], &[0x10, 2], "{data:?}");
+    }
 
     #[test]
     fn crc32c_matches_the_published_check_value() {

@@ -57,6 +57,9 @@ pub struct LiveRun {
     /// The same for its first fine-tuning epoch
     /// ([`crate::params::TrainParams::finetune_epochs`]).
     pub first_finetune_step: u64,
+    /// The run's tasks: files of later tasks (a setting made shorter)
+    /// are removed.
+    pub tasks: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -496,6 +496,7 @@ impl<'a> Engine<'a> {
                     dir: root.join(r.path()),
                     first_train_step,
                     first_finetune_step,
+                    tasks: r.trains.len(),
                 })
             })
             .collect()
