@@ -172,25 +172,39 @@ pub struct GcReport {
     pub live_slurm_runs: BTreeMap<String, String>,
     /// Folders of finished Slurm runs removed (`<store>/slurm/<run>`).
     pub removed_slurm_runs: usize,
+    /// Live TensorBoard files of train stages whose results were removed
+    /// (`<store>/tensorboard/`); none while a Slurm run may still train.
+    pub removed_live_files: usize,
     pub freed_bytes: u64,
 }
 
 /// Removes every action record whose key is not in `keep`, then every blob
 /// no kept record references (outputs and logs), then every stage's
 /// partial work (gc holds the store exclusively: no stage is running),
-/// then the folders of the finished Slurm runs `finished_runs`.
+/// then the folders of the finished Slurm runs `finished_runs`, then, unless
+/// `slurm_live` (a Slurm run's stages may be writing them), the live
+/// TensorBoard files of train stages no kept record is.
 pub fn gc(
     store: &LocalStore,
     keep: &BTreeSet<Digest>,
     finished_runs: &[std::path::PathBuf],
+    slurm_live: bool,
 ) -> Result<GcReport, StoreError> {
     let mut report = GcReport::default();
     let mut live: BTreeSet<Digest> = BTreeSet::new();
+    // Live TensorBoard files are named by the train stage's seed.
+    let mut train_seeds: BTreeSet<String> = BTreeSet::new();
     for rec in store.actions()? {
         if keep.contains(&rec.key) {
             report.kept_actions += 1;
             live.extend(rec.outputs.values().map(|o| o.digest));
             live.extend(rec.provenance.log);
+            if let Some(kind) = crate::registry::StageKind::parse(&rec.key_record.kind) {
+                if kind == crate::registry::StageKind::Train {
+                    let seed = rec.key_record.identity_seed(kind.spec().seed_inputs);
+                    train_seeds.insert(format!("{seed:016x}"));
+                }
+            }
         } else {
             store.remove_action(&rec.key)?;
             report.removed_actions += 1;
@@ -215,6 +229,25 @@ pub fn gc(
         std::fs::remove_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         report.removed_slurm_runs += 1;
         report.freed_bytes += bytes;
+    }
+    if !slurm_live {
+        let views = store.root().join("tensorboard");
+        for e in walkdir::WalkDir::new(&views).into_iter().flatten() {
+            let name = e.file_name().to_string_lossy();
+            let Some(seed) = name
+                .strip_prefix("events.out.tfevents.t")
+                .and_then(|rest| rest.split_once('.'))
+                .map(|(_, seed)| seed)
+            else {
+                continue;
+            };
+            if e.file_type().is_file() && !train_seeds.contains(seed) {
+                let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(e.path()).map_err(|err| StoreError::io(e.path(), err))?;
+                report.removed_live_files += 1;
+                report.freed_bytes += bytes;
+            }
+        }
     }
     Ok(report)
 }

@@ -169,8 +169,13 @@ pub fn gc(r: &GcReport) {
         1 => ", 1 finished Slurm run folder".to_string(),
         n => format!(", {n} finished Slurm run folders"),
     };
+    let views = match r.removed_live_files {
+        0 => String::new(),
+        1 => ", 1 live TensorBoard file".to_string(),
+        n => format!(", {n} live TensorBoard files"),
+    };
     out!(
-        "kept {} results; removed {} results and {} blobs{partial}{runs} ({} bytes)",
+        "kept {} results; removed {} results and {} blobs{partial}{runs}{views} ({} bytes)",
         r.kept_actions,
         r.removed_actions,
         r.removed_blobs,

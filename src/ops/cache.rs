@@ -83,7 +83,12 @@ pub fn gc(keep: &[PathBuf], args: &StoreArgs, ctx: &Ctx) -> Result<GcReport> {
             "keeping every result that Slurm run {run} reads ({why})"
         ));
     }
-    let mut r = maintenance::gc(&store, &keys, &slurm_runs.finished)?;
+    let mut r = maintenance::gc(
+        &store,
+        &keys,
+        &slurm_runs.finished,
+        !slurm_runs.live.is_empty(),
+    )?;
     r.live_slurm_runs = slurm_runs.live;
     Ok(r)
 }

@@ -614,3 +614,54 @@ fn fine_tuning_epochs_do_not_shift_a_runs_training_curve() {
         assert_eq!(got, want, "{method} {phase}");
     }
 }
+
+#[test]
+fn cache_gc_removes_the_live_files_of_the_results_it_removes() {
+    let p = Project::new();
+    p.write("c.yaml", FINETUNED);
+    p.run(&["run", "c.yaml"]).ok();
+    let files = |run: &str| -> Vec<String> {
+        let dir = p
+            .store()
+            .join("tensorboard/c/e/a/s2")
+            .join(run)
+            .join("seed0");
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let (plain, tuned) = (files("plain"), files("tuned"));
+    assert_eq!((plain.len(), tuned.len()), (3, 3), "{plain:?} {tuned:?}");
+    // Keep only the plain method's results.
+    p.write(
+        "only_plain.yaml",
+        &FINETUNED.replace("methods: [plain, tuned]", "methods: [plain]"),
+    );
+    let gc = p
+        .run(&["cache", "gc", "--keep", "only_plain.yaml", "--json"])
+        .ok()
+        .json();
+    // A file is named by its stage's seed: tuned's stages shared with plain
+    // (none or its base task) keep theirs.
+    let seed = |f: &String| f.rsplit('.').next().unwrap().to_string();
+    let shared: Vec<&String> = tuned
+        .iter()
+        .filter(|f| plain.iter().any(|g| seed(g) == seed(f)))
+        .collect();
+    assert_eq!(files("plain"), plain);
+    assert_eq!(files("tuned").len(), shared.len(), "{:?}", files("tuned"));
+    assert_eq!(gc["removed_live_files"], (3 - shared.len()) as u64, "{gc}");
+    // The kept results are all there.
+    let kept = p.status("only_plain.yaml");
+    assert!(
+        kept.iter()
+            .filter(|s| s.0.starts_with("train/"))
+            .all(|s| s.1 == "cached"),
+        "{kept:?}"
+    );
+}
