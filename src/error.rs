@@ -87,7 +87,6 @@ impl Exit {
         }
     }
 
-    /// `Success` when `ok`, else `otherwise`.
     /// A report's end: a result stage that failed on a template error is
     /// the config's input (2, as in `run`); any other failure is 1.
     pub fn of_report(r: &ReportSummary) -> Exit {
@@ -106,6 +105,7 @@ impl Exit {
         Exit::unless(torch_succeeded, Exit::Failed)
     }
 
+    /// `Success` when `ok`, else `otherwise`.
     pub fn unless(ok: bool, otherwise: Exit) -> Exit {
         if ok {
             Exit::Success

@@ -21,10 +21,11 @@
 //! | [`names`]   | config names as file names, one-to-one (a leaf)              |
 //! | [`remote_url`] | remote cache URLs as text: checked and redacted (a leaf) |
 //!
-//! Layers, lowest first (the test `layers` below keeps every `crate::`
-//! edge pointing down): digest, host, names, params, registry, remote_url <
-//! catalog, key < config (with its executor settings), events, store <
-//! maintenance, plan, sources < exec, cost.
+//! Layers, lowest first, as the data flows (the test `layers` below keeps
+//! every `crate::` edge pointing down): digest, host, names, params,
+//! registry, remote_url < catalog < config (with its executor settings) <
+//! plan < key < events, store < maintenance, sources < exec, cost.
+
 // `pub` is what other crates use; the rest is `pub(crate)`, and this
 // lint says where a `pub` item is not reachable from outside.
 #![warn(unreachable_pub)]

@@ -249,11 +249,12 @@ fn inline(md: &str) -> String {
                 out.push_str(if code { "</code>" } else { "<code>" });
                 code = !code;
             }
-            // A `*` opens italics before a word with a closing `*` later
-            // (`**` apart); otherwise it is itself (`LUCIR*`, a footnote).
+            // A `*` opens italics right before a letter or digit, with a
+            // closing `*` later (`**` apart); otherwise it is itself
+            // (`LUCIR*`, `LUCIR*,`: a footnote mark).
             '*' if !code => {
                 let after = &rest[1..];
-                let opens = after.chars().next().is_some_and(|n| !n.is_whitespace())
+                let opens = after.chars().next().is_some_and(char::is_alphanumeric)
                     && after.replace("**", "").contains('*');
                 if italic {
                     out.push_str("</em>");
@@ -392,6 +393,7 @@ mod tests {
     fn a_lone_asterisk_is_a_footnote_mark_not_italics() {
         assert_eq!(inline("LUCIR*"), "LUCIR*");
         assert_eq!(inline("LUCIR* and PODNet*"), "LUCIR* and PODNet*");
+        assert_eq!(inline("LUCIR*, PODNet*"), "LUCIR*, PODNet*");
         assert_eq!(inline("a * b"), "a * b");
         assert_eq!(inline("*x* and y*"), "<em>x</em> and y*");
         assert_eq!(

@@ -496,8 +496,13 @@ fn index(
         let _ = writeln!(s, "![{exp} {setting}]({f}.png)\n\n[SVG]({f}.svg)\n");
         any = true;
     }
-    if !any {
+    if !any && plan.plots.is_empty() {
         let _ = writeln!(s, "No complete run yet.\n");
+    } else if !any {
+        let _ = writeln!(
+            s,
+            "No plot stage succeeded this time (the failures are listed where the report ran).\n"
+        );
     }
     let _ = writeln!(s, "## Training curves\n");
     for (exp, setting, f) in drawn(&plan.plots, "curves", written) {

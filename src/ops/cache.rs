@@ -230,11 +230,22 @@ mod tests {
     }
 
     #[test]
-    fn gc_refuses_a_folder_that_is_not_a_store() {
+    fn gc_refuses_a_folder_that_is_not_a_store_and_one_that_is_not_there() {
         let (dir, config, args) = quickstart();
         let (ctx, _) = ctx_in(dir.path());
-        let e = gc(&[config], &args, &ctx).err().expect("no store there");
+        let e = gc(std::slice::from_ref(&config), &args, &ctx)
+            .err()
+            .expect("no store there");
         assert_eq!(e.exit_code(), 2, "{e}");
         assert!(!args.store.as_ref().unwrap().exists());
+        let folder = args.store.as_ref().unwrap();
+        std::fs::create_dir_all(folder.join("mine")).unwrap();
+        let e = gc(&[config], &args, &ctx).err().expect("not a store");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("no bsce-pipe store here"), "{e}");
+        assert!(
+            folder.join("mine").exists(),
+            "gc touched a folder that is not a store"
+        );
     }
 }

@@ -274,6 +274,7 @@ mod tests {
             .filter(|n| n.key.is_some())
             .map(|n| &n.kind)
             .collect();
+        assert!(!keyed.is_empty());
         assert!(
             keyed.iter().all(|k| *k == "prepare" || *k == "order"),
             "{keyed:?}"

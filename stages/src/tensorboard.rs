@@ -173,11 +173,13 @@ impl LiveEvents {
     /// after removing the files of this task already there (its own from an
     /// earlier attempt, or another key's from before the config or the
     /// code changed), so the run's curve shows the task once, and those of
-    /// tasks the run no longer has (its setting made shorter). The file is
+    /// tasks the run no longer has (its setting made shorter: when one of
+    /// its train stages runs again; `cache gc` removes them in any case,
+    /// with their results). The file is
     /// appended to, one record per write: should two stages of the same
-    /// task write at once (two checkouts sharing a store), the records
-    /// interleave whole, or the one whose file was removed writes into a
-    /// file no one reads; none is torn.
+    /// task write at once (two checkouts sharing a store on a local file
+    /// system, where appends are atomic), the records interleave whole, or
+    /// the one whose file was removed writes into a file no one reads.
     pub fn open(runs: &[LiveRun], task: usize, key: &str) -> LiveEvents {
         let now = wall_now();
         let mut files = Vec::new();
