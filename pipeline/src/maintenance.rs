@@ -199,11 +199,10 @@ pub fn gc(
             report.kept_actions += 1;
             live.extend(rec.outputs.values().map(|o| o.digest));
             live.extend(rec.provenance.log);
-            if let Some(kind) = crate::registry::StageKind::parse(&rec.key_record.kind) {
-                if kind == crate::registry::StageKind::Train {
-                    let seed = rec.key_record.identity_seed(kind.spec().seed_inputs);
-                    train_seeds.insert(format!("{seed:016x}"));
-                }
+            let train = crate::registry::StageKind::Train;
+            if crate::registry::StageKind::parse(&rec.key_record.kind) == Some(train) {
+                let seed = rec.key_record.identity_seed(train.spec().seed_inputs);
+                train_seeds.insert(format!("{seed:016x}"));
             }
         } else {
             store.remove_action(&rec.key)?;
@@ -234,11 +233,7 @@ pub fn gc(
         let views = store.root().join("tensorboard");
         for e in walkdir::WalkDir::new(&views).into_iter().flatten() {
             let name = e.file_name().to_string_lossy();
-            let Some(seed) = name
-                .strip_prefix("events.out.tfevents.t")
-                .and_then(|rest| rest.split_once('.'))
-                .map(|(_, seed)| seed)
-            else {
+            let Some((_, seed)) = crate::registry::files::parse_live_events(&name) else {
                 continue;
             };
             // A view, not a result: a file gc may not remove (another

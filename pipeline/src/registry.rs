@@ -182,6 +182,22 @@ pub mod files {
     pub const LOSS_SVG: &str = "loss.svg";
     pub const LOSS_PNG: &str = "loss.png";
 
+    /// A train stage's live TensorBoard file in its run's folder under
+    /// `<store>/tensorboard/`: `events.out.tfevents.t<task>.<key>`, the
+    /// key the stage's seed in hex. The train stage writes it, `cache gc`
+    /// matches it to the kept train results.
+    pub fn live_events(task: usize, key: &str) -> String {
+        format!("events.out.tfevents.t{task:03}.{key}")
+    }
+
+    /// The task and key of a [`live_events`] name; None for any other.
+    pub fn parse_live_events(name: &str) -> Option<(usize, &str)> {
+        let (task, key) = name
+            .strip_prefix("events.out.tfevents.t")?
+            .split_once('.')?;
+        Some((task.parse().ok()?, key))
+    }
+
     pub const DATASET: &[&str] = &[
         META,
         TRAIN_IMAGES,

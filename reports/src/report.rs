@@ -447,7 +447,10 @@ pub(crate) fn drawn<'p>(
             let f = format!("{folder}/{}/{}", file_name(exp), file_name(setting));
             (exp.as_str(), setting.as_str(), f)
         })
-        .filter(|(_, _, f)| written.iter().any(|w| *w == format!("{f}.svg")))
+        .filter(|(_, _, f)| {
+            let svg = format!("{f}.svg");
+            written.contains(&svg)
+        })
         .collect()
 }
 

@@ -34,6 +34,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use bsce_pipeline::exec::job::LiveRun;
+use bsce_pipeline::registry::files;
 
 use crate::task_artefacts::LogEntry;
 pub use crate::task_artefacts::Steps;
@@ -184,12 +185,12 @@ impl LiveEvents {
         let now = wall_now();
         let mut files = Vec::new();
         for r in runs {
-            let path = r.dir.join(format!("events.out.tfevents.t{task:03}.{key}"));
-            let prefix = format!("events.out.tfevents.t{task:03}.");
+            let path = r.dir.join(files::live_events(task, key));
             if let Ok(entries) = std::fs::read_dir(&r.dir) {
                 for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with(&prefix) || task_of(&name).is_some_and(|t| t >= r.tasks) {
+                    let stale = files::parse_live_events(&e.file_name().to_string_lossy())
+                        .is_some_and(|(t, _)| t == task || t >= r.tasks);
+                    if stale {
                         let _ = std::fs::remove_file(e.path());
                     }
                 }
@@ -242,12 +243,6 @@ impl LiveEvents {
             self.written += 1;
         }
     }
-}
-
-/// The task of a live file's name, `events.out.tfevents.t<task>.<key>`.
-fn task_of(name: &str) -> Option<usize> {
-    let rest = name.strip_prefix("events.out.tfevents.t")?;
-    rest.split_once('.')?.0.parse().ok()
 }
 
 fn wall_now() -> f64 {
